@@ -1,0 +1,36 @@
+"""The ``katyusha`` console script: ``katyusha serve`` and ``katyusha fleet ...``."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: katyusha COMMAND [ARGS]
+
+commands:
+  serve     run the load-balancing proxy in front of a set of pods
+  fleet     run and steer a local fleet (katyusha fleet up|status|pod)
+
+run `katyusha COMMAND --help` for the flags of one command.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "serve":
+        from katyusha.proxy.cli import main as serve_main
+
+        return serve_main(rest)
+    if command == "fleet":
+        from katyusha.fleet.cli import main as fleet_main
+
+        return fleet_main(rest)
+    sys.stderr.write(f"katyusha: unknown command {command!r}\n\n{USAGE}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
