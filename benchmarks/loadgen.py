@@ -1,0 +1,220 @@
+"""An open-loop HTTP load generator: Poisson arrivals at a set rate.
+
+wrk and hey are closed-loop: each connection waits for its answer before it
+sends again, so when the system slows down they send less, and the slow
+requests that make a tail never get queued behind. This generator sends on a
+schedule fixed in advance (exponential gaps at ``rate`` per second) whatever
+the system does, opening connections as needed, and records every request's
+latency and outcome, with a timeout.
+
+Use as a module (``await run_open_loop(url, rate=..., duration_s=...)``) or as
+``python -m benchmarks.loadgen URL --rate 300 --duration 10``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+@dataclass(slots=True)
+class Sample:
+    sent_at: float        # seconds since the run started (scheduled send time)
+    latency_ms: float     # from the scheduled send time to the end of the response
+    status: int           # HTTP status, 0 for a connection error, -1 for a timeout
+    pod: str = ""         # Nonna-Pod when the response carried it
+
+
+@dataclass
+class RunResult:
+    rate: float
+    duration_s: float
+    samples: list[Sample] = field(default_factory=list)
+    send_lag_ms: float = 0.0   # worst delay between a scheduled send and the real one
+
+    @property
+    def sent(self) -> int:
+        return len(self.samples)
+
+    @property
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if 200 <= s.status < 300]
+
+    @property
+    def error_share(self) -> float:
+        return 0.0 if not self.samples else 1 - len(self.ok) / len(self.samples)
+
+    def quantile_ms(self, q: float) -> float:
+        """Latency quantile over ALL requests; failed ones count at their latency."""
+        values = sorted(s.latency_ms for s in self.samples)
+        if not values:
+            return float("nan")
+        index = min(len(values) - 1, max(0, round(q * (len(values) - 1))))
+        return values[index]
+
+    def per_pod(self) -> dict[str, int]:
+        return dict(Counter(s.pod for s in self.ok if s.pod))
+
+    def summary(self) -> dict:
+        statuses = Counter(s.status for s in self.samples)
+        return {
+            "rate": self.rate,
+            "sent": self.sent,
+            "achieved_rate": round(self.sent / self.duration_s, 1) if self.duration_s else 0,
+            "p50_ms": round(self.quantile_ms(0.5), 2),
+            "p99_ms": round(self.quantile_ms(0.99), 2),
+            "p999_ms": round(self.quantile_ms(0.999), 2),
+            "errors": round(self.error_share, 5),
+            "timeouts": statuses.get(-1, 0),
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "per_pod": self.per_pod(),
+            "send_lag_ms": round(self.send_lag_ms, 2),
+        }
+
+
+class _Conn:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bool]:
+    """Read one HTTP/1.1 response; returns status, headers (lower-case), keep-alive."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        if b":" in line:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+    if b"content-length" in headers:
+        await reader.readexactly(int(headers[b"content-length"]))
+    elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.read()
+        return status, headers, False
+    keep = headers.get(b"connection", b"").lower() != b"close"
+    return status, headers, keep
+
+
+async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: float,
+                        timeout_s: float = 10.0, seed: int = 1, path: str = "/",
+                        headers: dict[str, str] | None = None) -> RunResult:
+    """Send GETs at Poisson arrivals of ``rate``/s for ``duration_s``, spread round robin
+    over ``urls`` (several balancer replicas); every request is recorded.
+
+    The schedule never waits for answers: a slow system gets the same arrivals.
+    """
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration_s must be positive")
+    targets = [urls] if isinstance(urls, str) else list(urls)
+    parts = [urlsplit(u) for u in targets]
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = [
+        (f"GET {path} HTTP/1.1\r\nHost: {p.netloc}\r\n{extra}\r\n").encode() for p in parts
+    ]
+    idle: list[list[_Conn]] = [[] for _ in targets]
+    rng = random.Random(seed)
+    result = RunResult(rate=rate, duration_s=duration_s)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+
+    async def one(index: int, scheduled: float) -> None:
+        part = parts[index]
+        conn = idle[index].pop() if idle[index] else None
+        status, pod = 0, ""
+        try:
+            async with asyncio.timeout(timeout_s - (loop.time() - start - scheduled)):
+                for attempt in (0, 1):
+                    if conn is None:
+                        reader, writer = await asyncio.open_connection(part.hostname, part.port)
+                        conn = _Conn(reader, writer)
+                    try:
+                        conn.writer.write(request[index])
+                        status, resp_headers, keep = await _read_response(conn.reader)
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        # A kept-alive connection the server had closed: one fresh try.
+                        conn.writer.close()
+                        conn = None
+                        if attempt:
+                            raise
+                pod = resp_headers.get(b"nonna-pod", b"").decode()
+                if keep:
+                    idle[index].append(conn)
+                else:
+                    conn.writer.close()
+                conn = None
+        except TimeoutError:
+            status = -1
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            status = 0
+        finally:
+            if conn is not None:
+                conn.writer.close()
+        latency = (loop.time() - start - scheduled) * 1000
+        result.samples.append(Sample(scheduled, latency, status, pod))
+
+    tasks = set()
+    t = rng.expovariate(rate)
+    i = 0
+    while t < duration_s:
+        delay = start + t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        result.send_lag_ms = max(result.send_lag_ms, (loop.time() - start - t) * 1000)
+        task = asyncio.create_task(one(i % len(targets), t))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        i += 1
+        t += rng.expovariate(rate)
+    if tasks:
+        await asyncio.wait(tasks)
+    for pool in idle:
+        for conn in pool:
+            conn.writer.close()
+    result.samples.sort(key=lambda s: s.sent_at)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.loadgen", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("url", nargs="+")
+    parser.add_argument("--rate", type=float, required=True, help="requests per second")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds")
+    parser.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    started = time.monotonic()
+    result = runner(run_open_loop(args.url, rate=args.rate, duration_s=args.duration,
+                                  timeout_s=args.timeout, seed=args.seed))
+    summary = result.summary()
+    summary["wall_s"] = round(time.monotonic() - started, 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

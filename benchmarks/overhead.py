@@ -1,0 +1,273 @@
+"""What it costs to put katyusha in the path: throughput, latency, memory, bodies.
+
+Run as ``python -m benchmarks.overhead [--quick] [--json PATH]``. Needs nginx,
+haproxy and wrk on PATH (``make bench-deps`` installs them); installs nothing.
+
+One fast backend (nginx serving a small fixed body, one worker) and in front of
+it, each with one worker and keep-alive to the backend: nothing (direct),
+HAProxy, nginx, and katyusha as users run it (default policy, L1 queue on,
+metrics on), plus katyusha with two workers (``katyusha-threads: "2"``). wrk
+loads each at 32 and 256 connections, several rounds in alternating order; the
+figures are medians over rounds. The figures that matter are the ratios: this
+machine is shared and noisy, so an absolute number means little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import resource
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchmarks import peers, wrk
+from benchmarks.hashsink import pattern, pattern_sha256
+
+CONNECTIONS = (32, 256)
+BODY_MB = 100
+
+
+@contextlib.contextmanager
+def katyusha(upstream: str, *, workers: int = 1) -> Iterator[peers.Running]:
+    """katyusha as users run it: default policy, L1 queue and metrics on."""
+    from tests.procs import Proc, script
+
+    port = peers.free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-katyusha-") as tmp:
+        config = Path(tmp) / "katyusha.yaml"
+        config.write_text(f'katyusha-threads: "{workers}"\n')
+        argv = [script("katyusha"), "serve", "--port", str(port), "--admin-port", "0",
+                "--pod", f"{upstream},name=backend,node=local", "--config", str(config)]
+        proc = Proc(argv, ready_timeout=30)
+        try:
+            peers.wait_port(port)
+            yield peers.Running(f"katyusha-{workers}w", f"http://127.0.0.1:{port}", proc.popen)
+        finally:
+            proc.terminate()
+            proc.kill()
+
+
+@contextlib.contextmanager
+def direct(url: str) -> Iterator[peers.Running]:
+    yield peers.Running("direct", url, None)  # type: ignore[arg-type]
+
+
+def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> dict:
+    systems = {
+        "direct": lambda: direct(backend_url),
+        "haproxy": lambda: peers.haproxy_proxy([backend_url]),
+        "nginx": lambda: peers.nginx_proxy([backend_url]),
+        "katyusha": lambda: katyusha(backend_url, workers=1),
+        "katyusha-2w": lambda: katyusha(backend_url, workers=2),
+    }
+    samples: dict[str, dict[int, list[wrk.WrkResult]]] = {
+        name: {c: [] for c in CONNECTIONS} for name in systems
+    }
+    names = list(systems)
+    for round_no in range(rounds):
+        # Alternate the order so no system always runs on a warmer or cooler machine.
+        order = names[round_no % len(names):] + names[: round_no % len(names)]
+        if round_no % 2:
+            order.reverse()
+        for name in order:
+            with systems[name]() as running:
+                url = running.url + "/"
+                wrk.run(url, connections=32, duration_s=1)  # warm-up: pools, JIT-free caches
+                for conns in CONNECTIONS:
+                    result = wrk.run(url, connections=conns, duration_s=duration_s)
+                    samples[name][conns].append(result)
+                    print(f"  round {round_no + 1} {name:12s} c={conns:<4d} "
+                          f"{result.rps:9.0f} req/s p50 {result.p50_ms:7.2f} ms "
+                          f"p99 {result.p99_ms:7.2f} ms errors {result.errors}", flush=True)
+    table = {}
+    for name, by_conns in samples.items():
+        table[name] = {}
+        for conns, results in by_conns.items():
+            table[name][str(conns)] = {
+                "rps": round(statistics.median(r.rps for r in results), 1),
+                "p50_ms": round(statistics.median(r.p50_ms for r in results), 3),
+                "p99_ms": round(statistics.median(r.p99_ms for r in results), 3),
+                "errors": sum(r.errors for r in results),
+                "rounds": len(results),
+            }
+    return table
+
+
+def _open_connections(port: int, count: int) -> tuple[list[socket.socket], int]:
+    socks = []
+    for _ in range(count):
+        try:
+            sock = socket.socket()
+            sock.setblocking(True)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            break
+        socks.append(sock)
+    return socks, len(socks)
+
+
+def measure_memory(backend_url: str, *, connections: int) -> dict:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    result: dict = {"connections_asked": connections, "nofile_limit": soft}
+    with katyusha(backend_url) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        # Serve a few requests first so pools and caches exist, as in use.
+        wrk.run(running.url + "/", connections=8, duration_s=1)
+        time.sleep(0.5)
+        result["idle_rss_mb"] = round(peers.rss_kb(running.pid) / 1024, 1)
+        wanted = min(connections, soft - 100)
+        socks, opened = _open_connections(port, wanted)
+        try:
+            # Each connection sends one request, so katyusha really serves them all.
+            for sock in socks:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            answered = 0
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    if sock.recv(65536).startswith(b"HTTP/1.1 200"):
+                        answered += 1
+            time.sleep(0.5)
+            result["connections_held"] = opened
+            result["connections_answered"] = answered
+            result["rss_with_connections_mb"] = round(peers.rss_kb(running.pid) / 1024, 1)
+            if opened < connections:
+                result["note"] = (f"held {opened} of {connections} connections: the open-file "
+                                  f"limit here is {soft}")
+        finally:
+            for sock in socks:
+                sock.close()
+    return result
+
+
+class _RssWatch:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.base = peers.rss_kb(pid)
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, peers.rss_kb(self.pid))
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return round((self.peak - self.base) / 1024, 1)
+
+
+def measure_bodies(size_mb: int) -> dict:
+    from tests.procs import Proc
+
+    size = size_mb * 1024 * 1024
+    expected = pattern_sha256(size)
+    out: dict = {"size_mb": size_mb}
+    with Proc([sys.executable, "-m", "benchmarks.hashsink"], ready_timeout=20) as sink, \
+            katyusha(sink.url) as running:
+        host, port = "127.0.0.1", int(running.url.rsplit(":", 1)[1])
+        wrk.run(running.url + "/download?size=10", connections=4, duration_s=1)
+        with _RssWatch(running.pid) as watch:
+            started = time.monotonic()
+            conn = http.client.HTTPConnection(host, port, timeout=120)
+            conn.request("PUT", "/upload", body=pattern(size), encode_chunked=True,
+                         headers={"Transfer-Encoding": "chunked"})
+            reply = conn.getresponse()
+            answer = json.loads(reply.read())
+            conn.close()
+            out["upload_s"] = round(time.monotonic() - started, 2)
+        out["upload_ok"] = reply.status == 200 and answer == {"sha256": expected, "length": size}
+        out["upload_rss_growth_mb"] = watch.growth_mb
+        with _RssWatch(running.pid) as watch:
+            started = time.monotonic()
+            conn = http.client.HTTPConnection(host, port, timeout=120)
+            conn.request("GET", f"/download?size={size}")
+            reply = conn.getresponse()
+            digest = hashlib.sha256()
+            got = 0
+            while chunk := reply.read(1024 * 1024):
+                digest.update(chunk)
+                got += len(chunk)
+            conn.close()
+            out["download_s"] = round(time.monotonic() - started, 2)
+        out["download_ok"] = reply.status == 200 and got == size and digest.hexdigest() == expected
+        out["download_rss_growth_mb"] = watch.growth_mb
+    out["rss_growth_under_64mb"] = max(out["upload_rss_growth_mb"], out["download_rss_growth_mb"]) < 64
+    return out
+
+
+def print_table(table: dict) -> None:
+    base = table["haproxy"]["32"]["rps"]
+    print(f"\n{'system':14s} {'conns':>5s} {'req/s':>9s} {'vs haproxy':>10s} {'p50 ms':>8s} "
+          f"{'p99 ms':>8s} {'errors':>6s}")
+    for name, by_conns in table.items():
+        for conns, fig in by_conns.items():
+            ref = table["haproxy"][conns]["rps"] or base
+            print(f"{name:14s} {conns:>5s} {fig['rps']:9.0f} {fig['rps'] / ref:10.2f} "
+                  f"{fig['p50_ms']:8.2f} {fig['p99_ms']:8.2f} {fig['errors']:6d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a run of under a minute, same keys")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
+    parser.add_argument("--rounds", type=int, help="rounds per system (default 3, quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 3)")
+    args = parser.parse_args(argv)
+    peers.require("nginx", "haproxy", "wrk")
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (3.0 if args.quick else 10.0)
+    started = time.monotonic()
+    with peers.nginx_static() as backend:
+        print(f"backend: nginx at {backend.url}; {rounds} round(s) of {duration:g} s per run")
+        table = measure_throughput(backend.url, rounds=rounds, duration_s=duration)
+        memory = measure_memory(backend.url, connections=2000 if args.quick else 10_000)
+    bodies = measure_bodies(20 if args.quick else BODY_MB)
+    print_table(table)
+    ratio = table["katyusha"]["32"]["rps"] / table["haproxy"]["32"]["rps"]
+    added = table["katyusha"]["32"]["p50_ms"] - table["direct"]["32"]["p50_ms"]
+    result = {
+        "systems": table,
+        "ratio_rps_vs_haproxy": round(ratio, 3),
+        "ratio_rps_vs_nginx": round(table["katyusha"]["32"]["rps"] / table["nginx"]["32"]["rps"], 3),
+        "ratio_2w_vs_1w": round(table["katyusha-2w"]["32"]["rps"] / table["katyusha"]["32"]["rps"], 3),
+        "added_p50_ms": round(added, 3),
+        "memory": memory,
+        "bodies": bodies,
+        "quick": args.quick,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    print(f"\nkatyusha / haproxy req/s at 32 connections: {ratio:.3f}")
+    print(f"katyusha added p50 over direct: {added:.3f} ms")
+    print(f"memory: {json.dumps(memory)}")
+    print(f"bodies: {json.dumps(bodies)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
