@@ -1,0 +1,249 @@
+"""The load table: what katyusha knows about each pod's load, from its own counts and the pod's reports.
+
+Two sources feed it. katyusha's own counts (``in_flight``: requests it sent to
+the pod and has not had answered) are exact but blind to other katyusha
+replicas and to what the pod does with them. The pod's piggybacked report
+(``Nonna-Queue-Length`` + ``Nonna-In-Flight``) sees every client of the pod but
+is only as fresh as the last response. :meth:`LoadTable.estimated_load`
+combines the two; policies only compare its values.
+
+The hot-path methods (``on_dispatch``, ``on_response``, ``on_failure``,
+``estimated_load``) do constant work and build nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+from katyusha.core.errors import ConfigError
+from katyusha.core.feedback import Feedback
+
+
+class PodEntry:
+    """One pod as the table sees it. Policies read these fields; only the table writes them."""
+
+    __slots__ = (
+        "name",
+        "url",
+        "node",
+        "ready",
+        "in_flight",
+        "reported_queue",
+        "reported_in_flight",
+        "reported_at",
+        "reported_concurrency",
+        "reported_state",
+        "dispatched_since_report",
+        "latency_ewma_ms",
+        "app_ewma_ms",
+        "requests",
+        "failures",
+        "consecutive_failures",
+    )
+
+    def __init__(self, name: str, url: str, node: str = "", ready: bool = True):
+        self.name = name
+        self.url = url
+        self.node = node
+        self.ready = ready
+        self.in_flight = 0
+        self.reported_queue: int | None = None
+        self.reported_in_flight: int | None = None
+        self.reported_at: float | None = None
+        self.reported_concurrency: int | None = None
+        self.reported_state: str | None = None
+        self.dispatched_since_report = 0
+        self.latency_ewma_ms: float | None = None
+        self.app_ewma_ms: float | None = None
+        self.requests = 0
+        self.failures = 0
+        self.consecutive_failures = 0
+
+    def __repr__(self) -> str:
+        return f"PodEntry({self.name!r}, in_flight={self.in_flight}, ready={self.ready})"
+
+
+class LoadTable:
+    """Pods by name with their load; ``ready()`` is what policies choose from.
+
+    ``version`` increases whenever the set of pods or a pod's readiness
+    changes, so callers (policies, the proxy) can cache what they derive from
+    ``ready()`` and rebuild it only then.
+    """
+
+    def __init__(self, *, stale_after_s: float = 2.0, ewma_alpha: float = 0.3):
+        """Raises ConfigError when ``stale_after_s`` is not positive or ``ewma_alpha`` not in (0, 1]."""
+        if not _is_number(stale_after_s) or not stale_after_s > 0:
+            raise ConfigError("stale_after_s", f"must be a positive number of seconds, got {stale_after_s!r}")
+        if not _is_number(ewma_alpha) or not 0 < ewma_alpha <= 1:
+            raise ConfigError("ewma_alpha", f"must be in (0, 1], got {ewma_alpha!r}")
+        self.stale_after_s = float(stale_after_s)
+        self.ewma_alpha = float(ewma_alpha)
+        self.version = 0
+        self._pods: dict[str, PodEntry] = {}
+        self._ready: list[PodEntry] | None = None
+
+    # -- membership (control-plane rate) ---------------------------------
+
+    def upsert(self, name: str, url: str, node: str = "", ready: bool = True) -> PodEntry:
+        """Add a pod or update its address, node and readiness; its counters survive an update."""
+        entry = self._pods.get(name)
+        if entry is None:
+            entry = PodEntry(name, url, node, ready)
+            self._pods[name] = entry
+            self._changed()
+            return entry
+        entry.url = url
+        entry.node = node
+        if entry.ready != ready:
+            entry.ready = ready
+            self._changed()
+        return entry
+
+    def remove(self, name: str) -> PodEntry | None:
+        """Forget a pod; returns its entry (requests still in flight to it may finish) or None."""
+        entry = self._pods.pop(name, None)
+        if entry is not None:
+            self._changed()
+        return entry
+
+    def set_ready(self, name: str, ready: bool) -> None:
+        """Mark a known pod ready or not; unknown names are ignored (the pod may have just left)."""
+        entry = self._pods.get(name)
+        if entry is not None and entry.ready != ready:
+            entry.ready = ready
+            self._changed()
+
+    def get(self, name: str) -> PodEntry | None:
+        return self._pods.get(name)
+
+    def pods(self) -> list[PodEntry]:
+        """Every known pod, ready or not, in insertion order (a new list)."""
+        return list(self._pods.values())
+
+    def ready(self) -> list[PodEntry]:
+        """The ready pods. The same list object is returned until ``version`` changes: do not mutate it."""
+        if self._ready is None:
+            self._ready = [entry for entry in self._pods.values() if entry.ready]
+        return self._ready
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    def _changed(self) -> None:
+        self._ready = None
+        self.version += 1
+
+    # -- per request (hot path) ------------------------------------------
+
+    def on_dispatch(self, entry: PodEntry, now: float) -> None:
+        """A request was sent to ``entry``."""
+        entry.in_flight += 1
+        entry.dispatched_since_report += 1
+        entry.requests += 1
+
+    def on_response(
+        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
+    ) -> None:
+        """A response came back from ``entry`` after ``latency_s``, with the pod's report if any."""
+        if entry.in_flight > 0:
+            entry.in_flight -= 1
+        entry.consecutive_failures = 0
+        alpha = self.ewma_alpha
+        latency_ms = latency_s * 1000.0
+        if entry.latency_ewma_ms is None:
+            entry.latency_ewma_ms = latency_ms
+        else:
+            entry.latency_ewma_ms += alpha * (latency_ms - entry.latency_ewma_ms)
+        if feedback is None:
+            # This request is no longer on its way to the pod.
+            if entry.dispatched_since_report > 0:
+                entry.dispatched_since_report -= 1
+            return
+        entry.reported_queue = feedback.queue_length
+        entry.reported_in_flight = feedback.in_flight
+        entry.reported_at = now
+        entry.reported_concurrency = feedback.concurrency
+        entry.reported_state = feedback.state
+        entry.dispatched_since_report = 0
+        app_ms = feedback.app_ms
+        if app_ms is not None:
+            if entry.app_ewma_ms is None:
+                entry.app_ewma_ms = app_ms
+            else:
+                entry.app_ewma_ms += alpha * (app_ms - entry.app_ewma_ms)
+
+    def on_failure(self, entry: PodEntry, now: float) -> None:
+        """A request to ``entry`` ended with no response (connection error, timeout)."""
+        if entry.in_flight > 0:
+            entry.in_flight -= 1
+        if entry.dispatched_since_report > 0:
+            entry.dispatched_since_report -= 1
+        entry.failures += 1
+        entry.consecutive_failures += 1
+
+    def is_fresh(self, entry: PodEntry, now: float) -> bool:
+        """True when the pod reported within ``stale_after_s`` of ``now``."""
+        reported_at = entry.reported_at
+        return reported_at is not None and now - reported_at <= self.stale_after_s
+
+    def estimated_load(self, entry: PodEntry, now: float) -> float:
+        """Requests the pod holds now (queued + executing), as best katyusha can tell.
+
+        With a fresh report: ``reported_queue + reported_in_flight +
+        dispatched_since_report``. The report already counts those of our
+        requests that had reached the pod, so our own ``in_flight`` is not
+        added to it (that would count them twice); only what we sent after the
+        report is. Requests sent just before a report but still on the wire
+        are in neither term, so the estimate is never below our own
+        ``in_flight``, which the pod certainly holds or will. With no report,
+        or one older than ``stale_after_s``: our own ``in_flight`` only (load
+        from other replicas is then invisible).
+        """
+        reported_at = entry.reported_at
+        if reported_at is None or now - reported_at > self.stale_after_s:
+            return float(entry.in_flight)
+        estimate = entry.reported_queue + entry.reported_in_flight + entry.dispatched_since_report
+        in_flight = entry.in_flight
+        return float(estimate if estimate > in_flight else in_flight)
+
+    # -- introspection ---------------------------------------------------
+
+    def snapshot(self, now: float) -> list[dict]:
+        """JSON-able state of every pod, for the admin ``GET /pods``."""
+        rows = []
+        for entry in self._pods.values():
+            fresh = self.is_fresh(entry, now)
+            rows.append(
+                {
+                    "name": entry.name,
+                    "url": entry.url,
+                    "node": entry.node,
+                    "ready": entry.ready,
+                    "in_flight": entry.in_flight,
+                    "estimated_load": self.estimated_load(entry, now),
+                    "report_fresh": fresh,
+                    "reported_queue": entry.reported_queue,
+                    "reported_in_flight": entry.reported_in_flight,
+                    "reported_concurrency": entry.reported_concurrency,
+                    "reported_state": entry.reported_state,
+                    "report_age_s": None
+                    if entry.reported_at is None
+                    else round(now - entry.reported_at, 6),
+                    "dispatched_since_report": entry.dispatched_since_report,
+                    "latency_ewma_ms": entry.latency_ewma_ms,
+                    "app_ewma_ms": entry.app_ewma_ms,
+                    "requests": entry.requests,
+                    "failures": entry.failures,
+                    "consecutive_failures": entry.consecutive_failures,
+                }
+            )
+        return rows
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )

@@ -1,0 +1,280 @@
+"""The L1 queue (junbanmachi): admission with a concurrency limit, in arrival order per priority.
+
+A request is offered and gets a :class:`Ticket`. When a slot is free, nobody
+waits ahead of it and the queue is not held, the ticket is admitted at once;
+otherwise it waits. Every admitted ticket holds one slot until it is released
+(or cancelled); each release admits the next waiting tickets, highest
+priority class first and first-in first-out within a class.
+
+One counter of active slots decides admission, and a ticket's ``state`` moves
+only forward (waiting -> admitted -> done, or waiting -> cancelled/expired), so
+a slot can never be freed twice nor a ticket admitted twice.
+
+While *held* (no pod is ready, e.g. scaling from zero) nothing is admitted;
+requests keep waiting until ``unhold`` or their deadline. Holding works in
+unlimited mode too: there is nowhere to send a request while no pod is ready.
+
+The queue does no I/O and keeps no timers: the caller asks for
+:meth:`L1Queue.next_deadline` and calls :meth:`L1Queue.expire` when it passes.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Any
+
+from katyusha.core.errors import BadInput, ConfigError, QueueFull
+
+WAITING = "waiting"
+ADMITTED = "admitted"
+DONE = "done"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+
+
+class Ticket:
+    """One request's place in the L1 queue. ``payload`` is the caller's, untouched."""
+
+    __slots__ = ("payload", "enqueued_at", "deadline", "priority", "state", "admitted_at")
+
+    def __init__(self, payload: Any, enqueued_at: float, deadline: float, priority: int):
+        self.payload = payload
+        self.enqueued_at = enqueued_at
+        self.deadline = deadline
+        self.priority = priority
+        self.state = WAITING
+        self.admitted_at: float | None = None
+
+    @property
+    def admitted(self) -> bool:
+        """True while the ticket holds a slot (admitted and not yet released)."""
+        return self.state is ADMITTED
+
+    @property
+    def waiting(self) -> bool:
+        return self.state is WAITING
+
+    def __lt__(self, other: Ticket) -> bool:
+        # Only reached on equal deadlines in the expiry heap; any stable answer will do.
+        return self.enqueued_at < other.enqueued_at
+
+    def __repr__(self) -> str:
+        return f"Ticket(state={self.state}, priority={self.priority}, deadline={self.deadline})"
+
+
+class L1Queue:
+    """Concurrency-limited admission queue; see the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        limit: int | None,
+        max_length: int = 10_000,
+        default_timeout_s: float = 30.0,
+        priority_classes: int = 1,
+    ):
+        """``limit`` None means unlimited. Raises ConfigError (naming the argument) for bad values."""
+        _check_limit(limit)
+        if not _is_int(max_length) or max_length < 0:
+            raise ConfigError("max_length", f"must be an integer >= 0, got {max_length!r}")
+        if not _is_positive_seconds(default_timeout_s):
+            raise ConfigError(
+                "default_timeout_s", f"must be a positive number of seconds, got {default_timeout_s!r}"
+            )
+        if not _is_int(priority_classes) or not 1 <= priority_classes <= 64:
+            raise ConfigError(
+                "priority_classes", f"must be an integer from 1 to 64, got {priority_classes!r}"
+            )
+        self.limit = limit
+        self.max_length = max_length
+        self.default_timeout_s = float(default_timeout_s)
+        self.priority_classes = priority_classes
+        self.waiting = 0
+        self.active = 0
+        self.held = False
+        self.admitted_total = 0
+        self.rejected_total = 0
+        self.expired_total = 0
+        self.cancelled_total = 0
+        # One FIFO per class; cancelled or expired tickets stay until they reach
+        # the front (lazy removal keeps cancel O(1)); _compact bounds the garbage.
+        self._classes: list[deque[Ticket]] = [deque() for _ in range(priority_classes)]
+        self._deadlines: list[tuple[float, Ticket]] = []
+        self._fifo_dead = 0
+        self._heap_dead = 0
+
+    # -- admission ---------------------------------------------------------
+
+    def offer(
+        self, payload: Any, now: float, *, timeout_s: float | None = None, priority: int = 0
+    ) -> Ticket:
+        """Admit a request at once or queue it; returns its ticket (see ``ticket.admitted``).
+
+        ``priority`` is 0 (lowest) to ``priority_classes - 1``. Raises BadInput
+        for a priority out of range or a timeout that is not a positive number,
+        and QueueFull when ``max_length`` tickets already wait.
+        """
+        if timeout_s is None:
+            timeout_s = self.default_timeout_s
+        elif not _is_positive_seconds(timeout_s):
+            raise BadInput(f"timeout must be a positive number of seconds, got {timeout_s!r}")
+        if priority.__class__ is not int or not 0 <= priority < self.priority_classes:
+            raise BadInput(
+                f"priority must be an integer from 0 to {self.priority_classes - 1}, got {priority!r}"
+            )
+        ticket = Ticket(payload, now, now + timeout_s, priority)
+        if not self.held and self.waiting == 0 and (self.limit is None or self.active < self.limit):
+            ticket.state = ADMITTED
+            ticket.admitted_at = now
+            self.active += 1
+            self.admitted_total += 1
+            return ticket
+        if self.waiting >= self.max_length:
+            self.rejected_total += 1
+            raise QueueFull(f"L1 queue full: {self.waiting} requests waiting (max {self.max_length})")
+        self._classes[priority].append(ticket)
+        heapq.heappush(self._deadlines, (ticket.deadline, ticket))
+        self.waiting += 1
+        return ticket
+
+    def release(self, ticket: Ticket, now: float) -> list[Ticket]:
+        """An admitted ticket finished: free its slot; returns the tickets admitted in its place.
+
+        Releasing a ticket that holds no slot (already released, cancelled,
+        still waiting) changes nothing and returns [].
+        """
+        if ticket.state is not ADMITTED:
+            return []
+        ticket.state = DONE
+        self.active -= 1
+        return self._admit(now)
+
+    def cancel(self, ticket: Ticket, now: float | None = None) -> list[Ticket]:
+        """The client left or the request was abandoned: drop the ticket wherever it is.
+
+        A waiting ticket leaves the queue; an admitted one frees its slot and
+        the tickets admitted in its place are returned. Cancelling twice, or
+        after release or expiry, changes nothing.
+        """
+        state = ticket.state
+        if state is WAITING:
+            ticket.state = CANCELLED
+            self.waiting -= 1
+            self.cancelled_total += 1
+            self._fifo_dead += 1
+            self._heap_dead += 1
+            self._maybe_compact()
+            return []
+        if state is ADMITTED:
+            ticket.state = CANCELLED
+            self.active -= 1
+            self.cancelled_total += 1
+            return self._admit(ticket.enqueued_at if now is None else now)
+        return []
+
+    def expire(self, now: float) -> list[Ticket]:
+        """Remove and return the waiting tickets whose deadline is at or before ``now``."""
+        expired = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, ticket = heapq.heappop(heap)
+            if ticket.state is WAITING:
+                ticket.state = EXPIRED
+                self.waiting -= 1
+                self.expired_total += 1
+                self._fifo_dead += 1
+                expired.append(ticket)
+            else:
+                self._heap_dead -= 1
+        if expired:
+            self._maybe_compact()
+        return expired
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline among waiting tickets, or None when nothing waits."""
+        heap = self._deadlines
+        while heap and heap[0][1].state is not WAITING:
+            heapq.heappop(heap)
+            self._heap_dead -= 1
+        return heap[0][0] if heap else None
+
+    def hold(self) -> None:
+        """Stop admitting (no pod is ready); waiting tickets keep waiting. Idempotent."""
+        self.held = True
+
+    def unhold(self, now: float) -> list[Ticket]:
+        """Admit again; returns the waiting tickets that may go now. Idempotent."""
+        self.held = False
+        return self._admit(now)
+
+    def set_limit(self, limit: int | None, now: float) -> list[Ticket]:
+        """Change the concurrency limit at run time; returns tickets a larger limit admits.
+
+        Lowering it never evicts: active tickets finish, and admission resumes
+        once ``active`` is below the new limit. Raises ConfigError for bad values.
+        """
+        _check_limit(limit)
+        self.limit = limit
+        return self._admit(now)
+
+    # -- internals ---------------------------------------------------------
+
+    def _admit(self, now: float) -> list[Ticket]:
+        if self.held or self.waiting == 0:
+            return []
+        admitted = []
+        limit = self.limit
+        for fifo in reversed(self._classes):
+            while fifo and (limit is None or self.active < limit):
+                ticket = fifo.popleft()
+                if ticket.state is not WAITING:
+                    self._fifo_dead -= 1
+                    continue
+                # Its heap entry stays until popped or compacted.
+                self._heap_dead += 1
+                ticket.state = ADMITTED
+                ticket.admitted_at = now
+                self.active += 1
+                self.waiting -= 1
+                self.admitted_total += 1
+                admitted.append(ticket)
+            if limit is not None and self.active >= limit:
+                break
+        if admitted:
+            self._maybe_compact()
+        return admitted
+
+    def _maybe_compact(self) -> None:
+        # Lazy removal leaves dead tickets in the FIFOs and the heap; rebuild
+        # once they outnumber the live ones so memory stays bounded by max_length.
+        slack = self.waiting + 64
+        if self._fifo_dead > slack:
+            for index, fifo in enumerate(self._classes):
+                self._classes[index] = deque(t for t in fifo if t.state is WAITING)
+            self._fifo_dead = 0
+        if self._heap_dead > slack:
+            self._deadlines = [item for item in self._deadlines if item[1].state is WAITING]
+            heapq.heapify(self._deadlines)
+            self._heap_dead = 0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_seconds(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and not math.isnan(value)
+        and value > 0
+    )
+
+
+def _check_limit(limit: object) -> None:
+    if limit is not None and (not _is_int(limit) or limit < 1):
+        raise ConfigError(
+            "limit", f"must be an integer >= 1, or None for unlimited, got {limit!r}"
+        )

@@ -1,0 +1,161 @@
+"""The response pool (outoushuugou): recent response timings per pod, per node and for the fleet.
+
+Each response adds one sample of four timings: L1 wait (in katyusha's queue),
+L2 wait (in nonna's queue, from ``Server-Timing``), app time and end-to-end
+latency. Samples go into fixed-size rings, one per pod, one per node and one
+for the whole fleet, so recording is a few list stores and memory is bounded
+by ``capacity`` samples per key and ``max_keys`` keys. Only samples younger than
+``window_s`` count in a summary; quantiles are computed there, not on record.
+"""
+
+from __future__ import annotations
+
+import math
+
+from katyusha.core.errors import ConfigError
+
+METRICS = ("l1_wait_ms", "l2_wait_ms", "app_ms", "latency_ms")
+FLEET = "*"
+
+
+class _Ring:
+    """The last ``capacity`` samples of one key, oldest overwritten first."""
+
+    __slots__ = ("times", "l1", "l2", "app", "latency", "status", "pos", "size", "last")
+
+    def __init__(self, capacity: int):
+        self.times = [0.0] * capacity
+        self.l1: list[float | None] = [None] * capacity
+        self.l2: list[float | None] = [None] * capacity
+        self.app: list[float | None] = [None] * capacity
+        self.latency: list[float | None] = [None] * capacity
+        self.status = [0] * capacity
+        self.pos = 0
+        self.size = 0
+        self.last = -math.inf
+
+    def add(self, now, l1, l2, app, latency, status) -> None:
+        pos = self.pos
+        self.times[pos] = now
+        self.l1[pos] = l1
+        self.l2[pos] = l2
+        self.app[pos] = app
+        self.latency[pos] = latency
+        self.status[pos] = status
+        pos += 1
+        self.pos = 0 if pos == len(self.times) else pos
+        if self.size < len(self.times):
+            self.size += 1
+        if now > self.last:
+            self.last = now
+
+    def summary(self, since: float) -> dict:
+        capacity = len(self.times)
+        start = (self.pos - self.size) % capacity
+        live = [(start + i) % capacity for i in range(self.size)]
+        live = [i for i in live if self.times[i] >= since]
+        errors = sum(1 for i in live if self.status[i] >= 500)
+        result: dict = {"count": len(live), "errors": errors}
+        for metric, values in zip(METRICS, (self.l1, self.l2, self.app, self.latency), strict=True):
+            result[metric] = describe([values[i] for i in live if values[i] is not None])
+        return result
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted, non-empty ``ordered``, by linear interpolation between ranks."""
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def describe(values: list[float]) -> dict:
+    """``{"count", "mean", "p50", "p99"}`` of ``values``; the statistics are None when it is empty."""
+    if not values:
+        return {"count": 0, "mean": None, "p50": None, "p99": None}
+    values.sort()
+    return {
+        "count": len(values),
+        "mean": sum(values) / len(values),
+        "p50": quantile(values, 0.50),
+        "p99": quantile(values, 0.99),
+    }
+
+
+def _clean(value: float | None) -> float | None:
+    # A missing, negative or NaN timing is no timing: it must not skew the means.
+    if value is None or not value >= 0 or value == math.inf:
+        return None
+    return float(value)
+
+
+class ResponsePool:
+    """Rolling windows of response timings; see the module docstring."""
+
+    def __init__(self, *, window_s: float = 60.0, capacity: int = 1024, max_keys: int = 4096):
+        """Raises ConfigError for a non-positive ``window_s``, ``capacity`` or ``max_keys``."""
+        if not isinstance(window_s, int | float) or not window_s > 0 or window_s == math.inf:
+            raise ConfigError("window_s", f"must be a positive number of seconds, got {window_s!r}")
+        for key, value in (("capacity", capacity), ("max_keys", max_keys)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(key, f"must be an integer >= 1, got {value!r}")
+        self.window_s = float(window_s)
+        self.capacity = capacity
+        self.max_keys = max_keys
+        self.recorded_total = 0
+        self._pods: dict[str, _Ring] = {}
+        self._nodes: dict[str, _Ring] = {}
+        self._fleet = _Ring(capacity)
+
+    def record(
+        self,
+        pod: str,
+        node: str,
+        now: float,
+        *,
+        l1_wait_ms: float | None,
+        l2_wait_ms: float | None,
+        app_ms: float | None,
+        latency_ms: float | None,
+        status: int,
+    ) -> None:
+        """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
+        l1 = _clean(l1_wait_ms)
+        l2 = _clean(l2_wait_ms)
+        app = _clean(app_ms)
+        latency = _clean(latency_ms)
+        self.recorded_total += 1
+        self._fleet.add(now, l1, l2, app, latency, status)
+        self._ring(self._pods, pod).add(now, l1, l2, app, latency, status)
+        if node:
+            self._ring(self._nodes, node).add(now, l1, l2, app, latency, status)
+
+    def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
+        ring = rings.get(key)
+        if ring is None:
+            if len(rings) >= self.max_keys:
+                # Pods come and go; the one heard from least recently makes room.
+                del rings[min(rings, key=lambda k: rings[k].last)]
+            ring = rings[key] = _Ring(self.capacity)
+        return ring
+
+    def summary(self, now: float) -> dict:
+        """JSON-able statistics of the samples younger than ``window_s``, per pod, per node and fleet-wide.
+
+        ``{"window_s", "fleet", "pods": {name: stats}, "nodes": {name: stats}}``,
+        where stats is ``{"count", "errors" (status >= 500), and per timing
+        {"count", "mean", "p50", "p99"}}``. Keys with no sample in the window
+        are dropped from the pool.
+        """
+        since = now - self.window_s
+        result = {"window_s": self.window_s, "fleet": self._fleet.summary(since)}
+        for label, rings in (("pods", self._pods), ("nodes", self._nodes)):
+            out = {}
+            for key in list(rings):
+                stats = rings[key].summary(since)
+                if not stats["count"]:
+                    del rings[key]
+                else:
+                    out[key] = stats
+            result[label] = out
+        return result

@@ -1,0 +1,127 @@
+"""The load table: membership, readiness cache, counts, reports and their staleness."""
+
+import json
+
+import pytest
+
+from katyusha.core.errors import ConfigError
+from katyusha.core.feedback import Feedback
+from katyusha.core.loadtable import LoadTable
+
+
+def report(queue, in_flight, app_ms=None, concurrency=None):
+    return Feedback(queue, in_flight, concurrency, None, app_ms, None, None)
+
+
+def test_upsert_remove_and_ready_cache():
+    table = LoadTable()
+    a = table.upsert("a", "http://a")
+    table.upsert("b", "http://b", node="n1", ready=False)
+    assert [e.name for e in table.pods()] == ["a", "b"]
+    ready = table.ready()
+    assert ready == [a]
+    version = table.version
+    assert table.ready() is ready  # cached while nothing changes
+    assert table.upsert("a", "http://a2") is a and a.url == "http://a2"
+    assert table.version == version and table.ready() is ready
+
+    table.set_ready("b", True)
+    assert table.version > version
+    assert [e.name for e in table.ready()] == ["a", "b"]
+    table.set_ready("nobody", False)  # a pod that already left: no error
+    assert table.remove("a") is a
+    assert table.remove("a") is None
+    assert [e.name for e in table.ready()] == ["b"]
+
+
+def test_counters_survive_an_update():
+    table = LoadTable()
+    a = table.upsert("a", "http://a")
+    table.on_dispatch(a, 0.0)
+    table.upsert("a", "http://a", ready=False)
+    assert a.in_flight == 1 and a.requests == 1
+
+
+def test_dispatch_response_failure_counts():
+    table = LoadTable()
+    a = table.upsert("a", "http://a")
+    for _ in range(3):
+        table.on_dispatch(a, 0.0)
+    table.on_response(a, 0.1, 0.050, None)
+    table.on_failure(a, 0.2)
+    assert (a.in_flight, a.requests, a.failures) == (1, 3, 1)
+    table.on_failure(a, 0.3)
+    table.on_failure(a, 0.3)  # more endings than dispatches never go negative
+    assert a.in_flight == 0 and a.consecutive_failures == 3
+    table.on_response(a, 0.4, 0.01, None)
+    assert a.consecutive_failures == 0
+
+
+def test_latency_and_app_ewma():
+    table = LoadTable(ewma_alpha=0.5)
+    a = table.upsert("a", "http://a")
+    table.on_response(a, 0.0, 0.010, report(0, 0, app_ms=8.0))
+    assert a.latency_ewma_ms == pytest.approx(10.0) and a.app_ewma_ms == pytest.approx(8.0)
+    table.on_response(a, 0.1, 0.030, report(0, 0, app_ms=4.0))
+    assert a.latency_ewma_ms == pytest.approx(20.0) and a.app_ewma_ms == pytest.approx(6.0)
+    table.on_response(a, 0.2, 0.030, None)  # no report: app estimate kept
+    assert a.app_ewma_ms == pytest.approx(6.0)
+
+
+def test_estimate_uses_fresh_report_plus_later_dispatches():
+    table = LoadTable(stale_after_s=2.0)
+    a = table.upsert("a", "http://a")
+    assert table.estimated_load(a, 0.0) == 0
+    table.on_dispatch(a, 0.0)
+    table.on_dispatch(a, 0.0)
+    # The pod reports 5 queued + 3 running (our other request among them).
+    table.on_response(a, 1.0, 0.1, report(5, 3))
+    assert a.in_flight == 1 and a.dispatched_since_report == 0
+    assert table.estimated_load(a, 1.0) == 8  # our in-flight one is in the report, not added twice
+    table.on_dispatch(a, 1.5)
+    table.on_dispatch(a, 1.5)
+    assert table.estimated_load(a, 1.5) == 10
+
+
+def test_estimate_never_below_own_in_flight():
+    table = LoadTable()
+    a = table.upsert("a", "http://a")
+    for _ in range(6):
+        table.on_dispatch(a, 0.0)
+    table.on_response(a, 0.1, 0.01, report(0, 1))  # the pod had not seen the others yet
+    assert table.estimated_load(a, 0.1) == a.in_flight == 5
+
+
+def test_old_report_ages_out_to_local_counts():
+    table = LoadTable(stale_after_s=2.0)
+    a = table.upsert("a", "http://a")
+    table.on_dispatch(a, 0.0)
+    table.on_dispatch(a, 0.0)
+    table.on_response(a, 0.0, 0.01, report(40, 10))
+    assert table.estimated_load(a, 1.9) == 50
+    assert table.is_fresh(a, 2.0)
+    assert not table.is_fresh(a, 2.01)
+    assert table.estimated_load(a, 2.5) == a.in_flight == 1
+
+
+def test_snapshot_is_json():
+    table = LoadTable()
+    a = table.upsert("a", "http://a", node="n1")
+    table.on_dispatch(a, 0.0)
+    table.on_response(a, 0.5, 0.02, report(2, 1, app_ms=3.0, concurrency=4))
+    rows = json.loads(json.dumps(table.snapshot(1.0)))
+    assert rows[0]["name"] == "a" and rows[0]["node"] == "n1"
+    assert rows[0]["estimated_load"] == 3 and rows[0]["report_fresh"] is True
+    assert rows[0]["report_age_s"] == pytest.approx(0.5)
+    assert rows[0]["reported_concurrency"] == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"stale_after_s": 0}, "stale_after_s"), ({"stale_after_s": float("nan")}, "stale_after_s"),
+     ({"ewma_alpha": 0}, "ewma_alpha"), ({"ewma_alpha": 1.5}, "ewma_alpha"), ({"ewma_alpha": "x"}, "ewma_alpha")],
+)
+def test_bad_settings_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as err:
+        LoadTable(**kwargs)
+    assert err.value.key == key and key in str(err.value)

@@ -1,0 +1,265 @@
+"""Every policy's picks on hand-built tables, with seeded randomness and explicit time."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from katyusha.core.errors import ConfigError
+from katyusha.core.feedback import Feedback
+from katyusha.core.loadtable import LoadTable
+from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
+
+
+def fleet(count, **kw):
+    table = LoadTable(**kw)
+    for i in range(count):
+        table.upsert(f"p{i}", f"http://127.0.0.1:{9000 + i}", node=f"n{i % 2}")
+    return table
+
+
+def busy(table, entry, count, now=0.0):
+    for _ in range(count):
+        table.on_dispatch(entry, now)
+
+
+def report(table, entry, now, queue, in_flight=0, app_ms=None, concurrency=None):
+    fb = Feedback(queue, in_flight, concurrency, 0.0, app_ms, entry.name, None)
+    table.on_dispatch(entry, now)
+    table.on_response(entry, now, 0.01, fb)
+
+
+def policy(name, table, seed=1, **options):
+    return make_policy(name, rng=random.Random(seed), table=table, **options)
+
+
+def test_names_and_default():
+    assert set(POLICY_NAMES) == {
+        "round-robin", "random", "least-in-flight", "p2c",
+        "jsq-piggyback", "sed-piggyback", "peak-ewma", "prequal",
+    }
+    assert DEFAULT_POLICY in POLICY_NAMES
+    assert make_policy("JSQ_Piggyback", rng=random.Random(), table=LoadTable()).name == "jsq-piggyback"
+
+
+def test_unknown_policy_names_the_allowed_ones():
+    with pytest.raises(ConfigError) as err:
+        make_policy("fastest", rng=random.Random(), table=LoadTable())
+    assert err.value.key == "policy"
+    assert "fastest" in str(err.value) and all(n in str(err.value) for n in POLICY_NAMES)
+    with pytest.raises(ConfigError):
+        make_policy("p2c", rng=random.Random(), table=LoadTable(), decay_s=3)
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_same_seed_same_picks_and_single_candidate(name):
+    def run(seed):
+        table = fleet(6)
+        pol = policy(name, table, seed)
+        picks = []
+        for step in range(200):
+            now = step * 0.01
+            entry = pol.pick(table.ready(), now)
+            table.on_dispatch(entry, now)
+            picks.append(entry.name)
+            if step % 3 == 0:
+                done = table.ready()[step % 6]
+                if done.in_flight:
+                    fb = Feedback(step % 4, done.in_flight, None, 1.0, 5.0 + step % 7, None, None)
+                    table.on_response(done, now, 0.005 * (1 + step % 5), fb)
+                    pol.observe(done, now, 0.005 * (1 + step % 5), fb)
+        return picks
+
+    assert run(42) == run(42)
+    table = fleet(1)
+    assert policy(name, table).pick(table.ready(), 0.0) is table.ready()[0]
+
+
+def test_round_robin_cycles():
+    table = fleet(3)
+    pol = policy("round-robin", table)
+    assert [pol.pick(table.ready(), 0.0).name for _ in range(7)] == ["p0", "p1", "p2"] * 2 + ["p0"]
+
+
+def test_random_covers_all_roughly_evenly():
+    table = fleet(5)
+    pol = policy("random", table)
+    counts = Counter(pol.pick(table.ready(), 0.0).name for _ in range(5000))
+    assert set(counts) == {e.name for e in table.ready()}
+    assert all(700 < c < 1300 for c in counts.values())
+
+
+def test_least_in_flight_takes_the_minimum_and_breaks_ties_randomly():
+    table = fleet(4)
+    p0, p1, p2, p3 = table.ready()
+    busy(table, p0, 3)
+    busy(table, p1, 1)
+    busy(table, p3, 2)
+    pol = policy("least-in-flight", table)
+    assert pol.pick(table.ready(), 0.0) is p2
+    busy(table, p2, 1)  # now p1 and p2 tie at 1
+    counts = Counter(pol.pick(table.ready(), 0.0).name for _ in range(400))
+    assert set(counts) == {"p1", "p2"} and min(counts.values()) > 100
+
+
+def test_p2c_never_picks_the_more_loaded_of_its_two_samples():
+    table = fleet(5)
+    for i, entry in enumerate(table.ready()):
+        busy(table, entry, i * 2)
+    seed = 11
+    pol = policy("p2c", table, seed)
+    shadow = random.Random(seed)  # replays the policy's draws
+    cands = table.ready()
+    picks = Counter()
+    for _ in range(500):
+        first = shadow.randrange(5)
+        second = shadow.randrange(4)
+        second += second >= first
+        chosen = pol.pick(cands, 0.0)
+        assert chosen in (cands[first], cands[second])
+        assert chosen.in_flight == min(cands[first].in_flight, cands[second].in_flight)
+        picks[chosen.name] += 1
+    assert "p4" not in picks  # the most loaded loses every comparison
+
+
+def test_jsq_piggyback_avoids_the_pod_that_reported_the_longest_queue():
+    table = fleet(3)
+    p0, p1, p2 = table.ready()
+    report(table, p0, 1.0, queue=9, in_flight=2)
+    report(table, p1, 1.0, queue=1, in_flight=2)
+    report(table, p2, 1.0, queue=4, in_flight=2)
+    pol = policy("jsq-piggyback", table)
+    picks = Counter()
+    for _ in range(6):
+        entry = pol.pick(table.ready(), 1.1)
+        table.on_dispatch(entry, 1.1)
+        picks[entry.name] += 1
+    # p1 is chosen until its estimate (3 + dispatches) reaches p2's 6; p0 (11) never.
+    assert picks["p0"] == 0 and picks["p1"] >= 3
+
+
+def test_jsq_piggyback_falls_back_to_local_counts_when_reports_are_stale():
+    table = fleet(2, stale_after_s=2.0)
+    p0, p1 = table.ready()
+    report(table, p0, 0.0, queue=50)
+    busy(table, p1, 3)
+    pol = policy("jsq-piggyback", table)
+    assert pol.pick(table.ready(), 1.0) is p1  # fresh report: p0 holds 50
+    assert pol.pick(table.ready(), 5.0) is p0  # stale: p0 has 0 of ours in flight, p1 has 3
+
+
+def test_sed_prefers_fast_pod_with_short_queue_when_its_delay_is_shorter():
+    table = fleet(2)
+    fast, slow = table.ready()
+    report(table, fast, 1.0, queue=2, app_ms=10.0)  # expected (2+1)*10 = 30 ms
+    report(table, slow, 1.0, queue=0, app_ms=100.0)  # idle, expected 100 ms
+    pol = policy("sed-piggyback", table)
+    assert pol.pick(table.ready(), 1.0) is fast
+    # jsq would take the idle slow pod.
+    assert policy("jsq-piggyback", table).pick(table.ready(), 1.0) is slow
+
+
+def test_sed_prefers_slow_idle_pod_when_the_fast_queue_is_too_long():
+    table = fleet(2)
+    fast, slow = table.ready()
+    report(table, fast, 1.0, queue=14, app_ms=10.0)  # (14+1)*10 = 150 ms
+    report(table, slow, 1.0, queue=0, app_ms=100.0)
+    pol = policy("sed-piggyback", table)
+    assert pol.pick(table.ready(), 1.0) is slow
+
+
+def test_sed_uses_reported_concurrency_and_fleet_median_for_unknown_pods():
+    table = fleet(3)
+    wide, narrow, new = table.ready()
+    # 4 running of 8 slots: a new request starts at once, 20 ms.
+    report(table, wide, 1.0, queue=0, in_flight=4, app_ms=20.0, concurrency=8)
+    # 1 running of 1 slot: waits one service time, 2 * 15 = 30 ms.
+    report(table, narrow, 1.0, queue=0, in_flight=1, app_ms=15.0, concurrency=1)
+    pol = policy("sed-piggyback", table)
+    assert pol.fallback_app_ms(table.ready()) == pytest.approx(17.5)
+    busy(table, new, 1)  # unknown app time: median 17.5 * (1+1) = 35 ms
+    assert pol.pick(table.ready(), 1.0) is wide
+    assert policy("sed-piggyback", fleet(2), prior_app_ms=5.0).fallback_app_ms(fleet(2).ready()) == 5.0
+
+
+def test_peak_ewma_spike_raises_cost_at_once_then_decays():
+    table = fleet(2)
+    a, b = table.ready()
+    pol = policy("peak-ewma", table, decay_s=10.0)
+    pol.observe(a, 0.0, 0.010, None)
+    pol.observe(b, 0.0, 0.010, None)
+    pol.observe(a, 1.0, 0.500, None)  # a spike: the estimate jumps to it
+    assert pol.latency_ms(a, 1.0) == pytest.approx(500.0)
+    assert pol.pick(table.ready(), 1.0) is b
+    # Normal samples pull it back down with the 10 s time constant.
+    pol.observe(a, 11.0, 0.010, None)
+    assert pol.latency_ms(a, 11.0) == pytest.approx(500 * 0.3679 + 10 * 0.6321, rel=0.01)
+    for t in range(12, 80):
+        pol.observe(a, float(t), 0.010, None)
+        pol.observe(b, float(t), 0.010, None)
+    assert pol.latency_ms(a, 79.0) == pytest.approx(10.0, rel=0.05)
+
+
+def test_peak_ewma_cost_grows_with_pending_and_unobserved_pods_fade():
+    table = fleet(2)
+    a, b = table.ready()
+    pol = policy("peak-ewma", table)
+    pol.observe(a, 0.0, 0.010, None)
+    pol.observe(b, 0.0, 0.030, None)
+    assert pol.pick(table.ready(), 0.0) is a
+    busy(table, a, 3)  # 10 * 4 = 40 > 30 * 1
+    assert pol.pick(table.ready(), 0.0) is b
+    # With no news the estimate decays, so a once-slow pod is tried again.
+    assert pol.latency_ms(b, 20.0) < pol.latency_ms(b, 0.0) / 5
+
+
+def prequal_pool(table, pol, now, values):
+    for entry, (rif, latency) in zip(table.ready(), values, strict=True):
+        pol.observe_probe(entry, now, rif, latency)
+
+
+def test_prequal_picks_cold_pod_with_lowest_latency_avoiding_hot_ones():
+    table = fleet(6)
+    pol = policy("prequal", table, hot_quantile=0.5)
+    # RIFs 1..6: threshold (median, nearest rank) = 3, so p3..p5 are hot.
+    prequal_pool(table, pol, 0.0, [(1, 50.0), (2, 30.0), (3, 40.0), (4, 5.0), (5, 1.0), (6, 2.0)])
+    assert pol.hot_threshold() == 3
+    assert pol.pick(table.ready(), 0.1).name == "p1"  # lowest latency among the cold, not the hot p4
+    assert pol.probes(0.1)["p1"][0] == 3  # our own dispatch counted on its probe
+
+
+def test_prequal_all_candidates_hot_takes_lowest_rif():
+    table = fleet(4)
+    pol = policy("prequal", table, hot_quantile=0.5)
+    prequal_pool(table, pol, 0.0, [(1, 9.0), (2, 9.0), (8, 1.0), (7, 3.0)])
+    hot_only = table.ready()[2:]
+    assert pol.pick(hot_only, 0.1).name == "p3"
+
+
+def test_prequal_probes_age_out_and_pool_is_bounded():
+    table = fleet(5)
+    pol = policy("prequal", table, max_age_s=1.0, pool_size=3)
+    p0, p1, p2, p3, p4 = table.ready()
+    pol.observe_probe(p0, 0.0, 0, 1.0)
+    pol.observe_probe(p1, 0.5, 0, 50.0)
+    assert pol.pick(table.ready(), 0.9) is p0
+    assert pol.pick(table.ready(), 1.2) is p1  # p0's probe is older than 1 s
+    pol.observe_probe(p2, 1.3, 0, 60.0)
+    pol.observe_probe(p3, 1.3, 0, 70.0)
+    pol.observe_probe(p4, 1.3, 0, 80.0)
+    assert set(pol.probes(1.3)) == {"p2", "p3", "p4"}  # oldest left to keep 3
+    # No live probe at all: falls back to p2c on local counts, never an error.
+    busy(table, p0, 5)
+    assert pol.pick([p0, p1], 9.0) is p1
+
+
+def test_prequal_learns_from_piggybacked_feedback():
+    table = fleet(2)
+    a, b = table.ready()
+    pol = policy("prequal", table)
+    pol.observe(a, 0.0, 0.2, Feedback(5, 3, None, 100.0, 50.0, None, None))
+    pol.observe(b, 0.0, 0.2, Feedback(0, 1, None, 0.0, 20.0, None, None))
+    assert pol.probes(0.0) == {"p0": (8, 150.0, 0.0), "p1": (1, 20.0, 0.0)}
+    assert pol.pick(table.ready(), 0.0) is b
+    targets = pol.probe_targets(fleet(3).ready() + [a], 0.0, count=2)
+    assert len(targets) == 2 and a not in targets  # unprobed pods are probed first

@@ -1,0 +1,84 @@
+"""The response pool (outoushuugou): per pod / node / fleet statistics over a bounded window."""
+
+import json
+
+import pytest
+
+from katyusha.core.errors import ConfigError
+from katyusha.core.responsepool import ResponsePool, quantile
+
+
+def rec(pool, pod, node, now, value, status=200, **over):
+    timings = dict(l1_wait_ms=value, l2_wait_ms=value / 2, app_ms=value * 2, latency_ms=value * 4)
+    timings.update(over)
+    pool.record(pod, node, now, status=status, **timings)
+
+
+def test_quantiles_per_pod_and_node():
+    pool = ResponsePool(window_s=60.0)
+    for i in range(1, 101):
+        rec(pool, "a", "n1", 1.0, float(i))
+    for _ in range(10):
+        rec(pool, "b", "n1", 1.0, 1000.0, status=503)
+    summary = json.loads(json.dumps(pool.summary(2.0)))
+    a = summary["pods"]["a"]
+    assert a["count"] == 100 and a["errors"] == 0
+    assert a["l1_wait_ms"]["mean"] == pytest.approx(50.5)
+    assert a["l1_wait_ms"]["p50"] == pytest.approx(50.5)
+    assert a["l1_wait_ms"]["p99"] == pytest.approx(99.01)
+    assert a["app_ms"]["p50"] == pytest.approx(101.0)
+    assert a["latency_ms"]["p99"] == pytest.approx(396.04)
+    node = summary["nodes"]["n1"]
+    assert node["count"] == 110 and node["errors"] == 10
+    assert node["l1_wait_ms"]["p99"] == pytest.approx(1000.0)
+    assert summary["fleet"]["count"] == 110
+
+
+def test_missing_and_invalid_timings_are_not_counted():
+    pool = ResponsePool()
+    pool.record("a", "", 0.0, l1_wait_ms=1.0, l2_wait_ms=None, app_ms=None, latency_ms=3.0, status=200)
+    pool.record("a", "", 0.0, l1_wait_ms=-1.0, l2_wait_ms=float("nan"), app_ms=None, latency_ms=5.0, status=502)
+    stats = pool.summary(0.0)
+    a = stats["pods"]["a"]
+    assert a["count"] == 2 and a["errors"] == 1
+    assert a["l1_wait_ms"]["count"] == 1 and a["latency_ms"]["mean"] == 4.0
+    assert a["l2_wait_ms"] == {"count": 0, "mean": None, "p50": None, "p99": None}
+    assert stats["nodes"] == {}  # no node known
+
+
+def test_window_is_time_bounded():
+    pool = ResponsePool(window_s=10.0)
+    rec(pool, "old", "n1", 0.0, 1000.0)
+    rec(pool, "a", "n1", 5.0, 1.0)
+    rec(pool, "a", "n1", 12.0, 3.0)
+    summary = pool.summary(14.0)
+    assert summary["pods"]["a"]["count"] == 2
+    assert "old" not in summary["pods"]  # no sample in the window: dropped
+    assert summary["nodes"]["n1"]["l1_wait_ms"]["mean"] == pytest.approx(2.0)
+    assert pool.summary(30.0)["pods"] == {}
+    assert pool.summary(30.0)["fleet"]["count"] == 0
+
+
+def test_window_is_memory_bounded():
+    pool = ResponsePool(window_s=1e6, capacity=100, max_keys=3)
+    for i in range(1000):
+        rec(pool, "a", "n1", float(i), float(i))
+    stats = pool.summary(1000.0)["pods"]["a"]
+    assert stats["count"] == 100
+    assert stats["l1_wait_ms"]["p50"] == pytest.approx(949.5)  # only the newest 100 kept
+    for i, pod in enumerate(["b", "c", "d", "e"]):
+        rec(pool, pod, "n1", 2000.0 + i, 1.0)
+    assert set(pool.summary(2010.0)["pods"]) == {"c", "d", "e"}
+
+
+def test_quantile_interpolates():
+    assert quantile([1.0], 0.99) == 1.0
+    assert quantile([0.0, 10.0], 0.5) == 5.0
+    assert quantile([0.0, 10.0, 20.0], 0.99) == pytest.approx(19.8)
+
+
+def test_bad_settings_raise_config_error():
+    for kwargs, key in (({"window_s": 0}, "window_s"), ({"capacity": 0}, "capacity"), ({"max_keys": -1}, "max_keys")):
+        with pytest.raises(ConfigError) as err:
+            ResponsePool(**kwargs)
+        assert err.value.key == key
