@@ -1,0 +1,145 @@
+"""The one cost function both schedulers are judged by, and the pieces the flow network is built from.
+
+A placement's cost is a sum of integers (OR-Tools needs integer costs):
+
+- ``PULL_COST`` for every pod placed on a node whose disk lacks its image: that
+  pod waits for a pull before its cold start; a warmdisk node starts it sooner.
+- spreading: the m-th pod this batch puts on a node costs ``SPREAD_COST`` times
+  the node's dominant utilisation after it, in steps of doubling width
+  (``SEGMENTS`` of them), so the marginal cost rises as a node fills: a convex
+  cost that the network expresses exactly as parallel node-to-sink arcs of
+  increasing cost.
+- preferences: the weights of unmet preferred node-affinity terms, and
+  ``PREFER_NO_SCHEDULE_COST`` for each PreferNoSchedule taint not tolerated.
+- ``UNSCHEDULED_COST`` for every pod left pending; it exceeds any placement's
+  cost, so leaving a pod out is only ever the answer when nothing can take it.
+
+Utilisation is counted in mean-sized batch pods. The steps depend on the
+cluster before the batch and on the batch's mean request, never on the scheduler, so the same assignment costs the same
+whichever scheduler produced it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from katyusha.core.placement.model import Cluster, Placement, PodClass
+
+PULL_COST = 300
+SPREAD_COST = 200
+SEGMENTS = 8
+PREFER_NO_SCHEDULE_COST = 100
+UNSCHEDULED_COST = 100_000
+
+
+def step_of(m):
+    """Which spreading step the m-th batch pod on a node falls in (m >= 1; scalar or array).
+
+    Steps double in width (1, 1, 2, 4, 8, ... pods), so the first pods on a
+    node are priced finely, which is what makes a batch spread, while a node
+    still needs only ``SEGMENTS`` arcs to the sink.
+    """
+    m = np.asarray(m)
+    step = np.ceil(np.log2(np.maximum(m, 1))).astype(np.int64)
+    return np.minimum(step, SEGMENTS - 1)
+
+
+@dataclass(frozen=True)
+class SpreadModel:
+    """Per node: dominant utilisation before the batch (``base``) and one mean batch pod's share."""
+
+    base: np.ndarray  # float, 0..1
+    share: np.ndarray  # float
+
+    def step_cost(self, nodes, step):
+        """Unit cost of ``step`` on ``nodes``: the utilisation at the step's last pod, scaled."""
+        util = np.minimum(1.0, self.base[nodes] + (2.0 ** np.asarray(step)) * self.share[nodes])
+        return np.rint(SPREAD_COST * util).astype(np.int64)
+
+    def marginal(self, node: int, m: int) -> int:
+        """Cost of the m-th batch pod (m >= 1) on node index ``node``."""
+        return int(self.step_cost(node, step_of(m)))
+
+    def total(self, node: int, count: int) -> int:
+        """Cost of ``count`` batch pods on node index ``node``."""
+        return sum(self.marginal(node, m) for m in range(1, count + 1))
+
+    def segments(self, nodes: np.ndarray, placed: np.ndarray,
+                 slots: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Node-to-sink arcs for one solve: per step, (capacity, unit cost) arrays over ``nodes``.
+
+        ``placed`` counts batch pods already committed to each node; ``slots``
+        is how many more each node may take. The last step takes every slot
+        left, so the capacities sum to ``slots``.
+        """
+        out = []
+        left = slots.astype(np.int64).copy()
+        for step in range(SEGMENTS):
+            if step == SEGMENTS - 1:
+                cap = left.copy()
+            else:
+                low = 2 ** (step - 1) if step else 0
+                cap = np.minimum(np.maximum(2**step - np.maximum(placed, low), 0), left)
+            left -= cap
+            out.append((cap, self.step_cost(nodes, step)))
+        return out
+
+
+def spread_model(cpu_cap, ram_cap, cpu_used, ram_used, classes: tuple[PodClass, ...]) -> SpreadModel:
+    """The spreading steps for a batch on nodes with these capacities and uses (arrays over nodes)."""
+    count = sum(len(c.pods) for c in classes)
+    mean_cpu = sum(c.cpu * len(c.pods) for c in classes) / count if count else 1.0
+    mean_ram = sum(c.ram * len(c.pods) for c in classes) / count if count else 1.0
+    base = np.clip(np.maximum(cpu_used / cpu_cap, ram_used / ram_cap), 0.0, 1.0)
+    share = np.maximum(mean_cpu / cpu_cap, mean_ram / ram_cap)
+    return SpreadModel(base=base, share=share)
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """A placement's cost, broken down; ``image_pulls`` counts distinct (node, image) pulls."""
+
+    total: int
+    pull: int
+    spread: int
+    preference: int
+    unscheduled: int
+    image_pulls: int
+    pods_waiting_pull: int
+    pods_unscheduled: int
+
+
+def evaluate(cluster: Cluster, classes: tuple[PodClass, ...], placement: Placement) -> CostReport:
+    """Cost of ``placement`` for this cluster and batch under the common cost function."""
+    from katyusha.core.placement.constraints import ClusterIndex
+
+    index = ClusterIndex(cluster, classes)
+    pod_class = {pod: i for i, cls in enumerate(classes) for pod in cls.pods}
+    per_node: dict[int, int] = {}
+    pull = preference = waiting = 0
+    pulls: set[tuple[int, str]] = set()
+    for pod, node_name in placement.assignments.items():
+        c = pod_class[pod]
+        n = index.node_index[node_name]
+        per_node[n] = per_node.get(n, 0) + 1
+        preference += int(index.preference_cost(c)[n])
+        if not index.has_image(c)[n]:
+            pull += PULL_COST
+            waiting += 1
+            pulls.add((n, classes[c].image))
+    spread = sum(index.spread.total(n, k) for n, k in per_node.items())
+    missing = len(placement.unscheduled)
+    unscheduled = UNSCHEDULED_COST * missing
+    return CostReport(
+        total=pull + spread + preference + unscheduled,
+        pull=pull,
+        spread=spread,
+        preference=preference,
+        unscheduled=unscheduled,
+        image_pulls=len(pulls),
+        pods_waiting_pull=waiting,
+        pods_unscheduled=missing,
+    )
+

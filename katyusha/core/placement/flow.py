@@ -1,0 +1,112 @@
+"""The batch scheduler: every pending pod placed by one min-cost flow solve (Firmament-style).
+
+A solve gives each class's pods to nodes at least total cost (image pulls,
+spreading, preferences; see cost.py). The network's capacities are exact for
+one class on a node but not for several classes sharing it (CPU and RAM are two
+resources, a flow capacity is one number), so after a solve each node keeps
+what fits, in class order, and the pods it turns away go into another solve
+on what is left. A gang that does not fit whole is dropped and the batch is
+solved again without it, so its capacity goes to others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from katyusha.core.placement.constraints import ClusterIndex, NodeState
+from katyusha.core.placement.model import Cluster, Placement, PodClass, check_pending
+from katyusha.core.placement.network import solve_round
+from katyusha.core.placement.outcome import assemble, gang_counts, incomplete_gangs
+from katyusha.core.placement.solver import MinCostFlowSolver, OrToolsSolver
+
+MAX_ROUNDS = 8
+
+
+class FlowScheduler:
+    """Places a batch of pod classes on a cluster by min-cost flow; deterministic for the same input."""
+
+    def __init__(self, make_solver: Callable[[], MinCostFlowSolver] = OrToolsSolver,
+                 max_rounds: int = MAX_ROUNDS):
+        self.make_solver = make_solver
+        self.max_rounds = max_rounds
+        self.last_solves = 0
+        self.last_arcs = 0
+
+    def schedule(self, cluster: Cluster, pending: tuple[PodClass, ...] | list[PodClass]) -> Placement:
+        """Where each pending pod goes, and why each pod left pending stays there.
+
+        Raises BadInput when class or pod names repeat; never over-commits a node.
+        """
+        classes = check_pending(pending)
+        index = ClusterIndex(cluster, classes)
+        excluded: dict[str, str] = {}
+        self.last_solves = self.last_arcs = 0
+        while True:
+            state = index.state()
+            chosen, rounds, stuck = self._place(index, state, np.array(gang_counts(classes, excluded),
+                                                                       dtype=np.int64))
+            dropped = incomplete_gangs(classes, chosen, excluded)
+            if not dropped:
+                return assemble(classes, index.names, chosen, state, excluded, rounds, stuck)
+            excluded.update(dropped)
+
+    def _place(self, index: ClusterIndex, state: NodeState, remaining: np.ndarray):
+        chosen: list[list[tuple[int, int]]] = [[] for _ in index.classes]
+        rounds = 0
+        turned_away = 0
+        unpruned: frozenset[int] = frozenset()
+        for rounds in range(1, self.max_rounds + 1):  # noqa: B007 - rounds is reported
+            if not remaining.any():
+                break
+            flows = solve_round(index, state, remaining, self.make_solver, unpruned)
+            self.last_solves += 1
+            self.last_arcs += flows.arcs
+            turned_away = self._commit(state, flows, chosen, remaining)
+            # Pods left out while some of their class's nodes had no arc get every node next time.
+            widen = {c for c in flows.pruned if flows.unscheduled[c]}
+            unpruned = unpruned | widen
+            if not turned_away and not widen:
+                break
+            turned_away += int(sum(flows.unscheduled[c] for c in widen))
+        stuck = {}
+        if turned_away:
+            for c in np.flatnonzero(remaining):
+                if state.fit_counts(int(c)).any():
+                    stuck[int(c)] = f"not placed within {self.max_rounds} solver rounds"
+        return chosen, rounds, stuck
+
+    @staticmethod
+    def _commit(state: NodeState, flows, chosen, remaining: np.ndarray) -> int:
+        """Commit the solve's flows that fit; returns how many pods nodes turned away."""
+        index = state.index
+        classes, nodes, pods = flows.classes, flows.nodes, flows.pods
+        cpu = np.array([c.cpu for c in index.classes], dtype=np.int64)[classes] * pods
+        ram = np.array([c.ram for c in index.classes], dtype=np.int64)[classes] * pods
+        size = len(index.names)
+        over = (np.bincount(nodes, cpu, size) > state.cpu_free) | (
+            np.bincount(nodes, ram, size) > state.ram_free) | (
+            np.bincount(nodes, pods, size) > state.slots)
+        for service, counts in state.service_counts.items():
+            limits = [cls.max_per_node for cls in index.classes if cls.service == service]
+            if any(limit is not None for limit in limits):
+                mine = np.array([index.classes[c].service == service for c in classes], dtype=bool)
+                add = np.bincount(nodes[mine], pods[mine], size)
+                limit = min(x for x in limits if x is not None)
+                over |= (add > 0) & (counts + add > limit)
+        fine = ~over[nodes]
+        state.commit_many(classes[fine], nodes[fine], pods[fine])
+        turned_away = 0
+        # Flows are grouped by class (arcs were added class by class), which fixes the
+        # order in which an over-full node keeps pods: the same input keeps the same ones.
+        for c, n, k, ok in zip(classes.tolist(), nodes.tolist(), pods.tolist(), fine.tolist(),
+                               strict=True):
+            take = k if ok else min(k, state.room_on(c, n))
+            if take:
+                if not ok:
+                    state.commit(c, n, take)
+                chosen[c].append((n, take))
+                remaining[c] -= take
+            turned_away += k - take
+        return turned_away
