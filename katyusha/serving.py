@@ -51,7 +51,8 @@ def parse_ready_line(line: str) -> ReadyLine | None:
 def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """Bind a listening TCP socket; port 0 lets the kernel choose. Raises OSError with the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -119,6 +120,7 @@ async def serve(
             timeout_graceful_shutdown=graceful_timeout,
             timeout_keep_alive=75,
             server_header=False,
+            proxy_headers=False,
             date_header=False,
         )
         servers.append(_Server(config))
