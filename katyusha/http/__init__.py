@@ -1,0 +1,35 @@
+"""The upstream side of the proxies: an HTTP/1.1 client on asyncio Protocols and an ASGI forwarder.
+
+``Pool`` keeps keep-alive connections to one origin; ``PoolSet`` holds one
+``Pool`` per origin; ``forward`` relays one ASGI request through a ``Pool``,
+streaming both bodies with bounded buffering. Failures are ``UpstreamError``
+subclasses carrying ``status_hint`` and ``retryable``.
+"""
+
+from katyusha.http.client import BodySource, Pool, PoolSet, Response
+from katyusha.http.errors import (
+    ConnectFailed,
+    ConnectTimeout,
+    ResponseAborted,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from katyusha.http.forward import ForwardResult, ReplayableReceive, forward, request_headers
+
+__all__ = [
+    "BodySource",
+    "ConnectFailed",
+    "ConnectTimeout",
+    "ForwardResult",
+    "Pool",
+    "PoolSet",
+    "ReplayableReceive",
+    "Response",
+    "ResponseAborted",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeout",
+    "forward",
+    "request_headers",
+]

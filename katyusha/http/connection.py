@@ -1,0 +1,448 @@
+"""One HTTP/1.1 client connection on an asyncio Protocol, and the response it streams.
+
+A connection carries one exchange at a time (no pipelining). The response
+head is parsed by httptools; body bytes go into the :class:`Response`'s
+buffer, and reading from the socket pauses while that buffer holds more than
+``high_water`` bytes, so a slow consumer never makes us hold a whole body.
+When the response ends and the connection may be kept alive, it is handed
+back to its pool from inside the parser callback, before the consumer has
+even looked at the body: small responses free their connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from httptools import HttpParserError, HttpResponseParser
+
+from katyusha.http.errors import (
+    ConnectFailed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+
+DEFAULT_HIGH_WATER = 256 * 1024
+
+
+class Stale(Exception):
+    """A reused idle connection closed before any response byte: the pool may retry."""
+
+
+class Response:
+    """An upstream response: status, headers (lower-case names) and a streamed body.
+
+    Read the body with :meth:`next_chunk` (or iterate :meth:`body_chunks`), then
+    call :meth:`release`. Releasing before the body ended closes the connection
+    instead of reusing it. Body reads raise :class:`UpstreamError` when the
+    upstream fails mid-body (closed, timed out, malformed).
+    """
+
+    __slots__ = ("status", "headers", "_chunks", "_buffered", "_done", "_error", "_waiter", "_conn")
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], conn: Connection):
+        self.status = status
+        self.headers = headers
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._conn: Connection | None = conn
+
+    @property
+    def complete(self) -> bool:
+        """True once the whole body has been received (it may still be buffered here)."""
+        return self._done
+
+    @property
+    def at_end(self) -> bool:
+        """True once the whole body was received and handed out: the next read returns b""."""
+        return self._done and not self._chunks and self._error is None
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def next_chunk(self) -> bytes:
+        """Return the next body bytes (everything buffered so far), or b"" at the end."""
+        while True:
+            chunks = self._chunks
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                conn = self._conn
+                if conn is not None and conn.read_paused:
+                    conn.resume_reading()
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            waiter = self._waiter = self._conn.loop.create_future()
+            await waiter
+
+    async def body_chunks(self) -> AsyncIterator[bytes]:
+        """Yield body bytes until the end of the body."""
+        while True:
+            data = await self.next_chunk()
+            if not data:
+                return
+            yield data
+
+    async def read(self) -> bytes:
+        """The whole body; for small bodies only (it is held in memory)."""
+        parts = []
+        while data := await self.next_chunk():
+            parts.append(data)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        """Done with this response: the connection is reused if the body ended, else closed."""
+        conn = self._conn
+        if conn is not None and not self._done:
+            conn.fail(UpstreamError("response released before its body ended", origin=conn.origin))
+        self._chunks.clear()
+        self._buffered = 0
+
+    close = release
+
+    async def __aenter__(self) -> Response:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.release()
+
+    # Called by the connection.
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._wake()
+
+    def _finish(self, error: BaseException | None = None) -> None:
+        if error is not None:
+            self._error = error
+        self._done = True
+        self._conn = None
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Connection(asyncio.Protocol):
+    """The protocol of one upstream connection; owned by a Pool, one exchange at a time."""
+
+    def __init__(
+        self,
+        origin: str,
+        loop: asyncio.AbstractEventLoop,
+        on_idle: Callable[[Connection, bool], None],
+        high_water: int = DEFAULT_HIGH_WATER,
+    ):
+        # Per connection.
+        self.origin = origin
+        self.loop = loop
+        self._on_idle = on_idle
+        self._high_water = high_water
+        self.transport: asyncio.Transport | None = None
+        self.parser = HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self.stale = False
+        self.idle_since = 0.0
+        self.read_paused = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future | None = None
+        # Per exchange.
+        self._active = False
+        self._got_bytes = False
+        self._head_only = False
+        self._head_waiter: asyncio.Future | None = None
+        self._response: Response | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._informational = False
+        self._until_close = False
+        self._pump: asyncio.Task | None = None
+        self._timeout = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.last_activity = 0.0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self._active:
+            # Bytes nobody asked for: the stream is out of step, never reuse it.
+            self.close()
+            return
+        self._got_bytes = True
+        if self._timer is not None:
+            self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except HttpParserError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, UpstreamError):
+                cause = UpstreamProtocolError(f"invalid response: {exc}", origin=self.origin)
+            if self._active:
+                self.fail(cause)
+            else:
+                self.close()
+            return
+        if self._head_only and self._response is not None:
+            # The parser cannot be told that a HEAD response has no body;
+            # it would wait for Content-Length bytes, so start a fresh one.
+            keep_alive = self._head_keep_alive()
+            self.parser = HttpResponseParser(self)
+            self._complete(keep_alive)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake_drain()
+        if not self._active:
+            self._on_idle(self, False)
+            return
+        if self._response is not None and self._until_close and not self._informational:
+            self._complete(False)
+            return
+        if not self._got_bytes:
+            if self.reused:
+                self.stale = True
+                error: BaseException = Stale()
+            else:
+                error = ConnectFailed(
+                    "connection closed before any response byte", origin=self.origin
+                )
+        elif self._response is None:
+            error = UpstreamError("connection closed inside the response head", origin=self.origin)
+        else:
+            error = UpstreamError("connection closed before the body ended", origin=self.origin)
+        self.fail(error)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if not self._active:
+            raise UpstreamProtocolError("response without a request", origin=self.origin)
+        self._headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                raise UpstreamProtocolError("upgrade responses are not supported", origin=self.origin)
+            self._informational = True
+            return
+        headers = self._headers
+        until_close = True
+        for name, _ in headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                until_close = False
+                break
+        self._until_close = until_close and status != 204 and status != 304
+        response = self._response = Response(status, headers, self)
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def on_body(self, body: bytes) -> None:
+        response = self._response
+        if response is None or self._head_only:
+            return
+        response._feed(body)
+        if response._buffered > self._high_water and not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self._head_only or self._response is None:
+            return
+        self._complete(self.parser.should_keep_alive())
+
+    # Used by the pool and the response.
+
+    async def exchange(
+        self,
+        head: bytes,
+        body: bytes | None,
+        stream: Callable[[Connection], asyncio.Task] | None,
+        timeout: float | None,
+        head_only: bool,
+    ) -> Response:
+        """Send one request and return the response once its head arrived.
+
+        Raises :class:`Stale` when a reused connection turns out closed before any
+        response byte; otherwise :class:`UpstreamError` subclasses.
+        """
+        if self.closed or self.transport.is_closing():
+            if self.reused:
+                raise Stale()
+            raise ConnectFailed("connection closed before the request was sent", origin=self.origin)
+        self._active = True
+        self._got_bytes = False
+        self._head_only = head_only
+        self._response = None
+        self._until_close = False
+        self._informational = False
+        waiter = self._head_waiter = self.loop.create_future()
+        if timeout is not None:
+            self._timeout = timeout
+            self.last_activity = now = self.loop.time()
+            self._timer = self.loop.call_at(now + timeout, self._on_timer)
+        if body:
+            self.transport.write(head + body if len(body) < 65536 else head)
+            if len(body) >= 65536:
+                self.transport.write(body)
+        else:
+            self.transport.write(head)
+        if stream is not None:
+            self._pump = stream(self)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self.fail(UpstreamError("request cancelled", origin=self.origin))
+            raise
+
+    async def drain(self) -> None:
+        """Wait until the socket accepts more request bytes; raises if it closed."""
+        if self.closed:
+            raise UpstreamError("connection closed while sending the request body", origin=self.origin)
+        if self._write_paused:
+            waiter = self._drain_waiter = self.loop.create_future()
+            await waiter
+            if self.closed:
+                raise UpstreamError(
+                    "connection closed while sending the request body", origin=self.origin
+                )
+
+    def write(self, data: bytes) -> None:
+        if self._timer is not None:
+            self.last_activity = self.loop.time()
+        self.transport.write(data)
+
+    def pump_done(self) -> None:
+        self._pump = None
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+            if self._timer is not None:
+                self.last_activity = self.loop.time()
+
+    def fail(self, error: BaseException) -> None:
+        """End the current exchange with ``error`` and close the connection."""
+        if not self._active:
+            self.close()
+            return
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        elif self._response is not None:
+            self._response._finish(error)
+        self._end(False)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # Internals
+
+    def _complete(self, keep_alive: bool) -> None:
+        response = self._response
+        if response is not None and not response._done:
+            response._finish()
+        if self._pump is not None:
+            # The upstream answered before taking the whole request body.
+            keep_alive = False
+        self._end(keep_alive)
+
+    def _end(self, keep_alive: bool) -> None:
+        self._active = False
+        self._head_waiter = None
+        self._response = None
+        self._headers = []
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pump = self._pump
+        if pump is not None:
+            self._pump = None
+            pump.cancel()
+        if self.read_paused:
+            self.read_paused = False
+            if not self.closed and keep_alive:
+                self.transport.resume_reading()
+        self.reused = True
+        if not keep_alive and not self.closed:
+            self.abort()
+        self._on_idle(self, keep_alive and not self.closed)
+
+    def _head_keep_alive(self) -> bool:
+        if self.parser.get_http_version() != "1.1":
+            return False
+        for name, value in self._response.headers:
+            if name == b"connection" and b"close" in value.lower():
+                return False
+        return True
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._active:
+            return
+        now = self.loop.time()
+        # A paused read waits on our consumer, not on the upstream.
+        if self.read_paused:
+            self.last_activity = now
+        due = self.last_activity + self._timeout
+        if due > now:
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        what = "response head" if self._response is None else "response body"
+        self.fail(
+            UpstreamTimeout(f"no {what} bytes within {self._timeout:g}s", origin=self.origin)
+        )
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
