@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", help="run only these scenarios")
     args = parser.parse_args(argv)
     peers.require("nginx", "haproxy")
-    from katyusha.proxy.config import DEFAULT_POLICY
+    from katyusha.core.policies import DEFAULT_POLICY
 
     default_policy = args.default_policy or DEFAULT_POLICY
     duration = args.duration or (5.0 if args.quick else 20.0)

@@ -1,0 +1,174 @@
+"""Work katyusha does off the request path: demand notifications and prequal's load probes.
+
+Both talk to control-plane or admin endpoints through the project's HTTP
+client, never block a request, and are bounded: at most one demand POST per
+``min_interval`` and one probe in flight per pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from katyusha.http import PoolSet, UpstreamError
+from katyusha.proxy.balancer import Balancer
+
+log = logging.getLogger("katyusha")
+
+
+def _origin_and_path(url: str) -> tuple[str, bytes]:
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return f"{parts.scheme}://{parts.netloc}", path.encode()
+
+
+class DemandNotifier:
+    """POSTs ``demand()`` JSON to ``url`` when asked, fire-and-forget, at most once per ``min_interval``.
+
+    A call inside the interval is not lost: one trailing POST is sent at its
+    end, so the control plane always sees the latest demand.
+    """
+
+    def __init__(
+        self, url: str, demand: Callable[[], dict], pools: PoolSet, *,
+        min_interval: float = 0.1, timeout: float = 2.0,
+    ):
+        self.origin, self.path = _origin_and_path(url)
+        self.demand = demand
+        self.pools = pools
+        self.min_interval = min_interval
+        self.timeout = timeout
+        self.sent = 0
+        self.failed = 0
+        self._last = -float("inf")
+        self._task: asyncio.Task | None = None
+        self._trailing = False
+
+    def __call__(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._trailing = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._post_soon())
+
+    async def _post_soon(self) -> None:
+        while True:
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._trailing = False
+            self._last = time.monotonic()
+            await self._post()
+            if not self._trailing:
+                return
+
+    async def _post(self) -> None:
+        body = json.dumps(self.demand()).encode()
+        try:
+            pool = self.pools.get(self.origin)
+            response = await pool.request(
+                b"POST", self.path, [(b"content-type", b"application/json")], body,
+                timeout=self.timeout,
+            )
+            async with response:
+                await response.read()
+            self.sent += 1
+        except (UpstreamError, ValueError, OSError) as exc:
+            self.failed += 1
+            log.warning("demand POST to %s failed: %s", self.origin, exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class Prober:
+    """Asks nonna's admin ``/stats`` of a few pods each tick and feeds ``policy.observe_probe``.
+
+    Runs only for a policy that has ``observe_probe`` (prequal). Each tick
+    probes the targets the policy asks for (``probe_targets``, else every
+    ready pod with an admin URL), so each pod sees about ``rate`` probes a
+    second at most.
+    """
+
+    def __init__(self, balancer: Balancer, pools: PoolSet, *, rate: float, timeout: float = 0.5):
+        self.balancer = balancer
+        self.pools = pools
+        self.interval = 1.0 / rate
+        self.timeout = timeout
+        self.probes = 0
+        self.failures = 0
+        self._busy: set[str] = set()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if hasattr(self.balancer.policy, "observe_probe"):
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            balancer = self.balancer
+            candidates = [e for e in balancer.table.ready() if balancer.admin_urls.get(e.name)]
+            if not candidates:
+                continue
+            targets = getattr(balancer.policy, "probe_targets", None)
+            chosen = targets(candidates, balancer.now(), 2) if targets else candidates
+            for entry in chosen:
+                if entry.name not in self._busy:
+                    self._busy.add(entry.name)
+                    asyncio.get_running_loop().create_task(self._probe(entry))
+
+    async def _probe(self, entry) -> None:
+        balancer = self.balancer
+        try:
+            admin = balancer.admin_urls.get(entry.name)
+            if not admin:
+                return
+            started = time.monotonic()
+            response = await self.pools.get(admin.rstrip("/")).request(
+                b"GET", b"/stats", [], None, timeout=self.timeout
+            )
+            async with response:
+                stats = json.loads(await response.read() or b"{}")
+            rtt_ms = (time.monotonic() - started) * 1000.0
+            rif = _count(stats, "queue_length") + _count(stats, "in_flight")
+            # nonna's /stats carries no latency: the pod's recent response
+            # latency as katyusha measured it stands in, then the probe's round trip.
+            known = entry.latency_ewma_ms
+            latency_ms = _latency_ms(stats, rtt_ms if known is None else known)
+            balancer.policy.observe_probe(entry, balancer.now(), rif, latency_ms)
+            self.probes += 1
+        except (UpstreamError, ValueError, OSError, TypeError):
+            self.failures += 1
+        finally:
+            self._busy.discard(entry.name)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def _count(stats: dict, key: str) -> int:
+    value = stats.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _latency_ms(stats: dict, fallback: float) -> float:
+    # nonna reports its recent latency under one of these names; the probe's
+    # own round trip stands in when it reports none.
+    for key in ("latency_ms", "latency_ewma_ms", "app_ewma_ms", "service_ms"):
+        value = stats.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+    return fallback
