@@ -1,0 +1,160 @@
+"""``katyusha fleet up|status|pod``: the command line of the local fleet (see docs/fleet.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from katyusha.core.errors import ConfigError
+from katyusha.fleet import statefile
+from katyusha.fleet.spec import INITIAL_STATES, load_spec
+
+USAGE = """usage: katyusha fleet COMMAND [ARGS]
+
+commands:
+  up                       start a local fleet and keep it running (Ctrl-C stops it)
+  status                   show a running fleet: processes, pod states, load tables
+  pod NAME state STATE     move one pod to another state (null, cold, warmdisk, warm)
+
+run `katyusha fleet COMMAND --help` for the flags of one command.
+"""
+
+
+def _up_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="katyusha fleet up",
+        description="Start katyusha in front of a fleet of emulated pods (sim-backend + nonna), on loopback.",
+        epilog="Flags override the fleet file; a pod flag applies to every pod. See docs/fleet.md.",
+    )
+    p.add_argument("--fleet", metavar="FILE", help="fleet file (YAML); default: the one shipped with katyusha")
+    p.add_argument("--state-file", metavar="PATH", help="where to record the running fleet (default: see docs)")
+    fleet = p.add_argument_group("fleet")
+    fleet.add_argument("--pods", type=int, help="number of pods")
+    fleet.add_argument("--nodes", type=int, help="number of logical nodes the pods are spread over")
+    fleet.add_argument("--replicas", type=int, help="katyusha replicas")
+    fleet.add_argument("--policy", help="katyusha's load-balancing policy")
+    fleet.add_argument("--autoscale", action="store_true", default=None,
+                       help="run the autoscaler: pods start null and are woken and retired by demand "
+                       "(settings: the fleet file's autoscaler section)")  # fmt: skip
+    fleet.add_argument("--port", type=int, help="data port of katyusha replica 0 (replica i: port+i; 0: kernel-chosen)")
+    fleet.add_argument("--admin-port", type=int, help="admin port of replica 0 (replica i: admin-port+i)")
+    fleet.add_argument("--host", help="address every process listens on")
+    fleet.add_argument("--pod-port-base", type=int, help="0: kernel-chosen pod ports; N: pod i uses N+4(i-1)..+3")
+    pods = p.add_argument_group("every pod")
+    pods.add_argument("--service-time", help="service-time distribution, e.g. exp:20ms, const:2ms")
+    pods.add_argument("--speed", type=float, help="speed factor (service times are divided by it)")
+    pods.add_argument("--concurrency", type=int, help="container concurrency (0: unlimited)")
+    pods.add_argument("--queue-depth", type=int, help="nonna's queue depth")
+    pods.add_argument("--image-size-mb", type=float, help="container image size")
+    pods.add_argument("--pull-mbps", type=float, help="image pull bandwidth")
+    pods.add_argument("--start-s", type=float, help="container start time")
+    pods.add_argument("--state", choices=INITIAL_STATES, help="initial state")
+    runner = p.add_argument_group("runner")
+    runner.add_argument("--poll-interval", type=float, dest="poll_interval_s", help="seconds between pod state reads")
+    runner.add_argument("--ready-timeout", type=float, dest="ready_timeout_s", help="seconds a process may take to start")
+    runner.add_argument("--stop-timeout", type=float, dest="stop_timeout_s", help="seconds a process may take to stop")
+    runner.add_argument("--no-restart", action="store_false", dest="restart", default=None,
+                        help="do not restart a process that dies")  # fmt: skip
+    return p
+
+
+_OVERRIDES = (
+    "pods", "nodes", "replicas", "policy", "port", "admin_port", "host", "pod_port_base",
+    "service_time", "speed", "concurrency", "queue_depth", "image_size_mb", "pull_mbps", "start_s",
+    "state", "poll_interval_s", "ready_timeout_s", "stop_timeout_s", "restart", "autoscale",
+)  # fmt: skip
+
+
+# Fleet-file keys whose value a flag gave, so an error names the flag the user typed.
+_FLAG_OF_KEY = {
+    "pods": ("--pods", "pods"), "nodes": ("--nodes", "nodes"), "host": ("--host", "host"),
+    "pod_port_base": ("--pod-port-base", "pod_port_base"),
+    "katyusha.replicas": ("--replicas", "replicas"), "katyusha.policy": ("--policy", "policy"),
+    "katyusha.port": ("--port", "port"), "katyusha.admin_port": ("--admin-port", "admin_port"),
+    "runner.poll_interval_s": ("--poll-interval", "poll_interval_s"),
+    "runner.ready_timeout_s": ("--ready-timeout", "ready_timeout_s"),
+    "runner.stop_timeout_s": ("--stop-timeout", "stop_timeout_s"),
+}  # fmt: skip
+
+
+def up(argv: list[str]) -> int:
+    args = _up_parser().parse_args(argv)
+    overrides = {key: getattr(args, key) for key in _OVERRIDES if getattr(args, key) is not None}
+    source = args.fleet or "(built-in default)"
+    try:
+        spec = load_spec(args.fleet, overrides)
+    except ConfigError as exc:
+        flag, given = _FLAG_OF_KEY.get(exc.key, (exc.key, ""))
+        if given in overrides or exc.key.startswith("--"):
+            sys.stderr.write(f"katyusha fleet: {flag}: {str(exc).split(': ', 1)[1]}\n")
+        else:
+            sys.stderr.write(f"katyusha fleet: {source}: {exc}\n")
+        return 2
+    except OSError as exc:
+        sys.stderr.write(f"katyusha fleet: cannot read {source}: {exc.strerror or exc}\n")
+        return 2
+    from pathlib import Path
+
+    from katyusha.fleet.runner import run_fleet
+
+    return run_fleet(spec, Path(args.state_file) if args.state_file else None, source=source)
+
+
+def _finder(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-file", metavar="PATH", help="the running fleet's state file")
+    p.add_argument("--port", type=int, help="katyusha port the fleet was started with (finds its state file)")
+
+
+def status(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="katyusha fleet status", description="Show a running local fleet.")
+    _finder(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = p.parse_args(argv)
+    from katyusha.fleet.control import show_status
+
+    try:
+        _, document = statefile.find(args.state_file, args.port)
+    except statefile.NoFleet as exc:
+        sys.stderr.write(f"katyusha fleet status: {exc}\n")
+        return 1
+    return show_status(document, as_json=args.json)
+
+
+def pod(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="katyusha fleet pod",
+        usage="katyusha fleet pod NAME state STATE [--timeout S] [--state-file PATH | --port P]",
+        description="Move one pod of a running fleet to another state, draining it from katyusha "
+        "first when it leaves service and adding it back once it is warm.",
+    )
+    p.add_argument("name", metavar="NAME", help="pod name, e.g. pod-1")
+    p.add_argument("verb", metavar="state", choices=["state"], help="the word `state`")
+    p.add_argument("target", metavar="STATE", help=f"one of {', '.join(INITIAL_STATES)}")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for drain and for the state (120)")
+    _finder(p)
+    args = p.parse_args(argv)
+    from katyusha.fleet.control import PodCommandError, move_pod
+
+    try:
+        _, document = statefile.find(args.state_file, args.port)
+        move_pod(document, args.name, args.target, timeout=args.timeout)
+    except statefile.NoFleet as exc:
+        sys.stderr.write(f"katyusha fleet pod: {exc}\n")
+        return 1
+    except PodCommandError as exc:
+        sys.stderr.write(f"katyusha fleet pod: {exc}\n")
+        return exc.status
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Dispatch ``katyusha fleet ARGS``; returns the exit status."""
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0
+    commands = {"up": up, "status": status, "pod": pod}
+    command = commands.get(argv[0])
+    if command is None:
+        sys.stderr.write(f"katyusha fleet: unknown command {argv[0]!r}\n\n{USAGE}")
+        return 2
+    return command(argv[1:])

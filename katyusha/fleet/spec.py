@@ -1,0 +1,361 @@
+"""The fleet file: what a local fleet is made of, validated strictly before anything starts.
+
+A fleet file is YAML (see docs/fleet.md for every field). :func:`load_spec`
+reads it, applies the command-line overrides and returns a :class:`FleetSpec`
+whose pods are fully expanded (:class:`PodSpec`, one per pod). Every mistake
+raises :class:`~katyusha.core.errors.ConfigError` whose key is the field path
+(``groups[1].service_time``), so the runner can refuse at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from katyusha.control.settings import AutoscaleSettings, parse_section
+from katyusha.core.distributions import parse_service_time
+from katyusha.core.errors import ConfigError
+from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
+
+# States a pod can be started in; "active" is reached by serving, not chosen.
+INITIAL_STATES = ("null", "cold", "warmdisk", "warm")
+SERVING_STATES = frozenset({"warm", "active"})
+
+
+
+@dataclass(frozen=True)
+class PodParams:
+    """What makes one emulated pod behave as it does (sim-backend and nonna flags)."""
+
+    service_time: str = "exp:20ms"
+    speed: float = 1.0
+    concurrency: int = 1
+    queue_depth: int = 10
+    image_size_mb: float = 200.0
+    pull_mbps: float = 100.0
+    start_s: float = 1.0
+    state: str = "warm"
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    name: str
+    node: str
+    group: str
+    params: PodParams
+    # Fixed ports (sim data, sim admin, nonna data, nonna admin); zeros let the kernel choose.
+    ports: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class KatyushaSpec:
+    replicas: int = 1
+    port: int = 8080
+    admin_port: int | None = None  # None: port + 1000, or 0 when port is 0
+    policy: str = DEFAULT_POLICY
+    args: tuple[str, ...] = ()
+
+    def ports(self, replica: int) -> tuple[int, int]:
+        """Data and admin port of replica ``replica`` (0-based); 0 means kernel-chosen."""
+        if self.port == 0:
+            data = 0
+        else:
+            data = self.port + replica
+        if self.admin_port is None:
+            admin = 0 if self.port == 0 else self.port + 1000 + replica
+        else:
+            admin = 0 if self.admin_port == 0 else self.admin_port + replica
+        return data, admin
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    poll_interval_s: float = 0.5
+    ready_timeout_s: float = 60.0
+    stop_timeout_s: float = 20.0
+    restart: bool = True
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    host: str = "127.0.0.1"
+    nodes: int = 2
+    katyusha: KatyushaSpec = field(default_factory=KatyushaSpec)
+    runner: RunnerSpec = field(default_factory=RunnerSpec)
+    pods: tuple[PodSpec, ...] = ()
+    autoscaler: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+
+    @property
+    def node_names(self) -> list[str]:
+        return [f"node-{i + 1}" for i in range(self.nodes)]
+
+
+def default_fleet_path() -> Path:
+    """The fleet file shipped with the package."""
+    return Path(str(resources.files("katyusha.fleet").joinpath("default.yaml")))
+
+
+def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FleetSpec:
+    """Read and validate a fleet file (the shipped default when ``path`` is None).
+
+    ``overrides`` holds command-line values keyed by field name (``pods``,
+    ``nodes``, ``replicas``, ``policy``, ``port``, ``admin_port``, ``host``,
+    ``pod_port_base``, a :class:`PodParams` field, or a :class:`RunnerSpec`
+    field); a pod field given there applies to every pod. Raises ConfigError
+    naming the field path, OSError when the file cannot be read.
+    """
+    source = Path(path) if path is not None else default_fleet_path()
+    try:
+        doc = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(source), f"not valid YAML: {exc}") from None
+    if doc is None:
+        doc = {}
+    return build_spec(doc, overrides or {})
+
+
+_TOP_KEYS = {
+    "host", "nodes", "pods", "pod_port_base", "katyusha", "runner", "defaults", "groups", "overrides",
+    "autoscale", "autoscaler",
+}  # fmt: skip
+_GROUP_KEYS = {"name", "count", "node"}
+_POD_KEYS = {f.name for f in fields(PodParams)}
+
+
+def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
+    """Validate a parsed fleet document plus overrides; see :func:`load_spec`."""
+    doc = _mapping(doc, "fleet file", _TOP_KEYS)
+    flags = dict(overrides)
+    host = _str(flags.pop("host", None) or doc.get("host", "127.0.0.1"), "host")
+    nodes = _int(_pick(flags, "nodes", doc, 2), "nodes", low=1)
+    total = _int(_pick(flags, "pods", doc, 4), "pods", low=1)
+    port_base = _int(_pick(flags, "pod_port_base", doc, 0), "pod_port_base", low=0, high=65535)
+
+    katyusha = _katyusha(doc.get("katyusha", {}), flags)
+    runner = _runner(doc.get("runner", {}), flags)
+
+    autoscale_flag = flags.pop("autoscale", None)
+    autoscale_doc = doc.get("autoscale")
+    if autoscale_doc is not None and not isinstance(autoscale_doc, bool):
+        raise ConfigError("autoscale", f"must be true or false, not {autoscale_doc!r}")
+    enabled = autoscale_flag if autoscale_flag is not None else autoscale_doc
+    autoscaler = parse_section(doc.get("autoscaler"), enabled=enabled)
+
+    pod_flags = {key: flags.pop(key) for key in list(flags) if key in _POD_KEYS}
+    if flags:
+        raise ConfigError(sorted(flags)[0], "unknown setting")
+    # An autoscaled fleet's pods are slots that start down; the autoscaler wakes them.
+    base = PodParams(state="null") if autoscaler.enabled else PodParams()
+    defaults = _params(base, doc.get("defaults", {}), "defaults")
+    groups = _groups(doc.get("groups"), defaults, total, nodes)
+    pods = _expand(groups, nodes, total, port_base)
+    pods = _apply_overrides(pods, doc.get("overrides", {}))
+    if pod_flags:
+        pods = [replace(pod, params=_params(pod.params, pod_flags, "", flag=True)) for pod in pods]
+    if port_base:
+        last = port_base + 4 * len(pods) - 1
+        if last > 65535:
+            raise ConfigError("pod_port_base", f"{len(pods)} pods need ports up to {last}, above 65535")
+    return FleetSpec(
+        host=host, nodes=nodes, katyusha=katyusha, runner=runner, pods=tuple(pods), autoscaler=autoscaler
+    )
+
+
+def _katyusha(raw: Any, flags: dict[str, Any]) -> KatyushaSpec:
+    doc = _mapping(raw, "katyusha", {"replicas", "port", "admin_port", "policy", "args"})
+    replicas = _int(_pick(flags, "replicas", doc, 1), "katyusha.replicas", low=1, high=64)
+    port = _int(_pick(flags, "port", doc, 8080), "katyusha.port", low=0, high=65535)
+    admin = _pick(flags, "admin_port", doc, None)
+    if admin is not None:
+        admin = _int(admin, "katyusha.admin_port", low=0, high=65535)
+    policy = _str(_pick(flags, "policy", doc, DEFAULT_POLICY), "katyusha.policy")
+    if policy.strip().lower().replace("_", "-") not in POLICY_NAMES:
+        raise ConfigError("katyusha.policy", f"unknown policy {policy!r}; allowed: {', '.join(POLICY_NAMES)}")
+    args = doc.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
+        raise ConfigError("katyusha.args", "must be a list of strings (extra `katyusha serve` flags)")
+    spec = KatyushaSpec(replicas, port, admin, policy, tuple(str(a) for a in args))
+    for i in (0, replicas - 1):
+        data, adm = spec.ports(i)
+        if data > 65535 or adm > 65535:
+            raise ConfigError("katyusha.port", f"replica {i} would listen above port 65535")
+    return spec
+
+
+def _runner(raw: Any, flags: dict[str, Any]) -> RunnerSpec:
+    doc = _mapping(raw, "runner", {f.name for f in fields(RunnerSpec)})
+    base = RunnerSpec()
+    poll = _float(_pick(flags, "poll_interval_s", doc, base.poll_interval_s), "runner.poll_interval_s", low=0.05)
+    ready = _float(_pick(flags, "ready_timeout_s", doc, base.ready_timeout_s), "runner.ready_timeout_s", low=1)
+    stop = _float(_pick(flags, "stop_timeout_s", doc, base.stop_timeout_s), "runner.stop_timeout_s", low=0.5)
+    restart = _pick(flags, "restart", doc, base.restart)
+    if not isinstance(restart, bool):
+        raise ConfigError("runner.restart", f"must be true or false, not {restart!r}")
+    return RunnerSpec(poll, ready, stop, restart)
+
+
+def _groups(raw: Any, defaults: PodParams, total: int, nodes: int) -> list[tuple[str, int, str | None, PodParams]]:
+    """Return (name, count, node or None, params) for every group, counts resolved against ``total``."""
+    if raw is None:
+        return [("pod", total, None, defaults)]
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError("groups", "must be a non-empty list of groups")
+    parsed = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"groups[{i}]"
+        doc = _mapping(item, where, _GROUP_KEYS | _POD_KEYS)
+        if "name" not in doc and len(raw) > 1:
+            raise ConfigError(f"{where}.name", "required when there is more than one group")
+        name = _str(doc.get("name", "pod"), f"{where}.name")
+        if not re.fullmatch(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", name):
+            raise ConfigError(f"{where}.name", f"{name!r} must be lower-case letters, digits and dashes")
+        if name in seen:
+            raise ConfigError(f"{where}.name", f"{name!r} is used by another group")
+        seen.add(name)
+        count = doc.get("count")
+        if count is not None:
+            count = _int(count, f"{where}.count", low=1)
+        node = doc.get("node")
+        if node is not None:
+            node = _str(node, f"{where}.node")
+            valid = [f"node-{j + 1}" for j in range(nodes)]
+            if node not in valid:
+                raise ConfigError(f"{where}.node", f"{node!r} is not one of {', '.join(valid)} (nodes: {nodes})")
+        params = _params(defaults, {k: v for k, v in doc.items() if k in _POD_KEYS}, where)
+        parsed.append((name, count, node, params))
+
+    fixed = sum(count for _, count, _, _ in parsed if count is not None)
+    open_groups = [i for i, group in enumerate(parsed) if group[1] is None]
+    if fixed > total or (fixed < total and not open_groups) or (open_groups and fixed + len(open_groups) > total):
+        raise ConfigError(
+            "groups",
+            f"counts add up to {fixed} with {len(open_groups)} group(s) taking the rest, "
+            f"which does not fit pods: {total} (give one group no count to take the rest)",
+        )
+    rest = total - fixed
+    resolved = []
+    for i, (name, count, node, params) in enumerate(parsed):
+        if count is None:
+            share, extra = divmod(rest, len(open_groups))
+            count = share + (1 if open_groups.index(i) < extra else 0)
+        resolved.append((name, count, node, params))
+    return resolved
+
+
+def _expand(groups, nodes: int, total: int, port_base: int) -> list[PodSpec]:
+    pods = []
+    for name, count, pinned, params in groups:
+        for k in range(count):
+            index = len(pods)
+            node = pinned or f"node-{index % nodes + 1}"
+            ports = (0, 0, 0, 0)
+            if port_base:
+                first = port_base + 4 * index
+                ports = (first, first + 1, first + 2, first + 3)
+            pods.append(PodSpec(f"{name}-{k + 1}", node, name, params, ports))
+    return pods
+
+
+def _apply_overrides(pods: list[PodSpec], raw: Any) -> list[PodSpec]:
+    doc = _mapping(raw, "overrides", None)
+    names = {pod.name for pod in pods}
+    for key in doc:
+        if key not in names:
+            raise ConfigError(f"overrides.{key}", f"no such pod (pods are {', '.join(sorted(names))})")
+    out = []
+    for pod in pods:
+        if pod.name in doc:
+            where = f"overrides.{pod.name}"
+            changes = _mapping(doc[pod.name], where, _POD_KEYS)
+            pod = replace(pod, params=_params(pod.params, changes, where))
+        out.append(pod)
+    return out
+
+
+def _params(base: PodParams, raw: Any, where: str, *, flag: bool = False) -> PodParams:
+    doc = _mapping(raw, where or "pod settings", _POD_KEYS)
+
+    def key(name: str) -> str:
+        if flag:
+            return "--" + name.replace("_", "-")
+        return f"{where}.{name}" if where else name
+
+    values: dict[str, Any] = {}
+    for name, value in doc.items():
+        k = key(name)
+        if name == "service_time":
+            text = _str(value, k)
+            parse_service_time(text, key=k)
+            values[name] = text.strip()
+        elif name == "state":
+            text = _str(value, k)
+            if text not in INITIAL_STATES:
+                raise ConfigError(k, f"{text!r} is not one of {', '.join(INITIAL_STATES)}")
+            values[name] = text
+        elif name in ("concurrency", "queue_depth"):
+            values[name] = _int(value, k, low=0)
+        elif name in ("speed", "pull_mbps"):
+            values[name] = _float(value, k, low=0, strict=True)
+        else:
+            values[name] = _float(value, k, low=0)
+    return replace(base, **values)
+
+
+def _pick(flags: dict[str, Any], name: str, doc: dict, default: Any) -> Any:
+    if flags.get(name) is not None:
+        return flags.pop(name)
+    flags.pop(name, None)
+    return doc.get(name, default)
+
+
+def _mapping(value: Any, where: str, allowed: set[str] | None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(where, f"must be a mapping, not {type(value).__name__}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                prefix = f"{where}." if where != "fleet file" else ""
+                raise ConfigError(f"{prefix}{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(where, f"must be a non-empty string, not {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, *, low: int | None = None, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+            value = int(value)
+        else:
+            raise ConfigError(where, f"must be an integer, not {value!r}")
+    if low is not None and value < low:
+        raise ConfigError(where, f"must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise ConfigError(where, f"must be at most {high}, not {value}")
+    return value
+
+
+def _float(value: Any, where: str, *, low: float | None = None, strict: bool = False) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(where, f"must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(where, f"must be a number, not {value!r}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(where, f"must be a finite number, not {value!r}")
+    if low is not None and (number < low or (strict and number == low)):
+        bound = "greater than" if strict else "at least"
+        raise ConfigError(where, f"must be {bound} {low:g}, not {value!r}")
+    return number
