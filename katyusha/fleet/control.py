@@ -55,7 +55,38 @@ def collect(document: dict) -> dict:
             entry["error"] = str(exc)
             entry["pods"] = []
         replicas.append(entry)
-    return {"fleet": document, "pods": pods, "replicas": replicas}
+    live = {"fleet": document, "pods": pods, "replicas": replicas}
+    autoscaler = document.get("autoscaler")
+    if autoscaler:
+        try:
+            live["autoscaler"] = {"up": True, **adminclient.expect("GET", autoscaler["admin"] + "/autoscaler", timeout=2.0)}
+        except adminclient.AdminError as exc:
+            live["autoscaler"] = {"up": False, "error": str(exc)}
+    return live
+
+
+def autoscaler_text(view: dict) -> str:
+    """The autoscaler's view in a few lines: observed load, desired and actual pods, panic or not."""
+    if not view.get("up"):
+        return f"\nautoscaler: unreachable: {view.get('error')}\n"
+    decision = view.get("decision") or {}
+    pods = view.get("pods") or {}
+    observed = view.get("observed") or {}
+    cold = view.get("cold_starts") or {}
+    mean = cold.get("mean_s")
+    lines = [
+        "",
+        "autoscaler:",
+        f"  observed:  concurrency {observed.get('concurrency', 0):g} (waiting {observed.get('waiting', 0)}, "
+        f"in flight {observed.get('in_flight', 0)}), {observed.get('rps', 0):.1f} rps",
+        f"  averages:  stable {decision.get('stable_value', 0):g}, panic {decision.get('panic_value', 0):g} "
+        f"(target {decision.get('target', 0):g} per pod)",
+        f"  pods:      desired {view.get('desired')}, serving {pods.get('serving', 0)}, starting "
+        f"{pods.get('waking', 0)}, retiring {pods.get('retiring', 0)}, free {pods.get('free', 0)}",
+        f"  mode:      {'PANIC' if decision.get('panic') else 'stable'} ({decision.get('reason', 'no decision yet')})",
+        f"  cold starts: {cold.get('total', 0)}" + (f", mean {mean:.2f}s" if mean is not None else ""),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def status_text(live: dict) -> str:
@@ -74,6 +105,8 @@ def status_text(live: dict) -> str:
                      pod["nonna"]["pid"], _nonna_text(probe)))  # fmt: skip
     text = render(("PROCESS", "ROLE", "NODE", "DATA", "ADMIN", "PID", "STATE"), rows)
     text += f"\nsend traffic to: {document.get('url')}\n"
+    if "autoscaler" in live:
+        text += autoscaler_text(live["autoscaler"])
     for info in live["replicas"]:
         text += f"\n{info['name']} load table (policy {info.get('policy') or '?'}):\n"
         if not info["up"]:

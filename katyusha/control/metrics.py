@@ -1,0 +1,96 @@
+"""Prometheus exposition of the live autoscaler, read from the loop and its actuator at scrape time.
+
+A collector on its own registry (never the process-global one). Series:
+desired and actual pods, panic mode, the observed concurrency and requests
+per second, and cold starts with their durations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+# Cold starts run from a fraction of a second (image on disk) to minutes (a big pull).
+COLD_START_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ColdStarts:
+    """Counts and a histogram of cold-start durations (wake asked -> pod serving)."""
+
+    def __init__(self, buckets: tuple[float, ...] = COLD_START_BUCKETS):
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0
+        self.sum_s = 0.0
+        self.failed = 0
+        self.last_s: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        self.total += 1
+        self.sum_s += seconds
+        self.last_s = seconds
+        for i, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
+class AutoscalerCollector(Collector):
+    """Reads ``status()`` (the loop's view) and the cold-start record when scraped."""
+
+    def __init__(self, status: Callable[[], dict], cold: ColdStarts):
+        self.status = status
+        self.cold = cold
+
+    def collect(self):
+        doc = self.status()
+        decision = doc.get("decision") or {}
+        pods = doc.get("pods") or {}
+
+        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, help_text, value=value)
+
+        yield gauge("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.", doc.get("desired", 0))
+        yield gauge("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).", pods.get("serving", 0))
+        yield gauge("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).", pods.get("waking", 0))
+        yield gauge("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.", pods.get("retiring", 0))
+        yield gauge("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.", doc.get("ready_pods", 0))
+        yield gauge("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.", float(bool(decision.get("panic"))))
+        observed = doc.get("observed") or {}
+        yield gauge("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
+                    observed.get("concurrency", 0.0))
+        yield gauge("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
+                    observed.get("rps", 0.0))
+        yield gauge("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.",
+                    decision.get("stable_value", 0.0))
+        yield gauge("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.",
+                    decision.get("panic_value", 0.0))
+        errors = CounterMetricFamily("katyusha_autoscaler_read_errors", "Demand reads that failed.")
+        errors.add_metric([], doc.get("errors", 0))
+        yield errors
+
+        cold = self.cold
+        starts = CounterMetricFamily("katyusha_autoscaler_cold_starts", "Pods woken to serving.")
+        starts.add_metric([], cold.total)
+        yield starts
+        failed = CounterMetricFamily("katyusha_autoscaler_cold_start_failures", "Wakes that did not reach serving.")
+        failed.add_metric([], cold.failed)
+        yield failed
+        histogram = HistogramMetricFamily(
+            "katyusha_autoscaler_cold_start_seconds", "From the wake order to the pod in katyusha's set."
+        )
+        cumulative = [(f"{b:g}", c) for b, c in zip(cold.buckets, cold.counts, strict=True)]
+        histogram.add_metric([], [*cumulative, ("+Inf", cold.total)], cold.sum_s)
+        yield histogram
+
+
+def make_registry(status: Callable[[], dict], cold: ColdStarts) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AutoscalerCollector(status, cold))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
