@@ -10,9 +10,13 @@ tolerations, or at most k pods per node. Everything is drawn from a seeded
 ``random.Random``, so every run sees the same inputs.
 
 For each case and both schedulers: wall time of one whole batch (median of
-``--repeat`` runs), pods placed per second, the total cost under the one
-common cost function (katyusha.core.placement.cost.evaluate), image pulls
-needed (distinct node and image pairs), and pods left unscheduled.
+``--repeat`` runs, alternating between the schedulers so both see the same
+load, with the fastest and slowest run), its process CPU time, pods placed
+per second, the total cost under the one common cost function
+(katyusha.core.placement.cost.evaluate), image pulls needed (distinct node
+and image pairs), and pods left unscheduled. Once per case the flow is also
+solved unpruned (every class with arcs to every feasible node), which shows
+what candidate pruning costs in placement quality (``pruning_cost_gap``).
 ``--quick`` runs every case once (same keys, under a minute).
 """
 
@@ -103,23 +107,34 @@ def make_batch(pods: int, classes: int, rng: random.Random) -> list[PodClass]:
     return out
 
 
-def run_case(nodes: int, pods: int, classes: int, repeat: int, seed: int) -> dict:
+def run_case(nodes: int, pods: int, classes: int, repeat: int, seed: int, reference: bool = True) -> dict:
+    """Both schedulers on one seeded cluster and batch; ``reference`` also prices an unpruned flow."""
     rng = random.Random(seed * 1_000_003 + nodes * 31 + pods)
     cluster = make_cluster(nodes, rng)
     batch = make_batch(pods, classes, rng)
-    row: dict = {"nodes": nodes, "pods": pods, "classes": classes}
-    for name, make in (("flow", FlowScheduler),
-                       ("pod_at_a_time", lambda: PodAtATimeScheduler(random.Random(seed)))):
-        times = []
-        for _ in range(repeat):
+    makers = {"flow": FlowScheduler, "pod_at_a_time": lambda: PodAtATimeScheduler(random.Random(seed))}
+    wall: dict[str, list[float]] = {name: [] for name in makers}
+    cpu: dict[str, list[float]] = {name: [] for name in makers}
+    last = {}
+    # Runs alternate between the schedulers so that both see the same load on a shared machine.
+    for _ in range(repeat):
+        for name, make in makers.items():
             scheduler = make()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             placement = scheduler.schedule(cluster, batch)
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+            last[name] = (scheduler, placement)
+    row: dict = {"nodes": nodes, "pods": pods, "classes": classes}
+    for name in makers:
+        scheduler, placement = last[name]
+        seconds = statistics.median(wall[name])
         report = evaluate(cluster, tuple(batch), placement)
         row[name] = {
             "seconds": round(seconds, 4),
+            "seconds_min": round(min(wall[name]), 4),
+            "seconds_max": round(max(wall[name]), 4),
+            "cpu_seconds": round(statistics.median(cpu[name]), 4),
             "pods_per_second": round(len(placement.assignments) / seconds, 1),
             "placed": len(placement.assignments),
             "unscheduled": report.pods_unscheduled,
@@ -131,42 +146,61 @@ def run_case(nodes: int, pods: int, classes: int, repeat: int, seed: int) -> dic
             row[name]["solves"] = scheduler.last_solves
             row[name]["arcs"] = scheduler.last_arcs
     row["speedup"] = round(row["flow"]["pods_per_second"] / row["pod_at_a_time"]["pods_per_second"], 2)
+    row["speedup_cpu"] = round(row["pod_at_a_time"]["cpu_seconds"] / row["flow"]["cpu_seconds"]
+                               * row["flow"]["placed"] / max(row["pod_at_a_time"]["placed"], 1), 2)
     row["cost_ratio"] = round(row["flow"]["total_cost"] / row["pod_at_a_time"]["total_cost"], 4)
+    if reference:
+        # Every class with arcs to every feasible node: what candidate pruning costs in placement quality.
+        unpruned = FlowScheduler(prune=False)
+        start = time.perf_counter()
+        full = evaluate(cluster, tuple(batch), unpruned.schedule(cluster, batch))
+        row["unpruned_flow"] = {"seconds": round(time.perf_counter() - start, 4), "total_cost": full.total,
+                                "arcs": unpruned.last_arcs}
+        row["pruning_cost_gap"] = round(row["flow"]["total_cost"] / full.total - 1, 4)
     return row
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'nodes':>6} {'pods':>6} {'cls':>4} | {'scheduler':<13} {'seconds':>8} {'pods/s':>9} "
-            f"{'placed':>6} {'unsched':>7} {'cost':>10} {'pulls':>6} {'wait':>5}")
+    head = (f"{'nodes':>6} {'pods':>6} {'cls':>4} | {'scheduler':<13} {'seconds':>8} {'min..max':>15} "
+            f"{'pods/s':>9} {'placed':>6} {'unsched':>7} {'cost':>10} {'pulls':>6} {'wait':>5}")
     print(head)
     print("-" * len(head))
     for row in rows:
         for name in ("flow", "pod_at_a_time"):
             r = row[name]
+            spread = f"{r['seconds_min']:.3f}..{r['seconds_max']:.3f}"
             print(f"{row['nodes']:>6} {row['pods']:>6} {row['classes']:>4} | {name:<13} "
-                  f"{r['seconds']:>8.3f} {r['pods_per_second']:>9.0f} {r['placed']:>6} "
+                  f"{r['seconds']:>8.3f} {spread:>15} {r['pods_per_second']:>9.0f} {r['placed']:>6} "
                   f"{r['unscheduled']:>7} {r['total_cost']:>10} {r['image_pulls']:>6} "
                   f"{r['pods_waiting_pull']:>5}")
-        print(f"{'':>19} | speedup {row['speedup']:.1f}x, cost ratio {row['cost_ratio']:.3f}")
+        line = (f"{'':>19} | speedup {row['speedup']:.1f}x (cpu {row['speedup_cpu']:.1f}x), "
+                f"cost ratio {row['cost_ratio']:.3f}, flow solves {row['flow']['solves']}, "
+                f"arcs {row['flow']['arcs']}")
+        if "pruning_cost_gap" in row:
+            line += f", cost over unpruned flow {100 * row['pruning_cost_gap']:+.2f}%"
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="every case once (under a minute)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is kept")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per case; the median is kept")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the unpruned flow solve that measures what candidate pruning costs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="write the figures here as JSON")
     args = parser.parse_args(argv)
     repeat = 1 if args.quick else args.repeat
     rows = []
     for nodes, pods, classes in CASES:
-        rows.append(run_case(nodes, pods, classes, repeat, args.seed))
+        rows.append(run_case(nodes, pods, classes, repeat, args.seed, reference=not args.no_reference))
         print(f"done {nodes} nodes, {pods} pods", file=sys.stderr, flush=True)
     print_table(rows)
     at_2700 = next(r for r in rows if r["nodes"] == 2_700 and r["pods"] == 10_000)
     at_12500 = next(r for r in rows if r["nodes"] == 12_500 and r["pods"] == 10_000)
     result = {
         "speedup_at_2700": at_2700["speedup"],
+        "speedup_at_2700_cpu": at_2700["speedup_cpu"],
         "cost_ratio_at_2700": at_2700["cost_ratio"],
         "seconds_10000_pods_12500_nodes": at_12500["flow"]["seconds"],
         "quick": args.quick,

@@ -336,16 +336,72 @@ def test_benchmark_case_reports_both_schedulers_on_the_same_input():
 
 
 def test_pruned_candidate_arcs_never_leave_a_placeable_pod_out(monkeypatch):
-    import katyusha.core.placement.network as network
+    import katyusha.core.placement.candidates as candidates
 
-    # Arcs to as few nodes as pods: two classes then fight over the same five warm nodes.
-    monkeypatch.setattr(network, "CANDIDATE_FACTOR", 1)
-    monkeypatch.setattr(network, "MIN_CANDIDATES", 1)
-    warm = tuple(node(f"w{i}", max_pods=1, images={"app:1"}) for i in range(5))
+    # Arcs to as few nodes as pods: two classes of different images then fight over the same
+    # five nodes that hold both images.
+    monkeypatch.setattr(candidates, "CANDIDATE_FACTOR", 1)
+    monkeypatch.setattr(candidates, "MIN_CANDIDATES", 1)
+    warm = tuple(node(f"w{i}", max_pods=1, images={"app:1", "app:2"}) for i in range(5))
     cold = tuple(node(f"c{i}", max_pods=1) for i in range(10))
     cluster = Cluster(warm + cold)
     scheduler = FlowScheduler()
-    placement = scheduler.schedule(cluster, [pods("a", 5), pods("b", 5)])
+    placement = scheduler.schedule(cluster, [pods("a", 5), pods("b", 5, image="app:2")])
     assert not placement.unscheduled
     assert len(set(placement.assignments.values())) == 10
     assert scheduler.last_solves >= 2
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_both_solvers_move_the_same_most_flow_at_the_same_cost_when_capacity_is_short(seed):
+    rng = random.Random(100 + seed)
+    size = rng.randint(4, 8)
+    arcs = [(u, v) for u in range(size - 1) for v in range(1, size) if u != v and rng.random() < 0.4]
+    caps = [rng.randint(1, 4) for _ in arcs]
+    costs = [rng.randint(0, 20) for _ in arcs]
+    supply = rng.randint(5, 15)  # usually more than the arcs can carry
+    results = []
+    for make in (OrToolsSolver, SuccessiveShortestPaths):
+        solver = make()
+        solver.add_arcs(np.array([a[0] for a in arcs], dtype=np.int64), np.array([a[1] for a in arcs], dtype=np.int64),
+                        np.array(caps, dtype=np.int64), np.array(costs, dtype=np.int64))
+        solver.set_supplies(np.array([0, size - 1]), np.array([supply, -supply]))
+        solution = solver.solve_max_flow()
+        into_sink = sum(int(f) for f, (_, v) in zip(solution.flows, arcs, strict=True) if v == size - 1)
+        out_of_source = sum(int(f) for f, (u, _) in zip(solution.flows, arcs, strict=True) if u == 0)
+        assert into_sink == out_of_source <= supply
+        results.append((into_sink, solution.cost))
+    assert results[0] == results[1]
+
+
+def test_pruned_candidates_cost_little_more_than_arcs_to_every_node():
+    from benchmarks.placement import make_batch, make_cluster
+
+    rng = random.Random(5)
+    cluster = make_cluster(1500, rng)
+    batch = make_batch(4000, 40, rng)
+    pruned_scheduler = FlowScheduler()
+    pruned = evaluate(cluster, tuple(batch), pruned_scheduler.schedule(cluster, batch))
+    full_scheduler = FlowScheduler(prune=False)
+    full = evaluate(cluster, tuple(batch), full_scheduler.schedule(cluster, batch))
+    assert pruned.pods_unscheduled == full.pods_unscheduled == 0
+    assert pruned.total <= 1.02 * full.total
+    assert pruned_scheduler.last_arcs < full_scheduler.last_arcs / 2
+
+
+def test_classes_sharing_an_image_get_enough_warm_nodes_between_them(monkeypatch):
+    import katyusha.core.placement.candidates as candidates
+
+    # Six classes of one image, 4 pods each, and 24 warm nodes of one slot. Sized only for
+    # itself (2 x 4 slots), every class would get arcs to the same first 8 warm nodes, and
+    # 16 pods would need a second solve.
+    monkeypatch.setattr(candidates, "MIN_CANDIDATES", 1)
+    warm = tuple(node(f"w{i:02d}", max_pods=1, images={"app:1"}) for i in range(24))
+    cold = tuple(node(f"c{i:02d}", max_pods=4) for i in range(40))
+    cluster = Cluster(warm + cold)
+    batch = [pods(f"s{k}", 4) for k in range(6)]
+    scheduler = FlowScheduler()
+    placement = scheduler.schedule(cluster, batch)
+    assert not placement.unscheduled
+    assert evaluate(cluster, tuple(batch), placement).pods_waiting_pull == 0
+    assert scheduler.last_solves == 1

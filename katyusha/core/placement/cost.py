@@ -48,43 +48,43 @@ def step_of(m):
 
 @dataclass(frozen=True)
 class SpreadModel:
-    """Per node: dominant utilisation before the batch (``base``) and one mean batch pod's share."""
+    """Per node: dominant utilisation before the batch (``base``), one mean batch pod's share, and
+    ``steps``, the unit cost of every spreading step (``SEGMENTS`` rows by nodes)."""
 
     base: np.ndarray  # float, 0..1
     share: np.ndarray  # float
+    steps: np.ndarray  # int64, SEGMENTS x nodes
 
     def step_cost(self, nodes, step):
         """Unit cost of ``step`` on ``nodes``: the utilisation at the step's last pod, scaled."""
-        util = np.minimum(1.0, self.base[nodes] + (2.0 ** np.asarray(step)) * self.share[nodes])
-        return np.rint(SPREAD_COST * util).astype(np.int64)
+        return self.steps[step, nodes]
 
     def marginal(self, node: int, m: int) -> int:
         """Cost of the m-th batch pod (m >= 1) on node index ``node``."""
-        return int(self.step_cost(node, step_of(m)))
+        return int(self.steps[int(step_of(m)), node])
 
     def total(self, node: int, count: int) -> int:
         """Cost of ``count`` batch pods on node index ``node``."""
         return sum(self.marginal(node, m) for m in range(1, count + 1))
 
-    def segments(self, nodes: np.ndarray, placed: np.ndarray,
-                 slots: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Node-to-sink arcs for one solve: per step, (capacity, unit cost) arrays over ``nodes``.
+    def segments(self, nodes: np.ndarray, placed: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Node-to-sink arcs for one solve: (capacity, unit cost), each ``SEGMENTS`` rows by ``nodes``.
 
         ``placed`` counts batch pods already committed to each node; ``slots``
         is how many more each node may take. The last step takes every slot
-        left, so the capacities sum to ``slots``.
+        left, so each column's capacities sum to ``slots``.
         """
-        out = []
-        left = slots.astype(np.int64).copy()
-        for step in range(SEGMENTS):
-            if step == SEGMENTS - 1:
-                cap = left.copy()
-            else:
-                low = 2 ** (step - 1) if step else 0
-                cap = np.minimum(np.maximum(2**step - np.maximum(placed, low), 0), left)
-            left -= cap
-            out.append((cap, self.step_cost(nodes, step)))
-        return out
+        placed = np.asarray(placed, dtype=np.int64)
+        width = 2 ** np.arange(SEGMENTS - 1, dtype=np.int64)  # pods up to the end of each step
+        low = np.concatenate(([0], width[:-1]))
+        bounded = np.clip(width[:, None] - np.maximum(placed[None, :], low[:, None]), 0, None)
+        caps = np.empty((SEGMENTS, len(placed)), dtype=np.int64)
+        left = np.asarray(slots, dtype=np.int64).copy()
+        for step in range(SEGMENTS - 1):
+            caps[step] = np.minimum(bounded[step], left)
+            left -= caps[step]
+        caps[-1] = left
+        return caps, self.steps[:, nodes]
 
 
 def spread_model(cpu_cap, ram_cap, cpu_used, ram_used, classes: tuple[PodClass, ...]) -> SpreadModel:
@@ -94,7 +94,10 @@ def spread_model(cpu_cap, ram_cap, cpu_used, ram_used, classes: tuple[PodClass, 
     mean_ram = sum(c.ram * len(c.pods) for c in classes) / count if count else 1.0
     base = np.clip(np.maximum(cpu_used / cpu_cap, ram_used / ram_cap), 0.0, 1.0)
     share = np.maximum(mean_cpu / cpu_cap, mean_ram / ram_cap)
-    return SpreadModel(base=base, share=share)
+    pods_at_end = 2.0 ** np.arange(SEGMENTS)[:, None]
+    util = np.minimum(1.0, base[None, :] + pods_at_end * share[None, :])
+    steps = np.rint(SPREAD_COST * util).astype(np.int64)
+    return SpreadModel(base=base, share=share, steps=steps)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The batch scheduler: every pending pod placed by one min-cost flow solve (Firmament-style).
 
-A solve gives each class's pods to nodes at least total cost (image pulls,
-spreading, preferences; see cost.py). The network's capacities are exact for
+A solve places as many of each class's pods as the arcs allow, at least total
+cost (image pulls, spreading, preferences; see cost.py). The network's capacities are exact for
 one class on a node but not for several classes sharing it (CPU and RAM are two
 resources, a flow capacity is one number), so after a solve each node keeps
 what fits, in class order, and the pods it turns away go into another solve
@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from katyusha.core.placement.constraints import ClusterIndex, NodeState
+from katyusha.core.placement.constraints import NO_LIMIT, ClusterIndex, NodeState
 from katyusha.core.placement.model import Cluster, Placement, PodClass, check_pending
-from katyusha.core.placement.network import solve_round
+from katyusha.core.placement.network import RoundFlows, solve_round
 from katyusha.core.placement.outcome import assemble, gang_counts, incomplete_gangs
 from katyusha.core.placement.solver import MinCostFlowSolver, OrToolsSolver
 
@@ -25,12 +25,18 @@ MAX_ROUNDS = 8
 
 
 class FlowScheduler:
-    """Places a batch of pod classes on a cluster by min-cost flow; deterministic for the same input."""
+    """Places a batch of pod classes on a cluster by min-cost flow; deterministic for the same input.
+
+    ``prune=False`` gives every class arcs to every feasible node instead of
+    its cheapest candidates: slower, and the reference that pruning's cost is
+    measured against.
+    """
 
     def __init__(self, make_solver: Callable[[], MinCostFlowSolver] = OrToolsSolver,
-                 max_rounds: int = MAX_ROUNDS):
+                 max_rounds: int = MAX_ROUNDS, prune: bool = True):
         self.make_solver = make_solver
         self.max_rounds = max_rounds
+        self.prune = prune
         self.last_solves = 0
         self.last_arcs = 0
 
@@ -56,7 +62,7 @@ class FlowScheduler:
         chosen: list[list[tuple[int, int]]] = [[] for _ in index.classes]
         rounds = 0
         turned_away = 0
-        unpruned: frozenset[int] = frozenset()
+        unpruned = frozenset() if self.prune else frozenset(range(len(index.classes)))
         for rounds in range(1, self.max_rounds + 1):  # noqa: B007 - rounds is reported
             if not remaining.any():
                 break
@@ -78,35 +84,38 @@ class FlowScheduler:
         return chosen, rounds, stuck
 
     @staticmethod
-    def _commit(state: NodeState, flows, chosen, remaining: np.ndarray) -> int:
+    def _commit(state: NodeState, flows: RoundFlows, chosen: list[list[tuple[int, int]]],
+                remaining: np.ndarray) -> int:
         """Commit the solve's flows that fit; returns how many pods nodes turned away."""
         index = state.index
         classes, nodes, pods = flows.classes, flows.nodes, flows.pods
-        cpu = np.array([c.cpu for c in index.classes], dtype=np.int64)[classes] * pods
-        ram = np.array([c.ram for c in index.classes], dtype=np.int64)[classes] * pods
         size = len(index.names)
-        over = (np.bincount(nodes, cpu, size) > state.cpu_free) | (
-            np.bincount(nodes, ram, size) > state.ram_free) | (
+        over = (np.bincount(nodes, index.class_cpu[classes] * pods, size) > state.cpu_free) | (
+            np.bincount(nodes, index.class_ram[classes] * pods, size) > state.ram_free) | (
             np.bincount(nodes, pods, size) > state.slots)
-        for service, counts in state.service_counts.items():
-            limits = [cls.max_per_node for cls in index.classes if cls.service == service]
-            if any(limit is not None for limit in limits):
-                mine = np.array([index.classes[c].service == service for c in classes], dtype=bool)
-                add = np.bincount(nodes[mine], pods[mine], size)
-                limit = min(x for x in limits if x is not None)
-                over |= (add > 0) & (counts + add > limit)
+        services = index.class_service[classes]
+        limited = np.flatnonzero(index.service_limit[services] < NO_LIMIT)
+        if len(limited):
+            keys, where = np.unique(services[limited] * size + nodes[limited], return_inverse=True)
+            added = np.bincount(where, pods[limited])
+            full = state.service_used.ravel()[keys] + added > index.service_limit[keys // size]
+            over[keys[full] % size] = True
         fine = ~over[nodes]
         state.commit_many(classes[fine], nodes[fine], pods[fine])
-        turned_away = 0
+        take = np.where(fine, pods, 0)
         # Flows are grouped by class (arcs were added class by class), which fixes the
         # order in which an over-full node keeps pods: the same input keeps the same ones.
-        for c, n, k, ok in zip(classes.tolist(), nodes.tolist(), pods.tolist(), fine.tolist(),
-                               strict=True):
-            take = k if ok else min(k, state.room_on(c, n))
-            if take:
-                if not ok:
-                    state.commit(c, n, take)
-                chosen[c].append((n, take))
-                remaining[c] -= take
-            turned_away += k - take
-        return turned_away
+        for i in np.flatnonzero(~fine).tolist():
+            c, n = int(classes[i]), int(nodes[i])
+            take[i] = min(int(pods[i]), state.room_on(c, n))
+            if take[i]:
+                state.commit(c, n, int(take[i]))
+        remaining -= np.bincount(classes, take, len(remaining)).astype(np.int64)
+        kept = take > 0
+        classes, nodes, take = classes[kept], nodes[kept], take[kept]
+        # Flows come grouped by class: one slice a class.
+        starts = np.flatnonzero(np.diff(classes, prepend=-1))
+        ends = np.append(starts[1:], len(classes)) if len(starts) else starts
+        for c, start, end in zip(classes[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+            chosen[c].extend(zip(nodes[start:end].tolist(), take[start:end].tolist(), strict=True))
+        return int(pods.sum() - take.sum())

@@ -259,12 +259,14 @@ def check_pending(classes: tuple[PodClass, ...] | list[PodClass]) -> tuple[PodCl
     names = [c.name for c in classes]
     if len(set(names)) != len(names):
         raise BadInput("pod class names repeat")
-    seen: set[str] = set()
-    for cls in classes:
-        for pod in cls.pods:
-            if pod in seen:
-                raise BadInput(f"pod {pod} appears in more than one class")
-            seen.add(pod)
+    total = sum(len(c.pods) for c in classes)
+    if len(set().union(*(c.pods for c in classes))) != total:
+        seen: set[str] = set()
+        for cls in classes:
+            for pod in cls.pods:
+                if pod in seen:
+                    raise BadInput(f"pod {pod} appears in more than one class")
+                seen.add(pod)
     return classes
 
 

@@ -3,18 +3,26 @@
 ::
 
     class c (supply = its pending pods) ──► node n ──► sink (demand = all pending pods)
-          │   cap: pods of c that fit n          SEGMENTS parallel arcs, rising cost:
-          │   cost: image pull + preferences     the convex spreading cost
-          └──► unscheduled(c) ──► sink
-               cost: UNSCHEDULED_COST, so a solve always has a feasible answer
+              cap: pods of c that fit n          parallel arcs of rising cost:
+              cost: image pull + preferences     the convex spreading cost
+
+The solve is a maximum flow of least cost: as many pods placed as the arcs
+allow, and among such placements the cheapest. That is the cost function's
+order (a pod left pending costs more than any placement) without an arc of
+prohibitive cost, whose range would slow the cost-scaling solver.
 
 One arc per (class, node) that can take the class, with the pods-that-fit as
 capacity, instead of one arc per (pod, node): the same optimum with far fewer
 arcs. As Firmament does with preference arcs, a class gets arcs only to its
-cheapest candidate nodes, enough to hold ``CANDIDATE_FACTOR`` times its
-pending pods; a class that the solve leaves partly unscheduled is solved again
-with arcs to every node that can take it, so pruning never leaves a pod out. Capacities are per class and per resource; pods of several classes
-may together exceed a node, which the scheduler repairs after the solve.
+cheapest candidate nodes (see candidates.py); a class that the solve
+leaves partly unscheduled is solved again with arcs to every node that can
+take it, so pruning never leaves a pod out. Capacities are per class and per
+resource; pods of several classes may together exceed a node, which the
+scheduler repairs after the solve.
+
+The network is built from classes-by-nodes matrices in a handful of numpy
+operations, whatever the number of classes: no Python loop over classes or
+nodes.
 """
 
 from __future__ import annotations
@@ -24,39 +32,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from katyusha.core.placement.candidates import candidate_arcs, slots_needed
 from katyusha.core.placement.constraints import ClusterIndex, NodeState
-from katyusha.core.placement.cost import PULL_COST, UNSCHEDULED_COST, step_of
+from katyusha.core.placement.cost import step_of
 from katyusha.core.placement.solver import MinCostFlowSolver
-
-CANDIDATE_FACTOR = 4
-MIN_CANDIDATES = 32
 
 
 @dataclass(frozen=True)
 class RoundFlows:
-    """Where one solve sends pods: parallel arrays (class, node, pods), nonzero flows only."""
+    """Where one solve sends pods: parallel arrays (class, node, pods), nonzero flows only, by class."""
 
     classes: np.ndarray
     nodes: np.ndarray
     pods: np.ndarray
-    unscheduled: np.ndarray  # per class, pods sent to its unscheduled aggregator
+    unscheduled: np.ndarray  # per class, pods the solve left pending
     pruned: frozenset[int]  # classes whose arcs went to some of their feasible nodes only
     cost: int
     arcs: int
-
-
-def candidates(index: ClusterIndex, state: NodeState, c: int, pending: int,
-               fit: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Node indices for class ``c``'s arcs: every feasible node, or the cheapest that hold enough."""
-    where = np.flatnonzero(fit)
-    keep = max(MIN_CANDIDATES, CANDIDATE_FACTOR * pending)
-    if len(where) <= keep:
-        return where
-    # Rank by the arc cost plus the node's next spreading step, the cost of its first pod here.
-    rank = cost[where] + index.spread.step_cost(where, step_of(state.placed[where] + 1))
-    # Each node holds at least one pod, so ``keep`` nodes hold CANDIDATE_FACTOR times the pods.
-    chosen = np.argpartition(rank, keep - 1)[:keep]
-    return np.sort(where[chosen])
 
 
 def solve_round(index: ClusterIndex, state: NodeState, remaining: np.ndarray,
@@ -64,69 +56,82 @@ def solve_round(index: ClusterIndex, state: NodeState, remaining: np.ndarray,
                 unpruned: frozenset[int] = frozenset()) -> RoundFlows:
     """Build the network for the ``remaining`` pods of each class on ``state`` and solve it.
 
-    Classes in ``unpruned`` get arcs to every node that can take them.
+    Classes in ``unpruned`` get arcs to every node that can take them, the
+    others to their candidates (candidates.py). Raises SolverError only if the
+    solver itself fails: a maximum flow always exists.
     """
-    num_classes, num_nodes = len(remaining), len(index.names)
-    unsched_base, node_base = num_classes, 2 * num_classes
-    sink = node_base + num_nodes
-
-    tails, heads, caps, costs, arc_class = [], [], [], [], []
-    pruned = set()
-    for c in np.flatnonzero(remaining > 0).tolist():
-        fit = state.fit_counts(c)
-        full_cost = index.preference_cost(c) + PULL_COST * (~index.has_image(c))
-        if c in unpruned:
-            where = np.flatnonzero(fit)
-        else:
-            where = candidates(index, state, c, int(remaining[c]), fit, full_cost)
-            if len(where) < np.count_nonzero(fit):
-                pruned.add(c)
-        if not len(where):
-            continue
-        cost = full_cost[where]
-        tails.append(np.full(len(where), c, dtype=np.int64))
-        heads.append(node_base + where)
-        caps.append(np.minimum(fit[where], remaining[c]))
-        costs.append(cost)
-        arc_class.append(np.full(len(where), c, dtype=np.int64))
-    placement_arcs = sum(len(t) for t in tails)
-
     active = np.flatnonzero(remaining > 0)
-    count = remaining[active]
-    tails += [active, unsched_base + active]
-    heads += [unsched_base + active, np.full(len(active), sink, dtype=np.int64)]
-    caps += [count, count]
-    costs += [np.full(len(active), UNSCHEDULED_COST, dtype=np.int64), np.zeros(len(active), np.int64)]
+    pending = remaining[active]
+    feasible = state.feasible_matrix(active)
+    cost = index.arc_costs()[active]
+    nodes = np.arange(len(index.names))
+    seg_caps, seg_costs = index.spread.segments(nodes, state.placed, state.slots)
+    first = np.take_along_axis(seg_costs, step_of(state.placed + 1)[None, :], axis=0)[0].astype(np.int32)
 
-    used = np.zeros(num_nodes, dtype=bool)
-    if placement_arcs:
-        used[np.concatenate(heads[: len(arc_class)]) - node_base] = True
-    targets = np.flatnonzero(used)
-    for cap, cost in index.spread.segments(targets, state.placed[targets], state.slots[targets]):
-        keep = cap > 0
-        tails.append(node_base + targets[keep])
-        heads.append(np.full(int(keep.sum()), sink, dtype=np.int64))
-        caps.append(cap[keep])
-        costs.append(cost[keep])
+    def room(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        return np.minimum(state.fit_pairs(active[rows], cols), pending[rows])
 
-    solver = make_solver()
-    solver.add_arcs(np.concatenate(tails), np.concatenate(heads), np.concatenate(caps),
-                    np.concatenate(costs))
-    total = int(remaining.sum())
-    solver.set_supplies(np.append(np.arange(num_classes), sink),
-                        np.append(remaining, -total))
-    solution = solver.solve()
-
-    flows = solution.flows[:placement_arcs]
-    moved = np.flatnonzero(flows)
-    if placement_arcs:
-        arc_classes = np.concatenate(arc_class)
-        arc_nodes = np.concatenate(heads[: len(arc_class)]) - node_base
+    wide = np.isin(active, np.fromiter(unpruned, np.int64, len(unpruned)))
+    if wide.all():
+        rows, cols = np.nonzero(feasible)
+        caps, counts = room(rows, cols), np.bincount(rows, minlength=len(active))
     else:
-        arc_classes = arc_nodes = np.zeros(0, dtype=np.int64)
-    unscheduled = np.zeros(num_classes, dtype=np.int64)
-    unscheduled[active] = solution.flows[placement_arcs: placement_arcs + len(active)]
-    return RoundFlows(
-        classes=arc_classes[moved], nodes=arc_nodes[moved], pods=flows[moved],
-        unscheduled=unscheduled, pruned=frozenset(pruned), cost=solution.cost, arcs=len(solution.flows),
+        need = slots_needed(index, active, pending)
+        rows, cols, caps, counts = candidate_arcs(feasible, cost, need, (seg_caps, seg_costs), first, room)
+        if wide.any():
+            narrow = ~wide[rows]
+            every_row, every_col = np.nonzero(feasible[wide])
+            every_row = np.flatnonzero(wide)[every_row]
+            rows = np.concatenate([rows[narrow], every_row])
+            cols = np.concatenate([cols[narrow], every_col])
+            caps = np.concatenate([caps[narrow], room(every_row, every_col)])
+            order = np.lexsort((cols, rows))  # grouped by class again, in node order
+            rows, cols, caps = rows[order], cols[order], caps[order]
+    cut = np.bincount(rows, minlength=len(active)) < counts
+    pruned = frozenset(active[cut].tolist())
+    costs = cost[rows, cols]
+    used = np.unique(cols)
+    node_id = np.zeros(len(nodes), dtype=np.int64)
+    node_id[used] = len(active) + np.arange(len(used))
+    sink = len(active) + len(used)
+
+    inbound = np.bincount(cols, caps, len(nodes))[used].astype(np.int64)
+    seg_tails, seg_caps, seg_costs = _spread_arcs(inbound, seg_caps[:, used], seg_costs[:, used])
+    solver = make_solver()
+    solver.add_arcs(
+        np.concatenate([rows, len(active) + seg_tails]),
+        np.concatenate([node_id[cols], np.full(len(seg_tails), sink, dtype=np.int64)]),
+        np.concatenate([caps, seg_caps]),
+        np.concatenate([costs, seg_costs]),
     )
+    solver.set_supplies(np.append(np.arange(len(active)), sink), np.append(pending, -pending.sum()))
+    # The most pods the arcs can carry, at least cost: a pod is left out only if no node can take it.
+    solution = solver.solve_max_flow()
+
+    placed = solution.flows[: len(rows)]
+    moved = np.flatnonzero(placed)
+    unscheduled = np.zeros(len(remaining), dtype=np.int64)
+    unscheduled[active] = pending - np.bincount(rows, placed, len(active)).astype(np.int64)
+    return RoundFlows(
+        classes=active[rows[moved]], nodes=cols[moved], pods=placed[moved], unscheduled=unscheduled,
+        pruned=pruned, cost=solution.cost, arcs=len(solution.flows),
+    )
+
+
+def _spread_arcs(inbound: np.ndarray, caps: np.ndarray,
+                 costs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Node-to-sink arcs (tail node's column, capacity, cost), as few as give the same optimum.
+
+    A node never needs more capacity to the sink than its arcs bring in, so
+    steps past that are cut; steps of equal cost (a full node costs
+    SPREAD_COST whatever its step) are merged into one arc.
+    """
+    room = np.minimum(inbound, caps.sum(axis=0))
+    before = np.cumsum(caps, axis=0) - caps
+    caps = np.clip(room[None, :] - before, 0, caps)
+    for step in range(len(caps) - 1, 0, -1):
+        same = costs[step] == costs[step - 1]
+        caps[step - 1] += np.where(same, caps[step], 0)
+        caps[step] = np.where(same, 0, caps[step])
+    steps, where = np.nonzero(caps)
+    return where, caps[steps, where], costs[steps, where]

@@ -42,11 +42,9 @@ def assemble(classes: tuple[PodClass, ...], names: list[str], chosen: list[list[
     assignments: dict[str, str] = {}
     unscheduled: dict[str, str] = {}
     for c, cls in enumerate(classes):
-        pods = iter(cls.pods)
-        for n, k in chosen[c]:
-            for _ in range(k):
-                assignments[next(pods)] = names[n]
-        rest = list(pods)
+        targets = [names[n] for n, k in chosen[c] for _ in range(k)]
+        assignments.update(zip(cls.pods, targets, strict=False))  # the pods beyond stay pending
+        rest = cls.pods[len(targets):]
         if not rest:
             continue
         if cls.gang in excluded:

@@ -48,6 +48,12 @@ class MinCostFlowSolver(Protocol):
     def solve(self) -> FlowSolution:
         """A min-cost flow meeting every supply and demand; raises SolverError if there is none."""
 
+    def solve_max_flow(self) -> FlowSolution:
+        """Of the flows moving as much supply to demand as the arcs allow, one of least cost.
+
+        Never infeasible; what the arcs cannot carry stays at its supply node.
+        """
+
 
 class OrToolsSolver:
     """OR-Tools' SimpleMinCostFlow behind :class:`MinCostFlowSolver`."""
@@ -69,7 +75,14 @@ class OrToolsSolver:
                                       np.asarray(supplies, dtype=np.int64))
 
     def solve(self) -> FlowSolution:
-        status = self._flow.solve()
+        return self._solved(self._flow.solve())
+
+    def solve_max_flow(self) -> FlowSolution:
+        # OR-Tools finds the maximum flow first, then the least cost for it: no arc with a
+        # prohibitive cost is needed, which keeps the costs' range, and the solve, small.
+        return self._solved(self._flow.solve_max_flow_with_min_cost())
+
+    def _solved(self, status) -> FlowSolution:
         if status != self._flow.OPTIMAL:
             raise SolverError(f"min-cost flow not solved: {status.name}")
         flows = self._flow.flows(np.arange(self._arcs, dtype=np.int32)) if self._arcs else np.zeros(0)
@@ -99,6 +112,14 @@ class SuccessiveShortestPaths:
     def solve(self) -> FlowSolution:
         if sum(self._supply.values()) != 0:
             raise SolverError("min-cost flow not solved: supplies do not balance")
+        return self._augment(partial=False)
+
+    def solve_max_flow(self) -> FlowSolution:
+        return self._augment(partial=True)
+
+    def _augment(self, partial: bool) -> FlowSolution:
+        """Cheapest augmenting paths until the supply is sent, or, if ``partial``, until none is left
+        (successive shortest paths keep every intermediate flow of least cost for its value)."""
         size = max([*self._tails, *self._heads, *self._supply, -1]) + 3
         source, sink = size - 2, size - 1
         # Residual arcs in pairs: 2i forward, 2i+1 backward.
@@ -113,13 +134,15 @@ class SuccessiveShortestPaths:
 
         for u, v, c, w in zip(self._tails, self._heads, self._caps, self._costs, strict=True):
             arc(u, v, c, w)
-        need = 0
+        need = demand = 0
         for node, supply in self._supply.items():
             if supply > 0:
                 arc(source, node, supply, 0)
                 need += supply
             elif supply < 0:
                 arc(node, sink, -supply, 0)
+                demand -= supply
+        need = min(need, demand) if partial else need
         tail = [0] * len(head)
         for u, arcs in enumerate(out):
             for a in arcs:
@@ -141,6 +164,8 @@ class SuccessiveShortestPaths:
                             queued[head[a]] = True
                             queue.append(head[a])
             if dist[sink] is None:
+                if partial:
+                    break
                 raise SolverError("min-cost flow not solved: INFEASIBLE")
             push, v = need - sent, sink
             while v != source:
