@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from katyusha.control import adminhttp
-from katyusha.control.choose import choose_pods
+from katyusha.control.choose import FleetOrder, PodChooser
 from katyusha.control.metrics import ColdStarts
 from katyusha.core.errors import ConfigError
 
@@ -46,10 +46,14 @@ class Slot:
     sim_admin: str
     nonna_url: str
     nonna_admin: str
+    concurrency: int | None = None  # nonna's container concurrency: katyusha's per-pod cap
 
     def entry(self) -> dict:
         """The pod as katyusha's ``PUT /pods`` expects it."""
-        return {"name": self.name, "url": self.nonna_url, "node": self.node, "admin": self.nonna_admin}
+        entry = {"name": self.name, "url": self.nonna_url, "node": self.node, "admin": self.nonna_admin}
+        if self.concurrency is not None:
+            entry["concurrency"] = self.concurrency
+        return entry
 
 
 def check_retire_to(value: str, key: str = "retire-to") -> str:
@@ -75,13 +79,15 @@ class FleetActuator:
         on_change: Callable[[str], Awaitable[None] | None] | None = None,
         guard: Callable[[str], contextlib.AbstractAsyncContextManager] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        chooser: PodChooser | None = None,
     ):
         """``slots`` lists the fleet's pods in fleet order; ``replicas`` katyusha's admin URLs (both read each time).
 
         ``on_change(name)`` is called after a pod joined or left katyusha's
         sets. ``guard(name)`` is held while a pod is drained: whoever else
         adds pods to katyusha (the fleet runner) holds the same guard, so no
-        add can land after the drain.
+        add can land after the drain. ``chooser`` picks which slots move
+        (default: fleet order, see katyusha.control.choose).
         """
         self.slots = slots
         self.replicas = replicas
@@ -93,6 +99,9 @@ class FleetActuator:
         self.on_change = on_change
         self.guard = guard
         self.clock = clock
+        self.chooser: PodChooser = chooser if chooser is not None else FleetOrder()
+        # A chooser may await (it reads slot states): one choice at a time, so two never pick the same slot.
+        self._choosing = asyncio.Lock()
         self.phase: dict[str, str] = {}
         self._tasks: set[asyncio.Task] = set()
 
@@ -109,18 +118,24 @@ class FleetActuator:
         the next decision asks again. Only serving pods are retired: a pod in
         its cold start finishes it first.
         """
-        slots = {slot.name: slot for slot in self.slots()}
-        difference = count - self.current()
-        if difference > 0:
-            free = [name for name in slots if name not in self.phase]
-            for name in choose_pods(free, difference):
-                self.phase[name] = WAKING
-                self._spawn(self._wake(name))
-        elif difference < 0:
-            serving = [name for name in slots if self.phase.get(name) == SERVING]
-            for name in choose_pods(serving[::-1], -difference):
-                self.phase[name] = RETIRING
-                self._spawn(self._retire(name))
+        async with self._choosing:
+            slots = self.slots()
+            difference = count - self.current()
+            if difference > 0:
+                free = [slot for slot in slots if slot.name not in self.phase]
+                busy = [slot for slot in slots if slot.name in self.phase]
+                names = {slot.name for slot in free}
+                for name in await self.chooser.wake(free, busy, difference):
+                    if name in names and name not in self.phase:
+                        self.phase[name] = WAKING
+                        self._spawn(self._wake(name))
+            elif difference < 0:
+                serving = [slot for slot in slots if self.phase.get(slot.name) == SERVING]
+                names = {slot.name for slot in serving}
+                for name in await self.chooser.retire(serving, -difference):
+                    if name in names and self.phase.get(name) == SERVING:
+                        self.phase[name] = RETIRING
+                        self._spawn(self._retire(name))
 
     # -- views ---------------------------------------------------------------------------
 

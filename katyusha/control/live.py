@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from katyusha.control.actuator import FleetActuator, Slot
 from katyusha.control.autoscaler import AutoscalerLoop, _respond
+from katyusha.control.choose import PodChooser
 from katyusha.control.metrics import ColdStarts
 from katyusha.control.server import EmbeddedServer
 from katyusha.control.settings import AutoscaleSettings
@@ -31,13 +32,18 @@ class LiveAutoscaler:
         host: str = "127.0.0.1",
         pod_stats_urls: Callable[[], Iterable[str]] | None = None,
         guard: Callable[[str], contextlib.AbstractAsyncContextManager] | None = None,
+        chooser: PodChooser | None = None,
     ):
-        """Binds the admin port now (raises OSError when it cannot listen); see FleetActuator for ``guard``."""
+        """Binds the admin port now (raises OSError when it cannot listen); see FleetActuator for ``guard`` and ``chooser``.
+
+        A chooser with a ``status()`` method is served as ``GET /placement``.
+        """
         self.settings = settings
         self.cold = ColdStarts()
         self.actuator = FleetActuator(
-            slots, replicas, retire_to=settings.retire_to, cold=self.cold, guard=guard
+            slots, replicas, retire_to=settings.retire_to, cold=self.cold, guard=guard, chooser=chooser
         )
+        self.chooser = chooser
         self.replicas = replicas
         self.pod_stats_urls = pod_stats_urls
         self.loop: AutoscalerLoop | None = None
@@ -86,7 +92,12 @@ class LiveAutoscaler:
         return self.loop.status() if self.loop is not None else None
 
     async def _app(self, scope, receive, send) -> None:
-        if self._asgi is not None:
+        if scope["type"] == "http" and scope["path"] == "/placement" and hasattr(self.chooser, "status"):
+            if scope["method"] != "GET":
+                await _respond(send, 405, {"error": "use GET /placement"}, allow="GET")
+            else:
+                await _respond(send, 200, self.chooser.status())
+        elif self._asgi is not None:
             await self._asgi(scope, receive, send)
         elif scope["type"] == "http":
             await _respond(send, 503, {"error": "the autoscaler is starting"})

@@ -13,7 +13,7 @@ USAGE = """usage: katyusha fleet COMMAND [ARGS]
 
 commands:
   up                       start a local fleet and keep it running (Ctrl-C stops it)
-  status                   show a running fleet: processes, pod states, load tables
+  status                   show a running fleet: processes, pod states, load tables, nodes
   pod NAME state STATE     move one pod to another state (null, cold, warmdisk, warm)
 
 run `katyusha fleet COMMAND --help` for the flags of one command.
@@ -110,14 +110,25 @@ def status(argv: list[str]) -> int:
     _finder(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = p.parse_args(argv)
-    from katyusha.fleet.control import show_status
+    import json
+
+    from katyusha.fleet.control import collect, status_text
+    from katyusha.fleet.nodeview import node_view, nodes_text, read_placement
 
     try:
         _, document = statefile.find(args.state_file, args.port)
     except statefile.NoFleet as exc:
         sys.stderr.write(f"katyusha fleet status: {exc}\n")
         return 1
-    return show_status(document, as_json=args.json)
+    live = collect(document)
+    live["nodes"] = node_view(live)
+    live["placement"] = read_placement(live)
+    if args.json:
+        sys.stdout.write(json.dumps(live, indent=2) + "\n")
+    else:
+        sys.stdout.write(status_text(live) + nodes_text(live["nodes"], live["placement"]))
+    down = any(not r["up"] for r in live["replicas"]) or any(not (p["sim_up"] and p["nonna_up"]) for p in live["pods"])
+    return 1 if down else 0
 
 
 def pod(argv: list[str]) -> int:

@@ -54,12 +54,16 @@ class PodRun:
         return self.sim.up and self.nonna.up
 
     def entry(self) -> dict:
-        """The pod as katyusha's PUT /pods expects it."""
+        """The pod as katyusha's PUT /pods expects it, with nonna's container concurrency.
+
+        Given up front so katyusha caps what it sends the pod from the first request on.
+        """
         return {
             "name": self.spec.name,
             "url": self.nonna.data_url,
             "node": self.spec.node,
             "admin": self.nonna.admin_url,
+            "concurrency": self.spec.params.concurrency,
         }
 
 
@@ -100,12 +104,13 @@ class Fleet:
             # Bound now, so katyusha is started with its demand URL.
             self.autoscaler = LiveAutoscaler(
                 self.spec.autoscaler, self._slots, self._replica_admins, host=self.spec.host,
-                pod_stats_urls=self._stats_urls, guard=self._pod_guard,
+                pod_stats_urls=self._stats_urls, guard=self._pod_guard, chooser=self.spec.placement_chooser(),
             )  # fmt: skip
 
     def _slots(self) -> list[Slot]:
         return [
-            Slot(p.spec.name, p.spec.node, str(p.sim.admin_url), str(p.nonna.data_url), str(p.nonna.admin_url))
+            Slot(p.spec.name, p.spec.node, str(p.sim.admin_url), str(p.nonna.data_url), str(p.nonna.admin_url),
+                 p.spec.params.concurrency)
             for p in self.pods
         ]
 
@@ -416,6 +421,7 @@ class Fleet:
                 }
                 for p in self.pods
             ],
+            "topology": self.spec.topology(),
             "autoscaler": None
             if self.autoscaler is None
             else {"admin": self.autoscaler.admin_url, "settings": self.spec.autoscaler.to_json()},

@@ -10,6 +10,7 @@ raises :class:`~katyusha.core.errors.ConfigError` whose key is the field path
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
@@ -17,10 +18,13 @@ from typing import Any
 
 import yaml
 
+from katyusha.control.placement import PlacementChooser, Service
 from katyusha.control.settings import AutoscaleSettings, parse_section
 from katyusha.core.distributions import parse_service_time
 from katyusha.core.errors import ConfigError
+from katyusha.core.placement import Node
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
+from katyusha.fleet.topology import DEFAULT_SERVICE, derived_nodes, parse_nodes, parse_services
 
 # States a pod can be started in; "active" is reached by serving, not chosen.
 INITIAL_STATES = ("null", "cold", "warmdisk", "warm")
@@ -50,6 +54,7 @@ class PodSpec:
     params: PodParams
     # Fixed ports (sim data, sim admin, nonna data, nonna admin); zeros let the kernel choose.
     ports: tuple[int, int, int, int] = (0, 0, 0, 0)
+    service: str = DEFAULT_SERVICE
 
 
 @dataclass(frozen=True)
@@ -89,10 +94,31 @@ class FleetSpec:
     runner: RunnerSpec = field(default_factory=RunnerSpec)
     pods: tuple[PodSpec, ...] = ()
     autoscaler: AutoscaleSettings = field(default_factory=AutoscaleSettings)
+    # The placement view: every node (listed, or derived from `nodes: N`) and every service.
+    node_list: tuple[Node, ...] = ()
+    services: tuple[Service, ...] = ()
 
     @property
     def node_names(self) -> list[str]:
+        if self.node_list:
+            return [node.name for node in self.node_list]
         return [f"node-{i + 1}" for i in range(self.nodes)]
+
+    def placement_chooser(self) -> PlacementChooser:
+        """The autoscaler's chooser: the min-cost-flow scheduler over this fleet's nodes, services and slots."""
+        return PlacementChooser(self.node_list, self.services, {pod.name: pod.service for pod in self.pods})
+
+    def topology(self) -> dict:
+        """Nodes, services and each pod's service, as JSON for the state file (``katyusha fleet status``)."""
+        return {
+            "nodes": [
+                {"name": n.name, "cpu_m": n.cpu, "ram_mib": n.ram, "max_pods": n.max_pods,
+                 "labels": dict(n.labels), "taints": [str(t) for t in n.taints]}
+                for n in self.node_list
+            ],  # fmt: skip
+            "services": [s.to_json() for s in self.services],
+            "pod_services": {pod.name: pod.service for pod in self.pods},
+        }
 
 
 def default_fleet_path() -> Path:
@@ -121,9 +147,9 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
 
 _TOP_KEYS = {
     "host", "nodes", "pods", "pod_port_base", "katyusha", "runner", "defaults", "groups", "overrides",
-    "autoscale", "autoscaler",
+    "autoscale", "autoscaler", "services",
 }  # fmt: skip
-_GROUP_KEYS = {"name", "count", "node"}
+_GROUP_KEYS = {"name", "count", "node", "service"}
 _POD_KEYS = {f.name for f in fields(PodParams)}
 
 
@@ -132,7 +158,10 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
     doc = _mapping(doc, "fleet file", _TOP_KEYS)
     flags = dict(overrides)
     host = _str(flags.pop("host", None) or doc.get("host", "127.0.0.1"), "host")
-    nodes = _int(_pick(flags, "nodes", doc, 2), "nodes", low=1)
+    listed = _listed_nodes(doc.get("nodes"), flags)
+    nodes = len(listed) if listed else _int(_pick(flags, "nodes", doc, 2), "nodes", low=1)
+    node_names = [n.name for n in listed] if listed else [f"node-{i + 1}" for i in range(nodes)]
+    services = parse_services(doc.get("services"))
     total = _int(_pick(flags, "pods", doc, 4), "pods", low=1)
     port_base = _int(_pick(flags, "pod_port_base", doc, 0), "pod_port_base", low=0, high=65535)
 
@@ -152,8 +181,8 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
     # An autoscaled fleet's pods are slots that start down; the autoscaler wakes them.
     base = PodParams(state="null") if autoscaler.enabled else PodParams()
     defaults = _params(base, doc.get("defaults", {}), "defaults")
-    groups = _groups(doc.get("groups"), defaults, total, nodes)
-    pods = _expand(groups, nodes, total, port_base)
+    groups = _groups(doc.get("groups"), defaults, total, node_names, [s.name for s in services])
+    pods = _expand(groups, node_names, port_base)
     pods = _apply_overrides(pods, doc.get("overrides", {}))
     if pod_flags:
         pods = [replace(pod, params=_params(pod.params, pod_flags, "", flag=True)) for pod in pods]
@@ -161,9 +190,24 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
         last = port_base + 4 * len(pods) - 1
         if last > 65535:
             raise ConfigError("pod_port_base", f"{len(pods)} pods need ports up to {last}, above 65535")
+    if not listed:
+        listed = derived_nodes(node_names, dict(Counter(pod.node for pod in pods)), services)
     return FleetSpec(
-        host=host, nodes=nodes, katyusha=katyusha, runner=runner, pods=tuple(pods), autoscaler=autoscaler
+        host=host, nodes=nodes, katyusha=katyusha, runner=runner, pods=tuple(pods), autoscaler=autoscaler,
+        node_list=listed, services=services,
     )
+
+
+def _listed_nodes(raw: Any, flags: dict[str, Any]) -> tuple[Node, ...]:
+    """The fleet file's ``nodes:`` list, or () when ``nodes`` is a count; ``--nodes`` must agree with a list."""
+    if not isinstance(raw, list):
+        return ()
+    listed = parse_nodes(raw)
+    flag = flags.get("nodes")
+    if flag is not None and flag != len(listed):
+        raise ConfigError("nodes", f"the fleet file lists {len(listed)} nodes; a count of {flag} does not match")
+    flags.pop("nodes", None)
+    return listed
 
 
 def _katyusha(raw: Any, flags: dict[str, Any]) -> KatyushaSpec:
@@ -199,10 +243,14 @@ def _runner(raw: Any, flags: dict[str, Any]) -> RunnerSpec:
     return RunnerSpec(poll, ready, stop, restart)
 
 
-def _groups(raw: Any, defaults: PodParams, total: int, nodes: int) -> list[tuple[str, int, str | None, PodParams]]:
-    """Return (name, count, node or None, params) for every group, counts resolved against ``total``."""
+def _groups(
+    raw: Any, defaults: PodParams, total: int, nodes: list[str], services: list[str]
+) -> list[tuple[str, int, str | None, PodParams, str]]:
+    """Return (name, count, node or None, params, service) for every group, counts resolved against ``total``."""
     if raw is None:
-        return [("pod", total, None, defaults)]
+        if len(services) > 1:
+            raise ConfigError("groups", "required when there are several services (each group names its service)")
+        return [("pod", total, None, defaults, services[0])]
     if not isinstance(raw, list) or not raw:
         raise ConfigError("groups", "must be a non-empty list of groups")
     parsed = []
@@ -224,13 +272,18 @@ def _groups(raw: Any, defaults: PodParams, total: int, nodes: int) -> list[tuple
         node = doc.get("node")
         if node is not None:
             node = _str(node, f"{where}.node")
-            valid = [f"node-{j + 1}" for j in range(nodes)]
-            if node not in valid:
-                raise ConfigError(f"{where}.node", f"{node!r} is not one of {', '.join(valid)} (nodes: {nodes})")
+            if node not in nodes:
+                raise ConfigError(f"{where}.node", f"{node!r} is not one of {', '.join(nodes)}")
+        service = doc.get("service")
+        if service is None and len(services) > 1:
+            raise ConfigError(f"{where}.service", f"required when there are several services ({', '.join(services)})")
+        service = services[0] if service is None else _str(service, f"{where}.service")
+        if service not in services:
+            raise ConfigError(f"{where}.service", f"{service!r} is not one of the services: {', '.join(services)}")
         params = _params(defaults, {k: v for k, v in doc.items() if k in _POD_KEYS}, where)
-        parsed.append((name, count, node, params))
+        parsed.append((name, count, node, params, service))
 
-    fixed = sum(count for _, count, _, _ in parsed if count is not None)
+    fixed = sum(group[1] for group in parsed if group[1] is not None)
     open_groups = [i for i, group in enumerate(parsed) if group[1] is None]
     if fixed > total or (fixed < total and not open_groups) or (open_groups and fixed + len(open_groups) > total):
         raise ConfigError(
@@ -240,25 +293,25 @@ def _groups(raw: Any, defaults: PodParams, total: int, nodes: int) -> list[tuple
         )
     rest = total - fixed
     resolved = []
-    for i, (name, count, node, params) in enumerate(parsed):
+    for i, (name, count, node, params, service) in enumerate(parsed):
         if count is None:
             share, extra = divmod(rest, len(open_groups))
             count = share + (1 if open_groups.index(i) < extra else 0)
-        resolved.append((name, count, node, params))
+        resolved.append((name, count, node, params, service))
     return resolved
 
 
-def _expand(groups, nodes: int, total: int, port_base: int) -> list[PodSpec]:
+def _expand(groups, nodes: list[str], port_base: int) -> list[PodSpec]:
     pods = []
-    for name, count, pinned, params in groups:
+    for name, count, pinned, params, service in groups:
         for k in range(count):
             index = len(pods)
-            node = pinned or f"node-{index % nodes + 1}"
+            node = pinned or nodes[index % len(nodes)]
             ports = (0, 0, 0, 0)
             if port_base:
                 first = port_base + 4 * index
                 ports = (first, first + 1, first + 2, first + 3)
-            pods.append(PodSpec(f"{name}-{k + 1}", node, name, params, ports))
+            pods.append(PodSpec(f"{name}-{k + 1}", node, name, params, ports, service))
     return pods
 
 

@@ -1,0 +1,398 @@
+"""The placement scheduler live: a scale-up wakes the slot the min-cost-flow scheduler picks.
+
+Pure tests of the adapter (cluster building, slot mapping, retirement order,
+the chooser with states given directly) and of the fleet file's nodes and
+services, then one real fleet: `katyusha fleet up --autoscale` with null slots
+on node-1, a warmdisk slot on node-2 and a warmdisk slot on a tainted node-3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from katyusha.control.actuator import Slot
+from katyusha.control.placement import (
+    PlacementChooser,
+    Service,
+    SlotView,
+    build_cluster,
+    choose_retirements,
+    map_to_slots,
+)
+from katyusha.core.errors import ConfigError
+from katyusha.core.placement import LabelRequirement, Node, NodeAffinity, Taint, Toleration
+from katyusha.fleet.spec import build_spec
+from tests.procs import script
+
+WEB = Service("web", cpu=500, ram=256, image="web:1")
+
+
+def nodes(count: int = 2, **kwargs) -> tuple[Node, ...]:
+    return tuple(Node(f"node-{i + 1}", cpu=2000, ram=4096, **kwargs) for i in range(count))
+
+
+def slot(name: str, node: str) -> Slot:
+    return Slot(name, node, f"http://sim/{name}", f"http://nonna/{name}", f"http://nonna-admin/{name}")
+
+
+def chooser(node_list, states: dict[str, str | None], services=(WEB,)) -> PlacementChooser:
+    async def read_state(s: Slot) -> dict:
+        if states[s.name] is None:
+            raise OSError("sim-backend down")
+        return {"state": states[s.name]}
+
+    return PlacementChooser(node_list, services, {name: services[0].name for name in states}, read_state=read_state)
+
+
+# -- the adapter, pure --------------------------------------------------------------------
+
+
+def test_cluster_has_images_from_image_states_running_pods_and_slot_limits():
+    views = [
+        SlotView("a", "node-1", "web", "null"),
+        SlotView("b", "node-1", "web", "warm", busy=True),
+        SlotView("c", "node-2", "web", "warmdisk"),
+        SlotView("d", "node-2", "web", "cold"),
+        SlotView("e", "node-2", "web", "warmdisk"),
+    ]
+    cluster = build_cluster(nodes(), {"web": WEB}, views, "web")
+    one, two = cluster.nodes
+    assert one.images == {"web:1"} and two.images == {"web:1"}
+    assert [(p.name, p.node, p.cpu, p.ram) for p in cluster.running] == [("b", "node-1", 500, 256)]
+    # A node takes at most what is there plus its free slots of the service placed.
+    assert (one.max_pods, two.max_pods) == (2, 3)
+    no_image = build_cluster(nodes(), {"web": WEB}, [SlotView("a", "node-1", "web", "cold")], "web")
+    assert no_image.nodes[0].images == frozenset() and no_image.nodes[1].max_pods == 0
+
+
+def test_slots_are_mapped_best_state_first_then_fleet_order():
+    free = [
+        SlotView("n1", "node-1", "web", "null"),
+        SlotView("c1", "node-1", "web", "cold"),
+        SlotView("w1", "node-1", "web", "warmdisk"),
+        SlotView("u1", "node-1", "web", None),
+        SlotView("w2", "node-2", "web", "warmdisk"),
+        SlotView("n2", "node-2", "web", "null"),
+    ]
+    placed = {"p1": "node-1", "p2": "node-1", "p3": "node-1", "p4": "node-2"}
+    assert map_to_slots(placed, free) == ["w1", "c1", "n1", "w2"]
+    assert map_to_slots({"p1": "node-1", "p2": "node-1", "p3": "node-1", "p4": "node-1"}, free[:4]) == [
+        "w1", "c1", "n1", "u1"]  # fmt: skip
+    assert map_to_slots({}, free) == []
+
+
+def test_retirement_takes_from_the_fullest_node_idle_pods_first():
+    serving = [
+        SlotView("a", "node-1", "web", "active", busy=True),
+        SlotView("b", "node-1", "web", "warm", busy=True),
+        SlotView("c", "node-1", "web", "active", busy=True),
+        SlotView("d", "node-2", "web", "active", busy=True),
+    ]
+    # node-1 holds three pods: its idle one goes first, then its last active one; then both nodes hold one.
+    assert choose_retirements(nodes(), {"web": WEB}, serving, 2) == ["b", "c"]
+    assert choose_retirements(nodes(), {"web": WEB}, serving, 3) == ["b", "c", "d"]
+    assert choose_retirements(nodes(), {"web": WEB}, serving, 9) == ["b", "c", "d", "a"]
+    assert choose_retirements(nodes(), {"web": WEB}, serving, 0) == []
+
+
+async def test_chooser_wakes_the_warmdisk_slot_before_earlier_null_ones():
+    slots = [slot("a-1", "node-1"), slot("a-2", "node-1"), slot("b-1", "node-2")]
+    pick = chooser(nodes(), {"a-1": "null", "a-2": "null", "b-1": "warmdisk"})
+    assert await pick.wake(slots, [], 1) == ["b-1"]
+    # Two pods: the image-holding slot, and one more where room is (spreading is cheaper than stacking).
+    assert sorted(await pick.wake(slots, [], 2)) == ["a-1", "b-1"]
+    assert pick.status()["last_wake"]["woken"][0] == {"pod": "a-1", "node": "node-1", "from": "null"}
+
+
+async def test_chooser_never_wakes_a_slot_on_an_excluded_node_and_says_why(caplog):
+    tainted = (Node("node-1", 2000, 4096), Node("node-2", 2000, 4096, taints=(Taint("dedicated", "batch"),)))
+    slots = [slot("a-1", "node-1"), slot("b-1", "node-2"), slot("b-2", "node-2")]
+    states = {"a-1": "null", "b-1": "warmdisk", "b-2": "warm"}
+    with caplog.at_level(logging.WARNING, logger="katyusha.autoscaler"):
+        assert await chooser(tainted, states).wake(slots, [], 3) == ["a-1"]
+    assert "2 of 3 pod(s) not placed" in caplog.text and "taint" in caplog.text
+    tolerant = Service("web", 500, 256, "web:1", tolerations=(Toleration("dedicated", "Equal", "batch"),))
+    assert (await chooser(tainted, states, (tolerant,)).wake(slots, [], 1)) == ["b-2"]
+
+    labelled = (Node("node-1", 2000, 4096, labels={"disk": "ssd"}), Node("node-2", 2000, 4096))
+    ssd_only = Service("web", 500, 256, "web:1",
+                       node_affinity=NodeAffinity(required=((LabelRequirement("disk", "In", ("ssd",)),),)))  # fmt: skip
+    pick = chooser(labelled, states, (ssd_only,))
+    assert await pick.wake(slots, [], 2) == ["a-1"]
+    wake = pick.status()["last_wake"]
+    assert wake["unplaced"] == 1 and "affinity" in wake["reasons"]["web"]
+
+
+async def test_chooser_counts_busy_slots_against_node_room_and_tolerates_unreadable_slots():
+    small = (Node("node-1", 1000, 4096), Node("node-2", 1000, 4096))
+    slots = [slot("a-1", "node-1"), slot("a-2", "node-1"), slot("b-1", "node-2"), slot("b-2", "node-2")]
+    pick = chooser(small, {"a-1": "warm", "a-2": "warmdisk", "b-1": "null", "b-2": None})
+    # node-1 already runs two 500m pods: full, whatever its disk holds.
+    busy = slots[:1] + [slot("x", "node-1")]
+    assert await pick.wake(slots[1:], busy, 1) == ["b-1"]
+    # A slot whose sim-backend does not answer comes last, but is not lost.
+    assert await pick.wake(slots[1:], busy, 3) == ["b-1", "b-2"]
+    assert pick.status()["last_wake"]["unplaced"] == 1
+
+
+# -- the fleet file ------------------------------------------------------------------------
+
+
+def test_fleet_file_nodes_and_services_are_read_and_slots_belong_to_services():
+    spec = build_spec({
+        "pods": 3,
+        "nodes": [{"name": "n1", "cpu": "1500m", "ram": "2Gi", "labels": {"zone": 1}, "taints": ["gpu=yes:NoSchedule"]},
+                  {"name": "n2", "cpu": 2, "max_pods": 5}],
+        "services": [{"name": "web", "cpu": 0.25, "ram": 300, "image": "web:2", "max_per_node": 1,
+                      "node_selector": {"zone": "1"},
+                      "tolerations": [{"key": "gpu", "operator": "Exists"}]},
+                     {"name": "batch"}],
+        "groups": [{"name": "w", "count": 2, "service": "web"}, {"name": "b", "service": "batch", "node": "n2"}],
+    }, {})  # fmt: skip
+    n1, n2 = spec.node_list
+    assert (n1.cpu, n1.ram, dict(n1.labels), [str(t) for t in n1.taints]) == (1500, 2048, {"zone": "1"},
+                                                                              ["gpu=yes:NoSchedule"])
+    assert (n2.cpu, n2.ram, n2.max_pods) == (2000, 8192, 5)
+    web, batch = spec.services
+    assert (web.cpu, web.ram, web.image, web.max_per_node) == (250, 300, "web:2", 1)
+    assert web.node_affinity.allows({"zone": "1"}) and not web.node_affinity.allows({"zone": "2"})
+    assert batch.image == "batch:latest"
+    assert [(p.name, p.node, p.service) for p in spec.pods] == [("w-1", "n1", "web"), ("w-2", "n2", "web"),
+                                                                ("b-1", "n2", "batch")]
+    assert spec.topology()["pod_services"] == {"w-1": "web", "w-2": "web", "b-1": "batch"}
+
+
+def test_default_fleet_gets_nodes_that_hold_all_their_slots():
+    spec = build_spec({"nodes": 2, "pods": 300}, {})
+    assert [n.name for n in spec.node_list] == ["node-1", "node-2"]
+    assert all(n.max_pods >= 150 and n.cpu >= 150 * 100 for n in spec.node_list)
+    assert [s.name for s in spec.services] == ["app"] and {p.service for p in spec.pods} == {"app"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "key"),
+    [
+        ({"nodes": [{"cpu": 2}]}, "nodes[0].name"),
+        ({"nodes": [{"name": "a"}, {"name": "a"}]}, "nodes[1].name"),
+        ({"nodes": [{"name": "a", "cpu": "fast"}]}, "nodes[0].cpu"),
+        ({"nodes": [{"name": "a", "ram": "2GB"}]}, "nodes[0].ram"),
+        ({"nodes": [{"name": "a", "taints": ["gpu:Never"]}]}, "nodes[0].taints[0]"),
+        ({"nodes": [{"name": "a", "labels": {"x": [1]}}]}, "nodes[0].labels.x"),
+        ({"nodes": [{"name": "a", "zone": "b"}]}, "nodes[0].zone"),
+        ({"nodes": []}, "nodes"),
+        ({"services": [{"name": "w", "max_per_node": 0}]}, "services[0].max_per_node"),
+        ({"services": [{"name": "w", "node_affinity": {"required": [{"match": [{"key": "z", "operator": "Near"}]}]}}]},
+         "services[0].node_affinity.required[0].match[0].operator"),
+        ({"services": [{"name": "w", "tolerations": [{"key": "k", "effect": "Always"}]}]}, "services[0].tolerations[0].effect"),
+        ({"services": [{"name": "w"}, {"name": "v"}]}, "groups"),
+        ({"services": [{"name": "w"}, {"name": "v"}], "groups": [{"name": "g"}]}, "groups[0].service"),
+        ({"services": [{"name": "w"}], "groups": [{"name": "g", "service": "v"}]}, "groups[0].service"),
+        ({"nodes": [{"name": "a"}], "groups": [{"name": "g", "node": "node-1"}]}, "groups[0].node"),
+    ],
+)  # fmt: skip
+def test_bad_nodes_and_services_are_refused_naming_the_field(doc, key):
+    with pytest.raises(ConfigError) as refused:
+        build_spec(doc, {})
+    assert refused.value.key == key, str(refused.value)
+
+
+def test_nodes_flag_must_agree_with_a_node_list():
+    doc = {"nodes": [{"name": "a"}, {"name": "b"}]}
+    assert len(build_spec(doc, {"nodes": 2}).node_list) == 2
+    with pytest.raises(ConfigError, match="lists 2 nodes") as refused:
+        build_spec(doc, {"nodes": 3})
+    assert refused.value.key == "nodes"
+
+
+# -- a real fleet ----------------------------------------------------------------------------
+
+START_S = 0.5
+PULL_S = 2.5  # 50 MB at 20 MB/s: a wake from null takes PULL_S + START_S
+
+FLEET_YAML = f"""
+katyusha:
+  port: 0
+  admin_port: 0
+nodes:
+  - name: node-1
+  - name: node-2
+  - name: node-3
+    taints: ["dedicated=batch:NoSchedule"]
+pods: 4
+services:
+  - name: web
+    cpu: 500m
+    ram: 256Mi
+    image: web:1
+defaults:
+  service_time: const:2s
+  concurrency: 0
+  queue_depth: 200
+  image_size_mb: 50
+  pull_mbps: 20
+  start_s: {START_S}
+groups:
+  - name: a              # a-1, a-2: null on node-1
+    count: 2
+    node: node-1
+  - name: b              # b-1: warmdisk on node-2 (the image is on its disk)
+    count: 1
+    node: node-2
+    state: warmdisk
+  - name: c              # c-1: warmdisk on node-3, which web does not tolerate
+    node: node-3
+    state: warmdisk
+autoscaler:
+  stable-window: 6s
+  tick-interval: 0.5s
+  initial-scale: 0
+  allow-zero-initial-scale: true
+  container-concurrency-target-default: 10
+runner:
+  poll_interval_s: 0.2
+"""
+
+
+def get_json(url: str, timeout: float = 5.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class FleetUp:
+    """`katyusha fleet up --autoscale` as a child process, its output kept for failure messages."""
+
+    def __init__(self, tmp: Path):
+        (tmp / "fleet.yaml").write_text(FLEET_YAML)
+        self.state_file = tmp / "state.json"
+        self.popen = subprocess.Popen(
+            [script("katyusha"), "fleet", "up", "--autoscale", "--fleet", str(tmp / "fleet.yaml"),
+             "--state-file", str(self.state_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float) -> dict:
+        wait_for(lambda: any(line.startswith("send traffic to: ") for line in self.lines) or self.popen.poll() is not None,
+                 timeout, "the fleet's ready table")  # fmt: skip
+        assert self.popen.poll() is None, "fleet exited:\n" + self.output
+        self.doc = json.loads(self.state_file.read_text())
+        self.pods = {pod["name"]: pod for pod in self.doc["pods"]}
+        return self.doc
+
+    def state(self, pod: str) -> dict:
+        return get_json(self.pods[pod]["sim"]["admin"] + "/state")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        pids = [self.popen.pid]
+        for pod in getattr(self, "doc", {}).get("pods", []):
+            pids += [pod["sim"]["pid"], pod["nonna"]["pid"]]
+        pids += [k["pid"] for k in getattr(self, "doc", {}).get("katyusha", [])]
+        for pid in pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    up = FleetUp(tmp_path_factory.mktemp("placement"))
+    try:
+        up.wait_ready(90)
+        yield up
+    finally:
+        up.stop()
+
+
+async def get_work(url: str, count: int) -> list[tuple[int, dict]]:
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def one(i: int) -> tuple[int, dict]:
+            async with session.get(f"{url}/work/{i}") as response:
+                return response.status, await response.json(content_type=None)
+
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def test_scale_up_wakes_the_warmdisk_slot_then_never_the_tainted_node(fleet):
+    assert [fleet.state(p)["state"] for p in ("a-1", "a-2", "b-1", "c-1")] == ["null", "null", "warmdisk", "warmdisk"]
+
+    # From zero by one: the pod that serves is b-1 on node-2, and its wake was a start only.
+    started = time.monotonic()
+    [(status, body)] = asyncio.run(get_work(fleet.doc["url"], 1))
+    took = time.monotonic() - started
+    assert status == 200 and (body["pod"], body["node"]) == ("b-1", "node-2"), (body, fleet.output[-3000:])
+    cold = get_json(fleet.doc["autoscaler"]["admin"] + "/autoscaler")["cold_starts"]
+    assert cold["total"] == 1 and START_S * 0.5 <= cold["last_s"] <= (PULL_S + START_S) * 0.66, cold
+    assert took < PULL_S + START_S + 2.0, took  # 2 s of service: a pull would have shown
+    b1 = fleet.state("b-1")
+    assert b1["counters"]["image_pulls"] == 0 and b1["state"] in ("warm", "active")
+    placement = get_json(fleet.doc["autoscaler"]["admin"] + "/placement")
+    assert placement["last_wake"]["woken"] == [{"pod": "b-1", "node": "node-2", "from": "warmdisk"}]
+
+    # A burst that wants more pods than node-1 holds: a-1 and a-2 wake (pull and start); c-1 never does.
+    results = asyncio.run(get_work(fleet.doc["url"], 40))
+    assert [s for s, _ in results] == [200] * 40
+    wait_for(lambda: all(fleet.state(p)["state"] in ("warm", "active") for p in ("a-1", "a-2")), 20,
+             "node-1's slots to be woken")  # fmt: skip
+    c1 = fleet.state("c-1")
+    assert c1["state"] == "warmdisk" and c1["counters"]["served"] == 0 and not c1["transition"]
+    assert all(body["node"] != "node-3" for _, body in results)
+    wake = get_json(fleet.doc["autoscaler"]["admin"] + "/placement")["last_wake"]
+    assert wake["unplaced"] >= 1 and "taint" in wake["reasons"]["web"], wake
+    assert "placement:" in fleet.output and "not placed" in fleet.output
+
+    status = subprocess.run([script("katyusha"), "fleet", "status", "--state-file", str(fleet.state_file)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    text = status.stdout
+    assert "nodes (requests of serving pods / capacity):" in text, text + status.stderr
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("node-")}
+    assert "1000m/4000m" in rows["node-1"] and "512Mi/8192Mi" in rows["node-1"] and "2/110" in rows["node-1"]
+    assert "c-1 warmdisk" in rows["node-3"] and "0m/4000m" in rows["node-3"]
+    assert "dedicated=batch:NoSchedule" in rows["node-3"] and "web:1" in rows["node-3"]
+    assert "not placed" in text and "taint" in text
+    as_json = json.loads(subprocess.run([script("katyusha"), "fleet", "status", "--json", "--state-file",
+                                         str(fleet.state_file)], capture_output=True, text=True, timeout=30).stdout)  # fmt: skip
+    node2 = next(n for n in as_json["nodes"] if n["name"] == "node-2")
+    assert node2["requested_cpu_m"] == 500 and node2["pods"] == [{"name": "b-1", "state": node2["pods"][0]["state"],
+                                                                  "service": "web"}]  # fmt: skip
