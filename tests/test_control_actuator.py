@@ -31,7 +31,7 @@ def pod_and_katyusha():
     nonna = Proc([script("nonna"), "--port", "0", "--admin-port", "0", "--upstream", sim.url,
                   "--concurrency", "0", "--pod", "pod-1"])  # fmt: skip
     katyusha = Proc([script("katyusha"), "serve", "--port", "0", "--admin-port", "0",
-                     "--pod", f"{nonna.url},name=pod-1,node=node-1,admin={nonna.admin}"])  # fmt: skip
+                     "--pod", f"{nonna.url},name=pod-1,node=node-1,admin={nonna.admin},concurrency=0"])  # fmt: skip
     try:
         yield sim, nonna, katyusha
     finally:
@@ -42,7 +42,7 @@ def pod_and_katyusha():
 
 async def test_retired_pod_finishes_its_requests_before_going_down(pod_and_katyusha):
     sim, nonna, katyusha = pod_and_katyusha
-    slot = Slot("pod-1", "node-1", sim.admin, nonna.url, nonna.admin)
+    slot = Slot("pod-1", "node-1", sim.admin, nonna.url, nonna.admin, concurrency=0)
     actuator = FleetActuator(lambda: [slot], lambda: [katyusha.admin], retire_to="warmdisk")
     await actuator.adopt()
     assert actuator.current() == 1 and actuator.may_serve("pod-1")
@@ -95,7 +95,7 @@ async def test_wake_brings_a_null_pod_into_katyusha_and_counts_a_cold_start():
     nonna = Proc([script("nonna"), "--port", "0", "--admin-port", "0", "--upstream", sim.url, "--pod", "pod-1"])
     katyusha = Proc([script("katyusha"), "serve", "--port", "0", "--admin-port", "0"])
     try:
-        slot = Slot("pod-1", "node-1", sim.admin, nonna.url, nonna.admin)
+        slot = Slot("pod-1", "node-1", sim.admin, nonna.url, nonna.admin, concurrency=0)
         actuator = FleetActuator(lambda: [slot], lambda: [katyusha.admin])
         await actuator.scale_to(3)  # more than there are slots: every free one is woken
         assert actuator.counts() == {"waking": 1, "serving": 0, "retiring": 0, "free": 0, "slots": 1}

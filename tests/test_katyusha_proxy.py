@@ -28,7 +28,9 @@ async def test_jsq_sends_fewer_requests_to_the_slow_pod_than_round_robin(fleet):
     pods = [arg for pod in fleet for arg in ("--pod", pod.spec)]
     counts = {}
     for policy in ("round-robin", "jsq-piggyback"):
-        with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true") as proxy:
+        # The per-pod cap off: this compares what each policy decides on its own.
+        with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true",
+                      "--set", "pod-capacity-factor=0") as proxy:
             results = await blast(proxy.url + "/work", 150, 6)
             assert [status for status, _, _ in results] == [200] * 150
             counts[policy] = per_pod(results)
@@ -63,9 +65,9 @@ async def test_l1_limit_of_one_serialises_requests(fleet):
         assert loads <= {("0", "0"), ("0", "1")}, loads
         _, state = admin(proxy, "GET", "/pods")
         assert state["queue"]["limit"] == 1
-    with katyusha(*pods, "--keep-nonna-headers", "true") as proxy:
+    with katyusha(*pods, "--keep-nonna-headers", "true", "--set", "pod-capacity-factor=0") as proxy:
         results = await blast(proxy.url + "/", 16, 4)
-        # Without the limit, four at a time over two single-slot pods must queue in nonna.
+        # Without the limit (and without the per-pod cap), four at a time over two single-slot pods must queue in nonna.
         assert any(h["nonna-queue-length"] != "0" for _, h, _ in results)
 
 

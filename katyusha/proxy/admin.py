@@ -6,7 +6,7 @@ Routes (all JSON unless said otherwise)::
     GET    /config              the settings in force
     GET    /metrics             Prometheus text
     GET    /pods                load table snapshot, policy, L1 queue counters
-    PUT    /pods                {"pods": [{"name","url","node","admin"}], "replace": false}
+    PUT    /pods                {"pods": [{"name","url","node","admin","concurrency"}], "replace": false}
     DELETE /pods/{name}         take out of picking, answer once drained (?timeout=30)
     GET    /demand              {"waiting", "in_flight", "ready_pods"}
     GET    /pool                response pool summary (outoushuugou)
@@ -40,7 +40,7 @@ def parse_pods_body(body: bytes) -> tuple[list[PodSpec], bool]:
         raise BadInput(f"unknown field(s): {', '.join(sorted(unknown))}")
     pods = document.get("pods")
     if not isinstance(pods, list):
-        raise BadInput('field "pods" must be a list of {"name", "url", "node", "admin"}')
+        raise BadInput('field "pods" must be a list of {"name", "url", "node", "admin", "concurrency"}')
     replace = document.get("replace", False)
     if not isinstance(replace, bool):
         raise BadInput('field "replace" must be true or false')

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="YAML settings or a config-ikukantai ConfigMap")
     parser.add_argument(
-        "--pod", action="append", default=None, metavar="URL[,name=N,node=M,admin=URL]",
+        "--pod", action="append", default=None, metavar="URL[,name=N,node=M,admin=URL,concurrency=C]",
         help="a pod to balance over (repeat the flag for more)",
     )
     parser.add_argument(

@@ -27,12 +27,17 @@ ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
 
 @dataclass(frozen=True)
 class PodSpec:
-    """A pod katyusha may send requests to: its data URL, name, node and (optional) nonna admin URL."""
+    """A pod katyusha may send requests to: its data URL, name, node and (optional) nonna admin URL.
+
+    ``concurrency`` is the pod's container concurrency (0: unlimited; None:
+    not given, learned from its ``Nonna-Concurrency`` reports instead).
+    """
 
     name: str
     url: str
     node: str = ""
     admin: str | None = None
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,11 @@ class ProxyConfig:
     demand_url: str | None = None
     probe_rate: float = 4.0
     stale_after: float = 2.0
+    pod_capacity_factor: float = 1.0
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "warning"
+    http_server: str = "lean"
 
     @property
     def l1_limit(self) -> int | None:
@@ -158,6 +165,20 @@ def parse_positive_float(key: str, raw: object) -> float:
     return value
 
 
+def parse_non_negative_float(key: str, raw: object) -> float:
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            value = None
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, f"must be a number >= 0, got {raw!r}")
+    return value
+
+
 def parse_url(key: str, raw: object) -> str:
     if not isinstance(raw, str):
         raise ConfigError(key, f"must be an http:// URL, got {raw!r}")
@@ -207,23 +228,34 @@ def parse_log_level(key: str, raw: object) -> str:
     return raw.strip().lower()
 
 
+_HTTP_SERVERS = ("lean", "uvicorn")
+
+
+def parse_http_server(key: str, raw: object) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in _HTTP_SERVERS:
+        raise ConfigError(key, f"must be one of {', '.join(_HTTP_SERVERS)}; got {raw!r}")
+    return raw.strip().lower()
+
+
 def parse_pod(key: str, raw: object) -> PodSpec:
-    """One pod from ``"URL,name=N,node=M,admin=URL"`` or a mapping with those keys."""
+    """One pod from ``"URL,name=N,node=M,admin=URL,concurrency=C"`` or a mapping with those keys."""
     if isinstance(raw, str):
         url, *options = [part.strip() for part in raw.strip().split(",")]
         values: dict[str, Any] = {"url": url}
         for option in options:
             name, sep, value = option.partition("=")
-            if not sep or name not in ("name", "node", "admin"):
-                raise ConfigError(key, f"pod {raw!r}: expected name=, node= or admin= after the URL, got {option!r}")
+            if not sep or name not in _POD_OPTIONS:
+                raise ConfigError(
+                    key, f"pod {raw!r}: expected name=, node=, admin= or concurrency= after the URL, got {option!r}"
+                )
             values[name] = value
     elif isinstance(raw, Mapping):
-        unknown = set(raw) - {"url", "name", "node", "admin"}
+        unknown = set(raw) - {"url", *_POD_OPTIONS}
         if unknown:
             raise ConfigError(key, f"pod {dict(raw)!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
         values = dict(raw)
     else:
-        raise ConfigError(key, f'each pod is "URL,name=..,node=..,admin=.." or a mapping, got {raw!r}')
+        raise ConfigError(key, f'each pod is "URL,name=..,node=..,admin=..,concurrency=.." or a mapping, got {raw!r}')
     if "url" not in values:
         raise ConfigError(key, f"pod {raw!r}: the url field is required")
     url = parse_url(f"{key}.url", values["url"])
@@ -236,9 +268,13 @@ def parse_pod(key: str, raw: object) -> PodSpec:
     if not isinstance(node, str) or (node and not _NAME_RE.match(node)):
         raise ConfigError(f"{key}.node", f"must be letters, digits, '.', '-', '_', ':', got {node!r}")
     admin = parse_optional_url(f"{key}.admin", values.get("admin"))
-    return PodSpec(name=name, url=url, node=node, admin=admin)
+    concurrency = values.get("concurrency")
+    if concurrency is not None:
+        concurrency = int_at_least(0, 1_000_000)(f"{key}.concurrency", concurrency)
+    return PodSpec(name=name, url=url, node=node, admin=admin, concurrency=concurrency)
 
 
+_POD_OPTIONS = ("name", "node", "admin", "concurrency")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 
 
@@ -318,10 +354,14 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("probe-rate", "probe_rate", parse_positive_float,
              "prequal: probes of each pod's nonna /stats per second"),
     _setting("stale-after", "stale_after", parse_seconds, "age after which a pod's report is ignored"),
+    _setting("pod-capacity-factor", "pod_capacity_factor", parse_non_negative_float,
+             "requests in flight per pod: its concurrency times this (at least 1); 0: no per-pod cap"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),
     _setting("log-level", "log_level", parse_log_level, "uvicorn log level"),
+    _setting("http-server", "http_server", parse_http_server,
+             "the data port's HTTP/1.1 protocol: lean (katyusha.http.server) or uvicorn (httptools)"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}

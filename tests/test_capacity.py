@@ -1,0 +1,173 @@
+"""Per-pod capacity: katyusha sends a pod no more than its container concurrency and keeps the rest in L1.
+
+End to end over real processes (sim-backend behind nonna with a shallow L2
+queue, so overflow shows as nonna's 503), plus the admission arithmetic of
+the balancer on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import subprocess
+import time
+
+import pytest
+
+from katyusha.core.errors import ConfigError
+from katyusha.proxy.balancer import Balancer
+from katyusha.proxy.config import PodSpec, ProxyConfig, parse_pod, validate
+from tests.katyusha_fleet import Pod, admin, blast, katyusha
+from tests.procs import Proc, script
+
+
+def start_shallow_pods(concurrencies: list[int]) -> list[Pod]:
+    """One sim-backend + nonna per entry: that container concurrency, an L2 queue depth of 1."""
+    backends = [
+        Proc([script("sim-backend"), "--port", "0", "--admin-port", "0", "--pod", f"pod-{i}",
+              "--node", "node-1", "--state", "warm", "--service-time", "const:20ms",
+              "--seed", str(i + 1)], ready_timeout=0)
+        for i in range(len(concurrencies))
+    ]
+    for proc in backends:
+        proc.wait_ready(30)
+    nonnas = [
+        Proc([script("nonna"), "--port", "0", "--admin-port", "0", "--upstream", backend.url,
+              "--concurrency", str(cc), "--queue-depth", "1", "--pod", f"pod-{i}",
+              "--node", "node-1"], ready_timeout=0)
+        for i, (backend, cc) in enumerate(zip(backends, concurrencies, strict=True))
+    ]
+    for proc in nonnas:
+        proc.wait_ready(30)
+    return [Pod(f"pod-{i}", b, n) for i, (b, n) in enumerate(zip(backends, nonnas, strict=True))]
+
+
+@pytest.fixture(scope="module")
+def pods():
+    """pod-0 and pod-1: concurrency 1; pod-2: concurrency 2; every nonna queues at most 1."""
+    started = start_shallow_pods([1, 1, 2])
+    yield started
+    for pod in started:
+        pod.stop()
+
+
+def statuses(results) -> collections.Counter:
+    return collections.Counter(status for status, _, _ in results)
+
+
+async def wait_waiting(proxy, count: int, timeout: float = 10.0) -> None:
+    """Until ``count`` requests wait in katyusha's L1 queue (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, demand = admin(proxy, "GET", "/demand")
+        if demand["waiting"] >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never {count} waiting: {demand}")
+
+
+async def test_a_pod_gets_at_most_its_concurrency_the_rest_waits_in_l1(pods):
+    spec = pods[0].spec + ",concurrency=1"
+    with katyusha("--pod", spec) as proxy:
+        results = await blast(proxy.url + "/", 20, 20)
+        assert statuses(results) == {200: 20}
+        _, state = admin(proxy, "GET", "/pods")
+        assert state["queue"]["limit"] == 1
+        assert state["queue"]["configured_limit"] == 1000
+        assert state["pods"][0]["capacity"] == 1
+        assert state["pods"][0]["concurrency"] == 1
+    # The same burst with the cap off overflows nonna's one-deep queue.
+    with katyusha("--pod", spec, "--set", "pod-capacity-factor=0") as proxy:
+        results = await blast(proxy.url + "/", 20, 20)
+        assert statuses(results)[503] >= 10, statuses(results)
+
+
+async def test_held_burst_is_spread_over_the_pods_as_they_join(pods):
+    with katyusha("--request-timeout", "20", "--keep-nonna-headers", "true") as proxy:
+        task = asyncio.ensure_future(blast(proxy.url + "/", 30, 30))
+        await wait_waiting(proxy, 30)
+        entries = [{**pod.json(), "concurrency": 1} for pod in pods[:2]]
+        status, _ = admin(proxy, "PUT", "/pods", {"pods": entries})
+        assert status == 200
+        results = await asyncio.wait_for(task, 20)
+        assert statuses(results) == {200: 30}
+        served = collections.Counter(headers["nonna-pod"] for _, headers, _ in results)
+        assert served["pod-0"] >= 5 and served["pod-1"] >= 5, served
+        _, state = admin(proxy, "GET", "/pods")
+        assert state["queue"]["limit"] == 2
+
+
+async def test_capacity_is_learned_from_nonna_concurrency_when_not_given(pods):
+    # pod-2 takes 2 at once and queues 1: 20 at once would overflow it.
+    with katyusha("--request-timeout", "20") as proxy:
+        task = asyncio.ensure_future(blast(proxy.url + "/", 20, 20))
+        await wait_waiting(proxy, 20)
+        status, _ = admin(proxy, "PUT", "/pods", {"pods": [pods[2].json()]})
+        assert status == 200
+        results = await asyncio.wait_for(task, 20)
+        assert statuses(results) == {200: 20}
+        _, state = admin(proxy, "GET", "/pods")
+        [row] = state["pods"]
+        assert row["concurrency"] is None
+        assert row["reported_concurrency"] == 2
+        assert row["capacity"] == 2
+        assert state["queue"]["limit"] == 2
+
+
+async def test_factor_scales_capacity_and_unlimited_pods_are_not_capped():
+    pods = (PodSpec("a", "http://127.0.0.1:1", concurrency=2),
+            PodSpec("b", "http://127.0.0.1:2", concurrency=1))
+    balancer = Balancer(ProxyConfig(pods=pods, pod_capacity_factor=1.5))
+    a, b = (balancer.table.get(name) for name in ("a", "b"))
+    assert (balancer.capacity(a), balancer.capacity(b)) == (3, 1)
+    assert balancer.queue.limit == 4
+    balancer.dispatched(b)
+    assert {balancer.pick(0.0) for _ in range(20)} == {a}
+    # A pod that just failed is avoided even when the others are full.
+    balancer.dispatched(a)
+    balancer.dispatched(a)
+    balancer.dispatched(a)
+    assert balancer.pick(0.0, exclude=[b]) is a
+    for _ in range(3):
+        balancer.undispatched(a)
+    balancer.undispatched(b)
+    assert balancer.pick(0.0, exclude=[a]) is b
+    # One pod with no limit: the configured L1 limit stands, that pod uncapped.
+    balancer.upsert(PodSpec("c", "http://127.0.0.1:3", concurrency=0))
+    assert balancer.queue.limit == 1000
+    assert balancer.capacity(balancer.table.get("c")) is None
+    balancer.remove("c")
+    assert balancer.queue.limit == 4
+    off = Balancer(ProxyConfig(pods=pods, pod_capacity_factor=0))
+    assert off.queue.limit == 1000 and off.capacity(off.table.get("b")) is None
+
+
+@pytest.mark.parametrize("raw", ["-1", "abc", "nan", "inf", "", True])
+def test_bad_capacity_factor_is_an_error_naming_it(raw):
+    with pytest.raises(ConfigError) as caught:
+        validate({"pod-capacity-factor": raw})
+    assert caught.value.key == "pod-capacity-factor"
+    assert validate({"pod-capacity-factor": "0.5"}).pod_capacity_factor == 0.5
+
+
+def test_bad_capacity_settings_stop_katyusha_naming_them():
+    for extra in (["--set", "pod-capacity-factor=-2"],
+                  ["--pod", "http://127.0.0.1:9,concurrency=many"]):
+        done = subprocess.run([script("katyusha"), "serve", "--port", "0", "--admin-port", "0",
+                               *extra], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, done
+        name = "pod-capacity-factor" if "--set" in extra else "concurrency"
+        assert name in done.stderr, done.stderr
+    assert parse_pod("pods", "http://127.0.0.1:9,concurrency=3").concurrency == 3
+    assert parse_pod("pods", {"url": "http://127.0.0.1:9"}).concurrency is None
+
+
+async def test_put_pods_rejects_a_bad_concurrency_naming_the_field(pods):
+    with katyusha() as proxy:
+        for bad in (-1, "two", 1.5, True):
+            status, body = admin(proxy, "PUT", "/pods",
+                                 {"pods": [{**pods[0].json(), "concurrency": bad}]})
+            assert status == 400, (bad, body)
+            assert "pods[0].concurrency" in body["error"], body
+        status, body = admin(proxy, "PUT", "/pods", {"pods": [{**pods[0].json(), "concurrency": 3}]})
+        assert status == 200, body
