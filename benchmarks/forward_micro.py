@@ -1,10 +1,11 @@
 """Forwarder micro-benchmark: wrk against nginx, against nginx proxying, and against forward().
 
 The forwarder is the smallest ASGI app around ``katyusha.http.forward`` on
-uvicorn (httptools, uvloop, one worker), in front of nginx serving a small
-body; its figures print next to nginx's, which is the peer to beat.
+uvicorn.Server (uvloop, one worker) with katyusha's lean HTTP protocol or
+uvicorn's httptools one (``--http``), in front of nginx serving a small body;
+its figures print next to nginx's, which is the peer to beat.
 
-    python -m benchmarks.forward_micro [--duration 5] [--connections 32]
+    python -m benchmarks.forward_micro [--duration 5] [--connections 32] [--http uvicorn]
     python -m benchmarks.forward_micro --profile   # cProfile of the forwarder
 """
 
@@ -23,12 +24,13 @@ from benchmarks import wrk
 from benchmarks.peers import free_port, nginx_proxy, nginx_static, wait_port
 
 
-def serve_forwarder(upstream: str, port: int, profile: str | None) -> None:
+def serve_forwarder(upstream: str, port: int, profile: str | None, http: str = "lean") -> None:
     """Run the forwarder in this process until SIGTERM/SIGINT."""
     import uvicorn
     import uvloop
 
     from katyusha.http import Pool, UpstreamError, forward
+    from katyusha.http.server import LeanHTTPProtocol
 
     pool = Pool(upstream, max_idle=256)
 
@@ -43,7 +45,8 @@ def serve_forwarder(upstream: str, port: int, profile: str | None) -> None:
                         "headers": [(b"content-length", b"%d" % len(body))]})
             await send({"type": "http.response.body", "body": body})
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", loop="none",
+    protocol = LeanHTTPProtocol if http == "lean" else "httptools"
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=protocol, loop="none",
                             lifespan="off", access_log=False, log_level="warning",
                             server_header=False, date_header=False)
     server = uvicorn.Server(config)
@@ -61,10 +64,10 @@ def serve_forwarder(upstream: str, port: int, profile: str | None) -> None:
 
 
 @contextlib.contextmanager
-def forwarder(upstream: str, profile: str | None = None):
+def forwarder(upstream: str, profile: str | None = None, http: str = "lean"):
     port = free_port()
     argv = [sys.executable, "-m", "benchmarks.forward_micro", "--serve", upstream,
-            "--port", str(port)]
+            "--port", str(port), "--http", http]
     if profile:
         argv += ["--profile-out", profile]
     popen = subprocess.Popen(argv, start_new_session=True)
@@ -83,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", action="store_true",
                         help="profile the forwarder with cProfile and print the top functions")
+    parser.add_argument("--http", choices=("lean", "uvicorn"), default="lean",
+                        help="the forwarder's HTTP protocol (default lean)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve_forwarder(args.serve, args.port, args.profile_out)
+        serve_forwarder(args.serve, args.port, args.profile_out, args.http)
         return 0
 
     def measure(url: str):
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         direct = measure(backend.url + "/")
         with nginx_proxy([backend.url]) as proxy:
             via_nginx = measure(proxy.url + "/")
-        with forwarder(backend.url, profile_path) as (url, _):
+        with forwarder(backend.url, profile_path, args.http) as (url, _):
             via_forward = measure(url + "/")
     rows = [("nginx direct", direct), ("nginx proxy", via_nginx), ("forward()", via_forward)]
     print(f"wrk -t1 -c{args.connections} -d{args.duration:g}s, small body, 127.0.0.1")

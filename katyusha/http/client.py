@@ -195,9 +195,16 @@ class Pool:
         else:
             self.reuses += 1
         try:
-            return await conn.exchange(
+            # Awaited here rather than in a coroutine of the connection: one
+            # frame less to resume on every response.
+            waiter = conn.start(
                 head, fixed, start_pump if stream is not None else None, timeout, head_only
             )
+            try:
+                return await waiter
+            except asyncio.CancelledError:
+                conn.fail(UpstreamError("request cancelled", origin=self.origin))
+                raise
         except Stale:
             pass
         except ConnectFailed as exc:

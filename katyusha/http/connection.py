@@ -88,6 +88,22 @@ class Response:
             waiter = self._waiter = self._conn.loop.create_future()
             await waiter
 
+    def take(self) -> bytes:
+        """Everything buffered so far, without waiting; the whole body once :attr:`complete`.
+
+        Raises the upstream's error when the body ended in one, even with bytes
+        buffered: a cut body must not pass for a whole one.
+        """
+        if self._error is not None:
+            raise self._error
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return data
+
     async def body_chunks(self) -> AsyncIterator[bytes]:
         """Yield body bytes until the end of the body."""
         while True:
@@ -176,7 +192,11 @@ class Connection(asyncio.Protocol):
         self._until_close = False
         self._pump: asyncio.Task | None = None
         self._timeout = 0.0
+        # One timer per connection, re-armed lazily: most exchanges end long
+        # before their timeout, and a timer per exchange costs more than the check.
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timed = False
         self.last_activity = 0.0
 
     # asyncio.Protocol
@@ -190,7 +210,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
-        if self._timer is not None:
+        if self._timed:
             self.last_activity = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -215,6 +235,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._wake_drain()
         if not self._active:
             self._on_idle(self, False)
@@ -291,18 +314,20 @@ class Connection(asyncio.Protocol):
 
     # Used by the pool and the response.
 
-    async def exchange(
+    def start(
         self,
         head: bytes,
         body: bytes | None,
         stream: Callable[[Connection], asyncio.Task] | None,
         timeout: float | None,
         head_only: bool,
-    ) -> Response:
-        """Send one request and return the response once its head arrived.
+    ) -> asyncio.Future:
+        """Send one request; the returned future gets the response once its head arrived.
 
-        Raises :class:`Stale` when a reused connection turns out closed before any
-        response byte; otherwise :class:`UpstreamError` subclasses.
+        Await it through :meth:`exchange` semantics: the future fails with
+        :class:`Stale` or :class:`UpstreamError` subclasses, and a caller that is
+        cancelled while waiting must call :meth:`fail`. Raises :class:`Stale` at
+        once when a reused connection is already closed.
         """
         if self.closed or self.transport.is_closing():
             if self.reused:
@@ -317,8 +342,17 @@ class Connection(asyncio.Protocol):
         waiter = self._head_waiter = self.loop.create_future()
         if timeout is not None:
             self._timeout = timeout
+            self._timed = True
             self.last_activity = now = self.loop.time()
-            self._timer = self.loop.call_at(now + timeout, self._on_timer)
+            due = now + timeout
+            timer = self._timer
+            if timer is None or self._timer_at > due:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = self.loop.call_at(due, self._on_timer)
+                self._timer_at = due
+        else:
+            self._timed = False
         if body:
             self.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
@@ -327,6 +361,11 @@ class Connection(asyncio.Protocol):
             self.transport.write(head)
         if stream is not None:
             self._pump = stream(self)
+        return waiter
+
+    async def exchange(self, head, body, stream, timeout, head_only) -> Response:
+        """:meth:`start` and wait for the response head; cancelling the wait ends the exchange."""
+        waiter = self.start(head, body, stream, timeout, head_only)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -346,7 +385,7 @@ class Connection(asyncio.Protocol):
                 )
 
     def write(self, data: bytes) -> None:
-        if self._timer is not None:
+        if self._timed:
             self.last_activity = self.loop.time()
         self.transport.write(data)
 
@@ -358,7 +397,7 @@ class Connection(asyncio.Protocol):
             self.read_paused = False
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
-            if self._timer is not None:
+            if self._timed:
                 self.last_activity = self.loop.time()
 
     def fail(self, error: BaseException) -> None:
@@ -399,9 +438,7 @@ class Connection(asyncio.Protocol):
         self._head_waiter = None
         self._response = None
         self._headers = []
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timed = False
         pump = self._pump
         if pump is not None:
             self._pump = None
@@ -425,7 +462,8 @@ class Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if not self._active:
+        if not self._active or not self._timed:
+            # Idle: the next exchange arms the timer again.
             return
         now = self.loop.time()
         # A paused read waits on our consumer, not on the upstream.
@@ -434,6 +472,7 @@ class Connection(asyncio.Protocol):
         due = self.last_activity + self._timeout
         if due > now:
             self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
             return
         what = "response head" if self._response is None else "response body"
         self.fail(

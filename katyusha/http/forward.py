@@ -184,7 +184,9 @@ async def forward(
     """Relay the ASGI http request ``scope``/``receive`` through ``pool`` and the response to ``send``.
 
     ``on_response_head(status, headers)`` sees the upstream status and headers
-    (lower-case names, hop-by-hop ones removed) and returns the headers to send.
+    (lower-case names, hop-by-hop ones removed) and returns the headers to send;
+    it may raise UpstreamError to refuse the response (nothing is sent; the
+    error propagates as one from the pool would, ``retryable`` adjusted alike).
     ``timeout`` bounds the wait for the upstream head and each later silence.
 
     Raises UpstreamError (nothing was sent downstream; ``retryable`` says whether
@@ -228,12 +230,23 @@ async def forward(
     status = response.status
     out_headers = _response_headers(response.headers)
     if on_response_head is not None:
-        out_headers = on_response_head(status, out_headers)
+        try:
+            out_headers = on_response_head(status, out_headers)
+        except BaseException as exc:
+            # The caller refused this response: nothing went downstream.
+            response.release()
+            if isinstance(exc, UpstreamError) and exc.retryable and read_body:
+                exc.retryable = isinstance(receive, ReplayableReceive) and receive.intact
+            raise
     result = ForwardResult(status, out_headers, counter[0])
 
     if response.complete:
         # The whole body is already here: the common small response.
-        data = await response.next_chunk()
+        try:
+            data = response.take()
+        except UpstreamError:
+            response.release()
+            raise
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         await send({"type": "http.response.body", "body": data})
         result.response_bytes = len(data)

@@ -34,7 +34,7 @@ from katyusha.http import PoolSet, UpstreamError
 from katyusha.proxy.admin import METRICS_TYPE, AdminApp
 from katyusha.proxy.asgi import read_body, respond, respond_json
 from katyusha.proxy.config import ProxyConfig
-from katyusha.proxy.runtime import ROLE, Proxy, bind
+from katyusha.proxy.runtime import ROLE, Proxy, bind, data_http
 
 
 class _HideReadyLine:
@@ -70,7 +70,8 @@ def _run_child(config: ProxyConfig, index: int, data_sock, admin_sock) -> int:
 
     proxy.data.on_startup = on_startup
     return serving.run(
-        [serving.App(proxy.data, data_sock), serving.App(proxy.admin, admin_sock)],
+        [serving.App(proxy.data, data_sock, http=data_http(config)),
+         serving.App(proxy.admin, admin_sock)],
         role=f"{ROLE}-worker",
         on_stop=proxy.stop,
         graceful_timeout=config.shutdown_timeout,
@@ -114,7 +115,8 @@ def run_workers(config: ProxyConfig) -> int:
         await asyncio.to_thread(_reap, children, config.shutdown_timeout + 5)
 
     status = serving.run(
-        [serving.App(proxy.data, data_sock), serving.App(admin, admin_sock)],
+        [serving.App(proxy.data, data_sock, http=data_http(config)),
+         serving.App(admin, admin_sock)],
         role=ROLE,
         on_stop=on_stop,
         graceful_timeout=config.shutdown_timeout,
