@@ -12,6 +12,10 @@ from nonna.proxy import Nonna
 _PROM_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def build_admin(nonna: Nonna) -> Starlette:
     """The admin ASGI app over the state of ``nonna``."""
 
@@ -32,6 +36,11 @@ def build_admin(nonna: Nonna) -> Starlette:
             "queue_depth": config.effective_queue_depth,
             "queue_length": nonna.breaker.waiting,
             "in_flight": nonna.breaker.in_flight,
+            # What prequal probes: the smoothed app time and the latency a
+            # request arriving now would see behind the current queue.
+            "app_ewma_ms": _rounded(nonna.latency.app_ms),
+            "latency_ms": _rounded(nonna.latency.for_new_request(
+                nonna.breaker.waiting + nonna.breaker.in_flight, config.concurrency)),
             "draining": nonna.draining,
             "stats_period_seconds": config.stats_period,
             "last_period": last.to_json() if last is not None else None,

@@ -22,19 +22,21 @@ from collections import deque
 from katyusha.core import protocol
 from katyusha.core.errors import DeadlineExceeded, KatyushaError, QueueFull
 from katyusha.http import Pool, UpstreamError, forward
-from katyusha.http.errors import ResponseAborted
+from katyusha.http.errors import ConnectFailed, ResponseAborted
 from nonna.admission import Admission
 from nonna.breaker import Breaker
 from nonna.config import NonnaConfig
 from nonna.health import HealthCheck
 from nonna.metrics import Metrics
-from nonna.stats import LoadAverager
+from nonna.stats import LatencyEstimate, LoadAverager
 
 log = logging.getLogger("nonna")
 
 _QUEUE_LENGTH = protocol.QUEUE_LENGTH.encode()
 _IN_FLIGHT = protocol.IN_FLIGHT.encode()
 _SERVER_TIMING = protocol.SERVER_TIMING.encode()
+# The application never got the request: a balancer may send it to another pod.
+_UNREACHABLE = [(protocol.ERROR.encode(), protocol.UPSTREAM_UNREACHABLE.encode())]
 # Bodies read while a request waits are kept so the disconnect stays visible;
 # past this much, waiting stops watching rather than hold more in memory.
 _WATCH_LIMIT = 1 << 20
@@ -102,6 +104,7 @@ class Nonna:
         self.config = config
         self.breaker = Breaker(config.concurrency, config.effective_queue_depth)
         self.averager = LoadAverager(time.monotonic())
+        self.latency = LatencyEstimate()
         self.admission = Admission(self.breaker, self._on_change)
         self.metrics = Metrics(self.breaker)
         self.pool = Pool(config.upstream, max_idle=max(64, config.concurrency))
@@ -189,6 +192,7 @@ class Nonna:
 
         def on_head(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
             app_s = timing["app"] = time.monotonic() - admitted
+            self.latency.observe(app_s * 1000.0)
             ours = self._timing(queue_s, app_s)
             out = []
             upstream_timing = []
@@ -214,7 +218,8 @@ class Nonna:
             admission.release()
             released = True
             await self._answer_error(send, exc.status_hint, self._upstream_message(exc),
-                                     queue_s, app_s)
+                                     queue_s, app_s,
+                                     _UNREACHABLE if isinstance(exc, ConnectFailed) else ())
             return
         except ResponseAborted as exc:
             status = exc.result.status
@@ -262,14 +267,16 @@ class Nonna:
             message += " (within the request timeout)"
         return message
 
-    async def _answer_error(self, send, status: int, message: str, queue_s: float, app_s: float) -> None:
-        """Send nonna's own error response, with the piggyback headers; the slot is not held."""
+    async def _answer_error(self, send, status: int, message: str, queue_s: float, app_s: float,
+                            extra: list[tuple[bytes, bytes]] | tuple = ()) -> None:
+        """Send nonna's own error response, with the piggyback headers and ``extra``; the slot is not held."""
         body = f"nonna {self.config.pod}: {message}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
             (_SERVER_TIMING, self._timing(queue_s, app_s)),
             *self.load_headers(False),
+            *extra,
         ]
         self.metrics.observe(status, queue_s, app_s if app_s > 0 else None)
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -76,3 +76,35 @@ class LoadAverager:
         self._arrivals = 0
         self.last = stat
         return stat
+
+
+class LatencyEstimate:
+    """A smoothed app time and, from it, the latency a new request would see: what prequal probes.
+
+    ``observe`` takes each request's app time (ms); :meth:`for_new_request`
+    turns the current queue into an expected latency: with container
+    concurrency ``c > 0`` and ``inside`` requests held (waiting plus
+    executing), a new request waits for ``(inside + 1) / c`` app times, and
+    never less than one.
+    """
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self.app_ms: float | None = None
+
+    def observe(self, app_ms: float) -> None:
+        if not app_ms >= 0:
+            return
+        if self.app_ms is None:
+            self.app_ms = app_ms
+        else:
+            self.app_ms += self.alpha * (app_ms - self.app_ms)
+
+    def for_new_request(self, inside: int, concurrency: int) -> float | None:
+        """Expected ms from arrival to response head for a request arriving now; None before any sample."""
+        if self.app_ms is None:
+            return None
+        if concurrency <= 0:
+            return self.app_ms
+        waves = (inside + 1) / concurrency
+        return self.app_ms * (waves if waves > 1.0 else 1.0)

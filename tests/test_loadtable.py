@@ -6,7 +6,7 @@ import pytest
 
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
-from katyusha.core.loadtable import LoadTable
+from katyusha.core.loadtable import FAILURE_LOAD, LoadTable
 
 
 def report(queue, in_flight, app_ms=None, concurrency=None):
@@ -58,14 +58,52 @@ def test_dispatch_response_failure_counts():
 
 
 def test_latency_and_app_ewma():
-    table = LoadTable(ewma_alpha=0.5)
+    table = LoadTable(ewma_alpha=0.5, app_alpha=0.25)
     a = table.upsert("a", "http://a")
     table.on_response(a, 0.0, 0.010, report(0, 0, app_ms=8.0))
     assert a.latency_ewma_ms == pytest.approx(10.0) and a.app_ewma_ms == pytest.approx(8.0)
     table.on_response(a, 0.1, 0.030, report(0, 0, app_ms=4.0))
-    assert a.latency_ewma_ms == pytest.approx(20.0) and a.app_ewma_ms == pytest.approx(6.0)
+    assert a.latency_ewma_ms == pytest.approx(20.0) and a.app_ewma_ms == pytest.approx(7.0)
     table.on_response(a, 0.2, 0.030, None)  # no report: app estimate kept
-    assert a.app_ewma_ms == pytest.approx(6.0)
+    assert a.app_ewma_ms == pytest.approx(7.0)
+
+
+def test_app_estimate_damps_noise_yet_follows_a_change_of_speed():
+    import random
+
+    rng = random.Random(3)
+    table = LoadTable()
+    a = table.upsert("a", "http://a")
+    now = 0.0
+    seen = []
+    for _ in range(400):  # exponential app times, mean 20 ms
+        now += 0.02
+        table.on_response(a, now, 0.02, report(0, 0, app_ms=rng.expovariate(1 / 20.0)))
+        seen.append(a.app_ewma_ms)
+    steady = sorted(seen[50:])
+    # Almost always within a factor of two of the mean, so pods of equal
+    # speed are not told apart by luck.
+    assert steady[len(steady) // 100] > 9.0 and steady[-len(steady) // 100] < 40.0
+    # The pod turns four times slower: within a few responses it is seen as
+    # more than twice as slow.
+    for _ in range(6):
+        now += 0.08
+        table.on_response(a, now, 0.08, report(0, 0, app_ms=80.0))
+    assert a.app_ewma_ms > 45.0
+
+
+def test_recent_failures_raise_the_estimate_for_a_while():
+    table = LoadTable(failure_hold_s=1.0)
+    a = table.upsert("a", "http://a")
+    table.on_dispatch(a, 0.0)
+    table.on_failure(a, 0.0)
+    table.on_dispatch(a, 0.1)
+    table.on_failure(a, 0.1)
+    assert table.estimated_load(a, 0.2) == 2 * FAILURE_LOAD  # answers at once, yet is no idle pod
+    assert table.estimated_load(a, 1.2) == 0  # a second on, it is tried again
+    table.on_dispatch(a, 1.3)
+    table.on_response(a, 1.4, 0.01, report(0, 0))
+    assert table.estimated_load(a, 1.4) == 0 and a.consecutive_failures == 0
 
 
 def test_estimate_uses_fresh_report_plus_later_dispatches():
@@ -119,7 +157,8 @@ def test_snapshot_is_json():
 @pytest.mark.parametrize(
     "kwargs, key",
     [({"stale_after_s": 0}, "stale_after_s"), ({"stale_after_s": float("nan")}, "stale_after_s"),
-     ({"ewma_alpha": 0}, "ewma_alpha"), ({"ewma_alpha": 1.5}, "ewma_alpha"), ({"ewma_alpha": "x"}, "ewma_alpha")],
+     ({"ewma_alpha": 0}, "ewma_alpha"), ({"ewma_alpha": 1.5}, "ewma_alpha"), ({"ewma_alpha": "x"}, "ewma_alpha"),
+     ({"failure_hold_s": -1}, "failure_hold_s"), ({"app_alpha": 0}, "app_alpha")],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError) as err:

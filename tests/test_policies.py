@@ -182,6 +182,29 @@ def test_sed_uses_reported_concurrency_and_fleet_median_for_unknown_pods():
     assert policy("sed-piggyback", fleet(2), prior_app_ms=5.0).fallback_app_ms(fleet(2).ready()) == 5.0
 
 
+def test_sed_ranks_pods_of_one_speed_by_load_not_by_noise_in_their_app_times():
+    table = fleet(4)
+    lucky, unlucky, other, slow = table.ready()
+    # Three pods of one speed whose averages differ by luck, one pod 4x slower.
+    report(table, lucky, 1.0, queue=3, app_ms=18.0, concurrency=1)  # raw: 4 * 18 = 72
+    report(table, unlucky, 1.0, queue=2, app_ms=26.0, concurrency=1)  # raw: 3 * 26 = 78
+    report(table, other, 1.0, queue=2, app_ms=25.0, concurrency=1)  # raw: 3 * 25 = 75
+    report(table, slow, 1.0, queue=0, app_ms=80.0, concurrency=1)  # raw: 80
+    pol = policy("sed-piggyback", table)
+    # Without the rule the luckiest average wins despite its longer queue.
+    assert policy("sed-piggyback", table, same_speed=1.0).pick(table.ready(), 1.0) is lucky
+    # Within 1.5x of the median (25.5 ms) all count as 25.5: shorter queues
+    # win (3 * 25.5 = 76.5), and the slow pod idle (80) does not yet.
+    picks = Counter(pol.pick(table.ready(), 1.0).name for _ in range(50))
+    assert set(picks) == {unlucky.name, other.name}
+    busy(table, lucky, 1)
+    busy(table, unlucky, 1)
+    busy(table, other, 1)  # now 4 * 25.5 = 102 on the fast ones
+    assert pol.pick(table.ready(), 1.0) is slow
+    with pytest.raises(ConfigError):
+        policy("sed-piggyback", table, same_speed=0.5)
+
+
 def test_peak_ewma_spike_raises_cost_at_once_then_decays():
     table = fleet(2)
     a, b = table.ready()
@@ -242,8 +265,8 @@ def test_prequal_probes_age_out_and_pool_is_bounded():
     p0, p1, p2, p3, p4 = table.ready()
     pol.observe_probe(p0, 0.0, 0, 1.0)
     pol.observe_probe(p1, 0.5, 0, 50.0)
-    assert pol.pick(table.ready(), 0.9) is p0
-    assert pol.pick(table.ready(), 1.2) is p1  # p0's probe is older than 1 s
+    assert pol.pick([p0, p1], 0.9) is p0
+    assert set(pol.probes(1.2)) == {"p1"}  # p0's probe is older than 1 s
     pol.observe_probe(p2, 1.3, 0, 60.0)
     pol.observe_probe(p3, 1.3, 0, 70.0)
     pol.observe_probe(p4, 1.3, 0, 80.0)
@@ -253,13 +276,64 @@ def test_prequal_probes_age_out_and_pool_is_bounded():
     assert pol.pick([p0, p1], 9.0) is p1
 
 
-def test_prequal_learns_from_piggybacked_feedback():
+def test_prequal_pods_without_a_probe_still_get_picked():
+    table = fleet(3)
+    pol = policy("prequal", table)
+    p0, p1, p2 = table.ready()
+    # Only p0 has answered so far. Taking the pool alone, every request
+    # would go to p0; the others compete with what the table knows of them.
+    report(table, p0, 0.0, queue=0, app_ms=20.0, concurrency=1)
+    pol.observe(p0, 0.0, 0.02, Feedback(0, 0, 1, 0.0, 20.0, "p0", None))
+    picks = Counter()
+    for _ in range(30):
+        entry = pol.pick(table.ready(), 0.1)
+        table.on_dispatch(entry, 0.1)
+        picks[entry.name] += 1
+    assert set(picks) == {"p0", "p1", "p2"} and picks["p0"] < 20
+
+
+def test_prequal_learns_expected_latency_from_piggybacked_feedback():
     table = fleet(2)
     a, b = table.ready()
     pol = policy("prequal", table)
-    pol.observe(a, 0.0, 0.2, Feedback(5, 3, None, 100.0, 50.0, None, None))
-    pol.observe(b, 0.0, 0.2, Feedback(0, 1, None, 0.0, 20.0, None, None))
-    assert pol.probes(0.0) == {"p0": (8, 150.0, 0.0), "p1": (1, 20.0, 0.0)}
+    slow_busy = Feedback(5, 3, 1, 100.0, 50.0, None, None)
+    fast_idle = Feedback(0, 1, 1, 0.0, 20.0, None, None)
+    for entry, fb in ((a, slow_busy), (b, fast_idle)):
+        table.on_dispatch(entry, 0.0)
+        table.on_response(entry, 0.0, 0.2, fb)
+        pol.observe(entry, 0.0, 0.2, fb)
+    # Concurrency 1: a new request waits for everything held, then runs:
+    # (rif + 1) * the pod's app time.
+    assert pol.probes(0.0) == {"p0": (8, 450.0, 0.0), "p1": (1, 40.0, 0.0)}
     assert pol.pick(table.ready(), 0.0) is b
     targets = pol.probe_targets(fleet(3).ready() + [a], 0.0, count=2)
     assert len(targets) == 2 and a not in targets  # unprobed pods are probed first
+
+
+def test_prequal_a_burst_spreads_over_cold_pods_instead_of_piling_on_one():
+    table = fleet(3)
+    pol = policy("prequal", table, hot_quantile=1.0)
+    p0, p1, p2 = table.ready()
+    # All idle; p0 is a little faster. Before picks counted their latency,
+    # every request of a burst went to p0 until it turned hot.
+    pol.observe_probe(p0, 0.0, 0, 20.0)
+    pol.observe_probe(p1, 0.0, 0, 25.0)
+    pol.observe_probe(p2, 0.0, 0, 30.0)
+    picks = [pol.pick(table.ready(), 0.01).name for _ in range(6)]
+    assert picks == ["p0", "p1", "p2", "p0", "p1", "p2"]
+    assert pol.probes(0.01)["p0"][:2] == (2, 60.0)
+
+
+def test_prequal_probe_step_defaults_to_one_app_time_per_request_held():
+    table = fleet(2)
+    pol = policy("prequal", table, hot_quantile=1.0)
+    wide, narrow = table.ready()
+    # A wide pod: 4 held, 20 ms each, 8 slots: one more costs 2.5 ms.
+    pol.observe_probe(wide, 0.0, 4, 20.0, step_ms=2.5)
+    pol.observe_probe(narrow, 0.0, 1, 30.0)  # step 30 / (1 + 1) = 15 ms
+    # 20, 22.5, 25, 27.5 on the wide pod; at 30 each the lower RIF wins.
+    assert [pol.pick(table.ready(), 0.0).name for _ in range(5)] == ["p0"] * 4 + ["p1"]
+    assert pol.probes(0.0)["p1"][:2] == (2, 45.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        pol.observe_probe(narrow, 0.1, 1, bad)
+    assert pol.probes(0.1)["p1"][:2] == (2, 45.0)  # garbage probes are ignored

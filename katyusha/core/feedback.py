@@ -5,6 +5,11 @@ nonna writes ``Nonna-Queue-Length``, ``Nonna-In-Flight``, ``Nonna-Concurrency``,
 parser runs once per proxied response, so it walks the header list once and
 never raises: a pod that sends garbage is treated as a pod that sent nothing,
 and katyusha falls back to its own counts.
+
+nonna's own errors may also carry ``Nonna-Error``; ``upstream-unreachable``
+there means the application never got the request (connection refused or
+reset before any response byte), so katyusha may treat it as a failure to
+connect to the pod and retry elsewhere: :func:`upstream_unreachable`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,24 @@ _STATE = protocol.STATE.encode()
 _SERVER_TIMING = protocol.SERVER_TIMING.encode()
 _MAX_DIGITS = len(str(MAX_COUNT))
 _NONNA_PREFIX = protocol.NONNA_PREFIX.encode()
+
+# nonna's error marker (docs/protocol.md, "Error responses").
+_ERROR_HEADER = protocol.ERROR.encode()
+_UPSTREAM_UNREACHABLE = protocol.UPSTREAM_UNREACHABLE.encode()
+
+
+def upstream_unreachable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """True when the response says nonna could not reach its application (``Nonna-Error``).
+
+    ``headers`` are (lower-case name, value) byte pairs. Never raises.
+    """
+    try:
+        for name, value in headers:
+            if name == _ERROR_HEADER:
+                return value.strip().lower() == _UPSTREAM_UNREACHABLE
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,10 @@ NODE = "nonna-node"
 STATE = "nonna-state"
 SERVER_TIMING = "server-timing"
 REQUEST_ID = "x-request-id"
+# On nonna's own 502/504 when its app could not be reached before any response byte:
+# katyusha may then retry an idempotent request on another pod.
+ERROR = "nonna-error"
+UPSTREAM_UNREACHABLE = "upstream-unreachable"
 
 # Server-Timing metric names.
 TIMING_NONNA_QUEUE = "nonna-queue"

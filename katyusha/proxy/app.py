@@ -16,10 +16,10 @@ import os
 from itertools import count
 
 from katyusha.core.errors import KatyushaError, NoReadyPod
-from katyusha.core.feedback import parse_feedback
+from katyusha.core.feedback import parse_feedback, upstream_unreachable
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
-from katyusha.http.errors import ResponseAborted
+from katyusha.http.errors import ConnectFailed, ResponseAborted
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.balancer import Balancer
 from katyusha.proxy.config import ProxyConfig
@@ -111,20 +111,6 @@ class DataApp:
         self.in_progress = 0
         self._idle = asyncio.Event()
 
-    async def __call__(self, scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
-                await lifespan(receive, send, self.on_startup, self.on_shutdown)
-            return
-        self.in_progress += 1
-        try:
-            await self._handle(scope, receive, send)
-        finally:
-            self.in_progress -= 1
-            if self.in_progress == 0:
-                self._idle.set()
-
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being handled; False on timeout."""
         try:
@@ -142,16 +128,24 @@ class DataApp:
                 return value, True
         return f"{self._id_prefix}-{next(self._ids):x}".encode(), False
 
-    async def _handle(self, scope, receive, send) -> None:
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send, self.on_startup, self.on_shutdown)
+            return
         balancer = self.balancer
         loop = balancer.loop
         arrived = loop.time()
         headers = scope["headers"]
         request_id, given = self._request_id(headers)
+        self.in_progress += 1
         try:
             ticket = balancer.offer(arrived)
         except KatyushaError as exc:
-            await self._error(send, exc.status_hint, str(exc), request_id)
+            try:
+                await self._error(send, exc.status_hint, str(exc), request_id)
+            finally:
+                self._done()
             return
         try:
             if not ticket.admitted:
@@ -185,6 +179,12 @@ class DataApp:
             await self._dispatch(scope, receive, send, ticket, l1_wait, request_id, given)
         finally:
             balancer.release(ticket)
+            self._done()
+
+    def _done(self) -> None:
+        self.in_progress -= 1
+        if self.in_progress == 0:
+            self._idle.set()
 
     async def _dispatch(self, scope, receive, send, ticket, l1_wait, request_id, given) -> None:
         balancer = self.balancer
@@ -271,6 +271,11 @@ class DataApp:
         return extra
 
     def _on_head(self, entry, sent_at, status, headers, request_id, given, timing, l1_wait, outcome):
+        if status >= 502 and upstream_unreachable(headers):
+            # The pod's nonna never reached its app: a failed connect to this
+            # pod (counted on it, retried elsewhere), not an answer to relay.
+            raise ConnectFailed("nonna cannot reach the pod's app (Nonna-Error: "
+                                "upstream-unreachable)", origin=entry.url, retryable=True)
         now = self.balancer.loop.time()
         latency = now - sent_at
         outcome["head"] = True

@@ -141,11 +141,16 @@ class Prober:
                 stats = json.loads(await response.read() or b"{}")
             rtt_ms = (time.monotonic() - started) * 1000.0
             rif = _count(stats, "queue_length") + _count(stats, "in_flight")
-            # nonna's /stats carries no latency: the pod's recent response
-            # latency as katyusha measured it stands in, then the probe's round trip.
+            # Before nonna has timed a request it reports no latency: the pod's
+            # recent latency as katyusha measured it stands in, then the round trip.
             known = entry.latency_ewma_ms
-            latency_ms = _latency_ms(stats, rtt_ms if known is None else known)
-            balancer.policy.observe_probe(entry, balancer.now(), rif, latency_ms)
+            latency_ms = _number(stats, "latency_ms")
+            if latency_ms is None:
+                latency_ms = rtt_ms if known is None else known
+            app_ms = _number(stats, "app_ewma_ms")
+            concurrency = _count(stats, "concurrency")
+            step_ms = app_ms / concurrency if app_ms is not None and concurrency else None
+            balancer.policy.observe_probe(entry, balancer.now(), rif, latency_ms, step_ms)
             self.probes += 1
         except (UpstreamError, ValueError, OSError, TypeError):
             self.failures += 1
@@ -164,11 +169,8 @@ def _count(stats: dict, key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
-def _latency_ms(stats: dict, fallback: float) -> float:
-    # nonna reports its recent latency under one of these names; the probe's
-    # own round trip stands in when it reports none.
-    for key in ("latency_ms", "latency_ewma_ms", "app_ewma_ms", "service_ms"):
-        value = stats.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return float(value)
-    return fallback
+def _number(stats: dict, key: str) -> float | None:
+    value = stats.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from katyusha.core.errors import ConfigError
+from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
 ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
 
@@ -48,7 +49,7 @@ class ProxyConfig:
     port: int = 8080
     admin_port: int = 8081
     pods: tuple[PodSpec, ...] = ()
-    policy: str = "jsq-piggyback"
+    policy: str = DEFAULT_POLICY
     enable_katyusha: bool = True
     threads: int = 1
     enable_junbanmachi: bool = True
@@ -206,7 +207,6 @@ def parse_host(key: str, raw: object) -> str:
 
 
 def parse_policy(key: str, raw: object) -> str:
-    from katyusha.core.policies import POLICY_NAMES
 
     if not isinstance(raw, str) or raw.strip() not in POLICY_NAMES:
         raise ConfigError(key, f"must be one of {', '.join(POLICY_NAMES)}; got {raw!r}")

@@ -48,16 +48,35 @@ class ShortestExpectedDelay(Policy):
     ``(load_i + 1) / c_i`` service times). ``load_i`` is the estimated load and
     ``app_i`` the pod's app-time EWMA from ``Server-Timing``; a pod with none
     yet uses the median of the candidates that have one, or ``prior_app_ms``.
-    Equal delays go to the lower load, then at random.
+    An app time within ``same_speed`` times the median of the candidates'
+    (either way) counts as the median itself: pods of one speed are then
+    ranked by load alone, as ``jsq-piggyback`` does, instead of by the noise
+    in their averages, and only pods clearly slower or faster are weighed by
+    their speed. ``same_speed=1`` turns that off. The median is refreshed at
+    most every ``median_every_s``. Equal delays go to the lower load, then at
+    random.
+
+    Raises ConfigError for a non-positive ``prior_app_ms`` or
+    ``median_every_s``, or a ``same_speed`` below 1.
     """
 
     name = "sed-piggyback"
 
-    def __init__(self, *, rng: random.Random, table: LoadTable, prior_app_ms: float = 10.0):
+    def __init__(self, *, rng: random.Random, table: LoadTable, prior_app_ms: float = 10.0,
+                 same_speed: float = 1.5, median_every_s: float = 0.1):
         if not isinstance(prior_app_ms, int | float) or not prior_app_ms > 0:
             raise ConfigError("prior_app_ms", f"must be a positive number, got {prior_app_ms!r}")
+        if not isinstance(same_speed, int | float) or not same_speed >= 1:
+            raise ConfigError("same_speed", f"must be a number >= 1, got {same_speed!r}")
+        if not isinstance(median_every_s, int | float) or not median_every_s > 0:
+            raise ConfigError("median_every_s", f"must be a positive number, got {median_every_s!r}")
         super().__init__(rng=rng, table=table)
         self.prior_app_ms = float(prior_app_ms)
+        self.same_speed = float(same_speed)
+        self.median_every_s = float(median_every_s)
+        self._median = self.prior_app_ms
+        self._median_at = -float("inf")
+        self._median_of: Sequence[PodEntry] | None = None
 
     def fallback_app_ms(self, candidates: Sequence[PodEntry]) -> float:
         """App time assumed for a pod that has reported none: the fleet median, or the prior."""
@@ -73,18 +92,26 @@ class ShortestExpectedDelay(Policy):
         """Expected time (ms) for a new request sent to ``entry`` if its app time is ``app_ms``."""
         return _delay(app_ms, self.table.estimated_load(entry, now), entry.reported_concurrency)
 
+    def median_app_ms(self, candidates: Sequence[PodEntry], now: float) -> float:
+        """The candidates' median app time (:meth:`fallback_app_ms`), refreshed every ``median_every_s``."""
+        if candidates is not self._median_of or now - self._median_at >= self.median_every_s:
+            self._median = self.fallback_app_ms(candidates)
+            self._median_at = now
+            self._median_of = candidates
+        return self._median
+
     def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
         estimate = self.table.estimated_load
-        fallback: float | None = None
+        median = self.median_app_ms(candidates, now)
+        low = median / self.same_speed
+        high = median * self.same_speed
         best: PodEntry | None = None
         best_delay = best_load = 0.0
         ties: list[PodEntry] | None = None
         for entry in candidates:
             app_ms = entry.app_ewma_ms
-            if app_ms is None:
-                if fallback is None:
-                    fallback = self.fallback_app_ms(candidates)
-                app_ms = fallback
+            if app_ms is None or low <= app_ms <= high:
+                app_ms = median
             load = estimate(entry, now)
             delay = _delay(app_ms, load, entry.reported_concurrency)
             if best is None or delay < best_delay or (delay == best_delay and load < best_load):

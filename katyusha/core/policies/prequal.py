@@ -1,23 +1,29 @@
 """Prequal (Wydrowski et al., NSDI 2024): hot-cold lexicographic choice over a pool of recent probes.
 
 The policy keeps a small pool of recent load probes, at most one per pod:
-requests in flight (RIF) and a latency estimate. Probes come from two places:
+requests in flight (RIF) and the latency a new request can expect there.
+Probes come from two places:
 
 * piggybacking: every response's ``Nonna-Queue-Length + Nonna-In-Flight`` is
-  the pod's RIF and its ``Server-Timing`` ``nonna-queue + app`` the latency
-  (a response without feedback gives katyusha's own in-flight count and the
-  end-to-end latency instead);
+  the pod's RIF, and the expected latency is the pod's smoothed app time
+  (``PodEntry.app_ewma_ms``) times ``(RIF + 1) / concurrency``, at least one
+  app time (a response without feedback gives katyusha's own in-flight count
+  and latency EWMA instead);
 * probing: the live proxy asks nonna's admin ``/stats`` of a few pods off the
   request path (which ones: :meth:`Prequal.probe_targets`) and reports each
-  answer with :meth:`Prequal.observe_probe`.
+  answer (its RIF and ``latency_ms``) with :meth:`Prequal.observe_probe`.
 
 A probe ages out after ``max_age_s``; when the pool is full the oldest probe
 leaves. To pick, a probe is *hot* when its RIF is above the ``hot_quantile``
 quantile of the RIFs in the pool. Among the candidates' cold probes the lowest
-latency wins (then the lower RIF); when all of them are hot, the lowest RIF
-wins. A pick adds one to the chosen probe's RIF, so a burst between two
-probes does not all land on one pod. With no usable probe for any candidate,
-the pick falls back to power of two choices on local in-flight counts.
+latency wins (then the lower RIF, then at random); when all of them are hot,
+the lowest RIF wins. A pick adds one request to the chosen probe: its RIF
+grows by one and its latency by what one more request costs there, so a burst
+between two probes spreads over the cold pods instead of all landing on the
+one that looked best. A candidate with no live probe competes with a stand-in
+built from the load table (its estimated load and app time; a pod never timed
+looks idle and fast, so it is tried). With an empty pool, the pick falls back
+to power of two choices on local in-flight counts.
 """
 
 from __future__ import annotations
@@ -33,13 +39,17 @@ from katyusha.core.policies.base import Policy, two_indices
 
 
 class Probe:
-    """One pod's load as last probed: requests in flight, latency estimate (ms), when."""
+    """One pod's load as last probed: requests in flight, expected latency (ms), when.
 
-    __slots__ = ("rif", "latency_ms", "at")
+    ``step_ms`` is what one more request adds to ``latency_ms``.
+    """
 
-    def __init__(self, rif: int, latency_ms: float, at: float):
+    __slots__ = ("rif", "latency_ms", "step_ms", "at")
+
+    def __init__(self, rif: int, latency_ms: float, step_ms: float, at: float):
         self.rif = rif
         self.latency_ms = latency_ms
+        self.step_ms = step_ms
         self.at = at
 
 
@@ -69,30 +79,35 @@ class Prequal(Policy):
         self.hot_quantile = float(hot_quantile)
         # Insertion order is age order: a refreshed probe is moved to the end.
         self._pool: dict[PodEntry, Probe] = {}
-        self._candidates_list: Sequence[PodEntry] | None = None
-        self._candidates_set: frozenset[PodEntry] = frozenset()
-        self._candidates_version = -1
 
     # -- learning --------------------------------------------------------
 
-    def observe_probe(self, entry: PodEntry, now: float, rif: int, latency_ms: float) -> None:
+    def observe_probe(
+        self, entry: PodEntry, now: float, rif: int, latency_ms: float,
+        step_ms: float | None = None,
+    ) -> None:
         """Record a probe of ``entry`` taken at ``now``; negative or non-finite values are ignored.
 
-        The live proxy calls this with what nonna's admin ``/stats`` reported
-        (its queue length plus in flight, and its recent latency).
+        ``latency_ms`` is what a new request can expect on the pod;
+        ``step_ms`` what each further request adds to it (by default
+        ``latency_ms / (rif + 1)``, right for a pod that serves one at a time).
+        The live proxy calls this with what nonna's admin ``/stats`` reported.
         """
         if not rif >= 0 or not latency_ms >= 0 or not math.isfinite(latency_ms):
             return
+        if step_ms is None or not step_ms >= 0 or not math.isfinite(step_ms):
+            step_ms = latency_ms / (rif + 1)
         pool = self._pool
         probe = pool.pop(entry, None)
         if probe is None:
             self._expire(now)
             if len(pool) >= self.pool_size:
                 del pool[next(iter(pool))]
-            probe = Probe(rif, latency_ms, now)
+            probe = Probe(rif, latency_ms, step_ms, now)
         else:
             probe.rif = rif
             probe.latency_ms = latency_ms
+            probe.step_ms = step_ms
             probe.at = now
         pool[entry] = probe
 
@@ -100,14 +115,26 @@ class Prequal(Policy):
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
     ) -> None:
         if feedback is None:
-            self.observe_probe(entry, now, entry.in_flight, latency_s * 1000.0)
+            # No report: our own count and the end-to-end latency stand in.
+            known = entry.latency_ewma_ms
+            self.observe_probe(
+                entry, now, entry.in_flight, latency_s * 1000.0 if known is None else known
+            )
             return
         rif = feedback.queue_length + feedback.in_flight
-        if feedback.app_ms is None and feedback.queue_ms is None:
-            latency_ms = latency_s * 1000.0
+        # The table's smoothed app time, not this one response's: one quick
+        # sample must not make a slow pod look fast.
+        app_ms = entry.app_ewma_ms
+        if app_ms is None:
+            app_ms = feedback.app_ms if feedback.app_ms is not None else latency_s * 1000.0
+        concurrency = feedback.concurrency
+        if concurrency:
+            waves = (rif + 1) / concurrency
+            self.observe_probe(
+                entry, now, rif, app_ms * (waves if waves > 1.0 else 1.0), app_ms / concurrency
+            )
         else:
-            latency_ms = (feedback.app_ms or 0.0) + (feedback.queue_ms or 0.0)
-        self.observe_probe(entry, now, rif, latency_ms)
+            self.observe_probe(entry, now, rif, app_ms, 0.0)
 
     def probe_targets(self, candidates: Sequence[PodEntry], now: float, count: int = 2) -> list[PodEntry]:
         """Up to ``count`` distinct random candidates to probe now, preferring pods with no live probe."""
@@ -122,7 +149,7 @@ class Prequal(Policy):
     def probes(self, now: float) -> dict[str, tuple[int, float, float]]:
         """The live pool as ``{pod name: (rif, latency_ms, age_s)}``, for introspection."""
         self._expire(now)
-        return {e.name: (p.rif, p.latency_ms, now - p.at) for e, p in self._pool.items()}
+        return {e.name: (p.rif, round(p.latency_ms, 6), now - p.at) for e, p in self._pool.items()}
 
     # -- choosing --------------------------------------------------------
 
@@ -135,43 +162,57 @@ class Prequal(Policy):
     def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
         self._expire(now)
         pool = self._pool
-        if pool:
-            allowed = self._allowed(candidates)
-            threshold = self.hot_threshold()
-            cold: tuple[PodEntry, Probe] | None = None
-            hot: tuple[PodEntry, Probe] | None = None
-            for entry, probe in pool.items():
-                if entry not in allowed:
+        if not pool:
+            count = len(candidates)
+            if count == 1:
+                return candidates[0]
+            first, second = two_indices(count, self.rng)
+            a = candidates[first]
+            b = candidates[second]
+            return a if a.in_flight <= b.in_flight else b
+        threshold = self.hot_threshold()
+        cold: list[tuple[PodEntry, Probe]] = []
+        hot: tuple[PodEntry, Probe] | None = None
+        for entry in candidates:
+            probe = pool.get(entry)
+            if probe is None:
+                # A pod nobody has heard from lately must still be chosen
+                # sometimes, or the first pods to answer take all the traffic.
+                probe = self._from_table(entry, now)
+            if probe.rif <= threshold:
+                if not cold:
+                    cold.append((entry, probe))
                     continue
-                if probe.rif <= threshold:
-                    if (
-                        cold is None
-                        or probe.latency_ms < cold[1].latency_ms
-                        or (probe.latency_ms == cold[1].latency_ms and probe.rif < cold[1].rif)
-                    ):
-                        cold = (entry, probe)
-                elif cold is None and (hot is None or probe.rif < hot[1].rif):
-                    hot = (entry, probe)
-            chosen = cold or hot
-            if chosen is not None:
-                chosen[1].rif += 1
-                return chosen[0]
-        count = len(candidates)
-        if count == 1:
-            return candidates[0]
-        first, second = two_indices(count, self.rng)
-        a = candidates[first]
-        b = candidates[second]
-        return a if a.in_flight <= b.in_flight else b
+                best = cold[0][1]
+                if probe.latency_ms < best.latency_ms or (
+                    probe.latency_ms == best.latency_ms and probe.rif < best.rif
+                ):
+                    cold = [(entry, probe)]
+                elif probe.latency_ms == best.latency_ms and probe.rif == best.rif:
+                    cold.append((entry, probe))
+            elif not cold and (hot is None or probe.rif < hot[1].rif):
+                hot = (entry, probe)
+        if cold:
+            chosen = cold[0] if len(cold) == 1 else cold[self.rng.randrange(len(cold))]
+        else:
+            assert hot is not None
+            chosen = hot
+        probe = chosen[1]
+        # A stand-in probe is not kept: the table counts the dispatch instead.
+        probe.rif += 1
+        probe.latency_ms += probe.step_ms
+        return chosen[0]
 
-    def _allowed(self, candidates: Sequence[PodEntry]) -> frozenset[PodEntry]:
-        # The proxy passes the table's cached ready() list, the same object
-        # until the table changes, so the set is rebuilt only then.
-        if candidates is not self._candidates_list or self._candidates_version != self.table.version:
-            self._candidates_list = candidates
-            self._candidates_set = frozenset(candidates)
-            self._candidates_version = self.table.version
-        return self._candidates_set
+    def _from_table(self, entry: PodEntry, now: float) -> Probe:
+        """A stand-in probe from what the load table knows of a pod that has no live probe."""
+        rif = int(self.table.estimated_load(entry, now))
+        app_ms = entry.app_ewma_ms
+        if app_ms is None:
+            # Never timed: optimistic, so it is tried and then timed.
+            app_ms = 0.0 if entry.latency_ewma_ms is None else entry.latency_ewma_ms
+        concurrency = entry.reported_concurrency or 1
+        waves = (rif + 1) / concurrency
+        return Probe(rif, app_ms * (waves if waves > 1.0 else 1.0), app_ms / concurrency, now)
 
     def _expire(self, now: float) -> None:
         pool = self._pool

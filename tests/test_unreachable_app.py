@@ -1,0 +1,111 @@
+"""A pod whose app is down: nonna says so (Nonna-Error), katyusha retries elsewhere and counts it.
+
+Real sim-backend + nonna pods and a real katyusha over loopback; one pod's
+sim-backend is stopped, so its nonna answers every request with a 502 that
+carries ``Nonna-Error: upstream-unreachable``.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from katyusha.core.feedback import upstream_unreachable
+from tests.katyusha_fleet import admin, blast, katyusha, start_pods
+
+
+@pytest.fixture(scope="module")
+def fleet_with_dead_app():
+    pods = start_pods([1.0, 1.0, 1.0])
+    pods[0].backend.terminate()
+    yield pods
+    for pod in pods:
+        pod.stop()
+
+
+def test_marker_parsing_never_raises():
+    assert upstream_unreachable([(b"nonna-error", b"upstream-unreachable")])
+    assert upstream_unreachable([(b"nonna-error", b" Upstream-Unreachable ")])
+    assert not upstream_unreachable([(b"nonna-error", b"queue-full")])
+    assert not upstream_unreachable([(b"x-other", b"upstream-unreachable")])
+    assert not upstream_unreachable([("not", "bytes")])
+    assert not upstream_unreachable(None)
+
+
+def test_nonna_marks_its_502_when_the_app_refuses_connections(fleet_with_dead_app):
+    dead = fleet_with_dead_app[0]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(dead.nonna.url + "/x", timeout=10)
+    assert err.value.code == 502
+    assert err.value.headers["Nonna-Error"] == "upstream-unreachable"
+    assert "nonna-queue-length" in {k.lower() for k in err.value.headers}
+    assert b"cannot connect" in err.value.read()
+    # A pod whose app answers carries no marker, even on its own errors.
+    with urllib.request.urlopen(fleet_with_dead_app[1].nonna.url + "/x", timeout=10) as reply:
+        assert reply.status == 200 and reply.headers["Nonna-Error"] is None
+
+
+async def test_katyusha_retries_gets_elsewhere_and_counts_the_failure(fleet_with_dead_app):
+    args = [arg for pod in fleet_with_dead_app for arg in ("--pod", pod.spec)]
+    # round-robin sends a third of first tries to the dead pod whatever its load.
+    with katyusha(*args, "--policy", "round-robin") as proxy:
+        results = await blast(proxy.url + "/item", 60, 4)
+        assert [status for status, _, _ in results] == [200] * 60
+        assert {headers.get("nonna-error") for _, headers, _ in results} == {None}
+        _, state = admin(proxy, "GET", "/pods")
+        rows = {row["name"]: row for row in state["pods"]}
+        assert rows["pod-0"]["failures"] >= 10
+        assert rows["pod-1"]["failures"] == rows["pod-2"]["failures"] == 0
+        # POST is not idempotent: it is not sent twice, the client sees the failure.
+        posts = await blast(proxy.url + "/item", 6, 1, method="POST")
+        statuses = [status for status, _, _ in posts]
+        assert 502 in statuses and set(statuses) <= {200, 502}
+        failed = next(body for status, _, body in posts if status == 502)
+        assert b"pod-0" in failed and b"upstream-unreachable" in failed
+
+
+async def test_jsq_keeps_clear_of_a_pod_that_keeps_failing(fleet_with_dead_app):
+    args = [arg for pod in fleet_with_dead_app for arg in ("--pod", pod.spec)]
+    with katyusha(*args, "--policy", "jsq-piggyback") as proxy:
+        results = await blast(proxy.url + "/item", 80, 2)
+        assert [status for status, _, _ in results] == [200] * 80
+        _, state = admin(proxy, "GET", "/pods")
+        rows = {row["name"]: row for row in state["pods"]}
+        # An instant 502 makes a pod look idle; without the failure penalty it
+        # would be tried on about every other request.
+        assert rows["pod-0"]["requests"] <= 20, rows["pod-0"]
+
+
+def test_nonna_stats_report_the_latency_prequal_probes(fleet_with_dead_app):
+    import json
+
+    healthy = fleet_with_dead_app[2]
+    with urllib.request.urlopen(healthy.nonna.admin + "/stats", timeout=10) as reply:
+        before = json.loads(reply.read())
+    for _ in range(5):
+        with urllib.request.urlopen(healthy.nonna.url + "/x", timeout=10) as reply:
+            reply.read()
+    with urllib.request.urlopen(healthy.nonna.admin + "/stats", timeout=10) as reply:
+        stats = json.loads(reply.read())
+    assert before["app_ewma_ms"] is None or before["app_ewma_ms"] >= 0
+    # Idle now, so a new request would wait for nobody: one app time.
+    assert stats["app_ewma_ms"] > 0 and stats["latency_ms"] == stats["app_ewma_ms"]
+
+
+def test_latency_estimate_for_a_new_request():
+    from nonna.stats import LatencyEstimate
+
+    estimate = LatencyEstimate(alpha=0.5)
+    assert estimate.for_new_request(3, 1) is None  # nothing timed yet
+    estimate.observe(10.0)
+    estimate.observe(30.0)
+    assert estimate.app_ms == 20.0
+    assert estimate.for_new_request(0, 1) == 20.0
+    assert estimate.for_new_request(3, 1) == 80.0  # waits for 3, then runs
+    assert estimate.for_new_request(3, 8) == 20.0  # a slot is free
+    assert estimate.for_new_request(15, 4) == 80.0  # four waves of four
+    assert estimate.for_new_request(15, 0) == 20.0  # unlimited concurrency
+    estimate.observe(float("nan"))
+    assert estimate.app_ms == 20.0
