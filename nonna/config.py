@@ -9,7 +9,6 @@ ConfigError naming the flag. Field docs are in docs/nonna.md.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from katyusha import config_values as values
 from katyusha.core.errors import ConfigError
 
 ENV_PREFIX = "NONNA_"
@@ -55,7 +55,6 @@ class NonnaConfig:
         return parts.hostname or "127.0.0.1", parts.port or 80
 
 
-_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m)?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 
 
@@ -63,46 +62,19 @@ def _flag(key: str) -> str:
     return "--" + key
 
 
+def _with_flag(parse: Callable[[str, object], Any]) -> Callable[[str, object], Any]:
+    """A shared parser whose errors name the flag (``--timeout``) rather than the key."""
+    return lambda key, raw: parse(_flag(key), raw)
+
+
 def parse_int(low: int, high: int | None = None) -> Callable[[str, object], int]:
-    def parse(key: str, raw: object) -> int:
-        value: int | None = None
-        if isinstance(raw, int) and not isinstance(raw, bool):
-            value = raw
-        elif isinstance(raw, str) and raw.strip().isdigit():
-            value = int(raw.strip())
-        if value is None or value < low or (high is not None and value > high):
-            span = f"from {low} to {high}" if high is not None else f">= {low}"
-            raise ConfigError(_flag(key), f"must be a whole number {span}, got {raw!r}")
-        return value
-
-    return parse
+    return _with_flag(values.int_in_range(low, high))
 
 
-def parse_duration(key: str, raw: object) -> float:
-    """A positive duration: seconds as a number, or "250ms", "30s", "2m"."""
-    value: float | None = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        match = _DURATION_RE.match(raw.strip())
-        if match:
-            scale = {"ms": 0.001, "m": 60.0}.get(match[2] or "s", 1.0)
-            value = float(match[1]) * scale
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ConfigError(_flag(key), f'must be a positive duration such as "30s", "250ms" or 2, got {raw!r}')
-    return value
-
-
-def parse_url(key: str, raw: object) -> str:
-    text = raw.strip() if isinstance(raw, str) else ""
-    parts = urlsplit(text)
-    try:
-        port_ok = parts.port is not None or True
-    except ValueError:
-        port_ok = False
-    if parts.scheme != "http" or not parts.hostname or not port_ok:
-        raise ConfigError(_flag(key), f"must be an http:// URL with a host (and a valid port), got {raw!r}")
-    return text.rstrip("/")
+parse_duration = _with_flag(values.parse_seconds)
+parse_url = _with_flag(values.parse_url)
+parse_host = _with_flag(values.parse_host)
+parse_optional_url = _with_flag(values.parse_optional_url)
 
 
 def parse_origin(key: str, raw: object) -> str:
@@ -112,18 +84,6 @@ def parse_origin(key: str, raw: object) -> str:
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(_flag(key), f"must be http://host:port with no path or query, got {raw!r}")
     return url
-
-
-def parse_optional_url(key: str, raw: object) -> str | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    return parse_url(key, raw)
-
-
-def parse_host(key: str, raw: object) -> str:
-    if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
-        raise ConfigError(_flag(key), f"must be a host name or address, got {raw!r}")
-    return raw.strip()
 
 
 def parse_name(key: str, raw: object) -> str:

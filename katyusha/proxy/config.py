@@ -12,7 +12,6 @@ turns raw values into a :class:`ProxyConfig`.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -20,6 +19,16 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
+from katyusha.config_values import (
+    int_in_range,
+    parse_bool,
+    parse_host,
+    parse_non_negative_float,
+    parse_optional_url,
+    parse_positive_float,
+    parse_seconds,
+    parse_url,
+)
 from katyusha.core.errors import ConfigError
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
@@ -106,108 +115,7 @@ class ProxyConfig:
 
 # -- value parsers: (key, raw) -> value; raise ConfigError naming the key --------
 
-_BOOL_WORDS = {"true": True, "false": False}
-_INT_RE = re.compile(r"^[0-9]+$")
-_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s)?$")
-
-
-def parse_bool(key: str, raw: object) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[raw.strip().lower()]
-    raise ConfigError(key, f'must be "true" or "false", got {raw!r}')
-
-
-def _int(key: str, raw: object) -> int:
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        return raw
-    if isinstance(raw, str) and _INT_RE.match(raw.strip()):
-        return int(raw.strip())
-    raise ConfigError(key, f"must be a whole number, got {raw!r}")
-
-
-def int_at_least(low: int, high: int | None = None) -> Callable[[str, object], int]:
-    def parse(key: str, raw: object) -> int:
-        value = _int(key, raw)
-        if value < low or (high is not None and value > high):
-            span = f"from {low} to {high}" if high is not None else f">= {low}"
-            raise ConfigError(key, f"must be a whole number {span}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def parse_seconds(key: str, raw: object) -> float:
-    """A positive duration: a number of seconds, or a string like "2.5", "250ms", "30s"."""
-    value: float | None = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        match = _DURATION_RE.match(raw.strip())
-        if match:
-            value = float(match[1]) / (1000.0 if match[2] == "ms" else 1.0)
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ConfigError(key, f'must be a positive duration in seconds (e.g. 30, "2.5s", "250ms"), got {raw!r}')
-    return value
-
-
-def parse_positive_float(key: str, raw: object) -> float:
-    value: float | None = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = None
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ConfigError(key, f"must be a positive number, got {raw!r}")
-    return value
-
-
-def parse_non_negative_float(key: str, raw: object) -> float:
-    value: float | None = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = None
-    if value is None or not math.isfinite(value) or value < 0:
-        raise ConfigError(key, f"must be a number >= 0, got {raw!r}")
-    return value
-
-
-def parse_url(key: str, raw: object) -> str:
-    if not isinstance(raw, str):
-        raise ConfigError(key, f"must be an http:// URL, got {raw!r}")
-    text = raw.strip()
-    parts = urlsplit(text)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(key, f"must be an http:// URL with a host, got {raw!r}")
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        raise ConfigError(key, f"has a bad port: {raw!r}") from None
-    return text.rstrip("/")
-
-
-def parse_optional_url(key: str, raw: object) -> str | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    return parse_url(key, raw)
-
-
-def parse_host(key: str, raw: object) -> str:
-    if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
-        raise ConfigError(key, f"must be a host name or address, got {raw!r}")
-    return raw.strip()
-
-
 def parse_policy(key: str, raw: object) -> str:
-
     if not isinstance(raw, str) or raw.strip() not in POLICY_NAMES:
         raise ConfigError(key, f"must be one of {', '.join(POLICY_NAMES)}; got {raw!r}")
     return raw.strip()
@@ -216,7 +124,7 @@ def parse_policy(key: str, raw: object) -> str:
 def parse_optional_seed(key: str, raw: object) -> int | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
-    return _int(key, raw)
+    return int_in_range(0)(key, raw)
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -270,7 +178,7 @@ def parse_pod(key: str, raw: object) -> PodSpec:
     admin = parse_optional_url(f"{key}.admin", values.get("admin"))
     concurrency = values.get("concurrency")
     if concurrency is not None:
-        concurrency = int_at_least(0, 1_000_000)(f"{key}.concurrency", concurrency)
+        concurrency = int_in_range(0, 1_000_000)(f"{key}.concurrency", concurrency)
     return PodSpec(name=name, url=url, node=node, admin=admin, concurrency=concurrency)
 
 
@@ -321,7 +229,7 @@ SETTINGS: tuple[Setting, ...] = (
     # The seed's config-ikukantai ConfigMap keys, spelled as the seed spells them.
     _setting("ikukantai-enable-katyusha", "enable_katyusha", parse_bool,
              "false: a plain round-robin pass-through (no L1 queue, no feedback)"),
-    _setting("katyusha-threads", "threads", int_at_least(1, 256),
+    _setting("katyusha-threads", "threads", int_in_range(1, 256),
              "worker processes sharing the data port"),
     _setting("katyusha-enable-junbanmachi", "enable_junbanmachi", parse_bool,
              "false: dispatch at once, no L1 concurrency limit"),
@@ -329,25 +237,25 @@ SETTINGS: tuple[Setting, ...] = (
              "false: pods are picked round robin, whatever the policy"),
     _setting("katyusha-enable-outoushuugou", "enable_outoushuugou", parse_bool,
              "false: piggybacked load is ignored (no response pool)"),
-    _setting("katyusha-junbanmachi-concurrent-request", "concurrent_request", int_at_least(1),
+    _setting("katyusha-junbanmachi-concurrent-request", "concurrent_request", int_in_range(1),
              "the L1 limit: requests katyusha has in flight at once"),
     # katyusha's own keys.
     _setting("host", "host", parse_host, "address both ports listen on"),
-    _setting("port", "port", int_at_least(0, 65535), "data port (0: the kernel picks)"),
-    _setting("admin-port", "admin_port", int_at_least(0, 65535), "admin port (0: the kernel picks)"),
+    _setting("port", "port", int_in_range(0, 65535), "data port (0: the kernel picks)"),
+    _setting("admin-port", "admin_port", int_in_range(0, 65535), "admin port (0: the kernel picks)"),
     _setting("pods", "pods", parse_pods, "the pods at start"),
     _setting("policy", "policy", parse_policy, "the load-balancing policy"),
-    _setting("queue-length", "queue_length", int_at_least(0), "most requests waiting in L1 (more: 503)"),
+    _setting("queue-length", "queue_length", int_in_range(0), "most requests waiting in L1 (more: 503)"),
     _setting("request-timeout", "request_timeout", parse_seconds,
              "how long a request may wait in L1 before 504 (503 when no pod was ready)"),
-    _setting("retries", "retries", int_at_least(0, 10),
+    _setting("retries", "retries", int_in_range(0, 10),
              "extra tries on another pod for idempotent requests that failed before any response"),
     _setting("keep-nonna-headers", "keep_nonna_headers", parse_bool,
              "true: pass nonna's Nonna-* headers on to clients"),
     _setting("connect-timeout", "connect_timeout", parse_seconds, "upstream connect timeout"),
     _setting("upstream-timeout", "upstream_timeout", parse_seconds,
              "longest wait for a pod's response head (then 504)"),
-    _setting("upstream-connections", "upstream_connections", int_at_least(1),
+    _setting("upstream-connections", "upstream_connections", int_in_range(1),
              "kept-alive connections per pod"),
     _setting("demand-url", "demand_url", parse_optional_url,
              "POSTed {waiting, in_flight, ready_pods} when a request waits for a pod"),

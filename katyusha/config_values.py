@@ -1,0 +1,112 @@
+"""Strict parsers for setting values, shared by every component's configuration.
+
+Each parser takes ``(key, raw)``, where ``raw`` comes from YAML (typed) or from
+a ConfigMap, an environment variable or a flag (a string), and returns the
+value or raises :class:`ConfigError` naming ``key``. Nothing is coerced
+silently: ``"yes"`` is not a bool and ``"1.5"`` is not a whole number.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from katyusha.core.errors import ConfigError
+
+_BOOL_WORDS = {"true": True, "false": False}
+_INT_RE = re.compile(r"^[0-9]+$")
+_DURATION_RE = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|s|m)?$")
+_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def parse_bool(key: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
+    raise ConfigError(key, f'must be "true" or "false", got {raw!r}')
+
+
+def int_in_range(low: int, high: int | None = None) -> Callable[[str, object], int]:
+    """A parser of whole numbers from ``low`` to ``high`` (no upper bound when None)."""
+
+    def parse(key: str, raw: object) -> int:
+        value: int | None = None
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        elif isinstance(raw, str) and _INT_RE.match(raw.strip()):
+            value = int(raw.strip())
+        if value is None or value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise ConfigError(key, f"must be a whole number {span}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def parse_seconds(key: str, raw: object) -> float:
+    """A positive duration: a number of seconds, or a string like "2.5", "250ms", "30s", "2m"."""
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        match = _DURATION_RE.match(raw.strip())
+        if match:
+            value = float(match[1]) * _DURATION_SCALE[match[2] or "s"]
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            key, f'must be a positive duration in seconds (e.g. 30, "2.5s", "250ms"), got {raw!r}'
+        )
+    return value
+
+
+def _float(raw: object) -> float | None:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        try:
+            return float(raw.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def parse_positive_float(key: str, raw: object) -> float:
+    value = _float(raw)
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(key, f"must be a positive number, got {raw!r}")
+    return value
+
+
+def parse_non_negative_float(key: str, raw: object) -> float:
+    value = _float(raw)
+    if value is None or not math.isfinite(value) or value < 0:
+        raise ConfigError(key, f"must be a number >= 0, got {raw!r}")
+    return value
+
+
+def parse_url(key: str, raw: object) -> str:
+    """An http:// URL with a host and a valid port; returned without a trailing slash."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    parts = urlsplit(text)
+    try:
+        port_ok = parts.port is not None or True
+    except ValueError:
+        port_ok = False
+    if parts.scheme != "http" or not parts.hostname or not port_ok:
+        raise ConfigError(key, f"must be an http:// URL with a host (and a valid port), got {raw!r}")
+    return text.rstrip("/")
+
+
+def parse_optional_url(key: str, raw: object) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return parse_url(key, raw)
+
+
+def parse_host(key: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
+        raise ConfigError(key, f"must be a host name or address, got {raw!r}")
+    return raw.strip()
