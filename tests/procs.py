@@ -116,3 +116,88 @@ class Proc:
             self.terminate()
         finally:
             self.kill()
+
+
+def get_json(url: str, timeout: float = 5.0):
+    """GET ``url`` and decode its JSON body."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every 0.1 s until it returns something true; return that value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class FleetUp:
+    """``katyusha fleet up`` as a child process on a fleet file; its output kept for failure messages."""
+
+    def __init__(self, tmp: Path, fleet_yaml: str, *args: str):
+        import threading as _threading
+
+        fleet_file = tmp / "fleet.yaml"
+        fleet_file.write_text(fleet_yaml)
+        self.state_file = tmp / "state.json"
+        self.popen = subprocess.Popen(
+            [script("katyusha"), "fleet", "up", *args, "--fleet", str(fleet_file),
+             "--state-file", str(self.state_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.pids: set[int] = set()
+        self.doc: dict = {}
+        self.pods: dict[str, dict] = {}
+        _threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_ready(self, timeout: float) -> dict:
+        """Wait for the ready table; return the fleet's state file."""
+        wait_for(lambda: any(line.startswith("send traffic to: ") for line in self.lines)
+                 or self.popen.poll() is not None, timeout, "the fleet's ready table")  # fmt: skip
+        assert self.popen.poll() is None, "fleet exited:\n" + self.output
+        import json
+
+        self.doc = json.loads(self.state_file.read_text())
+        self.pods = {pod["name"]: pod for pod in self.doc["pods"]}
+        for proc in [*self.doc["katyusha"], *(p["sim"] for p in self.doc["pods"]),
+                     *(p["nonna"] for p in self.doc["pods"])]:  # fmt: skip
+            self.pids.add(proc["pid"])
+        return self.doc
+
+    def state(self, pod: str) -> dict:
+        """The sim-backend ``GET /state`` of ``pod``."""
+        return get_json(self.pods[pod]["sim"]["admin"] + "/state")
+
+    def stop(self) -> int | None:
+        """SIGTERM the runner, then make sure no process it started is left; its exit status."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        status = self.popen.poll()
+        for pid in [self.popen.pid, *self.pids]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return status

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
-import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.procs import script
+from tests.procs import FleetUp, get_json, script, wait_for
 
 FLEET_YAML = """
 nodes: 2
@@ -52,9 +48,6 @@ runner:
 COLD_START_S = 0.5
 
 
-def get_json(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
 
 
 def get_text(url: str, timeout: float = 5.0) -> str:
@@ -62,66 +55,12 @@ def get_text(url: str, timeout: float = 5.0) -> str:
         return response.read().decode()
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-
-class FleetUp:
-    """`katyusha fleet up --autoscale` as a child process; its output kept for failure messages."""
-
-    def __init__(self, tmp: Path):
-        fleet_file = tmp / "fleet.yaml"
-        fleet_file.write_text(FLEET_YAML)
-        self.state_file = tmp / "state.json"
-        self.popen = subprocess.Popen(
-            [script("katyusha"), "fleet", "up", "--autoscale", "--fleet", str(fleet_file),
-             "--state-file", str(self.state_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.pids: set[int] = set()
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line)
-
-    def wait_ready(self, timeout: float) -> dict:
-        wait_for(lambda: any(re.match(r"send traffic to: ", line) for line in self.lines) or self.popen.poll() is not None,
-                 timeout, "the fleet's ready table")  # fmt: skip
-        assert self.popen.poll() is None, "fleet exited:\n" + "".join(self.lines)
-        self.doc = json.loads(self.state_file.read_text())
-        for proc in [*self.doc["katyusha"], *(p["sim"] for p in self.doc["pods"]), *(p["nonna"] for p in self.doc["pods"])]:
-            self.pids.add(proc["pid"])
-        return self.doc
-
-    def stop(self) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        status = self.popen.poll()
-        for pid in [self.popen.pid, *self.pids]:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        return status
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    up = FleetUp(tmp_path_factory.mktemp("autoscale"))
+    up = FleetUp(tmp_path_factory.mktemp("autoscale"), FLEET_YAML, "--autoscale")
     try:
         up.wait_ready(90)
         yield up

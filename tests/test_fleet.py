@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.procs import script
+from tests.procs import script, wait_for
 
 FLEET_YAML = """
 nodes: 2
@@ -177,14 +177,6 @@ def load_table(doc: dict) -> dict[str, dict]:
     return {row["name"]: row for row in get_json(doc["katyusha"][0]["admin"] + "/pods")["pods"]}
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Traffic:

@@ -11,13 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
 import subprocess
-import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -33,7 +28,7 @@ from katyusha.control.placement import (
 from katyusha.core.errors import ConfigError
 from katyusha.core.placement import LabelRequirement, Node, NodeAffinity, Taint, Toleration
 from katyusha.fleet.spec import build_spec
-from tests.procs import script
+from tests.procs import FleetUp, get_json, script, wait_for
 
 WEB = Service("web", cpu=500, ram=256, image="web:1")
 
@@ -264,77 +259,14 @@ runner:
 """
 
 
-def get_json(url: str, timeout: float = 5.0):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-
-class FleetUp:
-    """`katyusha fleet up --autoscale` as a child process, its output kept for failure messages."""
-
-    def __init__(self, tmp: Path):
-        (tmp / "fleet.yaml").write_text(FLEET_YAML)
-        self.state_file = tmp / "state.json"
-        self.popen = subprocess.Popen(
-            [script("katyusha"), "fleet", "up", "--autoscale", "--fleet", str(tmp / "fleet.yaml"),
-             "--state-file", str(self.state_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self, timeout: float) -> dict:
-        wait_for(lambda: any(line.startswith("send traffic to: ") for line in self.lines) or self.popen.poll() is not None,
-                 timeout, "the fleet's ready table")  # fmt: skip
-        assert self.popen.poll() is None, "fleet exited:\n" + self.output
-        self.doc = json.loads(self.state_file.read_text())
-        self.pods = {pod["name"]: pod for pod in self.doc["pods"]}
-        return self.doc
-
-    def state(self, pod: str) -> dict:
-        return get_json(self.pods[pod]["sim"]["admin"] + "/state")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        pids = [self.popen.pid]
-        for pod in getattr(self, "doc", {}).get("pods", []):
-            pids += [pod["sim"]["pid"], pod["nonna"]["pid"]]
-        pids += [k["pid"] for k in getattr(self, "doc", {}).get("katyusha", [])]
-        for pid in pids:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    up = FleetUp(tmp_path_factory.mktemp("placement"))
+    up = FleetUp(tmp_path_factory.mktemp("placement"), FLEET_YAML, "--autoscale")
     try:
         up.wait_ready(90)
         yield up
