@@ -110,3 +110,25 @@ def parse_host(key: str, raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
         raise ConfigError(key, f"must be a host name or address, got {raw!r}")
     return raw.strip()
+
+
+def read_yaml_mapping(path: str, key: str) -> dict:
+    """The YAML document in ``path``, which must be a mapping (an empty file is ``{}``).
+
+    Raises ConfigError naming ``key`` (the setting or flag that named the file)
+    when the file cannot be read, is not YAML, or holds something else.
+    """
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"{path} is not valid YAML: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(key, f"{path} must hold a mapping of settings, got {type(document).__name__}")
+    return document

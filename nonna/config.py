@@ -146,19 +146,7 @@ def load_yaml(path: str) -> dict[str, object]:
 
     Raises ConfigError (named --config) when the file is unreadable or not a mapping.
     """
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping of settings")
+    document = values.read_yaml_mapping(path, "--config")
     return {str(k).replace("_", "-"): v for k, v in document.items()}
 
 

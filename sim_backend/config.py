@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
+from katyusha.config_values import read_yaml_mapping
 from katyusha.core.distributions import Distribution, parse_service_time
 from katyusha.core.errors import ConfigError
 from katyusha.core.podstate import ACTIVE, PodCosts, PodState
@@ -198,21 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _read_yaml(path: str) -> Mapping[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("--config", f"{path} must hold a mapping of settings")
-    return data
-
-
 def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``argv`` (flags), ``env`` and the YAML file ``--config`` names.
 
@@ -224,7 +208,7 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     values: dict[str, Any] = {}
     config_path = args.pop("config", None) or env.get(ENV_PREFIX + "CONFIG")
     if config_path:
-        for raw_key, value in _read_yaml(config_path).items():
+        for raw_key, value in read_yaml_mapping(config_path, "--config").items():
             name = str(raw_key).replace("_", "-")
             opt = _BY_NAME.get(name)
             if opt is None:

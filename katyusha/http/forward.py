@@ -99,28 +99,23 @@ class _ClientGone(Exception):
 
 def request_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable = ()) -> Headers:
     """The headers to send upstream: hop-by-hop ones and those named in Connection removed, ``extra`` appended."""
-    out = []
-    named = None
-    for item in headers:
-        name = item[0]
-        if name in _HOP_REQUEST:
-            if name == b"connection":
-                named = _tokens(item[1], named)
-            continue
-        out.append(item)
-    if named:
-        out = [item for item in out if item[0] not in named]
+    out = _without_hop_by_hop(headers, _HOP_REQUEST)
     if extra:
         out.extend(extra)
     return out
 
 
 def _response_headers(headers: Headers) -> Headers:
+    return _without_hop_by_hop(headers, _HOP_RESPONSE)
+
+
+def _without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], hop: frozenset) -> Headers:
+    """``headers`` less those in ``hop`` and those a Connection header names; a new list."""
     out = []
     named = None
     for item in headers:
         name = item[0]
-        if name in _HOP_RESPONSE:
+        if name in hop:
             if name == b"connection":
                 named = _tokens(item[1], named)
             continue

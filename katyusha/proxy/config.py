@@ -28,6 +28,7 @@ from katyusha.config_values import (
     parse_positive_float,
     parse_seconds,
     parse_url,
+    read_yaml_mapping,
 )
 from katyusha.core.errors import ConfigError
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
@@ -296,19 +297,7 @@ def load_yaml(path: str) -> dict[str, object]:
 
     Raises ConfigError (key "config") when the file cannot be read or is not such a mapping.
     """
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except OSError as exc:
-        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-    if document is None:
-        return {}
-    if not isinstance(document, dict):
-        raise ConfigError("config", f"{path} must hold a mapping of settings, got {type(document).__name__}")
+    document = read_yaml_mapping(path, "config")
     if "kind" in document or "apiVersion" in document:
         if document.get("kind") != "ConfigMap":
             raise ConfigError("kind", f"{path}: only a ConfigMap document is accepted, got {document.get('kind')!r}")
