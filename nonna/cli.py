@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     nonna = Nonna(config)
 
     async def on_stop() -> None:
-        nonna.draining = True
+        nonna.sidecar.drain()
 
     return run(
         [App(nonna, data_sock), App(build_admin(nonna), admin_sock)],

@@ -2,7 +2,7 @@
 
 The hot path pays one counter increment and two histogram observations per
 request; the queue length and in-flight gauges cost nothing per request: a
-collector reads them from the Breaker when /metrics is scraped.
+collector reads them from the sidecar core when /metrics is scraped.
 """
 
 from __future__ import annotations
@@ -11,26 +11,26 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from nonna.breaker import Breaker
+from katyusha.core.sidecar import Sidecar
 
 # Queue waits cluster near zero with a long tail; app times span ms to the timeout.
 WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 APP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class _BreakerCollector(Collector):
-    def __init__(self, breaker: Breaker):
-        self._breaker = breaker
+class _QueueCollector(Collector):
+    def __init__(self, sidecar: Sidecar):
+        self._sidecar = sidecar
 
     def collect(self):
-        breaker = self._breaker
+        sidecar = self._sidecar
         yield GaugeMetricFamily("nonna_queue_length", "Requests waiting in the L2 queue.",
-                                value=breaker.waiting)
+                                value=sidecar.queue_length)
         yield GaugeMetricFamily("nonna_in_flight", "Requests executing in the application.",
-                                value=breaker.in_flight)
+                                value=sidecar.in_flight)
         yield GaugeMetricFamily("nonna_concurrency_limit",
-                                "Container concurrency (0: unlimited).", value=breaker.capacity)
-        depth = breaker.depth if breaker.depth is not None else -1
+                                "Container concurrency (0: unlimited).", value=sidecar.concurrency)
+        depth = sidecar.queue_depth if sidecar.queue_depth is not None else -1
         yield GaugeMetricFamily("nonna_queue_depth", "Most requests that may wait (-1: unbounded).",
                                 value=depth)
 
@@ -38,7 +38,7 @@ class _BreakerCollector(Collector):
 class Metrics:
     """The metrics of one nonna process."""
 
-    def __init__(self, breaker: Breaker):
+    def __init__(self, sidecar: Sidecar):
         self.registry = CollectorRegistry(auto_describe=True)
         self._requests = Counter(
             "nonna_requests", "Responses sent, by HTTP status code.", ["code"],
@@ -52,7 +52,7 @@ class Metrics:
             "nonna_app_seconds", "Time from forwarding a request to its response head.",
             buckets=APP_BUCKETS, registry=self.registry,
         )
-        self.registry.register(_BreakerCollector(breaker))
+        self.registry.register(_QueueCollector(sidecar))
         self._by_code: dict[int, object] = {}
 
     def observe(self, status: int, queue_seconds: float, app_seconds: float | None) -> None:

@@ -1,15 +1,12 @@
-"""nonna's data port: admit each request through the L2 queue, forward it, piggyback the load.
+"""nonna's data port: the driver of the sidecar core (katyusha.core.sidecar).
 
-Every response that leaves this port, the application's and nonna's own
-errors alike, carries the piggyback headers of docs/protocol.md. They are
-computed when the response head is sent:
-
-- ``Nonna-Queue-Length``: requests waiting in the L2 queue at that moment;
-- ``Nonna-In-Flight``: requests holding an execution slot at that moment,
-  not counting the request being answered (the load the next request finds);
-- ``Server-Timing``: ``nonna-queue`` (time this request waited for a slot) and
-  ``app`` (time from forwarding it to the application's response head), in
-  milliseconds, appended to the application's own Server-Timing.
+Each request is offered to the core's L2 queue, waits on a future when the
+core queues it, is forwarded, and gets the piggyback headers the core
+reports when its response head leaves (docs/protocol.md): the application's
+responses and nonna's own errors alike. Every decision (admit, queue, refuse,
+time out, what to report) is the core's; this module does the I/O: the
+sockets, one future per waiting request, and one timer at the core's next
+queue deadline.
 """
 
 from __future__ import annotations
@@ -20,27 +17,24 @@ import time
 from collections import deque
 
 from katyusha.core import protocol
-from katyusha.core.errors import DeadlineExceeded, KatyushaError, QueueFull
+from katyusha.core.errors import KatyushaError, QueueFull
+from katyusha.core.sidecar import Piggyback, Report, Sidecar, Ticket
 from katyusha.http import Pool, UpstreamError, forward
 from katyusha.http.errors import ConnectFailed, ResponseAborted
-from nonna.admission import Admission
-from nonna.breaker import Breaker
 from nonna.config import NonnaConfig
 from nonna.health import HealthCheck
 from nonna.metrics import Metrics
-from nonna.stats import LatencyEstimate, LoadAverager
 
 log = logging.getLogger("nonna")
 
-_QUEUE_LENGTH = protocol.QUEUE_LENGTH.encode()
-_IN_FLIGHT = protocol.IN_FLIGHT.encode()
-_SERVER_TIMING = protocol.SERVER_TIMING.encode()
 # The application never got the request: a balancer may send it to another pod.
 _UNREACHABLE = [(protocol.ERROR.encode(), protocol.UPSTREAM_UNREACHABLE.encode())]
 # Bodies read while a request waits are kept so the disconnect stays visible;
 # past this much, waiting stops watching rather than hold more in memory.
 _WATCH_LIMIT = 1 << 20
 _CLIENT_GONE = 499
+# Seconds past a queue deadline the timer fires, so that it never fires just before it.
+_TIMER_SLACK = 0.001
 
 
 class ClientReceive:
@@ -102,47 +96,51 @@ class Nonna:
 
     def __init__(self, config: NonnaConfig):
         self.config = config
-        self.breaker = Breaker(config.concurrency, config.effective_queue_depth)
-        self.averager = LoadAverager(time.monotonic())
-        self.latency = LatencyEstimate()
-        self.admission = Admission(self.breaker, self._on_change)
-        self.metrics = Metrics(self.breaker)
+        self.sidecar = Sidecar(concurrency=config.concurrency,
+                               queue_depth=config.effective_queue_depth,
+                               timeout_s=config.timeout, now=time.monotonic())
+        self.piggyback = Piggyback(config.concurrency, config.pod, config.node)
+        self.metrics = Metrics(self.sidecar)
         self.pool = Pool(config.upstream, max_idle=max(64, config.concurrency))
         self.health = HealthCheck(config.upstream, config.upstream_health)
-        self.draining = False
         self._ticker: asyncio.Task | None = None
-        self._static = [
-            (protocol.CONCURRENCY.encode(), str(config.concurrency).encode()),
-            (protocol.POD.encode(), config.pod.encode()),
-            (protocol.NODE.encode(), config.node.encode()),
-        ]
+        self._timer: asyncio.TimerHandle | None = None
 
-    # -- load bookkeeping ------------------------------------------------------
-
-    def _on_change(self) -> None:
-        self.averager.update(time.monotonic(), self.breaker.waiting, self.breaker.in_flight)
-
-    def load_headers(self, holding: bool) -> list[tuple[bytes, bytes]]:
-        """The piggyback headers as of now; ``holding``: the request answered holds a slot."""
-        in_flight = self.breaker.in_flight - (1 if holding else 0)
-        return [
-            (_QUEUE_LENGTH, str(self.breaker.waiting).encode()),
-            (_IN_FLIGHT, str(in_flight).encode()),
-            *self._static,
-        ]
+    # -- the core's wake-ups and deadlines ----------------------------------------
 
     @staticmethod
-    def _timing(queue_s: float, app_s: float) -> bytes:
-        return b"%b;dur=%.3f, %b;dur=%.3f" % (
-            protocol.TIMING_NONNA_QUEUE.encode(), queue_s * 1000.0,
-            protocol.TIMING_APP.encode(), app_s * 1000.0,
-        )
+    def _wake(tickets: list[Ticket]) -> None:
+        """Tell the waiters of ``tickets`` (admitted by the core) that they hold a slot."""
+        for ticket in tickets:
+            future = ticket.payload
+            if not future.done():
+                future.set_result(True)
+        # A waiter that is being cancelled still gets its ticket; its handler
+        # cancels the ticket in the core, which hands the slot on.
+
+    def _arm(self) -> None:
+        """Keep one timer at the core's next queue deadline."""
+        if self._timer is not None:
+            return
+        deadline = self.sidecar.next_deadline()
+        if deadline is not None:
+            # The slack keeps a millisecond-resolution loop from firing just before it.
+            delay = max(deadline - time.monotonic(), 0.0) + _TIMER_SLACK
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        for ticket in self.sidecar.expire(time.monotonic()):
+            future = ticket.payload
+            if not future.done():
+                future.set_result(False)
+        self._arm()
 
     async def _tick(self) -> None:
         period = self.config.stats_period
         while True:
             await asyncio.sleep(period)
-            self.averager.report(time.monotonic())
+            self.sidecar.close_period(time.monotonic())
 
     # -- ASGI ------------------------------------------------------------------
 
@@ -162,102 +160,90 @@ class Nonna:
             elif message["type"] == "lifespan.shutdown":
                 if self._ticker is not None:
                     self._ticker.cancel()
+                if self._timer is not None:
+                    self._timer.cancel()
                 await self.pool.close()
                 await self.health.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _handle(self, scope, receive, send) -> None:
-        start = time.monotonic()
-        self.averager.arrived(start)
-        timeout = self.config.timeout
-        client = ClientReceive(receive, scope["headers"])
-        admission = self.admission
+        sidecar = self.sidecar
+        now = time.monotonic()
         try:
-            if not self.breaker.try_acquire():
-                if not await self._wait_for_slot(client, timeout):
-                    self.metrics.observe(_CLIENT_GONE, time.monotonic() - start, None)
-                    return
-            else:
-                self._on_change()
-        except (QueueFull, DeadlineExceeded) as exc:
-            queue_s = time.monotonic() - start
-            await self._answer_error(send, exc.status_hint, str(exc), queue_s, 0.0)
+            ticket = sidecar.offer(now)
+        except QueueFull as exc:
+            await self._answer_error(send, exc.status_hint, str(exc), sidecar.report(None, now))
             return
+        client = ClientReceive(receive, scope["headers"])
+        if not ticket.admitted:
+            admitted = await self._wait_for_slot(ticket, client)
+            if admitted is None:
+                self.metrics.observe(_CLIENT_GONE, time.monotonic() - ticket.enqueued_at, None)
+                return
+            if not admitted:
+                error = sidecar.expired_error()
+                await self._answer_error(send, error.status_hint, str(error),
+                                         sidecar.report(ticket, time.monotonic()))
+                return
 
-        admitted = time.monotonic()
-        queue_s = admitted - start
-        remaining = timeout - queue_s
-        timing = {}
+        piggyback = self.piggyback
+        heads: list[Report] = []
 
         def on_head(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-            app_s = timing["app"] = time.monotonic() - admitted
-            self.latency.observe(app_s * 1000.0)
-            ours = self._timing(queue_s, app_s)
-            out = []
-            upstream_timing = []
-            for item in headers:
-                if item[0] == _SERVER_TIMING:
-                    upstream_timing.append(item[1])
-                else:
-                    out.append(item)
-            upstream_timing.append(ours)
-            out.append((_SERVER_TIMING, b", ".join(upstream_timing)))
-            out.extend(self.load_headers(True))
-            return out
+            report = sidecar.head(ticket, time.monotonic())
+            heads.append(report)
+            return piggyback.response(report, headers)
 
-        released = False
+        finished = False
         try:
-            if remaining <= 0:
-                raise DeadlineExceeded(f"request spent its {timeout:g}s timeout in the queue")
+            budget = sidecar.start(ticket, time.monotonic())
             result = await forward(scope, client, send, self.pool, on_response_head=on_head,
-                                   timeout=remaining)
+                                   timeout=budget)
             status = result.status
         except KatyushaError as exc:  # UpstreamError, DeadlineExceeded, BadInput
-            app_s = time.monotonic() - admitted
-            admission.release()
-            released = True
+            now = time.monotonic()
+            self._wake(sidecar.finish(ticket, now))
+            finished = True
             await self._answer_error(send, exc.status_hint, self._upstream_message(exc),
-                                     queue_s, app_s,
+                                     sidecar.report(ticket, now),
                                      _UNREACHABLE if isinstance(exc, ConnectFailed) else ())
             return
         except ResponseAborted as exc:
-            status = exc.result.status
-            self.metrics.observe(status, queue_s, timing.get("app"))
+            self._observe(exc.result.status, ticket, heads)
             raise
         finally:
-            if not released:
-                admission.release()
-        self.metrics.observe(status, queue_s, timing.get("app"))
+            if not finished:
+                self._wake(sidecar.finish(ticket, time.monotonic()))
+        self._observe(status, ticket, heads)
 
-    async def _wait_for_slot(self, client: ClientReceive, timeout: float) -> bool:
-        """Queue for a slot while watching the client; False when the client left first.
+    def _observe(self, status: int, ticket: Ticket, heads: list[Report]) -> None:
+        queue_s = ticket.admitted_at - ticket.enqueued_at
+        self.metrics.observe(status, queue_s, heads[0].app_s if heads else None)
 
-        Raises QueueFull and DeadlineExceeded from the admission.
-        """
-        waiter = asyncio.ensure_future(self.admission.acquire(timeout))
-        if waiter.done():  # pragma: no cover - ensure_future never runs the coroutine inline
-            waiter.result()
-            return True
+    async def _wait_for_slot(self, ticket: Ticket, client: ClientReceive) -> bool | None:
+        """Wait while watching the client: True once the core admits the ticket, False when it
+        expires, None when the client left first (the ticket is then cancelled)."""
+        future = asyncio.get_running_loop().create_future()
+        ticket.payload = future
+        self._arm()
         watcher = asyncio.ensure_future(client.watch())
         try:
-            await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            waiter.cancel()
+            await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
             watcher.cancel()
+            self._leave(ticket)
             raise
-        if waiter.done():
+        if future.done():
             watcher.cancel()
-            waiter.result()
-            return True
-        waiter.cancel()
-        try:
-            await waiter
-        except (asyncio.CancelledError, QueueFull, DeadlineExceeded):
-            return False
-        # The slot was granted just as the client left: hand it on.
-        self.admission.release()
-        return False
+            return future.result()
+        self._leave(ticket)
+        return None
+
+    def _leave(self, ticket: Ticket) -> None:
+        # Waiting or already admitted: the core frees its place or slot and
+        # names who goes instead.
+        self._wake(self.sidecar.cancel(ticket, time.monotonic()))
 
     def _upstream_message(self, exc: KatyushaError) -> str:
         if not isinstance(exc, UpstreamError):
@@ -267,17 +253,16 @@ class Nonna:
             message += " (within the request timeout)"
         return message
 
-    async def _answer_error(self, send, status: int, message: str, queue_s: float, app_s: float,
+    async def _answer_error(self, send, status: int, message: str, report: Report,
                             extra: list[tuple[bytes, bytes]] | tuple = ()) -> None:
-        """Send nonna's own error response, with the piggyback headers and ``extra``; the slot is not held."""
+        """Send nonna's own error response with the piggyback of ``report`` and ``extra``."""
         body = f"nonna {self.config.pod}: {message}\n".encode()
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
-            (_SERVER_TIMING, self._timing(queue_s, app_s)),
-            *self.load_headers(False),
+            *self.piggyback.error(report),
             *extra,
         ]
-        self.metrics.observe(status, queue_s, app_s if app_s > 0 else None)
+        self.metrics.observe(status, report.queue_s, report.app_s if report.app_s > 0 else None)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

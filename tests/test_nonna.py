@@ -1,8 +1,10 @@
-"""nonna: the L2 breaker on its own, then real nonna processes in front of real sim-backends."""
+"""nonna: its settings, then real nonna processes in front of real sim-backends.
+
+The L2 queue and the report it piggybacks are tested on a fake clock in test_sidecar.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import socket
@@ -13,93 +15,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from katyusha.core.errors import ConfigError, DeadlineExceeded, QueueFull
-from nonna.admission import Admission
-from nonna.breaker import Breaker
+from katyusha.core.errors import ConfigError
 from nonna.config import load
-from nonna.stats import LoadAverager
 from tests.procs import Proc, script
 
 PIGGYBACK = ("nonna-queue-length", "nonna-in-flight", "nonna-concurrency", "nonna-pod", "nonna-node")
 
 
-# -- the breaker, sans-IO --------------------------------------------------------
-
-
-def test_breaker_hands_slots_to_waiters_in_fifo_order():
-    breaker = Breaker(capacity=1, depth=3)
-    assert breaker.try_acquire()
-    assert not breaker.try_acquire()
-    tickets = [breaker.enqueue(name) for name in "abc"]
-    with pytest.raises(QueueFull, match="queue depth 3"):
-        breaker.enqueue("d")
-    assert [breaker.release().token for _ in range(3)] == ["a", "b", "c"]
-    assert all(t.state == "granted" for t in tickets)
-    assert breaker.in_flight == 1 and breaker.waiting == 0
-    assert breaker.release() is None
-    assert breaker.in_flight == 0
-
-
-def test_breaker_newcomer_never_overtakes_the_queue():
-    breaker = Breaker(capacity=2, depth=5)
-    assert breaker.try_acquire() and breaker.try_acquire()
-    breaker.enqueue("waiting")
-    assert breaker.release().token == "waiting"
-    # The freed slot went to the waiter, so a newcomer finds none.
-    assert not breaker.try_acquire()
-    assert breaker.in_flight == 2
-
-
-def test_breaker_cancel_keeps_everyone_elses_place_and_slot():
-    breaker = Breaker(capacity=1, depth=3)
-    breaker.try_acquire()
-    a, b, c = (breaker.enqueue(x) for x in "abc")
-    assert breaker.cancel(b)  # left while waiting
-    assert breaker.waiting == 2
-    assert breaker.release() is a
-    assert not breaker.cancel(a)  # already granted: the caller must release
-    assert breaker.release() is c
-    assert breaker.in_flight == 1
-
-
-def test_breaker_unlimited_and_no_queue():
-    unlimited = Breaker(capacity=0, depth=None)
-    assert all(unlimited.try_acquire() for _ in range(1000))
-    no_queue = Breaker(capacity=1, depth=0)
-    no_queue.try_acquire()
-    with pytest.raises(QueueFull):
-        no_queue.enqueue("x")
-    with pytest.raises(ConfigError):
-        Breaker(capacity=-1, depth=1)
-
-
-async def test_admission_timeout_and_cancel_do_not_lose_slots():
-    admission = Admission(Breaker(capacity=1, depth=10))
-    await admission.acquire(1.0)
-    with pytest.raises(DeadlineExceeded):
-        await admission.acquire(0.05)
-    cancelled = asyncio.create_task(admission.acquire(5.0))
-    served = asyncio.create_task(admission.acquire(5.0))
-    await asyncio.sleep(0.01)
-    assert admission.breaker.waiting == 2
-    cancelled.cancel()
-    await asyncio.sleep(0)
-    admission.release()
-    await asyncio.wait_for(served, 1.0)
-    assert admission.breaker.in_flight == 1 and admission.breaker.waiting == 0
-    admission.release()
-    assert admission.breaker.in_flight == 0
-
-
-def test_load_averager_weights_by_time():
-    avg = LoadAverager(now=0.0)
-    avg.arrived(0.0)
-    avg.update(0.0, waiting=1, in_flight=1)  # 2 inside for 1 s
-    avg.update(1.0, waiting=0, in_flight=0)  # 0 inside for 1 s
-    stat = avg.report(2.0)
-    assert stat.average_concurrency == pytest.approx(1.0)
-    assert stat.average_in_flight == pytest.approx(0.5)
-    assert stat.request_count == 1 and stat.requests_per_second == pytest.approx(0.5)
+# -- settings ------------------------------------------------------------------------
 
 
 def test_config_precedence_yaml_env_flags(tmp_path):
@@ -226,6 +149,10 @@ def test_request_timeout_gives_504(backend):
                 assert_piggyback(headers, status)
                 assert b"queue" in body or b"timeout" in body
                 assert seconds < 1.5
+        # Timed-out waiters gave back nothing they did not hold: the pod serves again.
+        stats = wait_stats(proxy, lambda s: s["in_flight"] == 0 and s["queue_length"] == 0)
+        assert stats["queue_length"] == 0
+        assert request(proxy.url + "/after")[0] == 200
 
 
 def test_upstream_down_502_then_serves_again_and_health_follows():

@@ -7,6 +7,7 @@ carries ``Nonna-Error: upstream-unreachable``.
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 
@@ -79,33 +80,25 @@ async def test_jsq_keeps_clear_of_a_pod_that_keeps_failing(fleet_with_dead_app):
 
 
 def test_nonna_stats_report_the_latency_prequal_probes(fleet_with_dead_app):
-    import json
-
     healthy = fleet_with_dead_app[2]
-    with urllib.request.urlopen(healthy.nonna.admin + "/stats", timeout=10) as reply:
-        before = json.loads(reply.read())
+    before = nonna_stats(healthy)["app_ewma_ms"]
+    app_ms = []
     for _ in range(5):
         with urllib.request.urlopen(healthy.nonna.url + "/x", timeout=10) as reply:
             reply.read()
-    with urllib.request.urlopen(healthy.nonna.admin + "/stats", timeout=10) as reply:
-        stats = json.loads(reply.read())
-    assert before["app_ewma_ms"] is None or before["app_ewma_ms"] >= 0
+            timing = reply.headers["Server-Timing"]
+        app_ms.append(float(timing.split("app;dur=")[1].split(",")[0]))
+    stats = nonna_stats(healthy)
+    # app_ewma_ms follows the app times the pod's responses reported, weight 0.2 each.
+    expected = before
+    for sample in app_ms:
+        expected = sample if expected is None else expected + 0.2 * (sample - expected)
+    assert stats["app_ewma_ms"] == pytest.approx(expected, abs=0.01)
+    assert stats["app_ewma_ms"] >= 1.0  # exp:20ms service times, not a stray zero
     # Idle now, so a new request would wait for nobody: one app time.
-    assert stats["app_ewma_ms"] > 0 and stats["latency_ms"] == stats["app_ewma_ms"]
+    assert stats["latency_ms"] == stats["app_ewma_ms"]
 
 
-def test_latency_estimate_for_a_new_request():
-    from nonna.stats import LatencyEstimate
-
-    estimate = LatencyEstimate(alpha=0.5)
-    assert estimate.for_new_request(3, 1) is None  # nothing timed yet
-    estimate.observe(10.0)
-    estimate.observe(30.0)
-    assert estimate.app_ms == 20.0
-    assert estimate.for_new_request(0, 1) == 20.0
-    assert estimate.for_new_request(3, 1) == 80.0  # waits for 3, then runs
-    assert estimate.for_new_request(3, 8) == 20.0  # a slot is free
-    assert estimate.for_new_request(15, 4) == 80.0  # four waves of four
-    assert estimate.for_new_request(15, 0) == 20.0  # unlimited concurrency
-    estimate.observe(float("nan"))
-    assert estimate.app_ms == 20.0
+def nonna_stats(pod) -> dict:
+    with urllib.request.urlopen(pod.nonna.admin + "/stats", timeout=10) as reply:
+        return json.loads(reply.read())
