@@ -88,8 +88,8 @@ def build_admin_app(pod: Pod, monitor: Monitor) -> Starlette:
             "total_s": total,
             "pod": pod.state_doc(),
         }
-        done = pod.state in (target, PodState.ACTIVE) and not pod.machine.in_transition
-        return JSONResponse(doc, status_code=200 if done and not pod.walking else 202)
+        done = pod.state in (target, PodState.ACTIVE) and not pod.moving
+        return JSONResponse(doc, status_code=200 if done else 202)
 
     async def healthz(request: Request) -> Response:
         state = pod.state.value

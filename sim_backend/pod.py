@@ -1,4 +1,4 @@
-"""The emulated pod at run time: the state machine on a real clock, service, counters, request log.
+"""The emulated pod at run time: the core's Lifecycle on a real clock, service, counters, request log.
 
 One :class:`Pod` per process, shared by the data app (which serves requests)
 and the admin app (which reads and moves the state). All of it runs on one
@@ -8,19 +8,21 @@ event loop, so no locks: state changes happen between awaits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import deque
 from dataclasses import dataclass
 
 from katyusha.core.errors import IllegalTransition
-from katyusha.core.podstate import PodMachine, PodState, Step, plan
+from katyusha.core.lifecycle import Lifecycle
+from katyusha.core.podstate import PodMachine, PodState, Step
 from sim_backend.config import Settings
 
 # CPU burning yields to the event loop at least this often, so other requests,
 # the admin port and the monitor keep running while one request burns.
 BURN_SLICE_S = 0.005
+# Seconds past a step's end the timer fires, so that it never fires just before it.
+_TIMER_SLACK = 0.001
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Pod:
         self.settings = settings
         self.name = settings.pod
         self.node = settings.node
-        self.machine = PodMachine(settings.state, settings.costs)
+        self.lifecycle = Lifecycle(settings.state, settings.costs)
         self.distribution = settings.service_time
         self.rng = random.Random(settings.seed)
         self.speed = settings.speed
@@ -48,8 +50,7 @@ class Pod:
         self.counters = Counters()
         self.requests: deque[dict] = deque(maxlen=settings.requests_buffer)
         self._request_seq = 0
-        self._walk: asyncio.Task | None = None
-        self._walk_plan: list[Step] = []
+        self._timer: asyncio.TimerHandle | None = None
 
     # -- clocks ---------------------------------------------------------------
 
@@ -61,21 +62,29 @@ class Pod:
         """Epoch seconds for a monotonic instant (what the admin API reports)."""
         return time.time() - (time.monotonic() - mono)
 
-    # -- state ----------------------------------------------------------------
+    # -- state (the core's Lifecycle, on a real clock) ------------------------------
+
+    @property
+    def machine(self) -> PodMachine:
+        """The core's state machine: counters, the running transition, executing requests."""
+        return self.lifecycle.machine
 
     @property
     def state(self) -> PodState:
-        self.machine.complete(self.now())
-        return self.machine.state
+        return self.lifecycle.state(self.now())
 
     @property
     def serving(self) -> bool:
-        self.machine.complete(self.now())
-        return self.machine.serving
+        return self.lifecycle.serving(self.now())
 
     @property
     def walking(self) -> bool:
-        return self._walk is not None and not self._walk.done()
+        return self.lifecycle.walk_in_progress(self.now()) is not None
+
+    @property
+    def moving(self) -> bool:
+        """True while a timed step or a walk is under way."""
+        return self.lifecycle.moving(self.now())
 
     def effective_speed(self, mono: float | None = None) -> float:
         """The speed now: the base speed times the slow schedule's factor, if any."""
@@ -100,7 +109,9 @@ class Pod:
         }
 
     def state_doc(self) -> dict:
-        state = self.state
+        now = self.now()
+        state = self.lifecycle.state(now)
+        walk = self.lifecycle.walk_in_progress(now)
         c = self.counters
         return {
             "state": state.value,
@@ -108,7 +119,7 @@ class Pod:
             "node": self.node,
             "serving": self.machine.serving,
             "transition": self.transition_doc(),
-            "walk": [s.to_dict() for s in self._walk_plan] if self.walking else None,
+            "walk": [s.to_dict() for s in walk] if walk is not None else None,
             "in_flight": self.machine.in_flight,
             "speed": self.speed,
             "effective_speed": self.effective_speed(),
@@ -123,80 +134,46 @@ class Pod:
             },
         }
 
-    def _refuse_if_walking(self, target: PodState) -> None:
-        if self.walking:
-            steps = " -> ".join([self._walk_plan[0].src.value, *(s.dst.value for s in self._walk_plan)])
-            raise IllegalTransition(
-                f"a walk {steps} is in progress; cannot start {self.state.value} -> {target.value}"
-            )
-
     def step(self, target: PodState) -> Step:
-        """Begin one allowed step to ``target``; timed steps finish by themselves (GET /state shows them)."""
-        self._refuse_if_walking(target)
-        src = self.state
-        now = self.now()
-        ends_at = self.machine.begin(target, now)
-        return Step(src, target, ends_at - now)
+        """Begin one allowed step to ``target``; raises IllegalTransition (409) as Lifecycle.step does."""
+        step = self.lifecycle.step(target, self.now())
+        self._arm()
+        return step
 
     def walk(self, target: PodState) -> list[Step]:
-        """Start walking the shortest legal path to ``target`` in the background; return the plan.
+        """Start walking the shortest legal path to ``target``; return the plan.
 
-        Raises IllegalTransition when a transition or walk is running, when the
-        pod is active and must leave warm, or when ``target`` is active.
+        Raises IllegalTransition (409) as Lifecycle.walk does.
         """
-        self._refuse_if_walking(target)
-        src = self.state
-        if self.machine.in_transition:
-            # Let the machine word the refusal: it names the running transition.
-            self.machine.begin(target, self.now())
-        if src is PodState.ACTIVE and target is PodState.WARM:
-            return []  # the container is running already; requests decide warm or active
-        steps = plan(src, target, self.machine.costs)
-        if steps and src is PodState.ACTIVE:
-            self.machine.begin(steps[0].dst, self.now())  # raises: requests are executing
-        self._walk_plan = steps
-        pending = list(steps)
-        # Instant steps and the start of the first timed one happen before
-        # returning, so the caller's next GET /state already shows the walk.
-        self._advance(pending)
-        if pending or self.machine.in_transition:
-            self._walk = asyncio.get_running_loop().create_task(self._run_walk(pending))
+        steps = self.lifecycle.walk(target, self.now())
+        self._arm()
         return steps
 
-    def _advance(self, pending: list[Step]) -> None:
-        """Begin pending steps until one is timed (and running) or none is left."""
-        while pending and not self.machine.in_transition:
-            self.machine.begin(pending.pop(0).dst, self.now())
+    def _arm(self) -> None:
+        """One timer, at the end of the running step: the walk goes on by itself."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.lifecycle.next_deadline()
+        if deadline is not None:
+            delay = max(deadline - self.now(), 0.0) + _TIMER_SLACK
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
-    async def _run_walk(self, pending: list[Step]) -> None:
-        while True:
-            t = self.machine.transition
-            if t is not None:
-                await asyncio.sleep(max(t.ends_at - self.now(), 0.001))
-                self.machine.complete(self.now())
-                continue
-            if not pending:
-                return
-            self._advance(pending)
-
-    async def wait_walk(self) -> None:
-        if self._walk is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._walk)
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.lifecycle.advance(self.now())
+        self._arm()
 
     async def wait_transition(self) -> None:
-        """Return when no timed transition or walk runs."""
-        await self.wait_walk()
-        while self.machine.in_transition:
-            remaining = self.machine.transition.remaining(self.now())
-            await asyncio.sleep(max(remaining, 0.001))
-            self.machine.complete(self.now())
+        """Return when no timed step or walk runs."""
+        while self.lifecycle.moving(self.now()):
+            deadline = self.lifecycle.next_deadline()
+            await asyncio.sleep(max(deadline - self.now(), 0.0) + _TIMER_SLACK)
 
     async def close(self) -> None:
-        if self._walk is not None:
-            self._walk.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._walk
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- requests -------------------------------------------------------------
 
@@ -216,15 +193,16 @@ class Pod:
             "status": None,
         }
         self.requests.append(record)
-        state = self.state
-        if not self.machine.serving:
+        now = self.now()
+        if not self.lifecycle.serving(now):
+            state = self.machine.state
             self.counters.rejected += 1
             record["status"] = 503
             detail = ""
             if self.machine.transition is not None:
                 detail = f" (moving to {self.machine.transition.dst.value})"
             raise IllegalTransition(f"pod {self.name} is {state.value}{detail}, not serving")
-        self.machine.request_started()
+        self.lifecycle.request_started(now)
         return record
 
     async def serve(self, record: dict, bytes_in: int) -> float:
@@ -240,7 +218,7 @@ class Pod:
             else:
                 await asyncio.sleep(target)
         finally:
-            self.machine.request_finished()
+            self.lifecycle.request_finished(self.now())
         elapsed = self.now() - start
         record["service_end"] = time.time()
         record["service_ms"] = elapsed * 1e3
