@@ -5,6 +5,15 @@ Kubernetes-style baseline it is measured against; :func:`evaluate` is the one
 cost function both are judged by. See docs/placement.md.
 """
 
+try:  # nonna, sim-backend and `katyusha serve` install without these (pyproject's extras)
+    import numpy  # noqa: F401
+    import ortools  # noqa: F401
+except ImportError as exc:
+    raise ImportError(
+        f"katyusha's placement needs {exc.name or 'ortools and numpy'}, which the base install "
+        "leaves out: pip install 'katyusha[placement]'"
+    ) from exc
+
 from katyusha.core.placement.baseline import PodAtATimeScheduler
 from katyusha.core.placement.cost import CostReport, evaluate
 from katyusha.core.placement.flow import FlowScheduler
