@@ -3,8 +3,8 @@
 The first tests are fast and run with the suite: they read the installed
 package's requirements, and run real nonna and sim-backend processes whose
 imports of ortools and numpy fail. The last one builds a fresh venv with a
-normal ``pip install`` of the base package (about 10 s with a local wheel
-mirror, longer from PyPI); it needs the package index, so it is marked
+normal ``pip install`` of the base package (14 s with a local wheel mirror,
+longer from PyPI); it needs the package index, so it is marked
 ``install`` and left out of the default run: ``pytest -m install tests/test_base_install.py``.
 """
 
