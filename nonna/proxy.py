@@ -19,6 +19,7 @@ from collections import deque
 from katyusha.core import protocol
 from katyusha.core.errors import KatyushaError, QueueFull
 from katyusha.core.sidecar import Piggyback, Report, Sidecar, Ticket
+from katyusha.deadline_timer import DeadlineTimer
 from katyusha.http import Pool, UpstreamError, forward
 from katyusha.http.errors import ConnectFailed, ResponseAborted
 from nonna.config import NonnaConfig
@@ -33,8 +34,6 @@ _UNREACHABLE = [(protocol.ERROR.encode(), protocol.UPSTREAM_UNREACHABLE.encode()
 # past this much, waiting stops watching rather than hold more in memory.
 _WATCH_LIMIT = 1 << 20
 _CLIENT_GONE = 499
-# Seconds past a queue deadline the timer fires, so that it never fires just before it.
-_TIMER_SLACK = 0.001
 
 
 class ClientReceive:
@@ -104,9 +103,9 @@ class Nonna:
         self.pool = Pool(config.upstream, max_idle=max(64, config.concurrency))
         self.health = HealthCheck(config.upstream, config.upstream_health)
         self._ticker: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = DeadlineTimer(self.sidecar.next_deadline, self._expire)
 
-    # -- the core's wake-ups and deadlines ----------------------------------------
+    # -- the core's wake-ups and deadlines (one timer: self._deadlines) ---------------
 
     @staticmethod
     def _wake(tickets: list[Ticket]) -> None:
@@ -118,23 +117,11 @@ class Nonna:
         # A waiter that is being cancelled still gets its ticket; its handler
         # cancels the ticket in the core, which hands the slot on.
 
-    def _arm(self) -> None:
-        """Keep one timer at the core's next queue deadline."""
-        if self._timer is not None:
-            return
-        deadline = self.sidecar.next_deadline()
-        if deadline is not None:
-            # The slack keeps a millisecond-resolution loop from firing just before it.
-            delay = max(deadline - time.monotonic(), 0.0) + _TIMER_SLACK
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_deadline)
-
-    def _on_deadline(self) -> None:
-        self._timer = None
-        for ticket in self.sidecar.expire(time.monotonic()):
+    def _expire(self, now: float) -> None:
+        for ticket in self.sidecar.expire(now):
             future = ticket.payload
             if not future.done():
                 future.set_result(False)
-        self._arm()
 
     async def _tick(self) -> None:
         period = self.config.stats_period
@@ -160,8 +147,7 @@ class Nonna:
             elif message["type"] == "lifespan.shutdown":
                 if self._ticker is not None:
                     self._ticker.cancel()
-                if self._timer is not None:
-                    self._timer.cancel()
+                self._deadlines.cancel()
                 await self.pool.close()
                 await self.health.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -226,7 +212,7 @@ class Nonna:
         expires, None when the client left first (the ticket is then cancelled)."""
         future = asyncio.get_running_loop().create_future()
         ticket.payload = future
-        self._arm()
+        self._deadlines.follow()
         watcher = asyncio.ensure_future(client.watch())
         try:
             await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from katyusha.core.errors import IllegalTransition
 from katyusha.core.lifecycle import Lifecycle
 from katyusha.core.podstate import PodMachine, PodState, Step
+from katyusha.deadline_timer import SLACK_S, DeadlineTimer
 from sim_backend.config import Settings
 
 # CPU burning yields to the event loop at least this often, so other requests,
 # the admin port and the monitor keep running while one request burns.
 BURN_SLICE_S = 0.005
-# Seconds past a step's end the timer fires, so that it never fires just before it.
-_TIMER_SLACK = 0.001
 
 
 @dataclass
@@ -50,7 +49,9 @@ class Pod:
         self.counters = Counters()
         self.requests: deque[dict] = deque(maxlen=settings.requests_buffer)
         self._request_seq = 0
-        self._timer: asyncio.TimerHandle | None = None
+        # One timer at the end of the running step: a walk goes on by itself.
+        self._timer = DeadlineTimer(self.lifecycle.next_deadline, self.lifecycle.advance,
+                                    clock=self.now)
 
     # -- clocks ---------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Pod:
     def step(self, target: PodState) -> Step:
         """Begin one allowed step to ``target``; raises IllegalTransition (409) as Lifecycle.step does."""
         step = self.lifecycle.step(target, self.now())
-        self._arm()
+        self._timer.follow()
         return step
 
     def walk(self, target: PodState) -> list[Step]:
@@ -146,34 +147,17 @@ class Pod:
         Raises IllegalTransition (409) as Lifecycle.walk does.
         """
         steps = self.lifecycle.walk(target, self.now())
-        self._arm()
+        self._timer.follow()
         return steps
-
-    def _arm(self) -> None:
-        """One timer, at the end of the running step: the walk goes on by itself."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.lifecycle.next_deadline()
-        if deadline is not None:
-            delay = max(deadline - self.now(), 0.0) + _TIMER_SLACK
-            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.lifecycle.advance(self.now())
-        self._arm()
 
     async def wait_transition(self) -> None:
         """Return when no timed step or walk runs."""
         while self.lifecycle.moving(self.now()):
             deadline = self.lifecycle.next_deadline()
-            await asyncio.sleep(max(deadline - self.now(), 0.0) + _TIMER_SLACK)
+            await asyncio.sleep(max(deadline - self.now(), 0.0) + SLACK_S)
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
     # -- requests -------------------------------------------------------------
 
