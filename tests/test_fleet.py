@@ -300,13 +300,10 @@ def test_killed_child_is_reported_and_restarted(fleet, role):
     finally:
         during = traffic.stop()
     assert during
+    # Not one GET fails: a request whose nonna vanished before answering, or whose app died under
+    # nonna (nonna answers 502 with Nonna-Error: upstream-unreachable), is retried on another pod.
     failed = [s for s in during if s != 200]
-    if role == "nonna":
-        # katyusha retries on another pod a request whose nonna vanished before answering.
-        assert not failed, failed
-    else:
-        # nonna answers 502 for what was in flight to the dead app at the crash instant only.
-        assert set(failed) <= {502} and len(failed) <= max(5, len(during) // 20), failed
+    assert not failed, failed
     statuses = send(fleet.url, 200)
     assert statuses.count(200) == 200
     assert load_table(doc)[pod["name"]]["requests"] > 0

@@ -1,8 +1,9 @@
 """Prometheus exposition of the live autoscaler, read from the loop and its actuator at scrape time.
 
-A collector on its own registry (never the process-global one). Series:
+A collector on its own registry (never the process-global one). Series, each
+labelled with its ``service`` (``default`` for katyusha's default service):
 desired and actual pods, panic mode, the observed concurrency and requests
-per second, and cold starts with their durations.
+per second; and, for the whole fleet, cold starts with their durations.
 """
 
 from __future__ import annotations
@@ -46,27 +47,43 @@ class AutoscalerCollector(Collector):
 
     def collect(self):
         doc = self.status()
-        decision = doc.get("decision") or {}
-        pods = doc.get("pods") or {}
+        services = doc.get("services") or {}
 
-        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, help_text, value=value)
+        def gauge(name: str, help_text: str, value_of) -> GaugeMetricFamily:
+            family = GaugeMetricFamily(name, help_text, labels=["service"])
+            for service, view in services.items():
+                family.add_metric([service], float(value_of(view)))
+            return family
 
-        yield gauge("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.", doc.get("desired", 0))
-        yield gauge("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).", pods.get("serving", 0))
-        yield gauge("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).", pods.get("waking", 0))
-        yield gauge("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.", pods.get("retiring", 0))
-        yield gauge("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.", doc.get("ready_pods", 0))
-        yield gauge("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.", float(bool(decision.get("panic"))))
-        observed = doc.get("observed") or {}
+        def decision(view: dict) -> dict:
+            return view.get("decision") or {}
+
+        def pods(view: dict) -> dict:
+            return view.get("pods") or {}
+
+        def observed(view: dict) -> dict:
+            return view.get("observed") or {}
+
+        yield gauge("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.",
+                    lambda v: v.get("desired", 0))
+        yield gauge("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).",
+                    lambda v: pods(v).get("serving", 0))
+        yield gauge("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).",
+                    lambda v: pods(v).get("waking", 0))
+        yield gauge("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.",
+                    lambda v: pods(v).get("retiring", 0))
+        yield gauge("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.",
+                    lambda v: v.get("ready_pods", 0))
+        yield gauge("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.",
+                    lambda v: bool(decision(v).get("panic")))
         yield gauge("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
-                    observed.get("concurrency", 0.0))
+                    lambda v: observed(v).get("concurrency", 0.0))
         yield gauge("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
-                    observed.get("rps", 0.0))
+                    lambda v: observed(v).get("rps", 0.0))
         yield gauge("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.",
-                    decision.get("stable_value", 0.0))
+                    lambda v: decision(v).get("stable_value", 0.0))
         yield gauge("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.",
-                    decision.get("panic_value", 0.0))
+                    lambda v: decision(v).get("panic_value", 0.0))
         errors = CounterMetricFamily("katyusha_autoscaler_read_errors", "Demand reads that failed.")
         errors.add_metric([], doc.get("errors", 0))
         yield errors

@@ -6,7 +6,6 @@ cost function both are judged by. See docs/placement.md.
 """
 
 from katyusha.core.placement.baseline import PodAtATimeScheduler
-from katyusha.core.placement.cost import CostReport, evaluate
 from katyusha.core.placement.flow import FlowScheduler
 from katyusha.core.placement.model import (
     Cluster,
@@ -20,6 +19,7 @@ from katyusha.core.placement.model import (
     Taint,
     Toleration,
 )
+from katyusha.core.placement.score import CostReport, evaluate
 from katyusha.core.placement.solver import (
     FlowSolution,
     MinCostFlowSolver,
