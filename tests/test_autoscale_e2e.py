@@ -146,6 +146,25 @@ def test_scale_from_zero_serves_every_request_then_returns_to_zero(fleet):
     assert [status for status, _ in results] == [200] * 5
 
 
+TIGHT_YAML = FLEET_YAML.replace("concurrency: 0 ", "concurrency: 1 ").replace("queue_depth: 100", "queue_depth: 1")
+
+
+def test_a_burst_held_at_zero_never_overflows_a_small_pod_queue(tmp_path):
+    # One request at a time per pod and room for one more in nonna's queue: katyusha sends a pod at most
+    # its container concurrency (the control plane gives it with every pod it adds), so the burst waits
+    # in katyusha's L1 queue and goes out as pods free a slot or join, instead of a 503 from nonna.
+    assert "concurrency: 1 " in TIGHT_YAML and "queue_depth: 1" in TIGHT_YAML
+    up = FleetUp(tmp_path, TIGHT_YAML, "--autoscale")
+    try:
+        up.wait_ready(90)
+        results = asyncio.run(burst(up.doc["url"], 50))
+        assert [status for status, _ in results] == [200] * 50, "".join(up.lines[-40:])
+        rows = get_json(up.doc["katyusha"][0]["admin"] + "/pods")["pods"]
+        assert rows and all(row["concurrency"] == 1 for row in rows), rows
+    finally:
+        up.stop()
+
+
 def test_bad_demand_notice_is_refused_and_changes_nothing(fleet):
     request = urllib.request.Request(fleet.doc["autoscaler"]["admin"] + "/demand", data=b'{"waiting": -1}',
                                      method="POST")  # fmt: skip

@@ -211,3 +211,56 @@ def test_attached_control_plane_scales_from_zero(tmp_path):
         assert {w["pod"] for w in placement["last_wake"]["woken"]} <= {"pod-1", "pod-2", "pod-3"}
     finally:
         fleet.stop()
+
+
+def processes_doc(pods: int = 2) -> dict:
+    return {
+        "katyusha": [{"admin": "http://katyusha:9080"}],
+        "pods": [{"name": f"pod-{i}", "sim": {"admin": f"http://pod-{i}-sim:9201"},
+                  "nonna": {"data": f"http://pod-{i}:9101", "admin": f"http://pod-{i}:9102"}}
+                 for i in range(1, pods + 1)],
+    }  # fmt: skip
+
+
+def test_processes_file_gives_addresses_by_name_and_errors_name_the_field_path():
+    from katyusha.control.processes import StaticProcesses
+    from katyusha.core.errors import ConfigError
+    from katyusha.fleet.spec import build_spec
+
+    spec = build_spec({"pods": 2, "defaults": {"concurrency": 3}}, {})
+    processes = StaticProcesses(processes_doc(), spec.pods)
+    assert [(b.name, b.admin) for b in processes.balancers()] == [("katyusha-0", "http://katyusha:9080")]
+    pod = processes.pods()[1]
+    assert (pod.name, pod.node, pod.nonna_url, pod.concurrency) == ("pod-2", "node-2", "http://pod-2:9101", 3)
+    assert pod.entry() == {"name": "pod-2", "url": "http://pod-2:9101", "node": "node-2",
+                           "admin": "http://pod-2:9102", "concurrency": 3}  # fmt: skip
+
+    def refused(doc) -> str:
+        with pytest.raises(ConfigError) as error:
+            StaticProcesses(doc, spec.pods)
+        return error.value.key
+
+    doc = processes_doc()
+    del doc["pods"][1]["nonna"]["data"]
+    assert refused(doc) == "pods[1].nonna.data"
+    doc = processes_doc()
+    doc["pods"][0]["sim"]["port"] = 9201
+    assert refused(doc) == "pods[0].sim.port"
+    doc = processes_doc()
+    doc["katyusha"][0]["admin"] = "ftp://katyusha"
+    assert refused(doc) == "katyusha[0].admin"
+    assert refused(processes_doc(pods=1)) == "pods"  # pod-2 of the fleet file has no addresses
+    assert refused(processes_doc(pods=3)) == "pods[2].name"  # pod-3 is not in the fleet file
+    assert refused({**processes_doc(), "katyusha": []}) == "katyusha"
+
+
+def test_control_command_refuses_a_bad_processes_file_before_starting(tmp_path):
+    doc = processes_doc(pods=4)
+    doc["pods"][3]["nonna"]["data"] = "not a url"
+    bad = tmp_path / "processes.yaml"
+    bad.write_text(json.dumps(doc))
+    done = subprocess.run([script("katyusha"), "control", "--processes", str(bad), "--admin-port", "0"],
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "pods[3].nonna.data" in done.stderr and "not a url" in done.stderr
+    assert "ready" not in done.stderr

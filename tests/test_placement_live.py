@@ -247,6 +247,21 @@ def test_nodes_flag_must_agree_with_a_node_list():
     assert refused.value.key == "nodes"
 
 
+def test_placement_basis_and_gangs_are_read_from_the_fleet_file():
+    spec = build_spec({"placement": {"basis": "measured"}, "services": [{"name": "web", "gang": True}]}, {})
+    assert spec.placement_basis is FitBasis.MEASURED
+    assert spec.services[0].gang and spec.services[0].pending(2).gang == "web"
+    default = build_spec({}, {})
+    assert default.placement_basis is FitBasis.REQUESTS and not default.services[0].gang
+    for doc, key in [({"placement": {"basis": "guessed"}}, "placement.basis"),
+                     ({"placement": {"bases": "measured"}}, "placement.bases"),
+                     ({"placement": "measured"}, "placement"),
+                     ({"services": [{"name": "web", "gang": "maybe"}]}, "services[0].gang")]:  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            build_spec(doc, {})
+        assert refused.value.key == key, str(refused.value)
+
+
 # -- a real fleet ----------------------------------------------------------------------------
 
 START_S = 0.5

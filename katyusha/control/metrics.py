@@ -38,6 +38,23 @@ class ColdStarts:
                 self.counts[i] += 1
 
 
+# Per service: (series, help, the part of the service's status view, the field in it).
+_SERVICE_SERIES = (
+    ("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.", None, "desired"),
+    ("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).", "pods", "serving"),
+    ("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).", "pods", "waking"),
+    ("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.", "pods", "retiring"),
+    ("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.", None, "ready_pods"),
+    ("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.", "decision", "panic"),
+    ("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
+     "observed", "concurrency"),
+    ("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
+     "observed", "rps"),
+    ("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.", "decision", "stable_value"),
+    ("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.", "decision", "panic_value"),
+)
+
+
 class AutoscalerCollector(Collector):
     """Reads ``status()`` (the loop's view) and the cold-start record when scraped."""
 
@@ -48,42 +65,12 @@ class AutoscalerCollector(Collector):
     def collect(self):
         doc = self.status()
         services = doc.get("services") or {}
-
-        def gauge(name: str, help_text: str, value_of) -> GaugeMetricFamily:
+        for name, help_text, section, field in _SERVICE_SERIES:
             family = GaugeMetricFamily(name, help_text, labels=["service"])
             for service, view in services.items():
-                family.add_metric([service], float(value_of(view)))
-            return family
-
-        def decision(view: dict) -> dict:
-            return view.get("decision") or {}
-
-        def pods(view: dict) -> dict:
-            return view.get("pods") or {}
-
-        def observed(view: dict) -> dict:
-            return view.get("observed") or {}
-
-        yield gauge("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.",
-                    lambda v: v.get("desired", 0))
-        yield gauge("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).",
-                    lambda v: pods(v).get("serving", 0))
-        yield gauge("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).",
-                    lambda v: pods(v).get("waking", 0))
-        yield gauge("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.",
-                    lambda v: pods(v).get("retiring", 0))
-        yield gauge("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.",
-                    lambda v: v.get("ready_pods", 0))
-        yield gauge("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.",
-                    lambda v: bool(decision(v).get("panic")))
-        yield gauge("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
-                    lambda v: observed(v).get("concurrency", 0.0))
-        yield gauge("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
-                    lambda v: observed(v).get("rps", 0.0))
-        yield gauge("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.",
-                    lambda v: decision(v).get("stable_value", 0.0))
-        yield gauge("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.",
-                    lambda v: decision(v).get("panic_value", 0.0))
+                part = view if section is None else (view.get(section) or {})
+                family.add_metric([service], float(part.get(field) or 0))
+            yield family
         errors = CounterMetricFamily("katyusha_autoscaler_read_errors", "Demand reads that failed.")
         errors.add_metric([], doc.get("errors", 0))
         yield errors

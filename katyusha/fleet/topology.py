@@ -4,8 +4,10 @@
 sized to hold every pod slot it carries, so placement never refuses a slot for
 room) or a list of nodes with their capacity, pod limit, labels and taints.
 ``services`` lists the services the pod slots belong to: CPU and RAM requests,
-image, node affinity, tolerations and a per-node limit; without it there is
-one service, ``app``, that every slot belongs to.
+image, node affinity, tolerations, a per-node limit, whether a scale-up is a
+gang (all or none), and ``annotations`` (Knative ``autoscaling.knative.dev/*``
+settings, validated by the fleet spec against the autoscaler section); without
+it there is one service, ``app``, that every slot belongs to.
 
 CPU is written in cores (``2``, ``0.5``) or millicores (``"500m"``); RAM in MiB
 (``512``) or with a unit (``"512Mi"``, ``"8Gi"``). Both are kept as integers,
