@@ -72,6 +72,8 @@ class ControlPlane:
         self.autoscaler: AutoscalerLoop | None = None
         self.registry = None
         self.states: dict[str, tuple[PodState | None, PodState | None]] = {}
+        # The last state each pod was seen in (kept while its sim-backend is down), to restart it there.
+        self.seen: dict[str, PodState] = {}
         self.wanted: set[str] = set()
         self.started = False
         self.server = EmbeddedServer(build_app(self), host, spec.autoscaler.admin_port if admin_port is None
@@ -158,6 +160,8 @@ class ControlPlane:
         wanted = set()
         for pod, (state, heading, up) in zip(pods, looks, strict=True):
             self.states[pod.name] = (state, heading)
+            if state is not None:
+                self.seen[pod.name] = state
             if up and in_service(state, heading):
                 wanted.add(pod.name)
         return pods, since, wanted

@@ -75,7 +75,7 @@ def parse_section(raw: Any, *, enabled: bool | None = None) -> AutoscaleSettings
     doc = dict(raw)
     try:
         on = parse_bool("enabled", doc.pop("enabled", False))
-        retire_to = doc.pop("retire-to", "warmdisk")
+        retire_to = doc.pop("retire-to", PodState.WARMDISK.value)
         if retire_to is None:
             retire_to = "null"  # YAML reads a bare `null` as None; here it can only mean the state
         retire_to = check_retire_to(retire_to.strip() if isinstance(retire_to, str) else retire_to)

@@ -109,7 +109,7 @@ class Fleet:
     def _sim_argv(self, run: PodRun, port: int, admin: int) -> list[str]:
         params = run.spec.params
         # A restarted pod comes back in the state it was last seen in, when it can start there.
-        seen = self.control.states.get(run.spec.name, (None, None))[0]
+        seen = self.control.seen.get(run.spec.name)
         last = WARM if seen is ACTIVE else seen
         state = last.value if last is not None and last.value in INITIAL_STATES else params.state
         return [

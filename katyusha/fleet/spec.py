@@ -25,7 +25,7 @@ from katyusha.core.distributions import parse_service_time
 from katyusha.core.errors import ConfigError
 from katyusha.core.fleetplan import ServiceSpec
 from katyusha.core.placement import FitBasis, Node
-from katyusha.core.podstate import WALK_TARGETS, in_order
+from katyusha.core.podstate import WALK_TARGETS, PodState, in_order
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from katyusha.fleet.fields import mapping, number, text, whole
 from katyusha.fleet.topology import DEFAULT_SERVICE, derived_nodes, parse_nodes, parse_services
@@ -45,7 +45,7 @@ class PodParams:
     image_size_mb: float = 200.0
     pull_mbps: float = 100.0
     start_s: float = 1.0
-    state: str = "warm"
+    state: str = PodState.WARM.value
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
     if flags:
         raise ConfigError(sorted(flags)[0], "unknown setting")
     # An autoscaled fleet's pods are slots that start down; the autoscaler wakes them.
-    base = PodParams(state="null") if autoscaler.enabled else PodParams()
+    base = PodParams(state=PodState.NULL.value) if autoscaler.enabled else PodParams()
     defaults = _params(base, doc.get("defaults", {}), "defaults")
     groups = _groups(doc.get("groups"), defaults, total, node_names, [s.name for s in services])
     pods = _expand(groups, node_names, port_base)
