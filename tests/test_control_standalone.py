@@ -14,6 +14,7 @@ import asyncio
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import aiohttp
@@ -175,7 +176,15 @@ def test_attached_control_plane_fills_the_set_and_moves_a_pod_with_no_failed_req
     assert unknown.returncode == 2 and "no pod 'pod-9'" in unknown.stderr
     active = fleet_cli("pod", "pod-1", "state", "active", "--control", control)
     assert active.returncode == 2 and "active" in active.stderr
+    for body, status, named in [({"state": "active"}, 400, '"state"'), ({"state": "cold", "timeout": -1}, 400, '"timeout"'),
+                                ({"state": "cold", "wait": True}, 400, "wait"), ({"state": "cold"}, 404, "pod-9")]:  # fmt: skip
+        pod = "pod-9" if status == 404 else "pod-1"
+        request = urllib.request.Request(f"{control}/pods/{pod}/state", data=json.dumps(body).encode(), method="PUT")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == status and named in json.loads(refused.value.read())["error"]
     assert attached.in_set() == ["pod-1", "pod-2", "pod-3"]
+    assert get_json(attached.sims[0].admin + "/state")["state"] in ("warm", "active")
 
 
 def test_attached_control_plane_scales_from_zero(tmp_path):

@@ -239,6 +239,20 @@ def test_every_pod_serves_and_status_shows_them(fleet):
     assert "pod-2/nonna" in text.stdout and "load table" in text.stdout
 
 
+def test_the_state_file_is_a_processes_file_for_katyusha_control(fleet):
+    import yaml
+
+    from katyusha.control.processes import StaticProcesses
+    from katyusha.fleet.spec import build_spec
+
+    doc = fleet.document()
+    processes = StaticProcesses(json.loads(fleet.state_file.read_text()), build_spec(yaml.safe_load(FLEET_YAML), {}).pods)
+    assert [b.admin for b in processes.balancers()] == [doc["katyusha"][0]["admin"]]
+    assert [(p.name, p.nonna_url, p.sim_admin) for p in processes.pods()] == [
+        (p["name"], p["nonna"]["data"], p["sim"]["admin"]) for p in doc["pods"]]
+    assert doc["control"]["admin"].startswith("http://127.0.0.1:")
+
+
 def test_runner_follows_pod_states(fleet):
     doc = fleet.document()
     spare = next(p for p in doc["pods"] if p["name"] == "spare-1")
