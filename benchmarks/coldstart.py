@@ -114,7 +114,7 @@ class FleetProcess:
     """``katyusha fleet up --autoscale`` as a child process."""
 
     def __init__(self, fleet_file: Path, state_file: Path):
-        from tests.procs import script
+        from katyusha.fleet.children import console_script as script
 
         self.state_file = state_file
         self.popen = subprocess.Popen(

@@ -13,7 +13,7 @@ For each case and both schedulers: wall time of one whole batch (median of
 ``--repeat`` runs, alternating between the schedulers so both see the same
 load, with the fastest and slowest run), its process CPU time, pods placed
 per second, the total cost under the one common cost function
-(katyusha.core.placement.cost.evaluate), image pulls needed (distinct node
+(katyusha.core.placement.score.evaluate), image pulls needed (distinct node
 and image pairs), and pods left unscheduled. Once per case the flow is also
 solved unpruned (every class with arcs to every feasible node), which shows
 what candidate pruning costs in placement quality (``pruning_cost_gap``).

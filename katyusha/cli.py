@@ -1,4 +1,4 @@
-"""The ``katyusha`` console script: ``katyusha serve`` and ``katyusha fleet ...``."""
+"""The ``katyusha`` console script: ``katyusha serve``, ``katyusha fleet ...`` and ``katyusha control``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ USAGE = """usage: katyusha COMMAND [ARGS]
 commands:
   serve     run the load-balancing proxy in front of a set of pods
   fleet     run and steer a local fleet (katyusha fleet up|status|pod)
+  control   run a fleet's control plane on its own, attached to running processes
 
 run `katyusha COMMAND --help` for the flags of one command.
 """
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from katyusha.fleet.cli import main as fleet_main
 
         return fleet_main(rest)
+    if command == "control":
+        from katyusha.control.cli import main as control_main
+
+        return control_main(rest)
     sys.stderr.write(f"katyusha: unknown command {command!r}\n\n{USAGE}")
     return 2
 

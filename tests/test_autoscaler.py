@@ -279,18 +279,18 @@ def test_bad_observations_are_rejected():
 
 
 class MemoryActuator:
-    """Keeps the asked-for count; ``ready`` pods follow it only when the test says so."""
+    """Keeps the asked-for count per service; ``ready`` pods follow it only when the test says so."""
 
     def __init__(self, count=0):
-        self.count = count
+        self.asked = {None: count}
         self.calls = []
 
-    def current(self):
-        return self.count
+    def current(self, service):
+        return self.asked.get(service, 0)
 
-    async def scale_to(self, count):
-        self.calls.append(count)
-        self.count = count
+    async def scale_to(self, service, count):
+        self.calls.append(count if service is None else (service, count))
+        self.asked[service] = count
 
 
 class Clock:
@@ -301,7 +301,7 @@ class Clock:
         return self.now
 
 
-def make_loop(demand, stats=None, actuator=None, config=None):
+def make_loop(demand, stats=None, actuator=None, config=None, configs=None):
     from katyusha.control.autoscaler import AutoscalerLoop
 
     documents = {"http://k/demand": demand}
@@ -316,8 +316,8 @@ def make_loop(demand, stats=None, actuator=None, config=None):
 
     clock = Clock()
     loop = AutoscalerLoop(
-        config or DEFAULT, actuator or MemoryActuator(1), demand_url="http://k/demand",
-        pod_stats_urls=lambda: [f"http://pod{i}/stats" for i in range(len(stats or []))],
+        configs or {None: config or DEFAULT}, actuator or MemoryActuator(1), demand_urls=lambda: ["http://k/demand"],
+        stats_urls=lambda service: [f"http://pod{i}/stats" for i in range(len(stats or []))],
         fetch_json=fetch, clock=clock,
     )
     return loop, documents, clock
@@ -327,15 +327,31 @@ async def test_loop_scales_the_actuator_from_demand():
     actuator = MemoryActuator(1)
     loop, documents, clock = make_loop({"waiting": 0, "in_flight": 200, "ready_pods": 1}, actuator=actuator)
     # 200 concurrent on 1 pod: ceil(200/70) = 3; 3 / 1 >= 2: panic, 3 pods.
-    decision = await loop.tick()
-    assert decision.desired == 3 and decision.panic
-    assert actuator.calls == [3] and loop.desired == 3
+    [command] = await loop.tick()
+    assert command.count == 3 and command.decision.panic
+    assert actuator.calls == [3] and loop.desired(None) == 3
     # Same demand, pods now ready: nothing to change, the actuator is not called again.
     documents["http://k/demand"] = {"waiting": 0, "in_flight": 200, "ready_pods": 3}
     clock.now = 2.0
-    await loop.tick()
+    assert await loop.tick() == []
     assert actuator.calls == [3]
     assert loop.status()["decision"]["reason"] == "panic"
+
+
+async def test_loop_decides_each_service_on_its_own_demand_and_settings():
+    actuator = MemoryActuator(1)
+    actuator.asked["web"] = 0
+    configs = {None: DEFAULT, "web": KPAConfig().with_annotations({"autoscaling.knative.dev/target": "10"})}
+    loop, _, _ = make_loop({"waiting": 0, "in_flight": 70, "ready_pods": 1,
+                            "services": {"default": {"waiting": 0, "in_flight": 70, "ready_pods": 1},
+                                         "web": {"waiting": 3, "in_flight": 11, "ready_pods": 0}}},
+                           actuator=actuator, configs=configs)  # fmt: skip
+    # default: 70 / 70 = 1 pod, as now. web: 14 / (10 x 0.7) = 2 pods.
+    commands = await loop.tick()
+    assert [(c.service, c.count) for c in commands] == [("web", 2)]
+    assert actuator.calls == [("web", 2)]
+    status = loop.status()
+    assert status["services"]["web"]["observed"]["waiting"] == 3 and status["services"]["default"]["desired"] == 1
 
 
 async def test_loop_uses_pod_stats_for_the_rps_metric():
@@ -344,7 +360,8 @@ async def test_loop_uses_pod_stats_for_the_rps_metric():
     loop, _, _ = make_loop({"waiting": 0, "in_flight": 1, "ready_pods": 4}, stats=stats,
                            actuator=MemoryActuator(4), config=cfg)
     # 300 + 260 (the unreachable pod adds nothing) = 560 rps / 140 per pod = 4 pods.
-    decision = await loop.tick()
+    assert await loop.tick() == []
+    decision = loop.core.last[None]
     assert decision.stable_value == pytest.approx(560)
     assert decision.desired == 4
 
@@ -358,42 +375,26 @@ async def test_loop_survives_an_unreadable_demand():
     assert await loop.tick() is None and loop.errors == 2
 
 
-async def test_demand_post_scales_from_zero_at_once():
-    import json
+async def test_demand_notice_scales_from_zero_at_once_and_bad_ones_change_nothing():
+    from katyusha.control.autoscaler import UnknownService
+    from katyusha.core.errors import BadInput
+    from katyusha.core.scaling import ScaleTo
 
     actuator = MemoryActuator(0)
     loop, _, clock = make_loop({"waiting": 0, "in_flight": 0, "ready_pods": 0}, actuator=actuator,
                                config=KPAConfig(activation_scale=2))
     clock.now = 500.0
-    app = loop.asgi_app()
-
-    async def post(body, method="POST", path="/demand"):
-        sent = []
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive():
-            return messages.pop(0)
-
-        async def send(message):
-            sent.append(message)
-
-        await app({"type": "http", "method": method, "path": path}, receive, send)
-        return sent[0]["status"], json.loads(sent[1]["body"])
-
     # One request waits with nothing ready: activation-scale 2 is asked for before any tick.
-    status, payload = await post(b'{"waiting": 1, "in_flight": 0, "ready_pods": 0}')
-    assert (status, payload) == (202, {"desired": 2})
+    outcome = await loop.on_demand({"waiting": 1, "in_flight": 0, "ready_pods": 0, "service": "default"})
+    assert isinstance(outcome, ScaleTo) and outcome.count == 2
     assert actuator.calls == [2]
-    # Bad input gets a 400 naming what is wrong, and changes nothing.
-    status, payload = await post(b'{"waiting": -3}')
-    assert status == 400 and "waiting" in payload["error"]
-    status, payload = await post(b"not json")
-    assert status == 400 and "JSON" in payload["error"]
-    status, _ = await post(b"", method="GET")
-    assert status == 405
+    with pytest.raises(BadInput, match="waiting"):
+        await loop.on_demand({"waiting": -3})
+    with pytest.raises(BadInput, match="service"):
+        await loop.on_demand({"waiting": 1, "service": 7})
+    with pytest.raises(UnknownService, match="web"):
+        await loop.on_demand({"waiting": 1, "service": "web"})
     assert actuator.calls == [2]
-    status, payload = await post(b"", method="GET", path="/autoscaler")
-    assert status == 200 and payload["desired"] == 2
 
 
 async def test_run_ticks_until_stopped():
@@ -408,5 +409,5 @@ async def test_run_ticks_until_stopped():
     stop.set()
     await asyncio.wait_for(task, 5)
     # 70 / 70 = 1 pod: ticks ran (a decision exists) and the count stayed.
-    assert loop.last is not None and loop.last.desired == 1
+    assert loop.core.last[None].desired == 1
     assert actuator.calls == []

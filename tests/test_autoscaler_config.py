@@ -202,3 +202,52 @@ def test_config_is_frozen_and_validated_on_construction():
         cfg.max_scale = 3  # type: ignore[misc]
     with pytest.raises(ConfigError, match="stable-window"):
         KPAConfig(stable_window=1)
+
+
+# -- the fleet file's services take the annotations -----------------------------------------
+
+
+def test_fleet_file_service_annotations_set_that_services_autoscaler():
+    from katyusha.fleet.spec import build_spec
+
+    spec = build_spec({
+        "autoscaler": {"stable-window": "60s", "tick-interval": "1s"},
+        "services": [{"name": "web", "annotations": {
+            "autoscaling.knative.dev/metric": "rps", "autoscaling.knative.dev/target": 200,
+            "autoscaling.knative.dev/window": "6s", "autoscaling.knative.dev/max-scale": "10",
+            "example.com/owner": "team-a"}}],  # other prefixes belong to other systems
+    }, {})  # fmt: skip
+    [(key, config)] = spec.scaling().items()
+    assert key is None  # every pod of a local fleet joins katyusha's default service
+    assert (config.metric, config.target, config.stable_window, config.max_scale) == ("rps", 200.0, 6.0, 10)
+    assert config.tick_interval == 1.0  # the section's keys stay under the annotations
+    # Without annotations a service takes the autoscaler section as it is.
+    assert build_spec({"autoscaler": {"tick-interval": "1s"}}, {}).scaling() == {None: KPAConfig(tick_interval=1.0)}
+
+
+@pytest.mark.parametrize(
+    ("annotations", "key"),
+    [
+        ({"autoscaling.knative.dev/window": "2s"}, "services[0].annotations.autoscaling.knative.dev/window"),
+        ({"autoscaling.knative.dev/metric": "memory"}, "services[0].annotations.autoscaling.knative.dev/metric"),
+        ({"autoscaling.knative.dev/targt": "5"}, "services[0].annotations.autoscaling.knative.dev/targt"),
+        ({"max-scale": "-1"}, "services[0].annotations.max-scale"),
+        ("rps", "services[0].annotations"),
+    ],
+)
+def test_bad_service_annotations_are_refused_naming_the_field_path(annotations, key):
+    from katyusha.fleet.spec import build_spec
+
+    with pytest.raises(ConfigError) as refused:
+        build_spec({"services": [{"name": "web", "annotations": annotations}]}, {})
+    assert refused.value.key == key, str(refused.value)
+
+
+def test_annotations_go_on_the_first_of_services_that_share_one_autoscaler():
+    from katyusha.fleet.spec import build_spec
+
+    doc = {"services": [{"name": "web"}, {"name": "batch", "annotations": {"autoscaling.knative.dev/target": 5}}],
+           "groups": [{"name": "w", "service": "web"}, {"name": "b", "service": "batch"}]}  # fmt: skip
+    with pytest.raises(ConfigError, match="first service") as refused:
+        build_spec(doc, {})
+    assert refused.value.key == "services[1].annotations"

@@ -239,6 +239,20 @@ def test_every_pod_serves_and_status_shows_them(fleet):
     assert "pod-2/nonna" in text.stdout and "load table" in text.stdout
 
 
+def test_the_state_file_is_a_processes_file_for_katyusha_control(fleet):
+    import yaml
+
+    from katyusha.control.processes import StaticProcesses
+    from katyusha.fleet.spec import build_spec
+
+    doc = fleet.document()
+    processes = StaticProcesses(json.loads(fleet.state_file.read_text()), build_spec(yaml.safe_load(FLEET_YAML), {}).pods)
+    assert [b.admin for b in processes.balancers()] == [doc["katyusha"][0]["admin"]]
+    assert [(p.name, p.nonna_url, p.sim_admin) for p in processes.pods()] == [
+        (p["name"], p["nonna"]["data"], p["sim"]["admin"]) for p in doc["pods"]]
+    assert doc["control"]["admin"].startswith("http://127.0.0.1:")
+
+
 def test_runner_follows_pod_states(fleet):
     doc = fleet.document()
     spare = next(p for p in doc["pods"] if p["name"] == "spare-1")
@@ -300,16 +314,34 @@ def test_killed_child_is_reported_and_restarted(fleet, role):
     finally:
         during = traffic.stop()
     assert during
+    # Not one GET fails: a request whose nonna vanished before answering, or whose app died under
+    # nonna (nonna answers 502 with Nonna-Error: upstream-unreachable), is retried on another pod.
     failed = [s for s in during if s != 200]
-    if role == "nonna":
-        # katyusha retries on another pod a request whose nonna vanished before answering.
-        assert not failed, failed
-    else:
-        # nonna answers 502 for what was in flight to the dead app at the crash instant only.
-        assert set(failed) <= {502} and len(failed) <= max(5, len(during) // 20), failed
+    assert not failed, failed
     statuses = send(fleet.url, 200)
     assert statuses.count(200) == 200
     assert load_table(doc)[pod["name"]]["requests"] > 0
+
+
+def test_a_restarted_sim_backend_comes_back_in_the_state_it_was_last_seen_in(fleet):
+    doc = fleet.document()
+    moved = fleet_cli("pod", "pod-3", "state", "warmdisk", "--state-file", str(fleet.state_file))
+    assert moved.returncode == 0, moved.stderr
+    victim = next(p for p in doc["pods"] if p["name"] == "pod-3")["sim"]
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_for(lambda: f"{victim['name']} (pid {victim['pid']}) exited" in fleet.stderr_text(), 15, "the crash report")
+
+    def restarted():
+        current = next(p for p in fleet.document()["pods"] if p["name"] == "pod-3")["sim"]
+        return current if current["pid"] != victim["pid"] and f"{victim['name']} is back" in fleet.stderr_text() else None
+
+    current = wait_for(restarted, 30, "pod-3/sim to restart")
+    # Warmdisk, as it was when it died, not warm as the fleet file started it; so still out of the set.
+    assert get_json(current["admin"] + "/state")["state"] == "warmdisk"
+    assert "pod-3" not in load_table(doc)
+    back = fleet_cli("pod", "pod-3", "state", "warm", "--state-file", str(fleet.state_file))
+    assert back.returncode == 0, back.stderr
+    assert "pod-3" in load_table(doc)
 
 
 def test_sigterm_stops_every_process(fleet):

@@ -26,7 +26,7 @@ from katyusha.core.placement import (
     evaluate,
 )
 from katyusha.core.placement.constraints import ClusterIndex
-from katyusha.core.placement.cost import PULL_COST
+from katyusha.core.placement.cost import PULL_COST, UNSCHEDULED_COST
 
 SCHEDULERS = {
     "flow": lambda: FlowScheduler(),
@@ -110,8 +110,8 @@ def brute_force_min_cost(cluster: Cluster, batch: list[PodClass]) -> int:
     return best
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_flow_finds_the_brute_force_optimum_on_small_clusters(seed):
+def random_small_case(seed: int) -> tuple[Cluster, list[PodClass]]:
+    """Three nodes of mixed sizes, images and zones; two classes of one to five pods in all."""
     rng = random.Random(seed)
     nodes = tuple(
         node(f"n{i}", cpu=rng.choice((1000, 2000, 3000)), ram=rng.choice((2048, 4096)),
@@ -125,11 +125,31 @@ def test_flow_finds_the_brute_force_optimum_on_small_clusters(seed):
         pods("q", rng.randint(0, 2), cpu=rng.choice((1000, 2000)), ram=1024, image="b",
              max_per_node=rng.choice((None, 1))),
     ]
-    cluster = Cluster(nodes)
-    for make in (OrToolsSolver, SuccessiveShortestPaths):
-        placement = FlowScheduler(make).schedule(cluster, batch)
-        if placement.rounds == 1:  # no repair: the solve's optimum is the placement
-            assert evaluate(cluster, tuple(batch), placement).total == brute_force_min_cost(cluster, batch)
+    return Cluster(nodes), batch
+
+
+# Runs (of 400: 200 clusters, two solvers) where repair left a pod pending that a placement of
+# the whole batch places; docs/placement.md ("Repair") reports the figure this holds.
+REPAIR_SHORT_AT_MOST = 8
+
+
+def test_flow_finds_the_brute_force_optimum_on_small_clusters():
+    short = []
+    for seed in range(200):
+        cluster, batch = random_small_case(seed)
+        best = brute_force_min_cost(cluster, batch)
+        for make in (OrToolsSolver, SuccessiveShortestPaths):
+            placement = FlowScheduler(make).schedule(cluster, batch)
+            cost = evaluate(cluster, tuple(batch), placement).total
+            if placement.rounds == 1:
+                # One solve, no node over-committed: the solve's optimum is the placement.
+                assert cost == best, (seed, make.__name__, placement)
+            assert len(placement.unscheduled) >= best // UNSCHEDULED_COST
+            if len(placement.unscheduled) > best // UNSCHEDULED_COST:
+                short.append((seed, make.__name__))
+    # After a repair, a pod may stay pending that a whole-batch placement would place (a flow
+    # capacity is one number, a node has two resources); the rate is bounded and documented.
+    assert len(short) <= REPAIR_SHORT_AT_MOST, short
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -1,65 +1,76 @@
 """The placement scheduler live: a scale-up wakes the slot the min-cost-flow scheduler picks.
 
-Pure tests of the adapter (cluster building, slot mapping, retirement order,
-the chooser with states given directly) and of the fleet file's nodes and
-services, then one real fleet: `katyusha fleet up --autoscale` with null slots
-on node-1, a warmdisk slot on node-2 and a warmdisk slot on a tainted node-3.
+Pure tests of the decisions over a snapshot (cluster building, slot mapping,
+retirement order, wake plans with states given directly; no I/O), of the
+fleet file's nodes, services and placement keys, then one real fleet:
+`katyusha fleet up --autoscale` with null slots on node-1, a warmdisk slot on
+node-2 and a warmdisk slot on a tainted node-3.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import subprocess
 import time
 
 import pytest
 
-from katyusha.control.actuator import Slot
-from katyusha.control.placement import (
-    PlacementChooser,
-    Service,
+from katyusha.core.errors import ConfigError
+from katyusha.core.fleetplan import (
+    NO_SLOT,
+    ServiceSpec,
     SlotView,
     build_cluster,
     choose_retirements,
     map_to_slots,
+    plan_wakes,
 )
-from katyusha.core.errors import ConfigError
-from katyusha.core.placement import LabelRequirement, Node, NodeAffinity, Taint, Toleration
+from katyusha.core.placement import (
+    FitBasis,
+    FlowScheduler,
+    LabelRequirement,
+    Node,
+    NodeAffinity,
+    Taint,
+    Toleration,
+)
+from katyusha.core.podstate import PodState
 from katyusha.fleet.spec import build_spec
 from tests.procs import FleetUp, get_json, script, wait_for
 
-WEB = Service("web", cpu=500, ram=256, image="web:1")
+WEB = ServiceSpec("web", cpu=500, ram=256, image="web:1")
+NULL, COLD, WARMDISK, WARM, ACTIVE = (PodState.NULL, PodState.COLD, PodState.WARMDISK, PodState.WARM,
+                                      PodState.ACTIVE)  # fmt: skip
 
 
 def nodes(count: int = 2, **kwargs) -> tuple[Node, ...]:
     return tuple(Node(f"node-{i + 1}", cpu=2000, ram=4096, **kwargs) for i in range(count))
 
 
-def slot(name: str, node: str) -> Slot:
-    return Slot(name, node, f"http://sim/{name}", f"http://nonna/{name}", f"http://nonna-admin/{name}")
+def view(name: str, node: str, state: PodState | None, *, busy: bool = False, service: str = "web") -> SlotView:
+    return SlotView(name, node, service, state, busy=busy)
 
 
-def chooser(node_list, states: dict[str, str | None], services=(WEB,)) -> PlacementChooser:
-    async def read_state(s: Slot) -> dict:
-        if states[s.name] is None:
-            raise OSError("sim-backend down")
-        return {"state": states[s.name]}
-
-    return PlacementChooser(node_list, services, {name: services[0].name for name in states}, read_state=read_state)
+def wake(node_list, views, count, services=(WEB,), basis=FitBasis.REQUESTS):
+    return plan_wakes(node_list, {s.name: s for s in services}, [s.name for s in services], views, count,
+                      scheduler=FlowScheduler(), basis=basis)  # fmt: skip
 
 
-# -- the adapter, pure --------------------------------------------------------------------
+def woken(plan) -> list[str]:
+    return [w.pod for w in plan.wakes]
+
+
+# -- the decisions, pure ------------------------------------------------------------------
 
 
 def test_cluster_has_images_from_image_states_running_pods_and_slot_limits():
     views = [
-        SlotView("a", "node-1", "web", "null"),
-        SlotView("b", "node-1", "web", "warm", busy=True),
-        SlotView("c", "node-2", "web", "warmdisk"),
-        SlotView("d", "node-2", "web", "cold"),
-        SlotView("e", "node-2", "web", "warmdisk"),
+        view("a", "node-1", NULL),
+        view("b", "node-1", WARM, busy=True),
+        view("c", "node-2", WARMDISK),
+        view("d", "node-2", COLD),
+        view("e", "node-2", WARMDISK),
     ]
     cluster = build_cluster(nodes(), {"web": WEB}, views, "web")
     one, two = cluster.nodes
@@ -67,18 +78,18 @@ def test_cluster_has_images_from_image_states_running_pods_and_slot_limits():
     assert [(p.name, p.node, p.cpu, p.ram) for p in cluster.running] == [("b", "node-1", 500, 256)]
     # A node takes at most what is there plus its free slots of the service placed.
     assert (one.max_pods, two.max_pods) == (2, 3)
-    no_image = build_cluster(nodes(), {"web": WEB}, [SlotView("a", "node-1", "web", "cold")], "web")
+    no_image = build_cluster(nodes(), {"web": WEB}, [view("a", "node-1", COLD)], "web")
     assert no_image.nodes[0].images == frozenset() and no_image.nodes[1].max_pods == 0
 
 
-def test_slots_are_mapped_best_state_first_then_fleet_order():
+def test_slots_are_mapped_nearest_to_serving_first_then_fleet_order():
     free = [
-        SlotView("n1", "node-1", "web", "null"),
-        SlotView("c1", "node-1", "web", "cold"),
-        SlotView("w1", "node-1", "web", "warmdisk"),
-        SlotView("u1", "node-1", "web", None),
-        SlotView("w2", "node-2", "web", "warmdisk"),
-        SlotView("n2", "node-2", "web", "null"),
+        view("n1", "node-1", NULL),
+        view("c1", "node-1", COLD),
+        view("w1", "node-1", WARMDISK),
+        view("u1", "node-1", None),
+        view("w2", "node-2", WARMDISK),
+        view("n2", "node-2", NULL),
     ]
     placed = {"p1": "node-1", "p2": "node-1", "p3": "node-1", "p4": "node-2"}
     assert map_to_slots(placed, free) == ["w1", "c1", "n1", "w2"]
@@ -89,56 +100,82 @@ def test_slots_are_mapped_best_state_first_then_fleet_order():
 
 def test_retirement_takes_from_the_fullest_node_idle_pods_first():
     serving = [
-        SlotView("a", "node-1", "web", "active", busy=True),
-        SlotView("b", "node-1", "web", "warm", busy=True),
-        SlotView("c", "node-1", "web", "active", busy=True),
-        SlotView("d", "node-2", "web", "active", busy=True),
+        view("a", "node-1", ACTIVE, busy=True),
+        view("b", "node-1", WARM, busy=True),
+        view("c", "node-1", ACTIVE, busy=True),
+        view("d", "node-2", ACTIVE, busy=True),
     ]
+
+    def retired(count):
+        return [r.pod for r in choose_retirements(nodes(), {"web": WEB}, serving, count)]
+
     # node-1 holds three pods: its idle one goes first, then its last active one; then both nodes hold one.
-    assert choose_retirements(nodes(), {"web": WEB}, serving, 2) == ["b", "c"]
-    assert choose_retirements(nodes(), {"web": WEB}, serving, 3) == ["b", "c", "d"]
-    assert choose_retirements(nodes(), {"web": WEB}, serving, 9) == ["b", "c", "d", "a"]
-    assert choose_retirements(nodes(), {"web": WEB}, serving, 0) == []
+    assert retired(2) == ["b", "c"]
+    assert retired(3) == ["b", "c", "d"]
+    assert retired(9) == ["b", "c", "d", "a"]
+    assert retired(0) == []
 
 
-async def test_chooser_wakes_the_warmdisk_slot_before_earlier_null_ones():
-    slots = [slot("a-1", "node-1"), slot("a-2", "node-1"), slot("b-1", "node-2")]
-    pick = chooser(nodes(), {"a-1": "null", "a-2": "null", "b-1": "warmdisk"})
-    assert await pick.wake(slots, [], 1) == ["b-1"]
+def test_wake_plan_takes_the_warmdisk_slot_before_earlier_null_ones():
+    views = [view("a-1", "node-1", NULL), view("a-2", "node-1", NULL), view("b-1", "node-2", WARMDISK)]
+    assert woken(wake(nodes(), views, 1)) == ["b-1"]
     # Two pods: the image-holding slot, and one more where room is (spreading is cheaper than stacking).
-    assert sorted(await pick.wake(slots, [], 2)) == ["a-1", "b-1"]
-    assert pick.status()["last_wake"]["woken"][0] == {"pod": "a-1", "node": "node-1", "from": "null"}
+    plan = wake(nodes(), views, 2)
+    assert sorted(woken(plan)) == ["a-1", "b-1"]
+    assert {"pod": "a-1", "node": "node-1", "from": "null"} in plan.to_json()["woken"]
 
 
-async def test_chooser_never_wakes_a_slot_on_an_excluded_node_and_says_why(caplog):
+def test_wake_plan_never_takes_a_slot_on_an_excluded_node_and_says_why():
     tainted = (Node("node-1", 2000, 4096), Node("node-2", 2000, 4096, taints=(Taint("dedicated", "batch"),)))
-    slots = [slot("a-1", "node-1"), slot("b-1", "node-2"), slot("b-2", "node-2")]
-    states = {"a-1": "null", "b-1": "warmdisk", "b-2": "warm"}
-    with caplog.at_level(logging.WARNING, logger="katyusha.autoscaler"):
-        assert await chooser(tainted, states).wake(slots, [], 3) == ["a-1"]
-    assert "2 of 3 pod(s) not placed" in caplog.text and "taint" in caplog.text
-    tolerant = Service("web", 500, 256, "web:1", tolerations=(Toleration("dedicated", "Equal", "batch"),))
-    assert (await chooser(tainted, states, (tolerant,)).wake(slots, [], 1)) == ["b-2"]
+    views = [view("a-1", "node-1", NULL), view("b-1", "node-2", WARMDISK), view("b-2", "node-2", WARM)]
+    plan = wake(tainted, views, 3)
+    assert woken(plan) == ["a-1"] and plan.unplaced == 2 and "taint" in plan.reasons["web"]
+    tolerant = ServiceSpec("web", 500, 256, "web:1", tolerations=(Toleration("dedicated", "Equal", "batch"),))
+    assert woken(wake(tainted, views, 1, (tolerant,))) == ["b-2"]
 
     labelled = (Node("node-1", 2000, 4096, labels={"disk": "ssd"}), Node("node-2", 2000, 4096))
-    ssd_only = Service("web", 500, 256, "web:1",
-                       node_affinity=NodeAffinity(required=((LabelRequirement("disk", "In", ("ssd",)),),)))  # fmt: skip
-    pick = chooser(labelled, states, (ssd_only,))
-    assert await pick.wake(slots, [], 2) == ["a-1"]
-    wake = pick.status()["last_wake"]
-    assert wake["unplaced"] == 1 and "affinity" in wake["reasons"]["web"]
+    ssd_only = ServiceSpec("web", 500, 256, "web:1",
+                           node_affinity=NodeAffinity(required=((LabelRequirement("disk", "In", ("ssd",)),),)))  # fmt: skip
+    plan = wake(labelled, views, 2, (ssd_only,))
+    assert woken(plan) == ["a-1"]
+    assert plan.to_json()["unplaced"] == 1 and "affinity" in plan.to_json()["reasons"]["web"]
 
 
-async def test_chooser_counts_busy_slots_against_node_room_and_tolerates_unreadable_slots():
+def test_wake_plan_counts_busy_slots_against_node_room_and_keeps_unreadable_slots_last():
     small = (Node("node-1", 1000, 4096), Node("node-2", 1000, 4096))
-    slots = [slot("a-1", "node-1"), slot("a-2", "node-1"), slot("b-1", "node-2"), slot("b-2", "node-2")]
-    pick = chooser(small, {"a-1": "warm", "a-2": "warmdisk", "b-1": "null", "b-2": None})
+    views = [view("a-1", "node-1", WARM, busy=True), view("x", "node-1", WARM, busy=True),
+             view("a-2", "node-1", WARMDISK), view("b-1", "node-2", NULL), view("b-2", "node-2", None)]  # fmt: skip
     # node-1 already runs two 500m pods: full, whatever its disk holds.
-    busy = slots[:1] + [slot("x", "node-1")]
-    assert await pick.wake(slots[1:], busy, 1) == ["b-1"]
+    assert woken(wake(small, views, 1)) == ["b-1"]
     # A slot whose sim-backend does not answer comes last, but is not lost.
-    assert await pick.wake(slots[1:], busy, 3) == ["b-1", "b-2"]
-    assert pick.status()["last_wake"]["unplaced"] == 1
+    plan = wake(small, views, 3)
+    assert woken(plan) == ["b-1", "b-2"] and plan.unplaced == 1
+
+
+def test_services_are_offered_the_scale_up_in_order_and_a_gang_wakes_all_or_none():
+    batch = ServiceSpec("batch", 500, 256, "batch:1")
+    views = [view("w-1", "node-1", NULL), view("b-1", "node-1", NULL, service="batch"),
+             view("b-2", "node-2", NULL, service="batch")]  # fmt: skip
+    # web has one slot: the other two pods of the scale-up go to batch, the next service.
+    plan = wake(nodes(), views, 3, (WEB, batch))
+    assert woken(plan) == ["w-1", "b-1", "b-2"]
+    assert plan.unplaced == 0
+    # As a gang, web's three pods do not fit its one slot: none is woken, and the reason says so.
+    gang = ServiceSpec("web", 500, 256, "web:1", gang=True)
+    plan = wake(nodes(), views, 3, (gang,))
+    assert woken(plan) == [] and "gang" in plan.reasons["web"]
+    assert woken(wake(nodes(), views, 1, (gang,))) == ["w-1"]
+    assert wake(nodes(), [v for v in views if v.service == "batch"], 1).reasons == {"web": NO_SLOT}
+
+
+def test_measured_use_lets_a_node_take_pods_its_requests_would_refuse():
+    one = (Node("node-1", 1000, 4096),)
+    # Two busy pods request 500m each (the node is full by requests) but use 50m each.
+    views = [SlotView("a", "node-1", "web", WARM, busy=True, measured_cpu=50, measured_ram=64),
+             SlotView("b", "node-1", "web", WARM, busy=True, measured_cpu=50, measured_ram=64),
+             view("c", "node-1", WARMDISK)]  # fmt: skip
+    assert woken(wake(one, views, 1)) == []
+    assert woken(wake(one, views, 1, basis=FitBasis.MEASURED)) == ["c"]
 
 
 # -- the fleet file ------------------------------------------------------------------------
@@ -208,6 +245,21 @@ def test_nodes_flag_must_agree_with_a_node_list():
     with pytest.raises(ConfigError, match="lists 2 nodes") as refused:
         build_spec(doc, {"nodes": 3})
     assert refused.value.key == "nodes"
+
+
+def test_placement_basis_and_gangs_are_read_from_the_fleet_file():
+    spec = build_spec({"placement": {"basis": "measured"}, "services": [{"name": "web", "gang": True}]}, {})
+    assert spec.placement_basis is FitBasis.MEASURED
+    assert spec.services[0].gang and spec.services[0].pending(2).gang == "web"
+    default = build_spec({}, {})
+    assert default.placement_basis is FitBasis.REQUESTS and not default.services[0].gang
+    for doc, key in [({"placement": {"basis": "guessed"}}, "placement.basis"),
+                     ({"placement": {"bases": "measured"}}, "placement.bases"),
+                     ({"placement": "measured"}, "placement"),
+                     ({"services": [{"name": "web", "gang": "maybe"}]}, "services[0].gang")]:  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            build_spec(doc, {})
+        assert refused.value.key == key, str(refused.value)
 
 
 # -- a real fleet ----------------------------------------------------------------------------

@@ -1,44 +1,44 @@
-"""The live autoscaler: every tick, read demand, feed the KPA core, and ask an actuator for the pod count.
+"""The live autoscaler: every tick, read demand and rates, let the core decide, and carry out its commands.
 
-Each tick (``tick-interval``, 2 s by default) the loop reads katyusha's admin
-``GET /demand`` (``{"waiting", "in_flight", "ready_pods"}``) and, when pod
-admin URLs are known, each nonna's ``GET /stats`` for requests per second. It
-records ``waiting + in_flight`` as the service's concurrency and the summed
-``requests_per_second`` as its rate, decides with
-:class:`katyusha.core.autoscaler.Autoscaler`, and calls ``actuator.scale_to``
-when the decision differs from ``actuator.current()``. How pods are started
-and stopped is the actuator's business.
+Each tick (``tick-interval``, 2 s by default) the loop reads every katyusha
+replica's admin ``GET /demand`` (per service: see katyusha.core.scaling) and
+each serving pod's nonna ``GET /stats`` for requests per second, hands them
+to :class:`~katyusha.core.scaling.ScaleController`, and carries out each
+:class:`~katyusha.core.scaling.ScaleTo` it returns with
+``actuator.scale_to(service, count)``. How pods are started and stopped is
+the actuator's business.
 
-katyusha POSTs the same demand document to its ``demand-url`` when requests
-wait with no ready pod; :meth:`AutoscalerLoop.on_demand` (or the ``POST
-/demand`` route of :meth:`AutoscalerLoop.asgi_app`) pokes the core so scaling
-from zero starts at once instead of at the next tick. As a second path that
-needs no setting on katyusha's side, while no pod is asked for the loop also
-reads ``GET /demand`` every ``zero_poll_s`` (100 ms), so a request waiting at
-zero is seen within that time even when the POST is lost.
-
-With several katyusha replicas, ``demand_urls`` lists every replica's
-``/demand``: waiting and in-flight requests are summed, ready pods are the
-most any replica has. ``GET /metrics`` on the loop's ASGI app exposes the
-autoscaler's view to Prometheus (see katyusha.control.metrics).
+katyusha POSTs one service's demand to its ``demand-url`` when requests wait
+with no ready pod; :meth:`AutoscalerLoop.on_demand` (the control plane's
+``POST /demand``) pokes the core so scaling from zero starts at once instead
+of at the next tick. As a second path that needs no setting on katyusha's
+side, while a service has no pod asked for, the loop also reads ``GET
+/demand`` every ``zero_poll_s`` (100 ms), so a request waiting at zero is
+seen within that time even when the POST is lost or was never configured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from katyusha.control import adminhttp
-from katyusha.control.metrics import ColdStarts, exposition, make_registry
-from katyusha.core.autoscaler import Autoscaler, Decision
+from katyusha.control.metrics import ColdStarts
+from katyusha.core.autoscaler import Decision
 from katyusha.core.autoscaler_config import KPAConfig
-from katyusha.core.errors import BadInput, KatyushaError
+from katyusha.core.scaling import (
+    Demand,
+    ScaleController,
+    ScaleTo,
+    ServiceKey,
+    merge_replicas,
+    parse_demand,
+    service_label,
+)
 
 log = logging.getLogger("katyusha.autoscaler")
 
@@ -46,28 +46,15 @@ FetchJSON = Callable[[str], Awaitable[Any]]
 
 
 class Actuator(Protocol):
-    """What moves pods: the fleet runner implements it."""
+    """What moves pods (katyusha.control.actuator.FleetActuator)."""
 
-    def current(self) -> int:
-        """The pod count last asked for (ready or starting)."""
+    def current(self, service: ServiceKey) -> int:
+        """The pod count of ``service`` last asked for (serving or starting)."""
         ...
 
-    async def scale_to(self, count: int) -> None:
-        """Start or stop pods until ``count`` are asked for."""
+    async def scale_to(self, service: ServiceKey, count: int) -> None:
+        """Start or stop pods until ``count`` of ``service`` are asked for."""
         ...
-
-
-def parse_demand(document: Any) -> tuple[int, int, int]:
-    """(waiting, in_flight, ready_pods) from a demand document. Raises BadInput naming the bad field."""
-    if not isinstance(document, dict):
-        raise BadInput('demand must be a JSON object {"waiting", "in_flight", "ready_pods"}')
-    values = []
-    for field in ("waiting", "in_flight", "ready_pods"):
-        value = document.get(field, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise BadInput(f'demand field "{field}" must be an integer >= 0, got {value!r}')
-        values.append(value)
-    return values[0], values[1], values[2]
 
 
 def stats_rps(document: Any) -> float:
@@ -81,80 +68,77 @@ def stats_rps(document: Any) -> float:
     return 0.0
 
 
-async def fetch_json_stdlib(url: str, timeout: float = 2.0) -> Any:
-    """GET ``url`` and decode JSON (asyncio, no thread). Raises AdminCallError."""
-    return await adminhttp.get_json(url, timeout=timeout)
+class UnknownService(LookupError):
+    """A demand report names a service this control plane does not autoscale."""
 
 
 class AutoscalerLoop:
-    """One service's autoscaler run live: a tick loop, a demand callback, and ``desired`` for the runner."""
+    """The services' autoscalers run live: a tick loop, a demand callback, and a status view."""
 
     def __init__(
         self,
-        config: KPAConfig,
+        configs: Mapping[ServiceKey, KPAConfig],
         actuator: Actuator,
         *,
-        demand_url: str | None = None,
         demand_urls: Callable[[], Iterable[str]] | None = None,
-        pod_stats_urls: Callable[[], Iterable[str]] | None = None,
-        fetch_json: FetchJSON = fetch_json_stdlib,
+        stats_urls: Callable[[ServiceKey], Iterable[str]] | None = None,
+        fetch_json: FetchJSON,
         clock: Callable[[], float] = time.monotonic,
         zero_poll_s: float = 0.1,
         cold: ColdStarts | None = None,
     ):
-        """``demand_url`` is katyusha's full ``.../demand`` admin URL; ``demand_urls`` lists several (read each time).
+        """``configs`` holds each autoscaled service's settings (key None: katyusha's default service).
 
-        With neither, only POSTed demand is seen. ``cold`` is the cold-start
-        record the metrics expose (the actuator's, when it keeps one).
+        ``demand_urls`` lists every replica's ``.../demand`` (read each time;
+        without it only POSTed demand is seen); ``stats_urls(service)`` the
+        nonna ``/stats`` URLs of a service's serving pods.
         """
-        self.config = config
+        if not configs:
+            raise ValueError("the autoscaler needs at least one service")
+        self.configs = dict(configs)
         self.actuator = actuator
-        if demand_urls is None and demand_url is not None:
-            demand_urls = lambda: [demand_url]  # noqa: E731
-        self.demand_url = demand_url
         self.demand_urls = demand_urls
-        self.pod_stats_urls = pod_stats_urls
+        self.stats_urls = stats_urls
         self.fetch_json = fetch_json
         self.clock = clock
         self.zero_poll_s = zero_poll_s
-        self.core = Autoscaler(config, clock(), ready_pods=actuator.current())
-        self.last: Decision | None = None
+        self.cold = cold if cold is not None else ColdStarts()
+        self.core = ScaleController(configs, clock(), ready={key: actuator.current(key) for key in configs})
         self.errors = 0
-        self.observed = {"concurrency": 0.0, "rps": 0.0, "waiting": 0, "in_flight": 0}
-        self.ready_pods = 0
-        self.cold = cold if cold is not None else getattr(actuator, "cold", None) or ColdStarts()
-        self.registry = make_registry(self.status, self.cold)
+        self.demand: dict[ServiceKey, Demand] = {}
+        self.rps: dict[ServiceKey, float] = {}
         self._lock = asyncio.Lock()
 
     @property
-    def desired(self) -> int:
-        """The latest decided pod count (the actuator's count before the first decision)."""
-        return self.last.desired if self.last is not None else self.actuator.current()
+    def tick_interval(self) -> float:
+        return min(config.tick_interval for config in self.configs.values())
 
-    async def tick(self) -> Decision | None:
-        """Read demand and stats, decide, actuate. Returns None when demand could not be read."""
-        ready = None
-        concurrency = 0.0
+    def desired(self, service: ServiceKey) -> int:
+        """The latest decided pod count of ``service`` (the actuator's count before the first decision)."""
+        decision = self.core.last.get(service)
+        return decision.desired if decision is not None else self.actuator.current(service)
+
+    def current(self) -> dict[ServiceKey, int]:
+        return {key: self.actuator.current(key) for key in self.configs}
+
+    async def tick(self) -> list[ScaleTo] | None:
+        """Read demand and rates, decide every service, actuate. Returns None when demand could not be read."""
         if self.demand_urls is not None:
             try:
-                waiting, in_flight, ready = await self.read_demand()
+                self.demand = await self.read_demand()
             except Exception as exc:
                 # One failed read must not stop scaling; the core keeps its history.
                 self.errors += 1
                 log.warning("autoscaler: cannot read demand: %s", exc)
                 return None
-            concurrency = float(waiting + in_flight)
-        rps = await self._read_rps()
-        self.observed["concurrency"], self.observed["rps"] = concurrency, rps
+        self.rps = await self._read_rps()
         async with self._lock:
-            now = self.clock()
-            self.core.record(now, concurrency, rps)
-            decision = self.core.decide(now, ready if ready is not None else self.actuator.current())
-            await self._apply(decision)
-        return decision
+            commands = self.core.tick(self.clock(), self.demand, self.rps, self.current())
+            await self._apply(commands)
+        return commands
 
-    async def read_demand(self) -> tuple[int, int, int]:
-        """(waiting, in_flight, ready_pods) over every replica that answers.
+    async def read_demand(self) -> dict[ServiceKey, Demand]:
+        """Demand per service over every replica that answers.
 
         Raises the first error when no replica answers, BadInput for a bad document.
         """
@@ -165,24 +149,30 @@ class AutoscalerLoop:
         documents = [r for r in results if not isinstance(r, BaseException)]
         if not documents:
             raise results[0]
-        parsed = [parse_demand(doc) for doc in documents]
-        waiting = sum(p[0] for p in parsed)
-        in_flight = sum(p[1] for p in parsed)
-        ready = max(p[2] for p in parsed)
-        self.observed["waiting"], self.observed["in_flight"] = waiting, in_flight
-        self.ready_pods = ready
-        return waiting, in_flight, ready
+        return merge_replicas(parse_demand(doc) for doc in documents)
 
-    async def on_demand(self, document: Any) -> Decision:
-        """katyusha's immediate demand notice: poke the core and actuate at once. Raises BadInput."""
-        waiting, in_flight, ready = parse_demand(document)
+    async def on_demand(self, document: Any) -> ScaleTo | Decision:
+        """katyusha's immediate demand notice: poke the core for its service and actuate at once.
+
+        Returns the command carried out, or the decision when the count
+        stays. Raises BadInput for a bad document, UnknownService for a
+        service not autoscaled here.
+        """
+        reports = parse_demand(document)
+        if len(reports) != 1:
+            raise UnknownService("a demand notice carries one service's demand")
+        [(key, demand)] = reports.items()
+        if key not in self.configs:
+            raise UnknownService(f"no autoscaled service {service_label(key)!r} (autoscaled: "
+                                 f"{', '.join(service_label(k) for k in self.configs)})")  # fmt: skip
         async with self._lock:
-            decision = self.core.poke(self.clock(), waiting=float(max(1, waiting + in_flight)), ready_pods=ready)
-            await self._apply(decision)
-        return decision
+            command = self.core.poke(self.clock(), key, demand, self.actuator.current(key))
+            if command is not None:
+                await self._apply([command])
+        return command if command is not None else self.core.last[key]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Tick every ``tick_interval`` seconds until ``stop`` is set; watch for demand at zero meanwhile."""
+        """Tick every ``tick-interval`` until ``stop`` is set; watch for demand at zero meanwhile."""
         watcher = asyncio.get_running_loop().create_task(self._watch_zero(stop))
         try:
             await self._tick_loop(stop)
@@ -192,7 +182,6 @@ class AutoscalerLoop:
                 await watcher
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
-        interval = self.config.tick_interval
         while not stop.is_set():
             started = self.clock()
             try:
@@ -200,135 +189,75 @@ class AutoscalerLoop:
             except Exception:  # pragma: no cover - a bug must not end the control loop silently
                 self.errors += 1
                 log.exception("autoscaler tick failed")
-            remaining = max(0.0, interval - (self.clock() - started))
-            try:
+            remaining = max(0.0, self.tick_interval - (self.clock() - started))
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
 
     async def _watch_zero(self, stop: asyncio.Event) -> None:
-        """While no pod is asked for, read demand every ``zero_poll_s`` and act on waiting requests at once."""
+        """While a service has no pod asked for, read demand every ``zero_poll_s``; act on waiting requests."""
         if self.demand_urls is None or self.zero_poll_s <= 0:
             return
         while not stop.is_set():
-            if self.actuator.current() == 0:
+            idle = [key for key in self.configs if self.actuator.current(key) == 0]
+            if idle:
                 try:
-                    waiting, in_flight, ready = await self.read_demand()
-                    if waiting > 0 and self.actuator.current() == 0:
-                        await self.on_demand({"waiting": waiting, "in_flight": in_flight, "ready_pods": ready})
+                    demand = await self.read_demand()
+                    for key in idle:
+                        seen = demand.get(key)
+                        if seen is not None and seen.waiting > 0 and self.actuator.current(key) == 0:
+                            await self.on_demand({**seen.to_json(), **({"service": key} if key else {})})
                 except Exception as exc:  # the tick loop counts and logs read errors
                     log.debug("autoscaler: zero watch: %s", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.zero_poll_s)
-            except TimeoutError:
-                pass
 
     def status(self) -> dict:
-        """The latest decision as JSON."""
-        decision = self.last
+        """The latest decisions as JSON: the first service's at the top level, every one under ``services``."""
+        views = {service_label(key): self._service_status(key) for key in self.configs}
+        first = next(iter(views.values()))
+        cold = self.cold
+        return {
+            **first,
+            "services": views,
+            "errors": self.errors,
+            "cold_starts": {"total": cold.total, "failed": cold.failed, "last_s": cold.last_s,
+                            "mean_s": cold.sum_s / cold.total if cold.total else None},
+        }  # fmt: skip
+
+    def _service_status(self, key: ServiceKey) -> dict:
+        decision = self.core.last.get(key)
+        demand = self.demand.get(key, Demand())
         counts = getattr(self.actuator, "counts", None)
         return {
-            "desired": self.desired,
-            "current": self.actuator.current(),
-            "ready_pods": self.ready_pods,
-            "pods": counts() if counts is not None else None,
-            "observed": dict(self.observed),
-            "errors": self.errors,
-            "cold_starts": {"total": self.cold.total, "failed": self.cold.failed,
-                            "last_s": self.cold.last_s,
-                            "mean_s": self.cold.sum_s / self.cold.total if self.cold.total else None},
-            "decision": None
-            if decision is None
-            else {
-                "desired": decision.desired,
-                "panic": decision.panic,
-                "stable_value": decision.stable_value,
-                "panic_value": decision.panic_value,
-                "target": decision.target,
+            "desired": self.desired(key),
+            "current": self.actuator.current(key),
+            "ready_pods": demand.ready_pods,
+            "pods": counts(key) if counts is not None else None,
+            "observed": {"concurrency": float(demand.concurrency), "rps": self.rps.get(key, 0.0),
+                         "waiting": demand.waiting, "in_flight": demand.in_flight},
+            "decision": None if decision is None else {
+                "desired": decision.desired, "panic": decision.panic, "stable_value": decision.stable_value,
+                "panic_value": decision.panic_value, "target": decision.target,
                 "excess_burst_capacity": decision.excess_burst_capacity,
-                "activator_in_path": decision.activator_in_path,
-                "reason": decision.reason,
+                "activator_in_path": decision.activator_in_path, "reason": decision.reason,
             },
-        }
-
-    def asgi_app(self) -> Callable:
-        """An ASGI app: ``POST /demand`` (katyusha's notice), ``GET /autoscaler`` (status), ``GET /metrics``, ``GET /healthz``."""
-
-        async def app(scope, receive, send) -> None:
-            if scope["type"] == "lifespan":
-                while True:
-                    message = await receive()
-                    if message["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif message["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
-            if scope["type"] != "http":
-                return
-            method, path = scope["method"], scope["path"]
-            if path == "/demand":
-                if method != "POST":
-                    await _respond(send, 405, {"error": "use POST /demand"}, allow="POST")
-                    return
-                body = await _read_body(receive)
-                try:
-                    document = json.loads(body or b"null")
-                except (ValueError, UnicodeDecodeError) as exc:
-                    await _respond(send, 400, {"error": f"body is not JSON: {exc}"})
-                    return
-                try:
-                    decision = await self.on_demand(document)
-                except KatyushaError as exc:
-                    await _respond(send, exc.status_hint, {"error": str(exc)})
-                    return
-                await _respond(send, 202, {"desired": decision.desired})
-            elif path == "/autoscaler" and method == "GET":
-                await _respond(send, 200, self.status())
-            elif path == "/metrics" and method == "GET":
-                body = exposition(self.registry)
-                await send({"type": "http.response.start", "status": 200, "headers": [
-                    (b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-            elif path == "/healthz" and method == "GET":
-                await _respond(send, 200, "ok")
-            else:
-                await _respond(send, 404, {"error": f"no route {method} {path}"})
-
-        return app
+        }  # fmt: skip
 
     # -- internals ----------------------------------------------------------------------
 
-    async def _read_rps(self) -> float:
-        if self.pod_stats_urls is None:
-            return 0.0
-        urls = list(self.pod_stats_urls())
-        if not urls:
-            return 0.0
-        results = await asyncio.gather(*(self.fetch_json(url) for url in urls), return_exceptions=True)
-        # A pod that does not answer contributes nothing this tick; it may be starting or gone.
-        return sum(stats_rps(result) for result in results if not isinstance(result, BaseException))
+    async def _read_rps(self) -> dict[ServiceKey, float]:
+        if self.stats_urls is None:
+            return {}
+        out = {}
+        for key in self.configs:
+            urls = list(self.stats_urls(key))
+            results = await asyncio.gather(*(self.fetch_json(url) for url in urls), return_exceptions=True)
+            # A pod that does not answer contributes nothing this tick; it may be starting or gone.
+            out[key] = sum(stats_rps(r) for r in results if not isinstance(r, BaseException))
+        return out
 
-    async def _apply(self, decision: Decision) -> None:
-        self.last = decision
-        if decision.desired != self.actuator.current():
-            log.info("autoscaler: scale %d -> %d (%s)", self.actuator.current(), decision.desired, decision.reason)
-            await self.actuator.scale_to(decision.desired)
-
-
-async def _read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-async def _respond(send, status: int, payload: Any, allow: str | None = None) -> None:
-    body = json.dumps(payload).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if allow:
-        headers.append((b"allow", allow.encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    async def _apply(self, commands: list[ScaleTo]) -> None:
+        for command in commands:
+            log.info("autoscaler: %s: scale %d -> %d (%s)", service_label(command.service),
+                     self.actuator.current(command.service), command.count, command.decision.reason)  # fmt: skip
+            await self.actuator.scale_to(command.service, command.count)

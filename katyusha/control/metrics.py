@@ -1,8 +1,9 @@
 """Prometheus exposition of the live autoscaler, read from the loop and its actuator at scrape time.
 
-A collector on its own registry (never the process-global one). Series:
+A collector on its own registry (never the process-global one). Series, each
+labelled with its ``service`` (``default`` for katyusha's default service):
 desired and actual pods, panic mode, the observed concurrency and requests
-per second, and cold starts with their durations.
+per second; and, for the whole fleet, cold starts with their durations.
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ class ColdStarts:
                 self.counts[i] += 1
 
 
+# Per service: (series, help, the part of the service's status view, the field in it).
+_SERVICE_SERIES = (
+    ("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.", None, "desired"),
+    ("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).", "pods", "serving"),
+    ("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).", "pods", "waking"),
+    ("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.", "pods", "retiring"),
+    ("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.", None, "ready_pods"),
+    ("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.", "decision", "panic"),
+    ("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
+     "observed", "concurrency"),
+    ("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
+     "observed", "rps"),
+    ("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.", "decision", "stable_value"),
+    ("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.", "decision", "panic_value"),
+)
+
+
 class AutoscalerCollector(Collector):
     """Reads ``status()`` (the loop's view) and the cold-start record when scraped."""
 
@@ -46,27 +64,13 @@ class AutoscalerCollector(Collector):
 
     def collect(self):
         doc = self.status()
-        decision = doc.get("decision") or {}
-        pods = doc.get("pods") or {}
-
-        def gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
-            return GaugeMetricFamily(name, help_text, value=value)
-
-        yield gauge("katyusha_autoscaler_desired_pods", "Pods the autoscaler last decided on.", doc.get("desired", 0))
-        yield gauge("katyusha_autoscaler_actual_pods", "Pods serving (in katyusha's set).", pods.get("serving", 0))
-        yield gauge("katyusha_autoscaler_starting_pods", "Pods being woken (cold start running).", pods.get("waking", 0))
-        yield gauge("katyusha_autoscaler_retiring_pods", "Pods being drained and put down.", pods.get("retiring", 0))
-        yield gauge("katyusha_autoscaler_ready_pods", "Ready pods as katyusha reports them.", doc.get("ready_pods", 0))
-        yield gauge("katyusha_autoscaler_panic", "1 while the autoscaler is in panic mode.", float(bool(decision.get("panic"))))
-        observed = doc.get("observed") or {}
-        yield gauge("katyusha_autoscaler_observed_concurrency", "Requests waiting or in flight at the last read.",
-                    observed.get("concurrency", 0.0))
-        yield gauge("katyusha_autoscaler_observed_rps", "Requests per second the pods reported at the last read.",
-                    observed.get("rps", 0.0))
-        yield gauge("katyusha_autoscaler_stable_value", "Metric averaged over the stable window.",
-                    decision.get("stable_value", 0.0))
-        yield gauge("katyusha_autoscaler_panic_value", "Metric averaged over the panic window.",
-                    decision.get("panic_value", 0.0))
+        services = doc.get("services") or {}
+        for name, help_text, section, field in _SERVICE_SERIES:
+            family = GaugeMetricFamily(name, help_text, labels=["service"])
+            for service, view in services.items():
+                part = view if section is None else (view.get(section) or {})
+                family.add_metric([service], float(part.get(field) or 0))
+            yield family
         errors = CounterMetricFamily("katyusha_autoscaler_read_errors", "Demand reads that failed.")
         errors.add_metric([], doc.get("errors", 0))
         yield errors

@@ -10,8 +10,9 @@ under its config-autoscaler name. Three more belong to the live fleet:
     the node's disk, so the next cold start skips the pull), ``cold`` or
     ``null`` (nothing kept: the next start pulls the image again).
 ``admin-port``
-    the autoscaler's admin port (``POST /demand``, ``GET /autoscaler``,
-    ``GET /metrics``); 0 lets the kernel choose.
+    the control plane's admin port (``POST /demand``, ``GET /autoscaler``,
+    ``GET /metrics``, ``GET /fleet``, ``PUT /pods/NAME/state``; see
+    katyusha.control.api); 0 lets the kernel choose.
 
 Errors are :class:`~katyusha.core.errors.ConfigError` naming
 ``autoscaler.<key>``.
@@ -23,12 +24,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from katyusha.control.actuator import check_retire_to
-from katyusha.core.autoscaler_config import KPAConfig, parse_bool, parse_int
+from katyusha.config_values import int_in_range
+from katyusha.core.autoscaler_config import KPAConfig, parse_bool
 from katyusha.core.errors import ConfigError
+from katyusha.core.podstate import RETIRE_TARGETS, PodState, names
 
 SECTION = "autoscaler"
 FLEET_KEYS = ("enabled", "retire-to", "admin-port")
+
+
+def check_retire_to(value: object, key: str = "retire-to") -> PodState:
+    """The state pods retire to (warmdisk, cold or null). Raises ConfigError naming ``key``."""
+    try:
+        state = PodState(value)
+    except ValueError:
+        state = None
+    if state not in RETIRE_TARGETS:
+        raise ConfigError(key, f"must be one of {names(RETIRE_TARGETS)}, got {value!r}")
+    return state
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class AutoscaleSettings:
     """The live autoscaler's settings for one fleet."""
 
     enabled: bool = False
-    retire_to: str = "warmdisk"
+    retire_to: PodState = PodState.WARMDISK
     admin_port: int = 0
     kpa: KPAConfig = field(default_factory=KPAConfig)
     keys: tuple[tuple[str, Any], ...] = ()  # the KPA keys as written, for the state file
@@ -44,7 +57,7 @@ class AutoscaleSettings:
     def to_json(self) -> dict:
         return {
             "enabled": self.enabled,
-            "retire-to": self.retire_to,
+            "retire-to": self.retire_to.value,
             "admin-port": self.admin_port,
             **dict(self.keys),
         }
@@ -62,15 +75,11 @@ def parse_section(raw: Any, *, enabled: bool | None = None) -> AutoscaleSettings
     doc = dict(raw)
     try:
         on = parse_bool("enabled", doc.pop("enabled", False))
-        retire_to = doc.pop("retire-to", "warmdisk")
+        retire_to = doc.pop("retire-to", PodState.WARMDISK.value)
         if retire_to is None:
             retire_to = "null"  # YAML reads a bare `null` as None; here it can only mean the state
-        if not isinstance(retire_to, str):
-            raise ConfigError("retire-to", f"must be warmdisk, cold or null, got {retire_to!r}")
-        retire_to = check_retire_to(retire_to.strip())
-        port = parse_int("admin-port", doc.pop("admin-port", 0))
-        if not 0 <= port <= 65535:
-            raise ConfigError("admin-port", f"must be a port from 0 to 65535, got {port}")
+        retire_to = check_retire_to(retire_to.strip() if isinstance(retire_to, str) else retire_to)
+        port = int_in_range(0, 65535)("admin-port", doc.pop("admin-port", 0))
         kpa = KPAConfig.from_mapping(doc)
     except ConfigError as exc:
         message = str(exc)[len(exc.key) + 2 :]

@@ -55,12 +55,31 @@ TRANSITIONS: dict[PodState, frozenset[PodState]] = {
     ACTIVE: frozenset({WARM}),
 }
 
+# Every named set of states: the rest of the project takes its sets from here.
+
 # States that answer requests.
 SERVING = frozenset({WARM, ACTIVE})
-
+# States that do not: a pod here is out of every balancer's set (the actuator calls it free).
+NOT_SERVING = frozenset(PodState) - SERVING
+# States whose node holds the pod's image on disk (a start needs no pull).
+IMAGE_ON_DISK = frozenset({WARMDISK, WARM, ACTIVE})
 # Active is entered and left by requests starting and finishing, so a walk
 # ordered by an operator or autoscaler never goes through it or ends in it.
 _AUTO_EXCLUDED = frozenset({ACTIVE})
+# States a walk may end in: where an operator may move a pod and where a pod may start.
+WALK_TARGETS = frozenset(PodState) - _AUTO_EXCLUDED
+# States a retired pod may be walked down to.
+RETIRE_TARGETS = NOT_SERVING
+
+
+def in_order(states: frozenset[PodState]) -> tuple[PodState, ...]:
+    """``states`` in lifecycle order (null first), for messages and command-line choices."""
+    return tuple(s for s in PodState if s in states)
+
+
+def names(states: frozenset[PodState]) -> str:
+    """``states`` as "null, cold, warmdisk", in lifecycle order, for error messages."""
+    return ", ".join(s.value for s in in_order(states))
 
 
 def _names(states) -> str:
@@ -139,6 +158,15 @@ def shortest_path(src: PodState, dst: PodState) -> list[PodState]:
                 return path[::-1]
             frontier.append(nxt)
     raise IllegalTransition(f"no path {src.value} -> {dst.value}")
+
+
+def steps_to_serve(state: PodState) -> int:
+    """How many steps of the table a pod in ``state`` is from serving (0 when warm or active).
+
+    The placement adapter wakes the slots nearest to serving first: warmdisk
+    (a start) before cold (a pull and a start) before null.
+    """
+    return 0 if state in SERVING else len(shortest_path(state, WARM))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ commands:
   up                       start a local fleet and keep it running (Ctrl-C stops it)
   status                   show a running fleet: processes, pod states, load tables, nodes
   pod NAME state STATE     move one pod to another state (null, cold, warmdisk, warm)
+                           through the fleet's control plane
+
+status and pod find the fleet by its state file (--state-file, --port) or talk
+to a control plane directly (--control URL, e.g. one run by `katyusha control`).
 
 run `katyusha fleet COMMAND --help` for the flags of one command.
 """
@@ -103,6 +107,34 @@ def up(argv: list[str]) -> int:
 def _finder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-file", metavar="PATH", help="the running fleet's state file")
     p.add_argument("--port", type=int, help="katyusha port the fleet was started with (finds its state file)")
+    p.add_argument("--control", metavar="URL",
+                   help="the control plane's admin URL (instead of finding the fleet by its state file)")
+
+
+def _control_and_document(args) -> tuple[str | None, dict | None]:
+    """The control plane's URL and the state file's document (None when ``--control`` is given). Raises NoFleet."""
+    if args.control:
+        return args.control.rstrip("/"), None
+    _, document = statefile.find(args.state_file, args.port)
+    control = document.get("control") or {}
+    return control.get("admin"), document
+
+
+async def _live_view(control: str | None, document: dict | None) -> dict:
+    """The fleet's live view from its control plane, or read directly from the processes when none answers."""
+    from katyusha.control.adminclient import AdminClient, AdminError
+    from katyusha.control.fleetview import collect
+
+    async with AdminClient() as client:
+        if control is not None:
+            try:
+                return await client.get_json(control + "/fleet", timeout=30.0)
+            except AdminError as exc:
+                if document is None:
+                    raise statefile.NoFleet(f"control plane {control} does not answer: {exc}") from None
+        live = await collect(client, document)
+        live["control_up"] = control is None
+        return live
 
 
 def status(argv: list[str]) -> int:
@@ -110,33 +142,40 @@ def status(argv: list[str]) -> int:
     _finder(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     args = p.parse_args(argv)
+    import asyncio
     import json
 
-    from katyusha.fleet.control import collect, status_text
-    from katyusha.fleet.nodeview import node_view, nodes_text, read_placement
+    from katyusha.fleet.statustext import nodes_text, status_text
 
     try:
-        _, document = statefile.find(args.state_file, args.port)
+        live = asyncio.run(_live_view(*_control_and_document(args)))
     except statefile.NoFleet as exc:
         sys.stderr.write(f"katyusha fleet status: {exc}\n")
         return 1
-    live = collect(document)
-    live["nodes"] = node_view(live)
-    live["placement"] = read_placement(live)
     if args.json:
         sys.stdout.write(json.dumps(live, indent=2) + "\n")
     else:
-        sys.stdout.write(status_text(live) + nodes_text(live["nodes"], live["placement"]))
+        sys.stdout.write(status_text(live) + nodes_text(live["nodes"], live.get("placement")))
     down = any(not r["up"] for r in live["replicas"]) or any(not (p["sim_up"] and p["nonna_up"]) for p in live["pods"])
     return 1 if down else 0
+
+
+async def _move(control: str, name: str, target: str, timeout: float) -> tuple[int, dict | str]:
+    from urllib.parse import quote
+
+    from katyusha.control.adminclient import AdminClient
+
+    async with AdminClient() as client:
+        return await client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
+                                 {"state": target, "timeout": timeout}, timeout=timeout + 30.0)  # fmt: skip
 
 
 def pod(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="katyusha fleet pod",
-        usage="katyusha fleet pod NAME state STATE [--timeout S] [--state-file PATH | --port P]",
-        description="Move one pod of a running fleet to another state, draining it from katyusha "
-        "first when it leaves service and adding it back once it is warm.",
+        usage="katyusha fleet pod NAME state STATE [--timeout S] [--state-file PATH | --port P | --control URL]",
+        description="Move one pod of a running fleet to another state through its control plane, draining "
+        "it from katyusha first when it leaves service and adding it back once it is warm.",
     )
     p.add_argument("name", metavar="NAME", help="pod name, e.g. pod-1")
     p.add_argument("verb", metavar="state", choices=["state"], help="the word `state`")
@@ -144,18 +183,28 @@ def pod(argv: list[str]) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for drain and for the state (120)")
     _finder(p)
     args = p.parse_args(argv)
-    from katyusha.fleet.control import PodCommandError, move_pod
+    import asyncio
 
+    from katyusha.control.adminclient import AdminError
+
+    if args.target not in INITIAL_STATES:
+        sys.stderr.write(f"katyusha fleet pod: state {args.target!r} is not one of {', '.join(INITIAL_STATES)}\n")
+        return 2
     try:
-        _, document = statefile.find(args.state_file, args.port)
-        move_pod(document, args.name, args.target, timeout=args.timeout)
-    except statefile.NoFleet as exc:
+        control, _ = _control_and_document(args)
+        if control is None:
+            raise statefile.NoFleet("this fleet records no control plane (give --control URL)")
+        status_code, payload = asyncio.run(_move(control, args.name, args.target, args.timeout))
+    except (statefile.NoFleet, AdminError) as exc:
         sys.stderr.write(f"katyusha fleet pod: {exc}\n")
         return 1
-    except PodCommandError as exc:
-        sys.stderr.write(f"katyusha fleet pod: {exc}\n")
-        return exc.status
-    return 0
+    answer = payload if isinstance(payload, dict) else {"error": str(payload)}
+    for line in answer.get("steps", []):
+        sys.stdout.write(line + "\n")
+    if status_code == 200:
+        return 0
+    sys.stderr.write(f"katyusha fleet pod: {answer.get('error', f'HTTP {status_code}')}\n")
+    return 2 if status_code in (400, 404) else 1
 
 
 def main(argv: list[str]) -> int:

@@ -1,15 +1,15 @@
-"""`katyusha fleet up`: start a local fleet, keep katyusha's pod set in step, stop it in order.
+"""`katyusha fleet up`: start a local fleet, supervise its processes, run its control plane, stop in order.
 
 The runner owns every child process: sim-backends first, then their nonna
-sidecars, then the katyusha replicas. It polls each pod's state and adds a
-pod to every replica's set when it is warm (or active), removes it (drained)
-when it is not, or when its sim-backend or nonna is down. A child that dies
-is reported and restarted. With autoscaling on, the live autoscaler
-(katyusha.control.live) decides which pods run: the runner adds a warm pod to
-katyusha's sets only while the autoscaler counts it as serving, and katyusha
-POSTs its demand to the autoscaler's admin port. On SIGINT/SIGTERM/SIGHUP it
-stops the autoscaler, then katyusha (so what is in flight is answered), then the nonnas, then the sim-backends,
-and finally SIGKILLs any process group still alive.
+sidecars, then the katyusha replicas. A child that dies is reported and
+restarted. Keeping katyusha's pod sets in step with pod states is the
+control plane's job (katyusha.control.plane), which the runner runs
+in-process and tells where the processes are (:class:`RunnerProcesses`); the
+same control plane can run on its own (``katyusha control``). With
+autoscaling on, katyusha POSTs its demand to the control plane's admin port.
+On SIGINT/SIGTERM/SIGHUP it stops the control plane, then katyusha (so what
+is in flight is answered), then the nonnas, then the sim-backends, and
+finally SIGKILLs any process group still alive.
 """
 
 from __future__ import annotations
@@ -24,65 +24,71 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from katyusha.control.actuator import Slot
-from katyusha.control.live import LiveAutoscaler
-from katyusha.fleet import adminclient, statefile
+from katyusha.control.membership import BalancerRef, PodAddress
+from katyusha.control.plane import ControlPlane
+from katyusha.core.podstate import ACTIVE, WARM
+from katyusha.fleet import statefile
 from katyusha.fleet.children import Child, ChildFailed, console_script
-from katyusha.fleet.spec import INITIAL_STATES, SERVING_STATES, FleetSpec, PodSpec
+from katyusha.fleet.spec import INITIAL_STATES, FleetSpec, PodSpec
 from katyusha.fleet.table import render
 
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)
 
 
 class PodRun:
-    """One pod while the fleet runs: its two processes and where it is registered."""
+    """One pod while the fleet runs: its two processes."""
 
     sim: Child
     nonna: Child
 
     def __init__(self, spec: PodSpec):
         self.spec = spec
-        self.state: str | None = None
-        # replica index -> (replica generation, nonna URL) it was added with.
-        self.registered: dict[int, tuple[int, str]] = {}
-        self.wake = asyncio.Event()
-        self.lock = asyncio.Lock()
-        self.complained = False
 
     @property
     def up(self) -> bool:
         return self.sim.up and self.nonna.up
 
-    def entry(self) -> dict:
-        """The pod as katyusha's PUT /pods expects it, with nonna's container concurrency.
 
-        Given up front so katyusha caps what it sends the pod from the first request on.
-        """
-        return {
-            "name": self.spec.name,
-            "url": self.nonna.data_url,
-            "node": self.spec.node,
-            "admin": self.nonna.admin_url,
-            "concurrency": self.spec.params.concurrency,
-        }
+class RunnerProcesses:
+    """The control plane's view of the runner's children (katyusha.control.processes.Processes)."""
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+
+    def balancers(self) -> list[BalancerRef]:
+        return [BalancerRef(r.name, str(r.admin_url)) for r in self.fleet.replicas if r.up]
+
+    def pods(self) -> list[PodAddress]:
+        return [
+            PodAddress(p.spec.name, p.spec.node, p.spec.service, p.sim.admin_url, p.nonna.data_url,
+                       p.nonna.admin_url, p.spec.params.concurrency)
+            for p in self.fleet.pods
+        ]  # fmt: skip
+
+    def pod_up(self, name: str) -> bool | None:
+        return next(p.up for p in self.fleet.pods if p.spec.name == name)
+
+    def document(self) -> dict:
+        return self.fleet.state_document()
 
 
 class Fleet:
     """A running local fleet; :meth:`run` returns the exit status."""
 
     def __init__(self, spec: FleetSpec, state_path: Path | None = None, *, source: str = ""):
+        """Raises OSError when the control plane's admin port cannot be bound."""
         self.spec = spec
         self.source = source
         self.state_path = state_path
         self.stopping = asyncio.Event()
         self.force = False
         self._stop_asked_at: float | None = None
-        self.generation: list[int] = []
         self.replicas: list[Child] = []
         self.pods: list[PodRun] = []
         self._tasks: list[asyncio.Task] = []
-        self.autoscaler: LiveAutoscaler | None = None
         self._build()
+        # Bound now, so katyusha is started with its demand URL.
+        self.control = ControlPlane(spec, RunnerProcesses(self), host=spec.host, log_line=self.log)
 
     def log(self, line: str) -> None:
         sys.stderr.write(line + "\n")
@@ -99,35 +105,13 @@ class Fleet:
         for i in range(self.spec.katyusha.replicas):
             ports = self.spec.katyusha.ports(i)
             self.replicas.append(Child(f"katyusha-{i}", "katyusha", self._katyusha_argv, ports, log=self.log))
-            self.generation.append(0)
-        if self.spec.autoscaler.enabled:
-            # Bound now, so katyusha is started with its demand URL.
-            self.autoscaler = LiveAutoscaler(
-                self.spec.autoscaler, self._slots, self._replica_admins, host=self.spec.host,
-                pod_stats_urls=self._stats_urls, guard=self._pod_guard, chooser=self.spec.placement_chooser(),
-            )  # fmt: skip
-
-    def _slots(self) -> list[Slot]:
-        return [
-            Slot(p.spec.name, p.spec.node, str(p.sim.admin_url), str(p.nonna.data_url), str(p.nonna.admin_url),
-                 p.spec.params.concurrency)
-            for p in self.pods
-        ]
-
-    def _replica_admins(self) -> list[str]:
-        return [str(r.admin_url) for r in self.replicas if r.up]
-
-    def _stats_urls(self) -> list[str]:
-        return [f"{p.nonna.admin_url}/stats" for p in self.pods if p.nonna.up and p.state in SERVING_STATES]
-
-    def _pod_guard(self, name: str):
-        return next(p.lock for p in self.pods if p.spec.name == name)
 
     def _sim_argv(self, run: PodRun, port: int, admin: int) -> list[str]:
         params = run.spec.params
         # A restarted pod comes back in the state it was last seen in, when it can start there.
-        last = "warm" if run.state == "active" else run.state
-        state = last if last in INITIAL_STATES else params.state
+        seen = self.control.seen.get(run.spec.name)
+        last = WARM if seen is ACTIVE else seen
+        state = last.value if last is not None and last.value in INITIAL_STATES else params.state
         return [
             console_script("sim-backend"), "--host", self.spec.host,
             "--port", str(port), "--admin-port", str(admin),
@@ -153,7 +137,7 @@ class Fleet:
         return [
             console_script("katyusha"), "serve", "--host", self.spec.host,
             "--port", str(port), "--admin-port", str(admin), "--policy", k.policy,
-            *(["--demand-url", self.autoscaler.demand_url] if self.autoscaler is not None else []),
+            *(["--demand-url", self.control.demand_url] if self.spec.autoscaler.enabled else []),
             *k.args,
         ]  # fmt: skip
 
@@ -172,13 +156,9 @@ class Fleet:
                     self.log(f"katyusha fleet: could not start the fleet: {exc}")
                     status = 1
             if status == 0 and not self.stopping.is_set():
-                if self.autoscaler is not None:
-                    # Before the pod loops: they add only the pods the autoscaler counts as serving.
-                    await self.autoscaler.start()
+                await self.control.start()
                 for child in self.children():
                     self._tasks.append(asyncio.create_task(self._supervise(child)))
-                for pod in self.pods:
-                    self._tasks.append(asyncio.create_task(self._pod_loop(pod)))
                 await self._wait_ready()
                 self._write_state()
                 sys.stdout.write(self.ready_table())
@@ -209,7 +189,6 @@ class Fleet:
         timeout = self.spec.runner.ready_timeout_s
         await self._start_group([pod.sim for pod in self.pods], timeout)
         await self._start_group([pod.nonna for pod in self.pods], timeout)
-        await asyncio.gather(*(self._read_state(pod) for pod in self.pods))
         await self._start_group(self.replicas, timeout)
 
     async def _start_group(self, children: list[Child], timeout: float) -> None:
@@ -221,82 +200,14 @@ class Fleet:
             raise errors[0]
 
     async def _wait_ready(self) -> None:
-        """Wait until every pod serving at start is in every replica's set (or its state is final)."""
+        """Wait until every pod that serves at start is in every replica's set."""
         deadline = time.monotonic() + self.spec.runner.ready_timeout_s
         while time.monotonic() < deadline and not self.stopping.is_set():
-            pending = [
-                pod
-                for pod in self.pods
-                if pod.state is None
-                or (pod.state in SERVING_STATES and len(self._current(pod)) < len(self.replicas))
-            ]
-            if not pending:
+            if not self.control.pending():
                 return
             await asyncio.sleep(0.05)
         if not self.stopping.is_set():
             self.log("katyusha fleet: some pods are not in katyusha's set yet; going on")
-
-    def _current(self, pod: PodRun) -> list[int]:
-        """Replicas where ``pod`` is registered with its current URL."""
-        return [
-            r
-            for r, (gen, url) in pod.registered.items()
-            if gen == self.generation[r] and url == pod.nonna.data_url
-        ]
-
-    # Keeping katyusha's set in step with pod states.
-
-    async def _read_state(self, pod: PodRun) -> None:
-        if not pod.sim.up:
-            pod.state = None
-            return
-        try:
-            document = await asyncio.to_thread(adminclient.pod_state, str(pod.sim.admin_url))
-        except adminclient.AdminError:
-            pod.state = None
-            return
-        state = document.get("state")
-        heading = adminclient.destination(document)
-        # A pod on its way out of warm counts as gone, so it is drained before it stops serving.
-        if heading is not None and heading != state:
-            state = f"{state}->{heading}"
-        pod.state = state if isinstance(state, str) else None
-
-    async def _pod_loop(self, pod: PodRun) -> None:
-        interval = self.spec.runner.poll_interval_s
-        while not self.stopping.is_set():
-            pod.wake.clear()
-            try:
-                await self._sync_pod(pod)
-            except Exception as exc:  # the loop must outlive one bad round
-                self.log(f"katyusha fleet: {pod.spec.name}: sync failed: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(pod.wake.wait(), interval)
-
-    async def _sync_pod(self, pod: PodRun) -> None:
-        async with pod.lock:
-            await self._read_state(pod)
-            serving = pod.up and pod.state in SERVING_STATES
-            if self.autoscaler is not None and not self.autoscaler.may_serve(pod.spec.name):
-                serving = False
-            for r, replica in enumerate(self.replicas):
-                if not replica.up or self.stopping.is_set():
-                    continue
-                admin = str(replica.admin_url)
-                current = pod.registered.get(r)
-                wanted = (self.generation[r], str(pod.nonna.data_url))
-                try:
-                    if serving and current != wanted:
-                        await asyncio.to_thread(adminclient.add_pods, admin, [pod.entry()])
-                        pod.registered[r] = wanted
-                    elif not serving and current is not None:
-                        await asyncio.to_thread(adminclient.remove_pod, admin, pod.spec.name)
-                        pod.registered.pop(r, None)
-                    pod.complained = False
-                except adminclient.AdminError as exc:
-                    if not pod.complained:
-                        self.log(f"katyusha fleet: {pod.spec.name} on {replica.name}: {exc}")
-                        pod.complained = True
 
     # Restarting what dies.
 
@@ -322,12 +233,8 @@ class Fleet:
                 failures += 1
 
     def _on_down(self, child: Child) -> None:
-        if child in self.replicas:
-            self.generation[self.replicas.index(child)] += 1
-            return
-        for pod in self.pods:
-            if child in (pod.sim, pod.nonna):
-                pod.wake.set()
+        # A pod whose process died leaves katyusha's sets at once, not at the next round.
+        self.control.poke()
 
     async def _restart(self, child: Child) -> bool:
         """Start ``child`` again on its last ports (new ones if those are taken and were not fixed)."""
@@ -351,13 +258,7 @@ class Fleet:
                 # nonna forwards to the old address: restart it so it points at the new one.
                 self.log(f"katyusha fleet: {pod.spec.name}/sim moved to {child.data_url}; restarting its nonna")
                 await pod.nonna.stop(self.spec.runner.stop_timeout_s)
-        if child in self.replicas:
-            for pod in self.pods:
-                pod.wake.set()
-        else:
-            for pod in self.pods:
-                if child in (pod.sim, pod.nonna):
-                    pod.wake.set()
+        self.control.poke()
         self._write_state()
         return True
 
@@ -365,8 +266,7 @@ class Fleet:
 
     async def _stop_all(self) -> None:
         self.stopping.set()
-        if self.autoscaler is not None:
-            await self.autoscaler.stop()
+        await self.control.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -422,9 +322,10 @@ class Fleet:
                 for p in self.pods
             ],
             "topology": self.spec.topology(),
+            "control": {"admin": self.control.admin_url},
             "autoscaler": None
-            if self.autoscaler is None
-            else {"admin": self.autoscaler.admin_url, "settings": self.spec.autoscaler.to_json()},
+            if not self.spec.autoscaler.enabled
+            else {"admin": self.control.admin_url, "settings": self.spec.autoscaler.to_json()},
         }
 
     def _write_state(self) -> None:
@@ -443,13 +344,14 @@ class Fleet:
 
     def ready_table(self) -> str:
         rows = []
+        writer = self.control.writer
         for child in self.replicas:
-            r = self.replicas.index(child)
-            count = sum(1 for p in self.pods if r in self._current(p))
+            count = sum(1 for p in self.pods if p.spec.name in writer.placed.get(str(child.admin_url), {}))
             rows.append((child.name, child.role, "-", child.data_url, child.admin_url, child.pid, f"{count} pods in set"))
         for pod in self.pods:
-            in_set = "in set" if self._current(pod) else "not in set"
-            state = f"{pod.state or 'unknown'} ({in_set})"
+            in_set = "in set" if writer.count_in_sets(pod.spec.name) else "not in set"
+            seen = self.control.states.get(pod.spec.name, (None, None))[0]
+            state = f"{seen.value if seen is not None else 'unknown'} ({in_set})"
             rows.append((pod.sim.name, pod.sim.role, pod.spec.node, pod.sim.data_url, pod.sim.admin_url, pod.sim.pid, state))
             rows.append((pod.nonna.name, pod.nonna.role, pod.spec.node, pod.nonna.data_url, pod.nonna.admin_url, pod.nonna.pid, ""))
         text = render(("PROCESS", "ROLE", "NODE", "DATA", "ADMIN", "PID", "STATE"), rows)
@@ -458,8 +360,8 @@ class Fleet:
             text += "every replica: " + " ".join(str(c.data_url) for c in self.replicas) + "\n"
         if self.state_path is not None:
             text += f"state file: {self.state_path}\n"
-        if self.autoscaler is not None:
-            text += f"autoscaler: {self.autoscaler.admin_url} (GET /autoscaler, /metrics)\n"
+        text += f"control plane: {self.control.admin_url} (GET /fleet, PUT /pods/NAME/state"
+        text += ", GET /autoscaler, /placement, /metrics)\n" if self.spec.autoscaler.enabled else ")\n"
         text += "stop with Ctrl-C (or SIGTERM)\n"
         return text
 

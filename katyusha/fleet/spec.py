@@ -18,18 +18,20 @@ from typing import Any
 
 import yaml
 
-from katyusha.control.placement import PlacementChooser, Service
+from katyusha.config_values import parse_bool
 from katyusha.control.settings import AutoscaleSettings, parse_section
+from katyusha.core.autoscaler_config import KPAConfig
 from katyusha.core.distributions import parse_service_time
 from katyusha.core.errors import ConfigError
-from katyusha.core.placement import Node
+from katyusha.core.fleetplan import ServiceSpec
+from katyusha.core.placement import FitBasis, Node
+from katyusha.core.podstate import WALK_TARGETS, PodState, in_order
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
+from katyusha.fleet.fields import mapping, number, text, whole
 from katyusha.fleet.topology import DEFAULT_SERVICE, derived_nodes, parse_nodes, parse_services
 
-# States a pod can be started in; "active" is reached by serving, not chosen.
-INITIAL_STATES = ("null", "cold", "warmdisk", "warm")
-SERVING_STATES = frozenset({"warm", "active"})
-
+# States a pod can be started in (and moved to); "active" is reached by serving, not chosen.
+INITIAL_STATES = tuple(state.value for state in in_order(WALK_TARGETS))
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class PodParams:
     image_size_mb: float = 200.0
     pull_mbps: float = 100.0
     start_s: float = 1.0
-    state: str = "warm"
+    state: str = PodState.WARM.value
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ class FleetSpec:
     autoscaler: AutoscaleSettings = field(default_factory=AutoscaleSettings)
     # The placement view: every node (listed, or derived from `nodes: N`) and every service.
     node_list: tuple[Node, ...] = ()
-    services: tuple[Service, ...] = ()
+    services: tuple[ServiceSpec, ...] = ()
+    placement_basis: FitBasis = FitBasis.REQUESTS
+    # Each autoscaled katyusha service's settings (None: katyusha's default service).
+    scaling_configs: tuple[tuple[str | None, KPAConfig], ...] = ()
 
     @property
     def node_names(self) -> list[str]:
@@ -104,9 +109,18 @@ class FleetSpec:
             return [node.name for node in self.node_list]
         return [f"node-{i + 1}" for i in range(self.nodes)]
 
-    def placement_chooser(self) -> PlacementChooser:
-        """The autoscaler's chooser: the min-cost-flow scheduler over this fleet's nodes, services and slots."""
-        return PlacementChooser(self.node_list, self.services, {pod.name: pod.service for pod in self.pods})
+    def units(self) -> dict[str | None, tuple[str, ...]]:
+        """Each autoscaled katyusha service and the fleet services whose slots it wakes, in order.
+
+        Every pod of a local fleet joins katyusha's default service (None), so
+        one autoscaler decides for all; a scale-up is offered to the services
+        in the fleet file's order.
+        """
+        return {None: tuple(service.name for service in self.services)}
+
+    def scaling(self) -> dict[str | None, KPAConfig]:
+        """Each autoscaled katyusha service's settings: the autoscaler section, then the service's annotations."""
+        return dict(self.scaling_configs) or {None: self.autoscaler.kpa}
 
     def topology(self) -> dict:
         """Nodes, services and each pod's service, as JSON for the state file (``katyusha fleet status``)."""
@@ -147,7 +161,7 @@ def load_spec(path: str | Path | None = None, overrides: dict[str, Any] | None =
 
 _TOP_KEYS = {
     "host", "nodes", "pods", "pod_port_base", "katyusha", "runner", "defaults", "groups", "overrides",
-    "autoscale", "autoscaler", "services",
+    "autoscale", "autoscaler", "services", "placement",
 }  # fmt: skip
 _GROUP_KEYS = {"name", "count", "node", "service"}
 _POD_KEYS = {f.name for f in fields(PodParams)}
@@ -155,15 +169,16 @@ _POD_KEYS = {f.name for f in fields(PodParams)}
 
 def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
     """Validate a parsed fleet document plus overrides; see :func:`load_spec`."""
-    doc = _mapping(doc, "fleet file", _TOP_KEYS)
+    doc = mapping(doc, "", _TOP_KEYS)
     flags = dict(overrides)
-    host = _str(flags.pop("host", None) or doc.get("host", "127.0.0.1"), "host")
+    host = text(flags.pop("host", None) or doc.get("host", "127.0.0.1"), "host")
     listed = _listed_nodes(doc.get("nodes"), flags)
-    nodes = len(listed) if listed else _int(_pick(flags, "nodes", doc, 2), "nodes", low=1)
+    nodes = len(listed) if listed else whole(_pick(flags, "nodes", doc, 2), "nodes", low=1)
     node_names = [n.name for n in listed] if listed else [f"node-{i + 1}" for i in range(nodes)]
-    services = parse_services(doc.get("services"))
-    total = _int(_pick(flags, "pods", doc, 4), "pods", low=1)
-    port_base = _int(_pick(flags, "pod_port_base", doc, 0), "pod_port_base", low=0, high=65535)
+    services, annotations = parse_services(doc.get("services"))
+    total = whole(_pick(flags, "pods", doc, 4), "pods", low=1)
+    port_base = whole(_pick(flags, "pod_port_base", doc, 0), "pod_port_base", low=0, high=65535)
+    basis = _placement(doc.get("placement"))
 
     katyusha = _katyusha(doc.get("katyusha", {}), flags)
     runner = _runner(doc.get("runner", {}), flags)
@@ -174,12 +189,13 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
         raise ConfigError("autoscale", f"must be true or false, not {autoscale_doc!r}")
     enabled = autoscale_flag if autoscale_flag is not None else autoscale_doc
     autoscaler = parse_section(doc.get("autoscaler"), enabled=enabled)
+    scaling = _scaling(autoscaler.kpa, services, annotations)
 
     pod_flags = {key: flags.pop(key) for key in list(flags) if key in _POD_KEYS}
     if flags:
         raise ConfigError(sorted(flags)[0], "unknown setting")
     # An autoscaled fleet's pods are slots that start down; the autoscaler wakes them.
-    base = PodParams(state="null") if autoscaler.enabled else PodParams()
+    base = PodParams(state=PodState.NULL.value) if autoscaler.enabled else PodParams()
     defaults = _params(base, doc.get("defaults", {}), "defaults")
     groups = _groups(doc.get("groups"), defaults, total, node_names, [s.name for s in services])
     pods = _expand(groups, node_names, port_base)
@@ -194,8 +210,37 @@ def build_spec(doc: Any, overrides: dict[str, Any]) -> FleetSpec:
         listed = derived_nodes(node_names, dict(Counter(pod.node for pod in pods)), services)
     return FleetSpec(
         host=host, nodes=nodes, katyusha=katyusha, runner=runner, pods=tuple(pods), autoscaler=autoscaler,
-        node_list=listed, services=services,
+        node_list=listed, services=services, placement_basis=basis, scaling_configs=tuple(scaling.items()),
     )
+
+
+def _placement(raw: Any) -> FitBasis:
+    """The ``placement:`` section: ``basis`` (requests, the default, or measured)."""
+    doc = mapping(raw, "placement", {"basis"})
+    value = doc.get("basis", FitBasis.REQUESTS.value)
+    try:
+        return FitBasis(value)
+    except ValueError:
+        allowed = ", ".join(basis.value for basis in FitBasis)
+        raise ConfigError("placement.basis", f"must be one of {allowed}, not {value!r}") from None
+
+
+def _scaling(kpa: KPAConfig, services: tuple[ServiceSpec, ...], annotations: dict[str, dict]) -> dict:
+    """The autoscaled services' settings: ``kpa`` with the first service's annotations.
+
+    Every service's pods join katyusha's default service, so they share one
+    autoscaler: annotations go on the first service (an error elsewhere).
+    """
+    first = services[0].name
+    for i, service in enumerate(services):
+        if i and service.name in annotations:
+            raise ConfigError(f"services[{i}].annotations", f"the services share katyusha's default service and "
+                              f"its one autoscaler: put annotations on the first service ({first})")  # fmt: skip
+    try:
+        return {None: kpa.with_annotations(annotations.get(first))}
+    except ConfigError as exc:
+        message = str(exc)[len(exc.key) + 2 :]
+        raise ConfigError(f"services[0].annotations.{exc.key}", message) from None
 
 
 def _listed_nodes(raw: Any, flags: dict[str, Any]) -> tuple[Node, ...]:
@@ -211,13 +256,13 @@ def _listed_nodes(raw: Any, flags: dict[str, Any]) -> tuple[Node, ...]:
 
 
 def _katyusha(raw: Any, flags: dict[str, Any]) -> KatyushaSpec:
-    doc = _mapping(raw, "katyusha", {"replicas", "port", "admin_port", "policy", "args"})
-    replicas = _int(_pick(flags, "replicas", doc, 1), "katyusha.replicas", low=1, high=64)
-    port = _int(_pick(flags, "port", doc, 8080), "katyusha.port", low=0, high=65535)
+    doc = mapping(raw, "katyusha", {"replicas", "port", "admin_port", "policy", "args"})
+    replicas = whole(_pick(flags, "replicas", doc, 1), "katyusha.replicas", low=1, high=64)
+    port = whole(_pick(flags, "port", doc, 8080), "katyusha.port", low=0, high=65535)
     admin = _pick(flags, "admin_port", doc, None)
     if admin is not None:
-        admin = _int(admin, "katyusha.admin_port", low=0, high=65535)
-    policy = _str(_pick(flags, "policy", doc, DEFAULT_POLICY), "katyusha.policy")
+        admin = whole(admin, "katyusha.admin_port", low=0, high=65535)
+    policy = text(_pick(flags, "policy", doc, DEFAULT_POLICY), "katyusha.policy")
     if policy.strip().lower().replace("_", "-") not in POLICY_NAMES:
         raise ConfigError("katyusha.policy", f"unknown policy {policy!r}; allowed: {', '.join(POLICY_NAMES)}")
     args = doc.get("args", [])
@@ -232,14 +277,12 @@ def _katyusha(raw: Any, flags: dict[str, Any]) -> KatyushaSpec:
 
 
 def _runner(raw: Any, flags: dict[str, Any]) -> RunnerSpec:
-    doc = _mapping(raw, "runner", {f.name for f in fields(RunnerSpec)})
+    doc = mapping(raw, "runner", {f.name for f in fields(RunnerSpec)})
     base = RunnerSpec()
-    poll = _float(_pick(flags, "poll_interval_s", doc, base.poll_interval_s), "runner.poll_interval_s", low=0.05)
-    ready = _float(_pick(flags, "ready_timeout_s", doc, base.ready_timeout_s), "runner.ready_timeout_s", low=1)
-    stop = _float(_pick(flags, "stop_timeout_s", doc, base.stop_timeout_s), "runner.stop_timeout_s", low=0.5)
-    restart = _pick(flags, "restart", doc, base.restart)
-    if not isinstance(restart, bool):
-        raise ConfigError("runner.restart", f"must be true or false, not {restart!r}")
+    poll = number(_pick(flags, "poll_interval_s", doc, base.poll_interval_s), "runner.poll_interval_s", low=0.05)
+    ready = number(_pick(flags, "ready_timeout_s", doc, base.ready_timeout_s), "runner.ready_timeout_s", low=1)
+    stop = number(_pick(flags, "stop_timeout_s", doc, base.stop_timeout_s), "runner.stop_timeout_s", low=0.5)
+    restart = parse_bool("runner.restart", _pick(flags, "restart", doc, base.restart))
     return RunnerSpec(poll, ready, stop, restart)
 
 
@@ -257,10 +300,10 @@ def _groups(
     seen: set[str] = set()
     for i, item in enumerate(raw):
         where = f"groups[{i}]"
-        doc = _mapping(item, where, _GROUP_KEYS | _POD_KEYS)
+        doc = mapping(item, where, _GROUP_KEYS | _POD_KEYS)
         if "name" not in doc and len(raw) > 1:
             raise ConfigError(f"{where}.name", "required when there is more than one group")
-        name = _str(doc.get("name", "pod"), f"{where}.name")
+        name = text(doc.get("name", "pod"), f"{where}.name")
         if not re.fullmatch(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", name):
             raise ConfigError(f"{where}.name", f"{name!r} must be lower-case letters, digits and dashes")
         if name in seen:
@@ -268,16 +311,16 @@ def _groups(
         seen.add(name)
         count = doc.get("count")
         if count is not None:
-            count = _int(count, f"{where}.count", low=1)
+            count = whole(count, f"{where}.count", low=1)
         node = doc.get("node")
         if node is not None:
-            node = _str(node, f"{where}.node")
+            node = text(node, f"{where}.node")
             if node not in nodes:
                 raise ConfigError(f"{where}.node", f"{node!r} is not one of {', '.join(nodes)}")
         service = doc.get("service")
         if service is None and len(services) > 1:
             raise ConfigError(f"{where}.service", f"required when there are several services ({', '.join(services)})")
-        service = services[0] if service is None else _str(service, f"{where}.service")
+        service = services[0] if service is None else text(service, f"{where}.service")
         if service not in services:
             raise ConfigError(f"{where}.service", f"{service!r} is not one of the services: {', '.join(services)}")
         params = _params(defaults, {k: v for k, v in doc.items() if k in _POD_KEYS}, where)
@@ -316,7 +359,7 @@ def _expand(groups, nodes: list[str], port_base: int) -> list[PodSpec]:
 
 
 def _apply_overrides(pods: list[PodSpec], raw: Any) -> list[PodSpec]:
-    doc = _mapping(raw, "overrides", None)
+    doc = mapping(raw, "overrides", None)
     names = {pod.name for pod in pods}
     for key in doc:
         if key not in names:
@@ -325,14 +368,14 @@ def _apply_overrides(pods: list[PodSpec], raw: Any) -> list[PodSpec]:
     for pod in pods:
         if pod.name in doc:
             where = f"overrides.{pod.name}"
-            changes = _mapping(doc[pod.name], where, _POD_KEYS)
+            changes = mapping(doc[pod.name], where, _POD_KEYS)
             pod = replace(pod, params=_params(pod.params, changes, where))
         out.append(pod)
     return out
 
 
 def _params(base: PodParams, raw: Any, where: str, *, flag: bool = False) -> PodParams:
-    doc = _mapping(raw, where or "pod settings", _POD_KEYS)
+    doc = mapping(raw, where or "pod settings", _POD_KEYS)
 
     def key(name: str) -> str:
         if flag:
@@ -343,20 +386,20 @@ def _params(base: PodParams, raw: Any, where: str, *, flag: bool = False) -> Pod
     for name, value in doc.items():
         k = key(name)
         if name == "service_time":
-            text = _str(value, k)
-            parse_service_time(text, key=k)
-            values[name] = text.strip()
+            written = text(value, k)
+            parse_service_time(written, key=k)
+            values[name] = written
         elif name == "state":
-            text = _str(value, k)
-            if text not in INITIAL_STATES:
-                raise ConfigError(k, f"{text!r} is not one of {', '.join(INITIAL_STATES)}")
-            values[name] = text
+            written = text(value, k)
+            if written not in INITIAL_STATES:
+                raise ConfigError(k, f"{written!r} is not one of {', '.join(INITIAL_STATES)}")
+            values[name] = written
         elif name in ("concurrency", "queue_depth"):
-            values[name] = _int(value, k, low=0)
+            values[name] = whole(value, k, low=0)
         elif name in ("speed", "pull_mbps"):
-            values[name] = _float(value, k, low=0, strict=True)
+            values[name] = number(value, k, low=0, strict=True)
         else:
-            values[name] = _float(value, k, low=0)
+            values[name] = number(value, k, low=0)
     return replace(base, **values)
 
 
@@ -365,50 +408,3 @@ def _pick(flags: dict[str, Any], name: str, doc: dict, default: Any) -> Any:
         return flags.pop(name)
     flags.pop(name, None)
     return doc.get(name, default)
-
-
-def _mapping(value: Any, where: str, allowed: set[str] | None) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(where, f"must be a mapping, not {type(value).__name__}")
-    if allowed is not None:
-        for key in value:
-            if key not in allowed:
-                prefix = f"{where}." if where != "fleet file" else ""
-                raise ConfigError(f"{prefix}{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(where, f"must be a non-empty string, not {value!r}")
-    return value
-
-
-def _int(value: Any, where: str, *, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-            value = int(value)
-        else:
-            raise ConfigError(where, f"must be an integer, not {value!r}")
-    if low is not None and value < low:
-        raise ConfigError(where, f"must be at least {low}, not {value}")
-    if high is not None and value > high:
-        raise ConfigError(where, f"must be at most {high}, not {value}")
-    return value
-
-
-def _float(value: Any, where: str, *, low: float | None = None, strict: bool = False) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(where, f"must be a number, not {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(where, f"must be a number, not {value!r}") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ConfigError(where, f"must be a finite number, not {value!r}")
-    if low is not None and (number < low or (strict and number == low)):
-        bound = "greater than" if strict else "at least"
-        raise ConfigError(where, f"must be {bound} {low:g}, not {value!r}")
-    return number

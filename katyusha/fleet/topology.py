@@ -4,8 +4,10 @@
 sized to hold every pod slot it carries, so placement never refuses a slot for
 room) or a list of nodes with their capacity, pod limit, labels and taints.
 ``services`` lists the services the pod slots belong to: CPU and RAM requests,
-image, node affinity, tolerations and a per-node limit; without it there is
-one service, ``app``, that every slot belongs to.
+image, node affinity, tolerations, a per-node limit, whether a scale-up is a
+gang (all or none), and ``annotations`` (Knative ``autoscaling.knative.dev/*``
+settings, validated by the fleet spec against the autoscaler section); without
+it there is one service, ``app``, that every slot belongs to.
 
 CPU is written in cores (``2``, ``0.5``) or millicores (``"500m"``); RAM in MiB
 (``512``) or with a unit (``"512Mi"``, ``"8Gi"``). Both are kept as integers,
@@ -21,10 +23,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from katyusha.control.placement import Service
+from katyusha.config_values import parse_bool
 from katyusha.core.errors import BadInput, ConfigError
+from katyusha.core.fleetplan import ServiceSpec
 from katyusha.core.placement import LabelRequirement, Node, NodeAffinity, Taint, Toleration
 from katyusha.core.placement.model import SELECTOR_OPERATORS, TAINT_EFFECTS, TOLERATION_OPERATORS
+from katyusha.fleet.fields import listed as _list
+from katyusha.fleet.fields import mapping as _mapping
+from katyusha.fleet.fields import text as _str
+from katyusha.fleet.fields import whole as _int
 
 DEFAULT_SERVICE = "app"
 DEFAULT_NODE_CPU = 4000  # millicores
@@ -35,11 +42,12 @@ DEFAULT_SERVICE_RAM = 128
 
 _NAME = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?")
 _NODE_KEYS = {"name", "cpu", "ram", "max_pods", "labels", "taints"}
-_SERVICE_KEYS = {"name", "cpu", "ram", "image", "node_selector", "node_affinity", "tolerations", "max_per_node"}
+_SERVICE_KEYS = {"name", "cpu", "ram", "image", "node_selector", "node_affinity", "tolerations", "max_per_node",
+                 "gang", "annotations"}
 _TAINT_TEXT = re.compile(r"(?P<key>[^=:\s]+)(=(?P<value>[^:\s]*))?:(?P<effect>\S+)")
 
 
-def derived_nodes(names: Sequence[str], slots_per_node: dict[str, int], services: Sequence[Service]) -> tuple[Node, ...]:
+def derived_nodes(names: Sequence[str], slots_per_node: dict[str, int], services: Sequence[ServiceSpec]) -> tuple[Node, ...]:
     """Nodes for ``nodes: N``: each big enough for every slot it carries, whatever service the slot runs."""
     cpu = max((s.cpu for s in services), default=DEFAULT_SERVICE_CPU)
     ram = max((s.ram for s in services), default=DEFAULT_SERVICE_RAM)
@@ -79,13 +87,18 @@ def parse_nodes(raw: Any) -> tuple[Node, ...]:
     return tuple(nodes)
 
 
-def parse_services(raw: Any) -> tuple[Service, ...]:
-    """The ``services:`` list (None: the one default service). Raises ConfigError naming ``services[i].field``."""
+def parse_services(raw: Any) -> tuple[tuple[ServiceSpec, ...], dict[str, dict]]:
+    """The ``services:`` list (None: the one default service), and each service's ``annotations``.
+
+    Annotations are returned as written (the caller validates them against
+    the autoscaler's settings). Raises ConfigError naming ``services[i].field``.
+    """
     if raw is None:
-        return (Service(DEFAULT_SERVICE, DEFAULT_SERVICE_CPU, DEFAULT_SERVICE_RAM, f"{DEFAULT_SERVICE}:latest"),)
+        return (ServiceSpec(DEFAULT_SERVICE, DEFAULT_SERVICE_CPU, DEFAULT_SERVICE_RAM, f"{DEFAULT_SERVICE}:latest"),), {}
     if not isinstance(raw, list) or not raw:
         raise ConfigError("services", "must be a non-empty list of services")
     services = []
+    annotations: dict[str, dict] = {}
     seen: set[str] = set()
     for i, item in enumerate(raw):
         where = f"services[{i}]"
@@ -107,8 +120,11 @@ def parse_services(raw: Any) -> tuple[Service, ...]:
         limit = doc.get("max_per_node")
         if limit is not None:
             limit = _int(limit, f"{where}.max_per_node", low=1)
-        services.append(Service(name, cpu, ram, image.strip(), affinity, tols, limit))
-    return tuple(services)
+        gang = parse_bool(f"{where}.gang", doc.get("gang", False))
+        if "annotations" in doc:
+            annotations[name] = _mapping(doc["annotations"], f"{where}.annotations", None)
+        services.append(ServiceSpec(name, cpu, ram, image.strip(), affinity, tols, limit, gang))
+    return tuple(services), annotations
 
 
 def parse_cpu(value: Any, where: str) -> int:
@@ -235,37 +251,3 @@ def _name(value: Any, where: str) -> str:
     if not _NAME.fullmatch(text):
         raise ConfigError(where, f"{text!r} must be lower-case letters, digits, dots and dashes")
     return text
-
-
-def _mapping(value: Any, where: str, allowed: set[str] | None) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(where, f"must be a mapping, not {type(value).__name__}")
-    for key in value:
-        if allowed is not None and key not in allowed:
-            raise ConfigError(f"{where}.{key}", f"unknown field (allowed: {', '.join(sorted(allowed))})")
-    return value
-
-
-def _list(value: Any, where: str) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(where, f"must be a list, not {type(value).__name__}")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(where, f"must be a non-empty string, not {value!r}")
-    return value.strip()
-
-
-def _int(value: Any, where: str, *, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(where, f"must be an integer, not {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise ConfigError(where, f"must be {bound}, not {value}")
-    return value

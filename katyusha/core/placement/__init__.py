@@ -15,7 +15,6 @@ except ImportError as exc:
     ) from exc
 
 from katyusha.core.placement.baseline import PodAtATimeScheduler
-from katyusha.core.placement.cost import CostReport, evaluate
 from katyusha.core.placement.flow import FlowScheduler
 from katyusha.core.placement.model import (
     Cluster,
@@ -29,6 +28,7 @@ from katyusha.core.placement.model import (
     Taint,
     Toleration,
 )
+from katyusha.core.placement.score import CostReport, evaluate
 from katyusha.core.placement.solver import (
     FlowSolution,
     MinCostFlowSolver,

@@ -16,7 +16,8 @@ A placement's cost is a sum of integers (OR-Tools needs integer costs):
 
 Utilisation is counted in mean-sized batch pods. The steps depend on the
 cluster before the batch and on the batch's mean request, never on the scheduler, so the same assignment costs the same
-whichever scheduler produced it.
+whichever scheduler produced it. A placement is scored by
+:func:`katyusha.core.placement.score.evaluate`, which prices it with these pieces.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from katyusha.core.placement.model import Cluster, Placement, PodClass
+from katyusha.core.placement.model import PodClass
 
 PULL_COST = 300
 SPREAD_COST = 200
@@ -98,51 +99,3 @@ def spread_model(cpu_cap, ram_cap, cpu_used, ram_used, classes: tuple[PodClass, 
     util = np.minimum(1.0, base[None, :] + pods_at_end * share[None, :])
     steps = np.rint(SPREAD_COST * util).astype(np.int64)
     return SpreadModel(base=base, share=share, steps=steps)
-
-
-@dataclass(frozen=True)
-class CostReport:
-    """A placement's cost, broken down; ``image_pulls`` counts distinct (node, image) pulls."""
-
-    total: int
-    pull: int
-    spread: int
-    preference: int
-    unscheduled: int
-    image_pulls: int
-    pods_waiting_pull: int
-    pods_unscheduled: int
-
-
-def evaluate(cluster: Cluster, classes: tuple[PodClass, ...], placement: Placement) -> CostReport:
-    """Cost of ``placement`` for this cluster and batch under the common cost function."""
-    from katyusha.core.placement.constraints import ClusterIndex
-
-    index = ClusterIndex(cluster, classes)
-    pod_class = {pod: i for i, cls in enumerate(classes) for pod in cls.pods}
-    per_node: dict[int, int] = {}
-    pull = preference = waiting = 0
-    pulls: set[tuple[int, str]] = set()
-    for pod, node_name in placement.assignments.items():
-        c = pod_class[pod]
-        n = index.node_index[node_name]
-        per_node[n] = per_node.get(n, 0) + 1
-        preference += int(index.preference_cost(c)[n])
-        if not index.has_image(c)[n]:
-            pull += PULL_COST
-            waiting += 1
-            pulls.add((n, classes[c].image))
-    spread = sum(index.spread.total(n, k) for n, k in per_node.items())
-    missing = len(placement.unscheduled)
-    unscheduled = UNSCHEDULED_COST * missing
-    return CostReport(
-        total=pull + spread + preference + unscheduled,
-        pull=pull,
-        spread=spread,
-        preference=preference,
-        unscheduled=unscheduled,
-        image_pulls=len(pulls),
-        pods_waiting_pull=waiting,
-        pods_unscheduled=missing,
-    )
-

@@ -103,9 +103,14 @@ class FlowScheduler:
         fine = ~over[nodes]
         state.commit_many(classes[fine], nodes[fine], pods[fine])
         take = np.where(fine, pods, 0)
-        # Flows are grouped by class (arcs were added class by class), which fixes the
-        # order in which an over-full node keeps pods: the same input keeps the same ones.
-        for i in np.flatnonzero(~fine).tolist():
+        # An over-full node keeps its biggest pods first (their dominant share of the
+        # node), as first-fit decreasing does: a small pod turned away fits elsewhere more
+        # often than a big one. Ties go to flow order (grouped by class), so the same
+        # input keeps the same pods.
+        over_flows = np.flatnonzero(~fine)
+        share = np.maximum(index.class_cpu[classes[over_flows]] / index.cpu_cap[nodes[over_flows]],
+                           index.class_ram[classes[over_flows]] / index.ram_cap[nodes[over_flows]])
+        for i in over_flows[np.lexsort((over_flows, -share))].tolist():
             c, n = int(classes[i]), int(nodes[i])
             take[i] = min(int(pods[i]), state.room_on(c, n))
             if take[i]:
