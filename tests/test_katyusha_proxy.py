@@ -30,7 +30,8 @@ async def test_with_defaults_the_slow_pod_gets_a_small_share_whatever_the_policy
     # so at most one request per pod is out and the rest wait in L1 until a
     # pod frees: late binding. The four times slower pod frees a quarter as
     # often, so it serves about 0.25 / 2.25 of the requests, whatever the
-    # policy (measured 10 to 26 of 150 over five policies; a third is 50).
+    # policy (python -m benchmarks.policy_share: 9 to 24 of 150 over five
+    # policies; a third would be 50).
     pods = [arg for pod in fleet for arg in ("--pod", pod.spec)]
     for policy in ("round-robin", "jsq-piggyback"):
         with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true") as proxy:
