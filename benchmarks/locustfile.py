@@ -6,7 +6,9 @@ Each simulated user sends GETs back to back with a short think time, so the
 load follows the users count (closed loop); for an open-loop Poisson load
 use benchmarks/loadgen.py. A response whose status is not 2xx counts as a
 failure; Locust's summary prints latency percentiles per request name.
-Set ``KATYUSHA_LOCUST_WAIT_MS`` to change the think time (default 0-20 ms).
+Set ``LOCUST_WAIT_MS`` to change the think time (default 0-20 ms). (Not a
+``KATYUSHA_*`` name: ``katyusha serve`` refuses unknown ``KATYUSHA_*``
+variables, and the same shell often starts both.)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import uuid
 
 from locust import HttpUser, between, task
 
-_WAIT_S = float(os.environ.get("KATYUSHA_LOCUST_WAIT_MS", "20")) / 1000.0
+_WAIT_S = float(os.environ.get("LOCUST_WAIT_MS", "20")) / 1000.0
 
 
 class FleetUser(HttpUser):

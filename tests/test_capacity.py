@@ -1,8 +1,8 @@
 """Per-pod capacity: katyusha sends a pod no more than its container concurrency and keeps the rest in L1.
 
 End to end over real processes (sim-backend behind nonna with a shallow L2
-queue, so overflow shows as nonna's 503), plus the admission arithmetic of
-the balancer on its own.
+queue, so overflow shows as nonna's 503). The capacity arithmetic on its own
+is tested on the core in tests/test_service_balancer.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import time
 import pytest
 
 from katyusha.core.errors import ConfigError
-from katyusha.proxy.balancer import Balancer
-from katyusha.proxy.config import PodSpec, ProxyConfig, parse_pod, validate
+from katyusha.proxy.config import parse_pod, validate
 from tests.katyusha_fleet import Pod, admin, blast, katyusha
 from tests.procs import Proc, script
 
@@ -112,34 +111,6 @@ async def test_capacity_is_learned_from_nonna_concurrency_when_not_given(pods):
         assert row["reported_concurrency"] == 2
         assert row["capacity"] == 2
         assert state["queue"]["limit"] == 2
-
-
-async def test_factor_scales_capacity_and_unlimited_pods_are_not_capped():
-    pods = (PodSpec("a", "http://127.0.0.1:1", concurrency=2),
-            PodSpec("b", "http://127.0.0.1:2", concurrency=1))
-    balancer = Balancer(ProxyConfig(pods=pods, pod_capacity_factor=1.5))
-    a, b = (balancer.table.get(name) for name in ("a", "b"))
-    assert (balancer.capacity(a), balancer.capacity(b)) == (3, 1)
-    assert balancer.queue.limit == 4
-    balancer.dispatched(b)
-    assert {balancer.pick(0.0) for _ in range(20)} == {a}
-    # A pod that just failed is avoided even when the others are full.
-    balancer.dispatched(a)
-    balancer.dispatched(a)
-    balancer.dispatched(a)
-    assert balancer.pick(0.0, exclude=[b]) is a
-    for _ in range(3):
-        balancer.undispatched(a)
-    balancer.undispatched(b)
-    assert balancer.pick(0.0, exclude=[a]) is b
-    # One pod with no limit: the configured L1 limit stands, that pod uncapped.
-    balancer.upsert(PodSpec("c", "http://127.0.0.1:3", concurrency=0))
-    assert balancer.queue.limit == 1000
-    assert balancer.capacity(balancer.table.get("c")) is None
-    balancer.remove("c")
-    assert balancer.queue.limit == 4
-    off = Balancer(ProxyConfig(pods=pods, pod_capacity_factor=0))
-    assert off.queue.limit == 1000 and off.capacity(off.table.get("b")) is None
 
 
 @pytest.mark.parametrize("raw", ["-1", "abc", "nan", "inf", "", True])

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.katyusha_fleet import admin, blast, katyusha, start_pods
+from tests.test_service_e2e import demand_sink
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +25,32 @@ def per_pod(results) -> collections.Counter:
     return collections.Counter(headers.get("nonna-pod") for _, headers, _ in results)
 
 
-async def test_jsq_sends_fewer_requests_to_the_slow_pod_than_round_robin(fleet):
+async def test_with_defaults_the_slow_pod_gets_a_small_share_whatever_the_policy(fleet):
+    # Defaults: each pod's capacity is learned from its Nonna-Concurrency (1),
+    # so at most one request per pod is out and the rest wait in L1 until a
+    # pod frees: late binding. The four times slower pod frees a quarter as
+    # often, so it serves about 0.25 / 2.25 of the requests, whatever the
+    # policy (python -m benchmarks.policy_share: 9 to 24 of 150 over five
+    # policies; a third would be 50).
+    pods = [arg for pod in fleet for arg in ("--pod", pod.spec)]
+    for policy in ("round-robin", "jsq-piggyback"):
+        with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true") as proxy:
+            results = await blast(proxy.url + "/work", 150, 6)
+            assert [status for status, _, _ in results] == [200] * 150
+            slow = per_pod(results)["pod-2"]
+            assert 3 <= slow <= 30, (policy, per_pod(results))
+            _, state = admin(proxy, "GET", "/pods")
+            assert state["queue"]["limit"] == 3
+            assert [row["capacity"] for row in state["pods"]] == [1, 1, 1]
+
+
+async def test_with_per_pod_capacity_off_the_policy_decides(fleet):
+    # Where requests are not held in L1 (capacity off, or unknown: pods that
+    # report no concurrency), the policy alone decides: round robin gives the
+    # slow pod its third, jsq-piggyback far less.
     pods = [arg for pod in fleet for arg in ("--pod", pod.spec)]
     counts = {}
     for policy in ("round-robin", "jsq-piggyback"):
-        # The per-pod cap off: this compares what each policy decides on its own.
         with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true",
                       "--set", "pod-capacity-factor=0") as proxy:
             results = await blast(proxy.url + "/work", 150, 6)
@@ -103,7 +125,8 @@ async def test_no_ready_pod_waits_until_one_is_added(fleet):
         await asyncio.sleep(0.5)
         assert not task.done()
         _, demand = admin(proxy, "GET", "/demand")
-        assert demand == {"waiting": 3, "in_flight": 0, "ready_pods": 0}
+        assert demand == {"waiting": 3, "in_flight": 0, "ready_pods": 0,
+                          "services": {"default": {"waiting": 3, "in_flight": 0, "ready_pods": 0}}}
         status, _ = admin(proxy, "PUT", "/pods", {"pods": [fleet[0].json()]})
         assert status == 200
         results = await asyncio.wait_for(task, 15)
@@ -149,9 +172,9 @@ async def test_metrics_and_sigterm_exit_zero(fleet):
         import urllib.request
 
         text = urllib.request.urlopen(proxy.admin + "/metrics", timeout=10).read().decode()
-        assert 'katyusha_requests_total{pod="pod-0",status="200"} 3.0' in text
-        assert "katyusha_l1_wait_seconds_count 3.0" in text
-        assert 'katyusha_pod_in_flight{pod="pod-0"} 0.0' in text
+        assert 'katyusha_requests_total{pod="pod-0",service="default",status="200"} 3.0' in text
+        assert 'katyusha_l1_wait_seconds_count{service="default"} 3.0' in text
+        assert 'katyusha_pod_in_flight{pod="pod-0",service="default"} 0.0' in text
         task = asyncio.ensure_future(blast(proxy.url + "/", 4, 4))
         await asyncio.sleep(0.1)
         assert await asyncio.to_thread(proxy.terminate) == 0
@@ -199,34 +222,15 @@ async def test_several_workers_share_the_port_and_admin_fans_out(fleet):
 
 
 async def test_demand_is_posted_when_requests_wait_for_a_pod():
-    import http.server
-    import json
-    import threading
-
-    posts = []
-
-    class Sink(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/demand"
+    with demand_sink() as (url, posts):
         with katyusha("--demand-url", url, "--request-timeout", "1") as proxy:
             results = await blast(proxy.url + "/", 5, 5)
             assert [r[0] for r in results] == [503] * 5
             assert posts, "no demand POST arrived"
+            assert posts[0]["service"] == "default"
             assert posts[0]["ready_pods"] == 0 and posts[0]["waiting"] >= 1
             # At most one POST per 100 ms (plus one trailing), not one per request.
             assert len(posts) <= 3
-    finally:
-        server.shutdown()
 
 
 async def test_prequal_serves_every_request(fleet):

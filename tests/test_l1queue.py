@@ -5,7 +5,7 @@ import random
 import pytest
 
 from katyusha.core.errors import BadInput, ConfigError, QueueFull
-from katyusha.core.queue import L1Queue
+from katyusha.core.queue import L1Queue, parse_priority
 
 
 def fill(queue, count, now=0.0, **kw):
@@ -154,6 +154,33 @@ def test_bad_offer_arguments_are_bad_input_and_change_nothing():
             q.offer("x", 0.0, **kwargs)
     assert (q.active, q.waiting) == (0, 0)
     assert q.offer("ok", 0.0).admitted
+
+
+def test_requeue_puts_an_admitted_ticket_first_in_line_with_its_deadline():
+    q = L1Queue(limit=2, default_timeout_s=5.0)
+    a, b = fill(q, 2)
+    c = q.offer("c", 1.0)
+    q.hold()
+    q.requeue(b, 2.0)
+    assert b.waiting and (q.active, q.waiting) == (1, 2)
+    q.requeue(b, 2.0)  # holds no slot: nothing changes
+    assert (q.active, q.waiting, q.admitted_total) == (1, 2, 1)
+    assert q.next_deadline() == 5.0
+    assert q.unhold(3.0) == [b]  # ahead of c, which waited longer in the queue
+    assert q.release(a, 3.5) == [c]
+    # A requeued ticket expires once, at its own deadline.
+    q.hold()
+    q.requeue(b, 4.0)
+    assert q.expire(4.9) == [] and q.expire(5.0) == [b] and q.expire(9.0) == []
+    assert q.next_deadline() is None and q.waiting == 0 and q.expired_total == 1
+
+
+def test_priority_header_values():
+    assert parse_priority(b"1", "x-priority", 2) == 1
+    assert parse_priority(b" 0 ", "x-priority", 3) == 0
+    for bad in (b"2", b"-1", b"high", b"", b"1.0", b"+1", b"01234"):
+        with pytest.raises(BadInput, match="x-priority: must be an integer from 0 to 1"):
+            parse_priority(bad, "x-priority", 2)
 
 
 def test_random_workload_keeps_invariants_and_bounded_memory():

@@ -49,3 +49,9 @@ class NoReadyPod(KatyushaError):
     """No pod can take the request (nothing ready before the deadline)."""
 
     status_hint = 503
+
+
+class NotFound(KatyushaError):
+    """The request names something katyusha does not have (a service, a pod)."""
+
+    status_hint = 404

@@ -1,14 +1,22 @@
 """The load table: what katyusha knows about each pod's load, from its own counts and the pod's reports.
 
 Two sources feed it. katyusha's own counts (``in_flight``: requests it sent to
-the pod and has not had answered) are exact but blind to other katyusha
-replicas and to what the pod does with them. The pod's piggybacked report
+the pod that have not ended, response body included) are exact but blind to
+other katyusha replicas and to what the pod does with them. The pod's piggybacked report
 (``Nonna-Queue-Length`` + ``Nonna-In-Flight``) sees every client of the pod but
 is only as fresh as the last response. :meth:`LoadTable.estimated_load`
 combines the two; policies only compare its values.
 
-The hot-path methods (``on_dispatch``, ``on_response``, ``on_failure``,
-``estimated_load``) do constant work and build nothing.
+``in_flight`` is katyusha's one count of its requests to a pod: raised by
+:meth:`LoadTable.on_dispatch`, lowered once by :meth:`LoadTable.on_end`. What a
+response or a failure teaches is recorded apart (:meth:`LoadTable.record_response`,
+:meth:`LoadTable.record_failure`), since a response head arrives before the
+request ends (its body still streams). The service balancer's per-request
+handle makes those calls; :meth:`LoadTable.on_response` and
+:meth:`LoadTable.on_failure` do both at once for a caller whose requests end
+with their response (a simulation).
+
+The hot-path methods do constant work and build nothing.
 """
 
 from __future__ import annotations
@@ -159,17 +167,23 @@ class LoadTable:
     # -- per request (hot path) ------------------------------------------
 
     def on_dispatch(self, entry: PodEntry, now: float) -> None:
-        """A request was sent to ``entry``."""
+        """A request was sent to ``entry``: counted in ``in_flight`` until :meth:`on_end`."""
         entry.in_flight += 1
         entry.dispatched_since_report += 1
         entry.requests += 1
 
-    def on_response(
-        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
-    ) -> None:
-        """A response came back from ``entry`` after ``latency_s``, with the pod's report if any."""
+    def on_end(self, entry: PodEntry) -> None:
+        """A request to ``entry`` ended (response relayed, or failed); never below zero."""
         if entry.in_flight > 0:
             entry.in_flight -= 1
+
+    def record_response(
+        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
+    ) -> None:
+        """A response head came back from ``entry`` after ``latency_s``, with the pod's report if any.
+
+        ``in_flight`` is left alone: the request ends later (:meth:`on_end`).
+        """
         entry.consecutive_failures = 0
         alpha = self.ewma_alpha
         latency_ms = latency_s * 1000.0
@@ -195,15 +209,25 @@ class LoadTable:
             else:
                 entry.app_ewma_ms += self.app_alpha * (app_ms - entry.app_ewma_ms)
 
-    def on_failure(self, entry: PodEntry, now: float) -> None:
-        """A request to ``entry`` ended with no response (connection error, timeout)."""
-        if entry.in_flight > 0:
-            entry.in_flight -= 1
+    def record_failure(self, entry: PodEntry, now: float) -> None:
+        """A request to ``entry`` got no response (connection error, timeout); ``in_flight`` left alone."""
         if entry.dispatched_since_report > 0:
             entry.dispatched_since_report -= 1
         entry.failures += 1
         entry.consecutive_failures += 1
         entry.failed_at = now
+
+    def on_response(
+        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
+    ) -> None:
+        """A request to ``entry`` ended with its response: :meth:`record_response` and :meth:`on_end`."""
+        self.record_response(entry, now, latency_s, feedback)
+        self.on_end(entry)
+
+    def on_failure(self, entry: PodEntry, now: float) -> None:
+        """A request to ``entry`` ended with no response: :meth:`record_failure` and :meth:`on_end`."""
+        self.record_failure(entry, now)
+        self.on_end(entry)
 
     def is_fresh(self, entry: PodEntry, now: float) -> bool:
         """True when the pod reported within ``stale_after_s`` of ``now``."""
@@ -244,34 +268,30 @@ class LoadTable:
 
     def snapshot(self, now: float) -> list[dict]:
         """JSON-able state of every pod, for the admin ``GET /pods``."""
-        rows = []
-        for entry in self._pods.values():
-            fresh = self.is_fresh(entry, now)
-            rows.append(
-                {
-                    "name": entry.name,
-                    "url": entry.url,
-                    "node": entry.node,
-                    "ready": entry.ready,
-                    "in_flight": entry.in_flight,
-                    "estimated_load": self.estimated_load(entry, now),
-                    "report_fresh": fresh,
-                    "reported_queue": entry.reported_queue,
-                    "reported_in_flight": entry.reported_in_flight,
-                    "reported_concurrency": entry.reported_concurrency,
-                    "reported_state": entry.reported_state,
-                    "report_age_s": None
-                    if entry.reported_at is None
-                    else round(now - entry.reported_at, 6),
-                    "dispatched_since_report": entry.dispatched_since_report,
-                    "latency_ewma_ms": entry.latency_ewma_ms,
-                    "app_ewma_ms": entry.app_ewma_ms,
-                    "requests": entry.requests,
-                    "failures": entry.failures,
-                    "consecutive_failures": entry.consecutive_failures,
-                }
-            )
-        return rows
+        return [self.row(entry, now) for entry in self._pods.values()]
+
+    def row(self, entry: PodEntry, now: float) -> dict:
+        """JSON-able state of one pod."""
+        return {
+            "name": entry.name,
+            "url": entry.url,
+            "node": entry.node,
+            "ready": entry.ready,
+            "in_flight": entry.in_flight,
+            "estimated_load": self.estimated_load(entry, now),
+            "report_fresh": self.is_fresh(entry, now),
+            "reported_queue": entry.reported_queue,
+            "reported_in_flight": entry.reported_in_flight,
+            "reported_concurrency": entry.reported_concurrency,
+            "reported_state": entry.reported_state,
+            "report_age_s": None if entry.reported_at is None else round(now - entry.reported_at, 6),
+            "dispatched_since_report": entry.dispatched_since_report,
+            "latency_ewma_ms": entry.latency_ewma_ms,
+            "app_ewma_ms": entry.app_ewma_ms,
+            "requests": entry.requests,
+            "failures": entry.failures,
+            "consecutive_failures": entry.consecutive_failures,
+        }
 
 
 def _is_number(value: object) -> bool:

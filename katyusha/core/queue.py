@@ -13,6 +13,9 @@ a slot can never be freed twice nor a ticket admitted twice.
 While *held* (no pod is ready, e.g. scaling from zero) nothing is admitted;
 requests keep waiting until ``unhold`` or their deadline. Holding works in
 unlimited mode too: there is nowhere to send a request while no pod is ready.
+An admitted ticket that finds no pod after all (the last one left) goes back
+to waiting at the front of its class with :meth:`L1Queue.requeue`, keeping its
+deadline, instead of polling for a pod.
 
 The queue does no I/O and keeps no timers: the caller asks for
 :meth:`L1Queue.next_deadline` and calls :meth:`L1Queue.expire` when it passes.
@@ -35,9 +38,13 @@ EXPIRED = "expired"
 
 
 class Ticket:
-    """One request's place in the L1 queue. ``payload`` is the caller's, untouched."""
+    """One request's place in the L1 queue. ``payload`` is the caller's, untouched.
 
-    __slots__ = ("payload", "enqueued_at", "deadline", "priority", "state", "admitted_at")
+    A caller that needs more per-request state subclasses it (with
+    ``__slots__``) and passes the class as ``L1Queue(ticket_class=...)``.
+    """
+
+    __slots__ = ("payload", "enqueued_at", "deadline", "priority", "state", "admitted_at", "_heap_seq")
 
     def __init__(self, payload: Any, enqueued_at: float, deadline: float, priority: int):
         self.payload = payload
@@ -46,6 +53,7 @@ class Ticket:
         self.priority = priority
         self.state = WAITING
         self.admitted_at: float | None = None
+        self._heap_seq = -1
 
     @property
     def admitted(self) -> bool:
@@ -55,10 +63,6 @@ class Ticket:
     @property
     def waiting(self) -> bool:
         return self.state is WAITING
-
-    def __lt__(self, other: Ticket) -> bool:
-        # Only reached on equal deadlines in the expiry heap; any stable answer will do.
-        return self.enqueued_at < other.enqueued_at
 
     def __repr__(self) -> str:
         return f"Ticket(state={self.state}, priority={self.priority}, deadline={self.deadline})"
@@ -74,8 +78,12 @@ class L1Queue:
         max_length: int = 10_000,
         default_timeout_s: float = 30.0,
         priority_classes: int = 1,
+        ticket_class: type[Ticket] = Ticket,
     ):
-        """``limit`` None means unlimited. Raises ConfigError (naming the argument) for bad values."""
+        """``limit`` None means unlimited. Raises ConfigError (naming the argument) for bad values.
+
+        ``ticket_class`` is what :meth:`offer` builds: :class:`Ticket` or a subclass.
+        """
         _check_limit(limit)
         if not _is_int(max_length) or max_length < 0:
             raise ConfigError("max_length", f"must be an integer >= 0, got {max_length!r}")
@@ -91,6 +99,7 @@ class L1Queue:
         self.max_length = max_length
         self.default_timeout_s = float(default_timeout_s)
         self.priority_classes = priority_classes
+        self.ticket_class = ticket_class
         self.waiting = 0
         self.active = 0
         self.held = False
@@ -101,7 +110,10 @@ class L1Queue:
         # One FIFO per class; cancelled or expired tickets stay until they reach
         # the front (lazy removal keeps cancel O(1)); _compact bounds the garbage.
         self._classes: list[deque[Ticket]] = [deque() for _ in range(priority_classes)]
-        self._deadlines: list[tuple[float, Ticket]] = []
+        # (deadline, seq, ticket); an entry is live while its ticket waits and
+        # carries that seq (a requeued ticket gets a new entry, its old one dies).
+        self._deadlines: list[tuple[float, int, Ticket]] = []
+        self._seq = 0
         self._fifo_dead = 0
         self._heap_dead = 0
 
@@ -124,7 +136,7 @@ class L1Queue:
             raise BadInput(
                 f"priority must be an integer from 0 to {self.priority_classes - 1}, got {priority!r}"
             )
-        ticket = Ticket(payload, now, now + timeout_s, priority)
+        ticket = self.ticket_class(payload, now, now + timeout_s, priority)
         if not self.held and self.waiting == 0 and (self.limit is None or self.active < self.limit):
             ticket.state = ADMITTED
             ticket.admitted_at = now
@@ -135,9 +147,34 @@ class L1Queue:
             self.rejected_total += 1
             raise QueueFull(f"L1 queue full: {self.waiting} requests waiting (max {self.max_length})")
         self._classes[priority].append(ticket)
-        heapq.heappush(self._deadlines, (ticket.deadline, ticket))
+        self._push_deadline(ticket)
         self.waiting += 1
         return ticket
+
+    def requeue(self, ticket: Ticket, now: float) -> None:
+        """An admitted ticket could not be served after all: free its slot, wait again at the front.
+
+        The ticket keeps its deadline and goes ahead of every ticket of its
+        class, since it was admitted before them. Nothing is admitted here:
+        the caller requeues because there is nowhere to send the request
+        (the queue is then held). Requeueing a ticket that holds no slot
+        changes nothing.
+        """
+        if ticket.state is not ADMITTED:
+            return
+        ticket.state = WAITING
+        ticket.admitted_at = None
+        self.active -= 1
+        self.waiting += 1
+        self.admitted_total -= 1
+        self._classes[ticket.priority].appendleft(ticket)
+        self._push_deadline(ticket)
+
+    def _push_deadline(self, ticket: Ticket) -> None:
+        seq = self._seq
+        self._seq = seq + 1
+        ticket._heap_seq = seq
+        heapq.heappush(self._deadlines, (ticket.deadline, seq, ticket))
 
     def release(self, ticket: Ticket, now: float) -> list[Ticket]:
         """An admitted ticket finished: free its slot; returns the tickets admitted in its place.
@@ -179,8 +216,8 @@ class L1Queue:
         expired = []
         heap = self._deadlines
         while heap and heap[0][0] <= now:
-            _, ticket = heapq.heappop(heap)
-            if ticket.state is WAITING:
+            _, seq, ticket = heapq.heappop(heap)
+            if ticket.state is WAITING and ticket._heap_seq == seq:
                 ticket.state = EXPIRED
                 self.waiting -= 1
                 self.expired_total += 1
@@ -195,7 +232,7 @@ class L1Queue:
     def next_deadline(self) -> float | None:
         """The earliest deadline among waiting tickets, or None when nothing waits."""
         heap = self._deadlines
-        while heap and heap[0][1].state is not WAITING:
+        while heap and not _live(heap[0]):
             heapq.heappop(heap)
             self._heap_dead -= 1
         return heap[0][0] if heap else None
@@ -255,9 +292,29 @@ class L1Queue:
                 self._classes[index] = deque(t for t in fifo if t.state is WAITING)
             self._fifo_dead = 0
         if self._heap_dead > slack:
-            self._deadlines = [item for item in self._deadlines if item[1].state is WAITING]
+            self._deadlines = [item for item in self._deadlines if _live(item)]
             heapq.heapify(self._deadlines)
             self._heap_dead = 0
+
+
+def parse_priority(value: bytes, header: str, classes: int) -> int:
+    """The priority class a request header asks for: an integer from 0 to ``classes - 1``.
+
+    Raises BadInput (400) naming ``header`` for anything else.
+    """
+    text = value.strip()
+    if text.isdigit() and len(text) <= 2:
+        priority = int(text)
+        if priority < classes:
+            return priority
+    raise BadInput(
+        f"{header}: must be an integer from 0 to {classes - 1}, got {value.decode('latin-1')!r}"
+    )
+
+
+def _live(item: tuple[float, int, Ticket]) -> bool:
+    ticket = item[2]
+    return ticket.state is WAITING and ticket._heap_seq == item[1]
 
 
 def _is_int(value: object) -> bool:

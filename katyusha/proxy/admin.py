@@ -1,15 +1,20 @@
-"""The admin port of ``katyusha serve``: health, config, metrics, the pod set and demand.
+"""The admin port of ``katyusha serve``: health, config, metrics, services, pod sets, demand, picks.
 
-Routes (all JSON unless said otherwise)::
+Routes (all JSON unless said otherwise). Every route that concerns a service
+acts on the default service unless ``service=NAME`` selects another (404
+naming it when unknown)::
 
     GET    /healthz             "ok" (503 "draining" once shutdown began)
     GET    /config              the settings in force
     GET    /metrics             Prometheus text
+    GET    /services            every service: hosts, path prefix, policy, ready pods, queue
     GET    /pods                load table snapshot, policy, L1 queue counters
     PUT    /pods                {"pods": [{"name","url","node","admin","concurrency"}], "replace": false}
+    GET    /pods/{name}         one load table row
     DELETE /pods/{name}         take out of picking, answer once drained (?timeout=30)
-    GET    /demand              {"waiting", "in_flight", "ready_pods"}
+    GET    /demand              {"waiting", "in_flight", "ready_pods"} (+ "services" without service=)
     GET    /pool                response pool summary (outoushuugou)
+    GET    /trace               the last trace-picks picks (all services without service=)
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from urllib.parse import parse_qs, unquote
 
 from katyusha.core.errors import BadInput, ConfigError, KatyushaError
 from katyusha.proxy.asgi import TEXT, lifespan, read_body, respond, respond_json
-from katyusha.proxy.balancer import Balancer
 from katyusha.proxy.config import PodSpec, ProxyConfig, parse_pod
+from katyusha.proxy.discovery import Membership, PushSource
 from katyusha.proxy.metrics import exposition
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -60,6 +65,10 @@ def parse_pods_body(body: bytes) -> tuple[list[PodSpec], bool]:
     return specs, replace
 
 
+def _query(scope) -> dict[str, list[str]]:
+    return parse_qs(scope.get("query_string", b"").decode("latin-1"))
+
+
 def parse_timeout(query: bytes, default: float = 30.0) -> float:
     """``timeout=`` seconds from a query string. Raises BadInput for a bad value."""
     values = parse_qs(query.decode("latin-1")).get("timeout")
@@ -77,11 +86,14 @@ def parse_timeout(query: bytes, default: float = 30.0) -> float:
 class AdminApp:
     """Raw ASGI app of the admin port for one katyusha process."""
 
-    def __init__(self, config: ProxyConfig, balancer: Balancer, registry, notes: dict | None = None):
+    def __init__(self, config: ProxyConfig, membership: Membership, push: PushSource, registry,
+                 notes: dict | None = None, *, draining=lambda: False):
         self.config = config
-        self.balancer = balancer
+        self.membership = membership
+        self.push = push
         self.registry = registry
         self.notes = notes or {}
+        self.draining = draining
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
@@ -97,9 +109,10 @@ class AdminApp:
     async def route(self, scope, receive, send) -> None:
         method = scope["method"]
         path = scope["path"]
-        balancer = self.balancer
+        query = _query(scope)
+        selected = query.get("service", [None])[-1]
         if path == "/healthz" and method in ("GET", "HEAD"):
-            if balancer.draining:
+            if self.draining():
                 await respond(send, 503, b"draining\n", TEXT)
             else:
                 await respond(send, 200, b"ok\n", TEXT)
@@ -107,56 +120,82 @@ class AdminApp:
             await respond_json(send, 200, self.config.to_json())
         elif path == "/metrics" and method == "GET":
             await respond(send, 200, exposition(self.registry), METRICS_TYPE)
+        elif path == "/services" and method == "GET":
+            await respond_json(send, 200, self.services())
         elif path == "/demand" and method == "GET":
-            await respond_json(send, 200, balancer.demand())
+            await respond_json(send, 200, self.demand(selected))
+        elif path == "/trace" and method == "GET":
+            await respond_json(send, 200, self.trace(selected))
         elif path == "/pool" and method == "GET":
-            pool = balancer.pool
-            summary = pool.summary(balancer.now()) if pool is not None else None
-            await respond_json(send, 200, {"enabled": pool is not None, "summary": summary})
+            live = self.membership.service(selected)
+            pool = live.core.pool
+            summary = pool.summary(live.now()) if pool is not None else None
+            await respond_json(send, 200, {"service": live.name, "enabled": pool is not None,
+                                           "summary": summary})
         elif path == "/pods":
-            if method == "GET":
-                await respond_json(send, 200, {**balancer.state(), **self.notes})
-            elif method in ("PUT", "POST"):
-                specs, replace = parse_pods_body(await read_body(receive))
-                if replace:
-                    removed = balancer.replace(specs)
-                else:
-                    removed = []
-                    for spec in specs:
-                        balancer.upsert(spec)
-                await respond_json(
-                    send,
-                    200,
-                    {
-                        "pods": [row["name"] for row in balancer.state()["pods"]],
-                        "removed": removed,
-                        "ready_pods": len(balancer.table.ready()),
-                    },
-                )
-            else:
-                await _method_not_allowed(send, "GET, PUT")
+            await self._pods(scope, receive, send, method, selected)
         elif path.startswith("/pods/"):
-            name = unquote(path[len("/pods/"):])
-            if method == "GET":
-                rows = [row for row in balancer.state()["pods"] if row["name"] == name]
-                if not rows:
-                    await respond_json(send, 404, {"error": f"unknown pod {name!r}"})
-                else:
-                    await respond_json(send, 200, rows[0])
-            elif method == "DELETE":
-                timeout = parse_timeout(scope.get("query_string", b""))
-                entry = balancer.remove(name)
-                if entry is None:
-                    await respond_json(send, 404, {"error": f"unknown pod {name!r}"})
-                    return
-                drained = await balancer.drain(entry, timeout)
-                await respond_json(
-                    send, 200, {"name": name, "drained": drained, "in_flight": balancer.busy(entry)}
-                )
-            else:
-                await _method_not_allowed(send, "GET, DELETE")
+            await self._pod(scope, send, method, selected, unquote(path[len("/pods/"):]))
         else:
             await respond_json(send, 404, {"error": f"no admin route {method} {path}"})
+
+    async def _pods(self, scope, receive, send, method: str, selected: str | None) -> None:
+        if method == "GET":
+            live = self.membership.service(selected)
+            await respond_json(send, 200, {**live.state(), **self.notes})
+        elif method in ("PUT", "POST"):
+            live = self.membership.service(selected)
+            specs, replace = parse_pods_body(await read_body(receive))
+            result = self.push.put(live.name, specs, replace)
+            table = live.core.table
+            await respond_json(send, 200, {
+                "service": live.name,
+                "pods": [entry.name for entry in table.pods()],
+                "removed": [entry.name for entry in result.removed],
+                "ready_pods": len(table.ready()),
+            })
+        else:
+            await _method_not_allowed(send, "GET, PUT")
+
+    async def _pod(self, scope, send, method: str, selected: str | None, name: str) -> None:
+        live = self.membership.service(selected)
+        if method == "GET":
+            entry = live.core.table.get(name)
+            if entry is None:
+                await respond_json(send, 404, {"error": f"unknown pod {name!r}"})
+            else:
+                await respond_json(send, 200, live.core.pod_row(entry, live.now()))
+        elif method == "DELETE":
+            timeout = parse_timeout(scope.get("query_string", b""))
+            await respond_json(send, 200, await self.push.delete(live.name, name, timeout))
+        else:
+            await _method_not_allowed(send, "GET, DELETE")
+
+    def services(self) -> dict:
+        """``GET /services``: the default service's name and every service's summary."""
+        return {"default": self.membership.default,
+                "services": [live.summary() for live in self.membership.services.values()]}
+
+    def demand(self, selected: str | None) -> dict:
+        """``GET /demand``: one service's demand; without ``service=``, the default's plus all."""
+        if selected is not None:
+            live = self.membership.service(selected)
+            return {"service": live.name, **live.demand()}
+        return {**self.membership.service(None).demand(),
+                "services": {name: live.demand() for name, live in self.membership.services.items()}}
+
+    def trace(self, selected: str | None) -> dict:
+        """``GET /trace``: the recorded picks, oldest first (every service's, merged, without ``service=``)."""
+        services = ([self.membership.service(selected)] if selected is not None
+                    else list(self.membership.services.values()))
+        picks = []
+        for live in services:
+            trace = live.core.trace
+            if trace is not None:
+                picks.extend(trace.records(live.now()))
+        picks.sort(key=lambda pick: pick["at"])
+        return {"enabled": self.config.trace_picks > 0, "size": self.config.trace_picks,
+                "picks": picks}
 
 
 async def _method_not_allowed(send, allow: str) -> None:

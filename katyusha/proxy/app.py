@@ -1,11 +1,12 @@
-"""The data port of ``katyusha serve``: raw ASGI, one request at a time through L1, a pick, a forward.
+"""The data port of ``katyusha serve``: raw ASGI, a driver of the service balancers and nothing more.
 
-Per request: offer to the L1 queue (wait while it is full of work or no pod
-is ready, noticing a client that leaves); pick a ready pod; forward; on the
-response head read the pod's piggybacked load into the table, the policy and
-the response pool, and rewrite the headers the client sees. A pod that fails
-before any response byte is retried on another pod when the method is
-idempotent and the body can be sent again. Every request gets an answer.
+Per request: route it to a service (``Host``, then path prefix; 404 when
+none), offer it to the service's L1 queue and wait while its ticket waits
+(noticing a client that leaves), dispatch it, forward it, and hand the
+response head, a failure and the end to the core's per-request handle. Every
+decision (admission, expiry, the pod, retry or not, counts) is the core's
+(:mod:`katyusha.core.service`); here is I/O: sockets, futures, headers.
+Every request gets an answer.
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ import logging
 import os
 from itertools import count
 
-from katyusha.core.errors import KatyushaError, NoReadyPod
+from katyusha.core.errors import KatyushaError
 from katyusha.core.feedback import parse_feedback, upstream_unreachable
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
+from katyusha.core.queue import parse_priority
+from katyusha.core.routing import Router
+from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
 from katyusha.http.errors import ConnectFailed, ResponseAborted
 from katyusha.proxy.asgi import lifespan, respond_json
-from katyusha.proxy.balancer import Balancer
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.metrics import ProxyStats
+from katyusha.proxy.service import LiveService
 
 log = logging.getLogger("katyusha")
 
@@ -92,24 +96,76 @@ def _has_body(headers) -> bool:
     return False
 
 
-class DataApp:
-    """The raw ASGI app of the data port."""
+class _Head:
+    """The ``on_response_head`` of one request's forwards: feeds the core, rewrites the headers."""
 
-    def __init__(self, config: ProxyConfig, balancer: Balancer, stats: ProxyStats, pools: PoolSet,
+    __slots__ = ("handle", "request_id", "timing", "stats", "keep_nonna", "uses_feedback", "loop")
+
+    def __init__(self, app: DataApp, stats: ProxyStats, request_id: bytes, timing: bytes):
+        self.handle: Dispatch | None = None
+        self.request_id = request_id
+        self.timing = timing
+        self.stats = stats
+        self.keep_nonna = app.keep_nonna
+        self.uses_feedback = app.uses_feedback
+        self.loop = app.loop
+
+    def __call__(self, status: int, headers: list) -> list:
+        handle = self.handle
+        if status >= 502 and upstream_unreachable(headers):
+            # The pod's nonna never reached its app: a failed connect to this
+            # pod (counted on it, retried elsewhere), not an answer to relay.
+            raise ConnectFailed("nonna cannot reach the pod's app (Nonna-Error: "
+                                "upstream-unreachable)", origin=handle.entry.url, retryable=True)
+        feedback = parse_feedback(headers) if self.uses_feedback else None
+        self.stats.upstream_latency.observe(handle.on_head(self.loop.time(), feedback, status))
+        out = []
+        has_id = False
+        keep_nonna = self.keep_nonna
+        for item in headers:
+            name = item[0]
+            if name.startswith(_NONNA) and not keep_nonna:
+                continue
+            if name == _REQUEST_ID:
+                has_id = True
+            out.append(item)
+        if not has_id:
+            out.append((_REQUEST_ID, self.request_id))
+        out.append((_SERVER_TIMING, self.timing))
+        return out
+
+
+class DataApp:
+    """The raw ASGI app of the data port, in front of one or more services."""
+
+    def __init__(self, config: ProxyConfig, services: list[LiveService], pools: PoolSet,
                  *, on_startup=None, on_shutdown=None):
         self.config = config
-        self.balancer = balancer
-        self.stats = stats
+        self.services = services
+        self.router: Router[LiveService] = Router(
+            [(live, live.hosts, live.path_prefix) for live in services])
         self.pools = pools
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
         self.uses_feedback = config.uses_feedback
         self.keep_nonna = config.keep_nonna_headers
         self.upstream_timeout = config.upstream_timeout
+        header = config.priority_header
+        self.priority_header = header.encode() if header else None
+        self.priority_classes = config.priority_classes
+        # Requests that matched no service.
+        self.unrouted = ProxyStats()
         self._ids = count(1)
         self._id_prefix = os.urandom(6).hex()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.in_progress = 0
         self._idle = asyncio.Event()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is being handled; False on timeout."""
@@ -128,57 +184,43 @@ class DataApp:
                 return value, True
         return f"{self._id_prefix}-{next(self._ids):x}".encode(), False
 
+    def _priority(self, headers) -> int:
+        """The priority class the request asks for (0 when it names none). Raises BadInput (400)."""
+        wanted = self.priority_header
+        for name, value in headers:
+            if name == wanted:
+                return parse_priority(value, wanted.decode(), self.priority_classes)
+        return 0
+
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await lifespan(receive, send, self.on_startup, self.on_shutdown)
             return
-        balancer = self.balancer
-        loop = balancer.loop
-        arrived = loop.time()
         headers = scope["headers"]
+        router = self.router
+        live = router.only or router.match(_header(headers, _HOST), scope["path"])
         request_id, given = self._request_id(headers)
         self.in_progress += 1
-        try:
-            ticket = balancer.offer(arrived)
-        except KatyushaError as exc:
+        if live is None:
             try:
-                await self._error(send, exc.status_hint, str(exc), request_id)
+                await self._no_service(scope, send, request_id)
             finally:
                 self._done()
             return
         try:
-            if not ticket.admitted:
-                queued = QueuedReceive(receive, _has_body(headers))
-                receive = queued
-                watch = loop.create_task(queued.watch())
-                waiter = loop.create_task(balancer.wait(ticket))
-                try:
-                    done, _ = await asyncio.wait(
-                        (watch, waiter), return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    watch.cancel()
-                    # Settled before anyone else reads from the client.
-                    await asyncio.gather(watch, return_exceptions=True)
-                    if not waiter.done():
-                        # The client left while queued (or we are cancelled):
-                        # its place goes to the next request.
-                        waiter.cancel()
-                        await asyncio.gather(waiter, return_exceptions=True)
-                if waiter not in done or waiter.cancelled():
-                    self.stats.response(499, _NO_POD)
-                    return
-                error = waiter.exception()
-                if error is not None:
-                    status = getattr(error, "status_hint", 503)
-                    await self._error(send, status, str(error), request_id)
-                    return
-            l1_wait = loop.time() - arrived
-            self.stats.l1_wait.observe(l1_wait)
-            await self._dispatch(scope, receive, send, ticket, l1_wait, request_id, given)
+            priority = self._priority(headers) if self.priority_header is not None else 0
+            ticket = live.offer(self.loop.time(), priority, scope["method"] in IDEMPOTENT)
+        except KatyushaError as exc:
+            try:
+                await self._error(live.stats, send, exc.status_hint, str(exc), request_id)
+            finally:
+                self._done()
+            return
+        try:
+            await self._serve(live, scope, receive, send, ticket, request_id, given)
         finally:
-            balancer.release(ticket)
+            live.end(ticket)
             self._done()
 
     def _done(self) -> None:
@@ -186,75 +228,70 @@ class DataApp:
         if self.in_progress == 0:
             self._idle.set()
 
-    async def _dispatch(self, scope, receive, send, ticket, l1_wait, request_id, given) -> None:
-        balancer = self.balancer
-        table = balancer.table
-        loop = balancer.loop
-        stats = self.stats
+    async def _serve(self, live: LiveService, scope, receive, send, ticket, request_id, given) -> None:
+        loop = self.loop
+        stats = live.stats
+        # Admitted, then a pod: the ticket waits (again, when the last pod
+        # left since its admission) until a core call wakes or expires it.
+        handle = live.dispatch(ticket, loop.time()) if ticket.admitted else None
+        while handle is None:
+            if not isinstance(receive, QueuedReceive):
+                receive = QueuedReceive(receive, _has_body(scope["headers"]))
+            if not await self._admitted(live, ticket, receive, send, request_id):
+                return
+            handle = live.dispatch(ticket, loop.time())
+        l1_wait = ticket.l1_wait
+        stats.l1_wait.observe(l1_wait)
+        head = _Head(self, stats, request_id, b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0))
         extra = self._upstream_headers(scope, request_id, given)
-        method = scope["method"]
-        tries = 1 + self.config.retries if method in IDEMPOTENT else 1
-        if tries > 1 and _has_body(scope["headers"]):
+        if ticket.tries_left and _has_body(scope["headers"]):
             receive = ReplayableReceive(receive, _REPLAY_LIMIT)
-        tried = []
-        timing = b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-        for attempt in range(tries):
-            now = loop.time()
-            entry = balancer.pick(now, tried)
-            if entry is None:
-                entry = await self._wait_for_pod(ticket)
-                if entry is None:
-                    await self._error(send, 503, str(NoReadyPod(
-                        f"no pod was ready within {self.config.request_timeout:g}s")), request_id)
-                    return
-                now = loop.time()
-            table.on_dispatch(entry, now)
-            balancer.dispatched(entry)
-            sent_at = now
-            outcome = {}
-
-            def on_head(status, out_headers, entry=entry, sent_at=sent_at, outcome=outcome):
-                return self._on_head(entry, sent_at, status, out_headers, request_id, given,
-                                     timing, l1_wait, outcome)
-
+        while True:
+            head.handle = handle
+            entry = handle.entry
             try:
                 result = await forward(
                     scope, receive, send, self.pools.get(entry.url),
-                    extra_request_headers=extra, on_response_head=on_head,
+                    extra_request_headers=extra, on_response_head=head,
                     timeout=self.upstream_timeout,
                 )
             except UpstreamError as exc:
-                self._failed(entry, outcome, loop.time(), exc)
-                if exc.retryable and attempt + 1 < tries and len(table.ready()) > 0:
+                stats.failure(entry.name, type(exc).__name__)
+                if handle.on_failure(loop.time(), exc.retryable):
                     stats.retries += 1
-                    tried.append(entry)
-                    continue
-                await self._error(send, exc.status_hint, f"pod {entry.name}: {exc}", request_id,
-                                  entry.name)
+                    handle = live.dispatch(ticket, loop.time())
+                    if handle is not None:
+                        continue
+                await self._error(stats, send, exc.status_hint, f"pod {entry.name}: {exc}",
+                                  request_id, entry.name)
                 return
             except ResponseAborted:
-                self._finished(entry, outcome, loop.time())
                 stats.failure(entry.name, "aborted")
                 raise
-            except BaseException:
-                self._finished(entry, outcome, loop.time())
-                raise
-            self._finished(entry, outcome, loop.time())
             stats.response(result.status, entry.name)
             return
 
-    async def _wait_for_pod(self, ticket):
-        """Admitted, but every pod left since: wait for a ready pod until the ticket's deadline."""
-        balancer = self.balancer
-        loop = balancer.loop
-        while loop.time() < ticket.deadline:
-            entry = balancer.pick(loop.time())
-            if entry is not None:
-                return entry
-            if balancer.on_demand is not None:
-                balancer.on_demand()
-            await asyncio.sleep(min(0.05, max(0.0, ticket.deadline - loop.time())))
-        return None
+    async def _admitted(self, live: LiveService, ticket, queued: QueuedReceive, send,
+                        request_id: bytes) -> bool:
+        """Wait until the ticket is admitted; False (answered) when it expired or the client left."""
+        future = ticket.payload
+        watch = self.loop.create_task(queued.watch())
+        try:
+            await asyncio.wait((watch, future), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            # Settled before anyone else reads from the client.
+            await asyncio.gather(watch, return_exceptions=True)
+        if not future.done():
+            # The client left while queued: live.end() gives the place back.
+            live.stats.response(499, _NO_POD)
+            return False
+        error = future.exception()
+        if error is not None:
+            await self._error(live.stats, send, getattr(error, "status_hint", 503), str(error),
+                              request_id)
+            return False
+        return True
 
     def _upstream_headers(self, scope, request_id: bytes, given: bool) -> list:
         extra = []
@@ -264,62 +301,26 @@ class DataApp:
         if client:
             extra.append((b"x-forwarded-for", client[0].encode()))
         extra.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        for name, value in scope["headers"]:
-            if name == _HOST:
-                extra.append((b"x-forwarded-host", value))
-                break
+        host = _header(scope["headers"], _HOST)
+        if host is not None:
+            extra.append((b"x-forwarded-host", host))
         return extra
 
-    def _on_head(self, entry, sent_at, status, headers, request_id, given, timing, l1_wait, outcome):
-        if status >= 502 and upstream_unreachable(headers):
-            # The pod's nonna never reached its app: a failed connect to this
-            # pod (counted on it, retried elsewhere), not an answer to relay.
-            raise ConnectFailed("nonna cannot reach the pod's app (Nonna-Error: "
-                                "upstream-unreachable)", origin=entry.url, retryable=True)
-        now = self.balancer.loop.time()
-        latency = now - sent_at
-        outcome["head"] = True
-        feedback = parse_feedback(headers) if self.uses_feedback else None
-        self.balancer.table.on_response(entry, now, latency, feedback)
-        self.balancer.policy.observe(entry, now, latency, feedback)
-        self.stats.upstream_latency.observe(latency)
-        pool = self.balancer.pool
-        if pool is not None:
-            pool.record(
-                entry.name, entry.node, now,
-                l1_wait_ms=l1_wait * 1000.0,
-                l2_wait_ms=feedback.queue_ms if feedback else None,
-                app_ms=feedback.app_ms if feedback else None,
-                latency_ms=latency * 1000.0,
-                status=status,
-            )
-        out = []
-        has_id = False
-        for item in headers:
-            name = item[0]
-            if name.startswith(_NONNA) and not self.keep_nonna:
-                continue
-            if name == _REQUEST_ID:
-                has_id = True
-            out.append(item)
-        if not has_id:
-            out.append((_REQUEST_ID, request_id))
-        out.append((_SERVER_TIMING, timing))
-        return out
+    async def _no_service(self, scope, send, request_id: bytes) -> None:
+        host = (_header(scope["headers"], _HOST) or b"").decode("latin-1")
+        path = scope["path"]
+        self.unrouted.response(404, _NO_POD)
+        try:
+            await respond_json(send, 404, {
+                "error": f"no service answers host {host!r} and path {path!r}",
+                "status": 404, "host": host, "path": path,
+            }, [(_REQUEST_ID, request_id)])
+        except OSError:  # pragma: no cover - the client is gone
+            pass
 
-    def _failed(self, entry, outcome, now, exc) -> None:
-        if not outcome.get("head"):
-            self.balancer.table.on_failure(entry, now)
-        self.stats.failure(entry.name, type(exc).__name__)
-        self.balancer.undispatched(entry)
-
-    def _finished(self, entry, outcome, now) -> None:
-        if not outcome.get("head"):
-            self.balancer.table.on_failure(entry, now)
-        self.balancer.undispatched(entry)
-
-    async def _error(self, send, status: int, message: str, request_id: bytes, pod: str = _NO_POD):
-        self.stats.response(status, pod)
+    async def _error(self, stats: ProxyStats, send, status: int, message: str, request_id: bytes,
+                     pod: str = _NO_POD):
+        stats.response(status, pod)
         try:
             await respond_json(
                 send, status, {"error": message, "status": status},
@@ -327,3 +328,10 @@ class DataApp:
             )
         except OSError:  # pragma: no cover - the client is gone
             pass
+
+
+def _header(headers, wanted: bytes) -> bytes | None:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from katyusha.http import PoolSet, UpstreamError
-from katyusha.proxy.balancer import Balancer
+from katyusha.proxy.service import LiveService
 
 log = logging.getLogger("katyusha")
 
@@ -93,44 +93,52 @@ class DemandNotifier:
 class Prober:
     """Asks nonna's admin ``/stats`` of a few pods each tick and feeds ``policy.observe_probe``.
 
-    Runs only for a policy that has ``observe_probe`` (prequal). Each tick
-    probes the targets the policy asks for (``probe_targets``, else every
-    ready pod with an admin URL), so each pod sees about ``rate`` probes a
-    second at most.
+    Runs for the services whose policy has ``observe_probe`` (prequal). Every
+    ``1 / rate`` seconds it probes, in each such service, the pods the policy
+    asks for (``probe_targets``: two, preferring pods with no live probe),
+    else every ready pod with an admin URL; at most one probe is in flight
+    per pod. So a service sees about ``2 * rate`` probes a second in all,
+    each of its N pods about ``2 * rate / N`` (at most ``rate``).
     """
 
-    def __init__(self, balancer: Balancer, pools: PoolSet, *, rate: float, timeout: float = 0.5):
-        self.balancer = balancer
+    def __init__(self, services: list[LiveService], pools: PoolSet, *, rate: float,
+                 timeout: float = 0.5):
+        self.services = [live for live in services if hasattr(live.core.policy, "observe_probe")]
         self.pools = pools
         self.interval = 1.0 / rate
         self.timeout = timeout
         self.probes = 0
         self.failures = 0
-        self._busy: set[str] = set()
+        self._busy: set[tuple[str, str]] = set()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
-        if hasattr(self.balancer.policy, "observe_probe"):
+        if self.services:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            balancer = self.balancer
-            candidates = [e for e in balancer.table.ready() if balancer.admin_urls.get(e.name)]
-            if not candidates:
-                continue
-            targets = getattr(balancer.policy, "probe_targets", None)
-            chosen = targets(candidates, balancer.now(), 2) if targets else candidates
-            for entry in chosen:
-                if entry.name not in self._busy:
-                    self._busy.add(entry.name)
-                    asyncio.get_running_loop().create_task(self._probe(entry))
+            for live in self.services:
+                self._tick(live)
 
-    async def _probe(self, entry) -> None:
-        balancer = self.balancer
+    def _tick(self, live: LiveService) -> None:
+        core = live.core
+        candidates = [e for e in core.table.ready() if core.admin_url(e.name)]
+        if not candidates:
+            return
+        targets = getattr(core.policy, "probe_targets", None)
+        chosen = targets(candidates, live.now(), 2) if targets else candidates
+        for entry in chosen:
+            key = (live.name, entry.name)
+            if key not in self._busy:
+                self._busy.add(key)
+                asyncio.get_running_loop().create_task(self._probe(live, entry, key))
+
+    async def _probe(self, live: LiveService, entry, key: tuple[str, str]) -> None:
+        core = live.core
         try:
-            admin = balancer.admin_urls.get(entry.name)
+            admin = core.admin_url(entry.name)
             if not admin:
                 return
             started = time.monotonic()
@@ -150,12 +158,12 @@ class Prober:
             app_ms = _number(stats, "app_ewma_ms")
             concurrency = _count(stats, "concurrency")
             step_ms = app_ms / concurrency if app_ms is not None and concurrency else None
-            balancer.policy.observe_probe(entry, balancer.now(), rif, latency_ms, step_ms)
+            core.policy.observe_probe(entry, live.now(), rif, latency_ms, step_ms)
             self.probes += 1
         except (UpstreamError, ValueError, OSError, TypeError):
             self.failures += 1
         finally:
-            self._busy.discard(entry.name)
+            self._busy.discard(key)
 
     async def close(self) -> None:
         if self._task is not None:

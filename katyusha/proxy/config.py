@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit
 
 from katyusha.config_values import (
     int_in_range,
@@ -27,28 +26,24 @@ from katyusha.config_values import (
     parse_optional_url,
     parse_positive_float,
     parse_seconds,
-    parse_url,
     read_yaml_mapping,
 )
 from katyusha.core.errors import ConfigError
-from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
+from katyusha.core.membership import PodSpec
+from katyusha.core.policies import DEFAULT_POLICY
+from katyusha.core.service import ServiceSettings
+from katyusha.proxy.services_config import (
+    DEFAULT_SERVICE,
+    ServiceSpec,
+    parse_pod,
+    parse_pods,
+    parse_policy,
+    parse_services,
+)
+
+__all__ = ["PodSpec", "ProxyConfig", "ServiceSpec", "load", "parse_pod", "validate"]
 
 ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
-
-
-@dataclass(frozen=True)
-class PodSpec:
-    """A pod katyusha may send requests to: its data URL, name, node and (optional) nonna admin URL.
-
-    ``concurrency`` is the pod's container concurrency (0: unlimited; None:
-    not given, learned from its ``Nonna-Concurrency`` reports instead).
-    """
-
-    name: str
-    url: str
-    node: str = ""
-    admin: str | None = None
-    concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +76,10 @@ class ProxyConfig:
     seed: int | None = None
     log_level: str = "warning"
     http_server: str = "lean"
+    services: tuple[ServiceSpec, ...] = ()
+    trace_picks: int = 0
+    priority_header: str | None = None
+    priority_classes: int = 2
 
     @property
     def l1_limit(self) -> int | None:
@@ -101,26 +100,59 @@ class ProxyConfig:
         """Whether piggybacked load feeds the table, the policy and the response pool."""
         return self.enable_katyusha and self.enable_outoushuugou
 
+    @property
+    def service_specs(self) -> tuple[ServiceSpec, ...]:
+        """The services: the ``services:`` section, else one service ``default`` from the global keys."""
+        return self.services or (ServiceSpec(name=DEFAULT_SERVICE, pods=self.pods),)
+
+    @property
+    def default_service(self) -> str:
+        """The service the admin routes act on without ``service=``: ``default``, else the first listed."""
+        names = [spec.name for spec in self.service_specs]
+        return DEFAULT_SERVICE if DEFAULT_SERVICE in names else names[0]
+
+    def service_settings(self, spec: ServiceSpec) -> ServiceSettings:
+        """What ``spec`` decides with: its own keys, else the global ones, with the switches applied."""
+        limit = self.l1_limit
+        if limit is not None and spec.concurrent_request is not None:
+            limit = spec.concurrent_request
+        policy = self.effective_policy
+        if self.enable_katyusha and self.enable_fukabunsan:
+            policy = spec.policy or self.policy
+        return ServiceSettings(
+            name=spec.name,
+            policy=policy,
+            l1_limit=limit,
+            queue_length=self.queue_length if spec.queue_length is None else spec.queue_length,
+            request_timeout=(self.request_timeout if spec.request_timeout is None
+                             else spec.request_timeout),
+            capacity_factor=(self.pod_capacity_factor if spec.pod_capacity_factor is None
+                             else spec.pod_capacity_factor),
+            uses_feedback=self.uses_feedback,
+            stale_after=self.stale_after,
+            retries=self.retries,
+            priority_classes=self.priority_classes if self.priority_header else 1,
+            trace_picks=self.trace_picks,
+        )
+
     def to_json(self) -> dict:
         """The settings as keys (as a user writes them) to values, plus what is in force."""
         values = asdict(self)
         out = {s.key: values[s.field] for s in SETTINGS}
-        out["pods"] = [asdict(p) for p in self.pods]
+        out["pods"] = [pod.to_json() for pod in self.pods]
+        out["services"] = [spec.to_json() for spec in self.services]
         out["effective"] = {
             "l1_limit": self.l1_limit,
             "policy": self.effective_policy,
             "feedback": self.uses_feedback,
+            "services": {spec.name: {"policy": settings.policy, "l1_limit": settings.l1_limit}
+                         for spec in self.service_specs
+                         for settings in (self.service_settings(spec),)},
         }
         return out
 
 
 # -- value parsers: (key, raw) -> value; raise ConfigError naming the key --------
-
-def parse_policy(key: str, raw: object) -> str:
-    if not isinstance(raw, str) or raw.strip() not in POLICY_NAMES:
-        raise ConfigError(key, f"must be one of {', '.join(POLICY_NAMES)}; got {raw!r}")
-    return raw.strip()
-
 
 def parse_optional_seed(key: str, raw: object) -> int | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
@@ -146,63 +178,16 @@ def parse_http_server(key: str, raw: object) -> str:
     return raw.strip().lower()
 
 
-def parse_pod(key: str, raw: object) -> PodSpec:
-    """One pod from ``"URL,name=N,node=M,admin=URL,concurrency=C"`` or a mapping with those keys."""
-    if isinstance(raw, str):
-        url, *options = [part.strip() for part in raw.strip().split(",")]
-        values: dict[str, Any] = {"url": url}
-        for option in options:
-            name, sep, value = option.partition("=")
-            if not sep or name not in _POD_OPTIONS:
-                raise ConfigError(
-                    key, f"pod {raw!r}: expected name=, node=, admin= or concurrency= after the URL, got {option!r}"
-                )
-            values[name] = value
-    elif isinstance(raw, Mapping):
-        unknown = set(raw) - {"url", *_POD_OPTIONS}
-        if unknown:
-            raise ConfigError(key, f"pod {dict(raw)!r}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
-        values = dict(raw)
-    else:
-        raise ConfigError(key, f'each pod is "URL,name=..,node=..,admin=..,concurrency=.." or a mapping, got {raw!r}')
-    if "url" not in values:
-        raise ConfigError(key, f"pod {raw!r}: the url field is required")
-    url = parse_url(f"{key}.url", values["url"])
-    if urlsplit(url).path not in ("", "/") or urlsplit(url).query:
-        raise ConfigError(f"{key}.url", f"must be an origin (http://host:port) with no path, got {url!r}")
-    name = values.get("name") or urlsplit(url).netloc
-    node = values.get("node") or ""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise ConfigError(f"{key}.name", f"must be 1-253 characters of letters, digits, '.', '-', '_', ':', got {name!r}")
-    if not isinstance(node, str) or (node and not _NAME_RE.match(node)):
-        raise ConfigError(f"{key}.node", f"must be letters, digits, '.', '-', '_', ':', got {node!r}")
-    admin = parse_optional_url(f"{key}.admin", values.get("admin"))
-    concurrency = values.get("concurrency")
-    if concurrency is not None:
-        concurrency = int_in_range(0, 1_000_000)(f"{key}.concurrency", concurrency)
-    return PodSpec(name=name, url=url, node=node, admin=admin, concurrency=concurrency)
+_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 
-_POD_OPTIONS = ("name", "node", "admin", "concurrency")
-_NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
-
-
-def parse_pods(key: str, raw: object) -> tuple[PodSpec, ...]:
-    """A list of pods; a string (env var, ConfigMap value) holds specs separated by spaces or ';'."""
-    if raw is None:
-        return ()
-    if isinstance(raw, str):
-        items: Iterable[object] = [s for s in re.split(r"[;\s]+", raw) if s]
-    elif isinstance(raw, list | tuple):
-        items = raw
-    else:
-        raise ConfigError(key, f"must be a list of pods, got {raw!r}")
-    pods = tuple(parse_pod(key, item) for item in items)
-    names = [p.name for p in pods]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(key, f"pod names must be unique; repeated: {', '.join(duplicates)}")
-    return pods
+def parse_optional_header(key: str, raw: object) -> str | None:
+    """An HTTP header name (kept in lower case), or None when empty."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str) or not _HEADER_RE.match(raw.strip()):
+        raise ConfigError(key, f"must be an HTTP header name, got {raw!r}")
+    return raw.strip().lower()
 
 
 @dataclass(frozen=True)
@@ -261,7 +246,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("demand-url", "demand_url", parse_optional_url,
              "POSTed {waiting, in_flight, ready_pods} when a request waits for a pod"),
     _setting("probe-rate", "probe_rate", parse_positive_float,
-             "prequal: probes of each pod's nonna /stats per second"),
+             "prequal: probe rounds a second; each asks two pods' nonna /stats"),
     _setting("stale-after", "stale_after", parse_seconds, "age after which a pod's report is ignored"),
     _setting("pod-capacity-factor", "pod_capacity_factor", parse_non_negative_float,
              "requests in flight per pod: its concurrency times this (at least 1); 0: no per-pod cap"),
@@ -271,6 +256,14 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("log-level", "log_level", parse_log_level, "uvicorn log level"),
     _setting("http-server", "http_server", parse_http_server,
              "the data port's HTTP/1.1 protocol: lean (katyusha.http.server) or uvicorn (httptools)"),
+    _setting("services", "services", parse_services,
+             "several services, routed by Host then path prefix (YAML list; see docs/katyusha.md)"),
+    _setting("trace-picks", "trace_picks", int_in_range(0, 100_000),
+             "picks per service kept for the admin GET /trace (0: off)"),
+    _setting("priority-header", "priority_header", parse_optional_header,
+             "request header giving the L1 priority class (0 lowest); unset: one class"),
+    _setting("priority-classes", "priority_classes", int_in_range(2, 64),
+             "how many L1 priority classes priority-header may name (0 to N-1)"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
@@ -289,6 +282,8 @@ def validate(raw: Mapping[str, object]) -> ProxyConfig:
         if setting is None:
             raise ConfigError(str(key), f"unknown setting (known: {', '.join(BY_KEY)})")
         values[setting.field] = setting.parse(key, value)
+    if values.get("services") and values.get("pods"):
+        raise ConfigError("pods", "with services: set, give each service its pods (services[i].pods)")
     return ProxyConfig(**values)
 
 

@@ -1,15 +1,16 @@
 """Prometheus metrics of the live proxy, cheap on the request path.
 
-The request path only bumps plain ints and dict entries (:class:`ProxyStats`);
-the Prometheus view is built at scrape time by a custom collector on the
-proxy's own CollectorRegistry, which also reads the L1 queue and the load
-table as they are then. No lock is needed: one event loop owns all of it.
+The request path only bumps plain ints and dict entries (:class:`ProxyStats`,
+one per service); the Prometheus view is built at scrape time by a custom
+collector on the proxy's own CollectorRegistry, which also reads each
+service's L1 queue and load table as they are then. Every family carries a
+``service`` label. No lock is needed: one event loop owns all of it.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -70,85 +71,90 @@ class ProxyStats:
         self.upstream_failures[key] = self.upstream_failures.get(key, 0) + 1
 
 
+# A service's view for one scrape: its name, its stats, and its state() (None
+# for requests that matched no service).
+ServiceView = tuple[str, ProxyStats, dict | None]
+
+
 class _Collector:
-    def __init__(self, stats: ProxyStats, state: Callable[[], dict]):
-        self.stats = stats
-        self.state = state
+    def __init__(self, views: Callable[[], Iterable[ServiceView]]):
+        self.views = views
 
     def collect(self) -> Iterator:
-        stats = self.stats
+        views = list(self.views())
         requests = CounterMetricFamily(
-            "katyusha_requests", "Responses sent to clients, by status and pod ('' when none).",
-            labels=["status", "pod"],
+            "katyusha_requests", "Responses sent to clients, by service, status and pod ('' when none).",
+            labels=["service", "status", "pod"],
         )
-        for (status, pod), count in sorted(stats.responses.items()):
-            requests.add_metric([str(status), pod], count)
-        yield requests
         failures = CounterMetricFamily(
             "katyusha_upstream_failures", "Tries that got no response from a pod, by reason.",
-            labels=["pod", "reason"],
+            labels=["service", "pod", "reason"],
         )
-        for (pod, reason), count in sorted(stats.upstream_failures.items()):
-            failures.add_metric([pod, reason], count)
-        yield failures
-        yield CounterMetricFamily(
-            "katyusha_retries", "Requests tried again on another pod.", value=stats.retries
-        )
-        yield CounterMetricFamily(
-            "katyusha_demand_posts", "Demand notifications POSTed to demand-url.",
-            value=stats.demand_posts,
-        )
-        yield _histogram(
-            "katyusha_l1_wait_seconds", "Time requests waited in the L1 queue.", stats.l1_wait
-        )
-        yield _histogram(
-            "katyusha_upstream_latency_seconds",
-            "Time from dispatch to a pod's response head.", stats.upstream_latency,
-        )
-        state = self.state()
-        queue = state["queue"]
-        yield GaugeMetricFamily(
-            "katyusha_l1_queue_length", "Requests waiting in the L1 queue.", value=queue["waiting"]
-        )
-        yield GaugeMetricFamily(
-            "katyusha_l1_active", "Requests admitted by the L1 queue and not yet finished.",
-            value=queue["active"],
-        )
+        retries = CounterMetricFamily(
+            "katyusha_retries", "Requests tried again on another pod.", labels=["service"])
+        posts = CounterMetricFamily(
+            "katyusha_demand_posts", "Demand notifications POSTed to demand-url.", labels=["service"])
+        l1_wait = HistogramMetricFamily(
+            "katyusha_l1_wait_seconds", "Time requests waited in the L1 queue.", labels=["service"])
+        upstream = HistogramMetricFamily(
+            "katyusha_upstream_latency_seconds", "Time from dispatch to a pod's response head.",
+            labels=["service"])
+        for service, stats, _ in views:
+            for (status, pod), count in sorted(stats.responses.items()):
+                requests.add_metric([service, str(status), pod], count)
+            for (pod, reason), count in sorted(stats.upstream_failures.items()):
+                failures.add_metric([service, pod, reason], count)
+            retries.add_metric([service], stats.retries)
+            posts.add_metric([service], stats.demand_posts)
+            l1_wait.add_metric([service], stats.l1_wait.cumulative(), stats.l1_wait.total)
+            upstream.add_metric([service], stats.upstream_latency.cumulative(),
+                                stats.upstream_latency.total)
+        yield from (requests, failures, retries, posts, l1_wait, upstream)
+        yield from _state_metrics([(name, state) for name, _, state in views if state is not None])
+
+
+def _state_metrics(states: list[tuple[str, dict]]) -> Iterator:
+    """Gauges and counters read from each service's state() at scrape time."""
+    waiting = GaugeMetricFamily(
+        "katyusha_l1_queue_length", "Requests waiting in the L1 queue.", labels=["service"])
+    active = GaugeMetricFamily(
+        "katyusha_l1_active", "Requests admitted by the L1 queue and not yet finished.",
+        labels=["service"])
+    counters = [
+        (CounterMetricFamily(name, doc, labels=["service"]), key)
         for name, key, doc in (
             ("katyusha_l1_rejected", "rejected_total", "Requests refused because the L1 queue was full."),
             ("katyusha_l1_expired", "expired_total", "Requests whose L1 deadline passed."),
             ("katyusha_l1_cancelled", "cancelled_total", "Requests whose client left while queued."),
-        ):
-            yield CounterMetricFamily(name, doc, value=queue[key])
-        yield GaugeMetricFamily(
-            "katyusha_ready_pods", "Pods katyusha may pick.", value=state["ready_pods"]
         )
-        load = GaugeMetricFamily(
-            "katyusha_pod_estimated_load", "Estimated requests each pod holds.", labels=["pod"]
-        )
-        in_flight = GaugeMetricFamily(
-            "katyusha_pod_in_flight", "katyusha's own requests in flight to each pod.", labels=["pod"]
-        )
+    ]
+    ready = GaugeMetricFamily("katyusha_ready_pods", "Pods katyusha may pick.", labels=["service"])
+    load = GaugeMetricFamily(
+        "katyusha_pod_estimated_load", "Estimated requests each pod holds.", labels=["service", "pod"])
+    in_flight = GaugeMetricFamily(
+        "katyusha_pod_in_flight", "katyusha's own requests in flight to each pod, bodies included.",
+        labels=["service", "pod"])
+    for service, state in states:
+        queue = state["queue"]
+        waiting.add_metric([service], queue["waiting"])
+        active.add_metric([service], queue["active"])
+        for family, key in counters:
+            family.add_metric([service], queue[key])
+        ready.add_metric([service], state["ready_pods"])
         for row in state["pods"]:
-            load.add_metric([row["name"]], row["estimated_load"])
-            in_flight.add_metric([row["name"]], row["in_flight"])
-        yield load
-        yield in_flight
+            load.add_metric([service, row["name"]], row["estimated_load"])
+            in_flight.add_metric([service, row["name"]], row["in_flight"])
+    yield from (waiting, active, *(family for family, _ in counters), ready, load, in_flight)
 
 
-def _histogram(name: str, doc: str, histogram: Histogram) -> HistogramMetricFamily:
-    return HistogramMetricFamily(
-        name, doc, buckets=histogram.cumulative(), sum_value=histogram.total
-    )
+def make_registry(views: Callable[[], Iterable[ServiceView]]) -> CollectorRegistry:
+    """A registry of its own (not the global one) whose collector reads every service's view.
 
-
-def make_registry(stats: ProxyStats, state: Callable[[], dict]) -> CollectorRegistry:
-    """A registry of its own (not the global one) whose collector reads ``stats`` and ``state()``.
-
-    ``state()`` returns ``{"queue": {...counters}, "ready_pods": n, "pods": table snapshot}``.
+    ``views()`` yields ``(service name, ProxyStats, state() or None)``; a
+    state is ``{"queue": {...counters}, "ready_pods": n, "pods": [rows]}``.
     """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(stats, state))
+    registry.register(_Collector(views))
     return registry
 
 

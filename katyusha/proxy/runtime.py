@@ -1,4 +1,4 @@
-"""One katyusha process assembled: balancer, data and admin apps, background work, shutdown.
+"""One katyusha process assembled: services, discovery, data and admin apps, background work, shutdown.
 
 Graceful shutdown (SIGTERM): the proxy stops admitting nothing new on its
 own, answers what is queued (dispatched while pods remain, 503 once none is
@@ -8,19 +8,19 @@ servers stop and the process exits 0.
 
 from __future__ import annotations
 
-import asyncio
+import random
 import sys
 
 from katyusha import serving
-from katyusha.core.errors import NoReadyPod
 from katyusha.http import PoolSet
 from katyusha.http.server import LeanHTTPProtocol
 from katyusha.proxy.admin import AdminApp
 from katyusha.proxy.app import DataApp
 from katyusha.proxy.background import DemandNotifier, Prober
-from katyusha.proxy.balancer import Balancer
 from katyusha.proxy.config import ProxyConfig
-from katyusha.proxy.metrics import ProxyStats, make_registry
+from katyusha.proxy.discovery import Membership, PushSource, Source, StaticSource
+from katyusha.proxy.metrics import make_registry
+from katyusha.proxy.service import LiveService
 
 ROLE = "katyusha"
 
@@ -41,51 +41,81 @@ class Proxy:
 
     def __init__(self, config: ProxyConfig, *, admin_notes: dict | None = None):
         self.config = config
-        self.stats = ProxyStats()
         self.pools = PoolSet(
             max_idle=config.upstream_connections, connect_timeout=config.connect_timeout
         )
         self.side_pools = PoolSet(max_idle=4, connect_timeout=config.connect_timeout)
-        self.balancer = Balancer(config)
-        self.demand: DemandNotifier | None = None
+        self.services = [
+            LiveService(config.service_settings(spec), rng=_rng(config.seed, index, spec.name),
+                        hosts=spec.hosts, path_prefix=spec.path_prefix)
+            for index, spec in enumerate(config.service_specs)
+        ]
+        self.membership = Membership(self.services, config.default_service)
+        self.push = PushSource()
+        self.sources: list[Source] = [StaticSource(config.service_specs), self.push]
+        for source in self.sources:
+            source.start(self.membership)
+        self.notifiers: list[DemandNotifier] = []
         if config.demand_url:
-            self.demand = DemandNotifier(config.demand_url, self._demand_view, self.side_pools)
-            self.balancer.on_demand = self.demand
-        self.prober = Prober(self.balancer, self.side_pools, rate=config.probe_rate)
-        self.registry = make_registry(self.stats, self.balancer.state)
+            for live in self.services:
+                notifier = DemandNotifier(config.demand_url, self._demand_view(live), self.side_pools)
+                live.on_demand = notifier
+                self.notifiers.append(notifier)
+        self.prober = Prober(self.services, self.side_pools, rate=config.probe_rate)
+        self.draining = False
         self.data = DataApp(
-            config, self.balancer, self.stats, self.pools,
-            on_startup=self.startup, on_shutdown=self.close,
+            config, self.services, self.pools, on_startup=self.startup, on_shutdown=self.close,
         )
-        self.admin = AdminApp(config, self.balancer, self.registry, admin_notes)
+        self.registry = make_registry(self._metric_views)
+        self.admin = AdminApp(config, self.membership, self.push, self.registry, admin_notes,
+                              draining=lambda: self.draining)
 
-    def _demand_view(self) -> dict:
-        self.stats.demand_posts += 1
-        return self.balancer.demand()
+    def _demand_view(self, live: LiveService):
+        def view() -> dict:
+            live.stats.demand_posts += 1
+            return {"service": live.name, **live.demand()}
+
+        return view
+
+    def _metric_views(self):
+        for live in self.services:
+            yield live.name, live.stats, live.state()
+        yield "", self.data.unrouted, None
 
     async def startup(self) -> None:
         self.prober.start()
 
     async def stop(self) -> None:
-        """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``."""
-        balancer = self.balancer
-        balancer.draining = True
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.shutdown_timeout
-        while loop.time() < deadline:
-            if balancer.queue.waiting and not balancer.table.ready():
-                balancer.fail_waiting(NoReadyPod("katyusha is shutting down and no pod is ready"))
-            if not balancer.queue.waiting and not self.data.in_progress:
-                return
-            await asyncio.sleep(0.02)
-        balancer.fail_waiting(NoReadyPod("katyusha is shutting down"))
+        """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.
+
+        Requests waiting for a service with no ready pod get 503 at once (and
+        so do those of a service that loses its last pod meanwhile); the rest
+        are served while pods remain.
+        """
+        self.draining = True
+        for live in self.services:
+            live.stopping = True
+            if not live.core.table.ready():
+                live.fail_waiting("katyusha is shutting down and no pod is ready")
+        if not await self.data.wait_idle(self.config.shutdown_timeout):
+            for live in self.services:
+                live.fail_waiting("katyusha is shutting down")
 
     async def close(self) -> None:
         await self.prober.close()
-        if self.demand is not None:
-            await self.demand.close()
+        for notifier in self.notifiers:
+            await notifier.close()
+        for source in self.sources:
+            await source.close()
         await self.pools.close_all()
         await self.side_pools.close_all()
+
+
+def _rng(seed: int | None, index: int, name: str) -> random.Random:
+    """The policy's random source: ``seed`` itself for the first service, one derived from it for others."""
+    if seed is None or index == 0:
+        return random.Random(seed)
+    return random.Random(f"{seed}:{name}")
 
 
 def bind(config: ProxyConfig, *, reuse_port: bool = False):

@@ -9,7 +9,10 @@ load table and policy; worker 0's admin fans changes out and gathers views:
 * ``PUT /pods`` and ``DELETE /pods/{name}`` are applied by every worker
   (``drained`` is true when all drained; ``in_flight`` is the sum);
 * ``GET /pods`` lists each worker's table under ``workers``;
-* ``GET /demand`` sums ``waiting`` and ``in_flight`` (``ready_pods`` is the most any worker has);
+* ``GET /demand`` sums ``waiting`` and ``in_flight`` (``ready_pods`` is the most any worker has),
+  per service too;
+* ``GET /trace`` merges every worker's picks (each marked with its ``worker``);
+  ``GET /services`` is worker 0's, with every worker's under ``workers``;
 * ``GET /metrics`` is every worker's metrics with a ``worker`` label.
 
 SIGTERM to worker 0 stops the others; a worker whose parent died stops itself.
@@ -227,12 +230,21 @@ class FanOutAdmin:
                 "workers": [r[1] for r in results],
             })
         elif path == "/demand" and method == "GET":
-            rows = [r[1] for r in await self._everywhere(scope) if r[0] == 200]
-            await respond_json(send, 200, {
-                "waiting": sum(r["waiting"] for r in rows),
-                "in_flight": sum(r["in_flight"] for r in rows),
-                "ready_pods": max(r["ready_pods"] for r in rows),
-            })
+            results = await self._everywhere(scope)
+            rows = [r[1] for r in results if r[0] == 200]
+            if not rows:
+                await respond_json(send, results[0][0], results[0][1])
+                return
+            await respond_json(send, 200, merge_demand(rows))
+        elif path in ("/trace", "/services") and method == "GET":
+            results = await self._everywhere(scope)
+            status, first = results[0]
+            if path == "/trace" and status == 200:
+                picks = [dict(pick, worker=index) for index, (code, doc) in enumerate(results)
+                         if code == 200 for pick in doc.get("picks", [])]
+                first = {**first, "picks": sorted(picks, key=lambda pick: pick["at"])}
+            await respond_json(send, status, {**first, "workers": [r[1] for r in results]}
+                               if path == "/services" else first)
         elif path == "/metrics" and method == "GET":
             texts = [self.local.registry]
             peers = await asyncio.gather(
@@ -241,6 +253,26 @@ class FanOutAdmin:
             await respond(send, 200, merge_metrics(texts[0], [p[1] for p in peers]), METRICS_TYPE)
         else:
             await self.local(scope, receive, send)
+
+
+def merge_demand(rows: list[dict]) -> dict:
+    """Every worker's demand as one: waiting and in flight summed, the most ready pods any has.
+
+    Per service too, under ``services`` when the workers' documents have it.
+    """
+    def one(docs: list[dict]) -> dict:
+        return {"waiting": sum(d["waiting"] for d in docs),
+                "in_flight": sum(d["in_flight"] for d in docs),
+                "ready_pods": max(d["ready_pods"] for d in docs)}
+
+    merged = one(rows)
+    if "service" in rows[0]:
+        merged = {"service": rows[0]["service"], **merged}
+    if "services" in rows[0]:
+        names = rows[0]["services"]
+        merged["services"] = {name: one([r["services"][name] for r in rows if name in r.get("services", {})])
+                              for name in names}
+    return merged
 
 
 def _json(data: bytes) -> dict:

@@ -1,0 +1,439 @@
+"""The service balancer: every decision katyusha takes for one service, sync and sans-IO.
+
+One :class:`ServiceBalancer` per service owns the L1 queue, the load table,
+the policy, the response pool, per-pod capacity and hold. A driver (the live
+proxy, a simulator) does the I/O and calls it. A request's life::
+
+    ticket = service.offer(now)              # QueueFull (503) when the queue is full
+    # ticket.admitted, or wait until a call below returns it (wake it then)
+    handle = service.dispatch(ticket, now)   # None: no pod is ready, the ticket waits again
+    handle.on_head(now, feedback, status)    # the response head came back
+    handle.on_failure(now, retryable)        # or: no response; True means dispatch again
+    service.end(ticket, now)                 # the request ended (also: handle.done(now))
+
+``end`` and ``done`` are the one exit of a request whatever happened (it was
+never admitted, the client left, it failed, it succeeded): they end the open
+try, if any, and give the L1 slot back, once. Each try counts one request
+in ``PodEntry.in_flight`` from ``dispatch`` until it ends (``on_failure``,
+``end``/``done``), exactly once however many times and in whatever order the
+driver calls them. Retries are further dispatches of the same ticket, which
+avoid the pods it already failed on.
+
+Calls that can let waiting tickets in (``end``, ``change_pods``) return them;
+the driver wakes each. Deadlines are data: the driver keeps one timer at
+:meth:`ServiceBalancer.next_deadline` and calls :meth:`ServiceBalancer.expire`,
+which says why each ticket expired (503 no pod was ready, 504 the queue was
+full of work). Membership changes of every kind come through one call,
+:meth:`ServiceBalancer.change_pods`; while no pod is ready the queue is held,
+and the change that brings one returns the tickets it admits (no polling).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from katyusha.core.capacity import PodCapacity
+from katyusha.core.errors import DeadlineExceeded, KatyushaError, NoReadyPod
+from katyusha.core.feedback import Feedback
+from katyusha.core.loadtable import LoadTable, PodEntry
+from katyusha.core.membership import ChangeResult, PodChange, PodSpec
+from katyusha.core.picktrace import PickTrace
+from katyusha.core.policies import DEFAULT_POLICY, make_policy
+from katyusha.core.queue import ADMITTED, WAITING, L1Queue, Ticket
+from katyusha.core.responsepool import ResponsePool
+
+# Dispatch states: sent, response head seen, ended (counted out).
+_OPEN = 0
+_HEAD = 1
+_ENDED = 2
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What one service decides with; every field as in force (switches already applied).
+
+    ``l1_limit`` None: no L1 limit. ``capacity_factor`` 0: no per-pod
+    capacity (it is off whatever the factor when ``l1_limit`` is None).
+    ``retries``: extra tries of an idempotent request on another pod.
+    ``trace_picks``: how many picks ``/trace`` keeps (0: none).
+    """
+
+    name: str = "default"
+    policy: str = DEFAULT_POLICY
+    l1_limit: int | None = 1000
+    queue_length: int = 10_000
+    request_timeout: float = 30.0
+    capacity_factor: float = 1.0
+    uses_feedback: bool = True
+    stale_after: float = 2.0
+    retries: int = 2
+    priority_classes: int = 1
+    trace_picks: int = 0
+
+
+class ServiceTicket(Ticket):
+    """A request's place in the L1 queue, and what its tries so far have taught."""
+
+    __slots__ = ("tries_left", "tried", "dispatch")
+
+    def __init__(self, payload, enqueued_at: float, deadline: float, priority: int):
+        super().__init__(payload, enqueued_at, deadline, priority)
+        self.tries_left = 0
+        self.tried: list[PodEntry] | None = None
+        self.dispatch: Dispatch | None = None
+
+    @property
+    def l1_wait(self) -> float:
+        """Seconds from the offer to the (last) admission; 0 while not admitted."""
+        admitted_at = self.admitted_at
+        return 0.0 if admitted_at is None else admitted_at - self.enqueued_at
+
+
+class Dispatch:
+    """One try of a request on one pod: the per-request handle (see the module docstring)."""
+
+    __slots__ = ("service", "ticket", "entry", "sent_at", "state")
+
+    def __init__(self, service: ServiceBalancer, ticket: ServiceTicket, entry: PodEntry, sent_at: float):
+        self.service = service
+        self.ticket = ticket
+        self.entry = entry
+        self.sent_at = sent_at
+        self.state = _OPEN
+
+    def on_head(self, now: float, feedback: Feedback | None, status: int) -> float:
+        """The pod's response head: feeds the table, the policy and the response pool once.
+
+        Returns the latency (seconds since dispatch). The request stays
+        counted until it ends. A second call, or one after the try ended,
+        records nothing.
+        """
+        if self.state is _OPEN:
+            self.state = _HEAD
+            self.service._headed(self, now, feedback, status)
+        return now - self.sent_at
+
+    def on_failure(self, now: float, retryable: bool = False) -> bool:
+        """The try got no response (or broke off): end it; True when the ticket may be dispatched again.
+
+        A failure before the head is recorded against the pod. True only
+        when ``retryable`` (nothing reached the client, the body can be sent
+        again), no head was seen, the request has tries left, still holds its
+        slot and a pod is ready; the pod is then avoided by the next
+        dispatch. Calling it again, or after the try ended, returns False.
+        """
+        if self.state is _ENDED:
+            return False
+        headed = self.state is _HEAD
+        self.service._end_try(self, now)
+        ticket = self.ticket
+        if (not retryable or headed or ticket.tries_left <= 0 or ticket.state is not ADMITTED
+                or not self.service.table.ready()):
+            return False
+        ticket.tries_left -= 1
+        if ticket.tried is None:
+            ticket.tried = [self.entry]
+        else:
+            ticket.tried.append(self.entry)
+        return True
+
+    def done(self, now: float) -> list[ServiceTicket]:
+        """The request ended: :meth:`ServiceBalancer.end` of its ticket."""
+        return self.service.end(self.ticket, now)
+
+    @property
+    def ended(self) -> bool:
+        return self.state is _ENDED
+
+    def __repr__(self) -> str:
+        return f"Dispatch({self.entry.name!r}, state={self.state})"
+
+
+class ServiceBalancer:
+    """Admission, picking and the pod set of one service; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        rng: random.Random,
+        on_idle: Callable[[PodEntry], None] | None = None,
+    ):
+        """``on_idle(entry)`` is called when the last request to a removed pod ends (its drain is over).
+
+        Raises ConfigError for bad settings (naming the setting).
+        """
+        self.settings = settings
+        self.name = settings.name
+        self.table = LoadTable(stale_after_s=settings.stale_after)
+        self.policy = make_policy(settings.policy, rng=rng, table=self.table)
+        self.queue = L1Queue(
+            limit=settings.l1_limit,
+            max_length=settings.queue_length,
+            default_timeout_s=settings.request_timeout,
+            priority_classes=settings.priority_classes,
+            ticket_class=ServiceTicket,
+        )
+        self.pool = ResponsePool() if settings.uses_feedback else None
+        factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
+        self.capacity = PodCapacity(factor, learn=settings.uses_feedback)
+        self.specs: dict[str, PodSpec] = {}
+        self.on_idle = on_idle
+        self.trace = (PickTrace(settings.name, settings.trace_picks, self.policy, self.table)
+                      if settings.trace_picks else None)
+        # Removed pods whose requests have not all ended.
+        self._leaving: set[PodEntry] = set()
+        self.queue.hold()
+
+    # -- a request's life ----------------------------------------------------
+
+    def offer(self, now: float, *, priority: int = 0, idempotent: bool = True) -> ServiceTicket:
+        """Offer one request to the L1 queue; returns its ticket (``ticket.admitted`` or waiting).
+
+        An ``idempotent`` request may be tried ``retries`` more times on
+        other pods. Raises QueueFull (503) when the queue is full, BadInput
+        (400) for a priority out of range.
+        """
+        ticket = self.queue.offer(None, now, priority=priority)
+        if idempotent:
+            ticket.tries_left = self.settings.retries
+        return ticket  # type: ignore[return-value]
+
+    @property
+    def needs_pods(self) -> bool:
+        """True while requests wait because no pod is ready (the control plane should hear of it)."""
+        return self.queue.held
+
+    def dispatch(self, ticket: ServiceTicket, now: float, avoid: Sequence[PodEntry] = ()) -> Dispatch | None:
+        """Send an admitted ticket's request (or its next try) to a pod the policy picks.
+
+        Pods the ticket failed on, and ``avoid``, are avoided while another is
+        ready; then pods at their capacity while another has room. Returns the
+        try's handle; None when no pod is ready: the ticket then waits again
+        (at the front, with its deadline) and the membership change that
+        brings a pod returns it. Raises ValueError for a ticket that holds no
+        slot or whose last try has not ended.
+        """
+        if ticket.state is not ADMITTED:
+            raise ValueError(f"dispatch of a ticket that holds no L1 slot: {ticket!r}")
+        last = ticket.dispatch
+        if last is not None and last.state is not _ENDED:
+            raise ValueError(f"dispatch while the ticket's last try is still open: {last!r}")
+        ready = self.table.ready()
+        if not ready:
+            self.queue.hold()
+            self.queue.requeue(ticket, now)
+            return None
+        tried = ticket.tried
+        if tried or avoid:
+            candidates = self._avoiding(ready, tried or (), avoid)
+        else:
+            candidates = self.capacity.candidates(ready)
+        trace = self.trace
+        entry = self.policy.pick(candidates, now) if trace is None else trace.pick(candidates, now)
+        self.table.on_dispatch(entry, now)
+        self.capacity.started(entry)
+        handle = ticket.dispatch = Dispatch(self, ticket, entry, now)
+        return handle
+
+    def end(self, ticket: ServiceTicket, now: float) -> list[ServiceTicket]:
+        """The request ended, however: end its open try and give its L1 slot back, once.
+
+        A waiting ticket is cancelled (the client left). Returns the tickets
+        admitted in its place. Calling it again changes nothing.
+        """
+        handle = ticket.dispatch
+        if handle is not None and handle.state is not _ENDED:
+            self._end_try(handle, now)
+        state = ticket.state
+        if state is ADMITTED:
+            admitted = self.queue.release(ticket, now)
+        elif state is WAITING:
+            admitted = self.queue.cancel(ticket, now)
+        else:
+            admitted = []
+        if self.capacity.stale:
+            admitted += self._resync(now)
+        return admitted  # type: ignore[return-value]
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline among waiting tickets (the driver's one timer), or None."""
+        return self.queue.next_deadline()
+
+    def expire(self, now: float) -> list[tuple[ServiceTicket, KatyushaError]]:
+        """The waiting tickets whose deadline passed, each with the error to answer it with.
+
+        NoReadyPod (503) while no pod is ready, else DeadlineExceeded (504)
+        naming the L1 limit.
+        """
+        expired = self.queue.expire(now)
+        if not expired:
+            return []
+        timeout = self.settings.request_timeout
+        if self.queue.held:
+            return [(t, NoReadyPod(f"no pod was ready within {timeout:g}s")) for t in expired]  # type: ignore[misc]
+        limit = self.queue.limit
+        return [(t, DeadlineExceeded(f"waited {timeout:g}s in the L1 queue (limit {limit}) "  # type: ignore[misc]
+                                     f"without being admitted")) for t in expired]
+
+    def fail_waiting(self, message: str) -> list[tuple[ServiceTicket, KatyushaError]]:
+        """Take every waiting ticket out (shutting down), each with NoReadyPod(``message``)."""
+        return [(t, NoReadyPod(message)) for t in self.queue.expire(float("inf"))]  # type: ignore[misc]
+
+    # -- the handle's calls --------------------------------------------------
+
+    def _headed(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int) -> None:
+        entry = handle.entry
+        latency = now - handle.sent_at
+        self.table.record_response(entry, now, latency, feedback)
+        self.policy.observe(entry, now, latency, feedback)
+        pool = self.pool
+        if pool is not None:
+            pool.record(
+                entry.name, entry.node, now,
+                l1_wait_ms=handle.ticket.l1_wait * 1000.0,
+                l2_wait_ms=feedback.queue_ms if feedback is not None else None,
+                app_ms=feedback.app_ms if feedback is not None else None,
+                latency_ms=latency * 1000.0,
+                status=status,
+            )
+
+    def _end_try(self, handle: Dispatch, now: float) -> None:
+        """Count the try out once; a try that saw no head is a failure of its pod."""
+        entry = handle.entry
+        if handle.state is _OPEN:
+            self.table.record_failure(entry, now)
+        handle.state = _ENDED
+        self.table.on_end(entry)
+        self.capacity.ended(entry)
+        if self._leaving and entry.in_flight == 0 and entry in self._leaving:
+            self._leaving.discard(entry)
+            if self.on_idle is not None:
+                self.on_idle(entry)
+
+    def _avoiding(self, ready: list[PodEntry], tried: Sequence[PodEntry],
+                  avoid: Sequence[PodEntry]) -> list[PodEntry]:
+        """Ready pods not tried nor avoided (all when none is left), then those with room (if any)."""
+        others = [entry for entry in ready if entry not in tried and entry not in avoid] or ready
+        full = self.capacity.full
+        if full:
+            room = [entry for entry in others if entry not in full]
+            if room:
+                return room
+        return others
+
+    # -- membership ----------------------------------------------------------
+
+    def change_pods(self, change: PodChange, now: float) -> ChangeResult:
+        """Apply one membership change (add, update, replace, remove); see :class:`PodChange`.
+
+        Removed pods leave picking at once; their requests finish, and
+        ``on_idle`` tells when the last one ended. Returns what changed,
+        with the tickets the change admitted (the driver wakes them).
+        """
+        result = ChangeResult()
+        table = self.table
+        if change.replace:
+            keep = {spec.name for spec in change.upsert}
+            for entry in table.pods():
+                if entry.name not in keep:
+                    self._remove(entry, result)
+        for name in change.remove:
+            entry = table.get(name)
+            if entry is None:
+                result.unknown.append(name)
+            else:
+                self._remove(entry, result)
+        for spec in change.upsert:
+            self._register(spec)
+        result.admitted = self._resync(now)
+        return result
+
+    def _register(self, spec: PodSpec) -> None:
+        table = self.table
+        new = table.get(spec.name) is None
+        entry = table.upsert(spec.name, spec.url, spec.node, ready=True)
+        old = self.specs.get(spec.name)
+        if spec.concurrency is None and old is not None and old.concurrency is not None:
+            spec = replace(spec, concurrency=old.concurrency)
+        self.specs[spec.name] = spec
+        self.capacity.register(entry, spec.concurrency, new=new)
+
+    def _remove(self, entry: PodEntry, result: ChangeResult) -> None:
+        self.table.remove(entry.name)
+        self.specs.pop(entry.name, None)
+        self.capacity.forget(entry)
+        if entry.in_flight > 0:
+            self._leaving.add(entry)
+        result.removed.append(entry)
+
+    def _resync(self, now: float) -> list[ServiceTicket]:
+        """After a change of pods or capacity: capacities, the L1 limit, hold or unhold."""
+        table = self.table
+        ready = table.ready()
+        self.capacity.rebuild(table.pods(), ready)
+        queue = self.queue
+        admitted: list[Ticket] = []
+        limit = self.capacity.limit(self.settings.l1_limit, ready)
+        if limit != queue.limit:
+            admitted += queue.set_limit(limit, now)
+        if not ready:
+            queue.hold()
+        elif queue.held:
+            admitted += queue.unhold(now)
+        return admitted  # type: ignore[return-value]
+
+    # -- views ---------------------------------------------------------------
+
+    def admin_url(self, name: str) -> str | None:
+        spec = self.specs.get(name)
+        return spec.admin if spec is not None else None
+
+    def draining(self) -> list[PodEntry]:
+        """Removed pods whose requests have not all ended."""
+        return list(self._leaving)
+
+    def demand(self) -> dict:
+        """What the autoscaler reads: requests waiting, in flight (admitted), and ready pods."""
+        return {
+            "waiting": self.queue.waiting,
+            "in_flight": self.queue.active,
+            "ready_pods": len(self.table.ready()),
+        }
+
+    def queue_counters(self) -> dict:
+        q = self.queue
+        return {
+            "waiting": q.waiting,
+            "active": q.active,
+            "held": q.held,
+            "limit": q.limit,
+            "configured_limit": self.settings.l1_limit,
+            "max_length": q.max_length,
+            "admitted_total": q.admitted_total,
+            "rejected_total": q.rejected_total,
+            "expired_total": q.expired_total,
+            "cancelled_total": q.cancelled_total,
+        }
+
+    def pod_row(self, entry: PodEntry, now: float) -> dict:
+        """One load-table row with the pod's admin URL, given concurrency and capacity in force."""
+        row = self.table.row(entry, now)
+        spec = self.specs.get(entry.name)
+        row["admin"] = spec.admin if spec is not None else None
+        row["concurrency"] = spec.concurrency if spec is not None else None
+        row["capacity"] = self.capacity.caps.get(entry)
+        return row
+
+    def state(self, now: float) -> dict:
+        """The load table, policy and queue as JSON (admin ``GET /pods``, metrics)."""
+        return {
+            "service": self.name,
+            "policy": self.policy.name,
+            "pod_capacity_factor": self.capacity.factor,
+            "queue": self.queue_counters(),
+            "ready_pods": len(self.table.ready()),
+            "pods": [self.pod_row(entry, now) for entry in self.table.pods()],
+        }
