@@ -21,7 +21,6 @@ successor takes over at its next try instead of after ``lease_duration``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import random
@@ -90,8 +89,12 @@ class LeaderElector:
                 await asyncio.sleep(period if self.is_leader() else period * self.rng.uniform(1.0, 1.2))
         finally:
             self.leading.clear()
-            with contextlib.suppress(*API_FAILURES, asyncio.CancelledError):
+            try:
                 await asyncio.shield(self.release())
+            except API_FAILURES as exc:
+                log.warning("lease %s/%s: not released: %s: %s", self.namespace, self.name, type(exc).__name__, exc)
+            except asyncio.CancelledError:
+                pass
 
     async def round(self) -> bool:
         """One read, and the write the core asks for; whether this candidate leads afterwards."""
