@@ -209,6 +209,7 @@ class EndpointSliceWatcher:
             self.counts["bookmarks"] += 1
             return
         self.counts["events"] += 1
+        self.backoff.reset()  # the connection works: the next failure starts from the shortest delay
         name = meta.get("name")
         if not isinstance(name, str):
             return
