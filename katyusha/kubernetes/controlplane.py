@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from kubernetes_asyncio import client as kclient
 
+from katyusha.control.adminclient import AdminClient
 from katyusha.control.autoscaler import AutoscalerLoop
 from katyusha.core.autoscaler_config import KPAConfig
 from katyusha.core.endpoints import ServiceEndpoints
@@ -67,10 +68,10 @@ class _LeaderActuator:
     def __init__(self, actuator: KubernetesActuator, key: str, elector: LeaderElector):
         self.actuator, self.key, self.elector = actuator, key, elector
 
-    def current(self) -> int:
+    def current(self, service=None) -> int:
         return self.actuator.current(self.key)
 
-    async def scale_to(self, count: int) -> None:
+    async def scale_to(self, service, count: int) -> None:
         if not self.elector.is_leader():
             log.warning("not scaling %s to %d: no longer the leader", self.key, count)
             return
@@ -99,6 +100,7 @@ class KubernetesControlPlane:
         refs = [katyusha] + [t.service for t in targets if t.service is not None]
         self.discovery = KubernetesDiscovery(api, refs, self._changed, **watch_options)
         self.loops: dict[str, AutoscalerLoop] = {}
+        self.client = AdminClient(timeout=2.0)
 
     def _changed(self, key: str, endpoints: ServiceEndpoints) -> None:
         self.pods[key] = endpoints
@@ -108,6 +110,10 @@ class KubernetesControlPlane:
         query = "" if target == "default" else f"?service={target}"
         found = self.pods.get(self.katyusha.key)
         return [f"{pod.url}/demand{query}" for pod in found.ready] if found else []
+
+    def service_key(self, target: str) -> str | None:
+        """The autoscaler's key of ``target``: a ``?service=`` demand answers at top level, as the default does."""
+        return None
 
     def stats_urls(self, target: str) -> list[str]:
         """The nonna ``/stats`` URLs of ``target``'s ready pods."""
@@ -133,6 +139,7 @@ class KubernetesControlPlane:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            await self.client.aclose()
 
     async def _lead(self) -> None:
         await self.actuator.refresh()
@@ -142,9 +149,10 @@ class KubernetesControlPlane:
                 self.api, self.base, target.deployment, target.service.name if target.service else None
             )
             self.loops[key] = AutoscalerLoop(
-                config, _LeaderActuator(self.actuator, key, self.elector),
+                {self.service_key(key): config}, _LeaderActuator(self.actuator, key, self.elector),
                 demand_urls=lambda key=key: self.demand_urls(key),
-                pod_stats_urls=lambda key=key: self.stats_urls(key),
+                stats_urls=lambda _service, key=key: self.stats_urls(key),
+                fetch_json=self.client.get_json,
             )  # fmt: skip
         stop = asyncio.Event()
         tasks = [asyncio.create_task(loop.run(stop), name=f"autoscaler {key}") for key, loop in self.loops.items()]
