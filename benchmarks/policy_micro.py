@@ -97,7 +97,7 @@ def measure(policy: str, pods: int, picks: int, warmup: int, seed: int) -> float
 
 
 def run(policies: tuple[str, ...], sizes: tuple[int, ...], runs: int, picks: int) -> dict:
-    """``{policy: {pods: median µs per pick}}`` over ``runs`` interleaved runs."""
+    """``{policy: {pods: [µs per pick of each run]}}`` over ``runs`` interleaved runs."""
     samples: dict[str, dict[int, list[float]]] = {p: {n: [] for n in sizes} for p in policies}
     for run_no in range(runs):
         for pods in sizes:
@@ -108,7 +108,7 @@ def run(policies: tuple[str, ...], sizes: tuple[int, ...], runs: int, picks: int
                 samples[policy][pods].append(us)
             line = "  ".join(f"{p} {samples[p][pods][-1]:.2f}" for p in policies)
             print(f"  run {run_no + 1} pods {pods:>6}: {line}", flush=True)
-    return {p: {n: statistics.median(v) for n, v in by.items()} for p, by in samples.items()}
+    return samples
 
 
 def compare_groups(pods: int = 10_000, keys: int = 3, moves: int = 200_000) -> dict:
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tuple(args.pods or SIZES)
     policies = (BASELINE, *(p for p in POLICY_NAMES if p != BASELINE))
     started = time.monotonic()
-    pick_us = run(policies, sizes, runs, picks)
+    samples = run(policies, sizes, runs, picks)
+    pick_us = {p: {n: statistics.median(v) for n, v in by.items()} for p, by in samples.items()}
     print_table(pick_us, sizes)
     largest = max(sizes)
     default_us = pick_us[DEFAULT_POLICY][largest]
@@ -200,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
           f"slowest {worst} {pick_us[worst][largest]:.2f} µs{budget}")
     result = {
         "pick_us": {p: {str(n): round(v, 3) for n, v in by.items()} for p, by in pick_us.items()},
+        "pick_us_every_run": {p: {str(n): [round(x, 3) for x in v] for n, v in by.items()}
+                              for p, by in samples.items()},
         "ratio_vs_round_robin": {p: {str(n): round(v / pick_us[BASELINE][n], 2)
                                      for n, v in by.items()} for p, by in pick_us.items()},
         "default_policy": DEFAULT_POLICY,
