@@ -455,6 +455,22 @@ def test_index_picks_exactly_what_a_scan_of_every_pod_picks(name):
     table.remove("p7")
     both(table.ready(), now)
     assert len(seen) > 100
+    assert indexed.selector._index.repairs == 0  # the table announced every change
+
+
+def test_a_load_written_behind_the_tables_back_does_not_draw_every_pick():
+    # The index learns of changes from the table's methods. A driver that
+    # wrote in_flight itself would leave the chosen pod looking idle; the
+    # check on the chosen pod's load spreads the picks all the same.
+    table = fleet(100)
+    pol = policy("least-in-flight", table)
+    picks = Counter()
+    for _ in range(100):
+        entry = pol.pick(table.ready(), 0.0)
+        entry.in_flight += 1  # not table.on_dispatch
+        picks[entry.name] += 1
+    assert len(picks) == 100
+    assert pol.selector._index.repairs > 0
 
 
 def test_a_pick_at_10000_pods_asks_few_pods_for_their_load():

@@ -93,6 +93,12 @@ class _Index:
         self._position: dict[PodEntry, int] = {}
         self._due: list[tuple[float, int]] = []  # heap of (when to re-key, position)
         self._due_at: list[float] = []  # per position: its live entry in _due, or inf
+        # Picks that found a pod whose key had changed unannounced (see Lowest).
+        self.repairs = 0
+
+    def touch(self, entry: PodEntry) -> None:
+        """Re-key ``entry`` at the next look, as if the table had announced a change."""
+        self._dirty.add(entry)
 
     def sync(self, ready: list[PodEntry], now: float) -> None:
         """Bring every key up to date at ``now`` over ``ready``, which is ``table.ready()``."""

@@ -72,6 +72,9 @@ class Lowest:
     Over ``table.ready()`` of at least :data:`INDEX_FROM` pods the answer
     comes from the metric's index (when it has one), which keeps the
     candidates' order among ties and so draws and decides as the scan would.
+    The chosen pod's load is checked against the index's (one metric call):
+    a mismatch means a load input was written behind the table's back; the
+    pod is re-keyed and counted in the index's ``repairs``.
     """
 
     def __init__(self, metric, rng: random.Random, table: LoadTable):
@@ -89,11 +92,20 @@ class Lowest:
             if index is None:
                 index = self._index = self.metric.index(self.table)
                 self._indexable = index is not None
-            found = index.lowest(candidates, now) if index is not None else None
-            if found is not None:
+            for _ in range(3 if index is not None else 0):
+                found = index.lowest(candidates, now)
+                if found is None:
+                    break
                 ties, value = found
                 position = ties[self.rng.randrange(len(ties))] if len(ties) > 1 else ties[0]
                 chosen = candidates[position]
+                if self.metric.load(chosen, now) != value:
+                    # Its load changed without the table telling its listeners (a
+                    # field written outside LoadTable's methods): left alone, the
+                    # index would send every pick to it. Re-key it, look again.
+                    index.repairs += 1
+                    index.touch(chosen)
+                    continue
                 if trace is not None:
                     shown = [candidates[p] for p in ties[:TRACE_LIMIT]]
                     trace.extend((entry, value) for entry in shown)
