@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks import peers
 from benchmarks.loadgen import RunResult, run_open_loop
+from katyusha.procs import script
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ class FleetProcess:
     """``katyusha fleet up --autoscale`` as a child process."""
 
     def __init__(self, fleet_file: Path, state_file: Path):
-        from katyusha.fleet.children import console_script as script
-
         self.state_file = state_file
         self.popen = subprocess.Popen(
             [script("katyusha"), "fleet", "up", "--autoscale", "--fleet", str(fleet_file),

@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import time
 import urllib.error
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import loadgen, peers
+from katyusha.procs import Proc, exit_on_signals, script
 
 KATYUSHA_POLICIES = ("round-robin", "least-in-flight", "p2c", "jsq-piggyback",
                      "sed-piggyback", "peak-ewma", "prequal")
@@ -131,8 +131,6 @@ def wait_phase(pods: list[Pod], duration_s: float) -> None:
 
 @contextlib.contextmanager
 def fleet(scenario: Scenario) -> Iterator[list[Pod]]:
-    from tests.procs import Proc, script
-
     started: list = []
     try:
         pods = []
@@ -163,8 +161,6 @@ def fleet(scenario: Scenario) -> Iterator[list[Pod]]:
 @contextlib.contextmanager
 def katyusha_replicas(pods: list[Pod], policy: str, replicas: int,
                       extra: tuple[str, ...] = ()) -> Iterator[list[str]]:
-    from tests.procs import Proc, script
-
     procs = []
     try:
         for i in range(replicas):
@@ -341,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     peers.require("nginx", "haproxy")
     # SIGTERM unwinds like Ctrl-C, so every pod and balancer started is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_signals()
     from katyusha.core.policies import DEFAULT_POLICY
 
     default_policy = args.default_policy or DEFAULT_POLICY

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from benchmarks import peers, wrk
 from benchmarks.hashsink import pattern, pattern_sha256
+from katyusha.procs import Proc, exit_on_signals, script
 
 CONNECTIONS = (32, 256)
 BODY_MB = 100
@@ -44,8 +45,6 @@ def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None
     ``http_server`` picks the data port's HTTP protocol ("lean", "uvicorn");
     None leaves the default.
     """
-    from tests.procs import Proc, script
-
     port = peers.free_port()
     with tempfile.TemporaryDirectory(prefix="bench-katyusha-") as tmp:
         config = Path(tmp) / "katyusha.yaml"
@@ -194,8 +193,6 @@ class _RssWatch:
 
 
 def measure_bodies(size_mb: int) -> dict:
-    from tests.procs import Proc
-
     size = size_mb * 1024 * 1024
     expected = pattern_sha256(size)
     out: dict = {"size_mb": size_mb}
@@ -252,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 3)")
     args = parser.parse_args(argv)
     peers.require("nginx", "haproxy", "wrk")
+    # Unwind on SIGTERM or Ctrl-C, so nginx, HAProxy and katyusha are all stopped.
+    exit_on_signals()
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     started = time.monotonic()

@@ -337,3 +337,204 @@ def test_prequal_probe_step_defaults_to_one_app_time_per_request_held():
     for bad in (-1.0, float("nan"), float("inf")):
         pol.observe_probe(narrow, 0.1, 1, bad)
     assert pol.probes(0.1)["p1"][:2] == (2, 45.0)  # garbage probes are ignored
+
+
+# -- the pick trace -------------------------------------------------------
+
+
+def test_p2c_trace_holds_both_candidates_and_their_loads():
+    table = fleet(5)
+    for i, entry in enumerate(table.ready()):
+        busy(table, entry, i)
+    pol = policy("p2c", table, seed=3)
+    for _ in range(20):
+        trace = []
+        chosen = pol.pick(table.ready(), 0.0, trace)
+        assert len(trace) == 2 and trace[0][0] is not trace[1][0]
+        assert all(load == entry.in_flight for entry, load in trace)
+        assert chosen in (trace[0][0], trace[1][0])
+        assert chosen.in_flight == min(load for _, load in trace)
+
+
+@pytest.mark.parametrize("pods", [6, 300])
+def test_jsq_trace_shows_a_few_loads_and_the_choice(pods):
+    table = fleet(pods)
+    entries = table.ready()
+    for i, entry in enumerate(entries):
+        report(table, entry, 1.0, queue=1 + i % 5)
+    pol = policy("jsq-piggyback", table)
+    trace = []
+    chosen = pol.pick(table.ready(), 1.1, trace)
+    assert 1 <= len(trace) <= 9
+    assert (chosen, table.estimated_load(chosen, 1.1)) in trace
+    assert all(load == table.estimated_load(entry, 1.1) for entry, load in trace)
+    assert table.estimated_load(chosen, 1.1) == min(table.estimated_load(e, 1.1) for e in entries)
+
+
+def test_blind_policies_trace_nothing_and_prequal_traces_probes():
+    table = fleet(4)
+    for name in ("round-robin", "random"):
+        trace = []
+        policy(name, table).pick(table.ready(), 0.0, trace)
+        assert trace == []
+    pol = policy("prequal", table, hot_quantile=0.5)
+    # RIF threshold 1: p1 and p3 are hot; the coldest-fastest of p0 and p2 wins.
+    prequal_pool(table, pol, 0.0, [(1, 9.0), (2, 3.0), (0, 5.0), (4, 1.0)])
+    trace = []
+    chosen = pol.pick(table.ready(), 0.1, trace)
+    assert [(entry.name, value) for entry, value in trace] == [
+        ("p0", (1, 9.0)), ("p1", (2, 3.0)), ("p2", (0, 5.0)), ("p3", (4, 1.0))]
+    assert chosen.name == "p2"
+
+
+# -- large fleets: an index instead of a scan, the same decisions ----------
+
+
+class CountingTable(LoadTable):
+    """A load table that counts how often a policy asks for a pod's estimated load."""
+
+    calls = 0
+
+    def estimated_load(self, entry, now):
+        self.calls += 1
+        return super().estimated_load(entry, now)
+
+
+def churn(table, pol, steps, rng, now=0.0, check=None, membership=True):
+    """Picks with dispatches, reports, failures, time moving and (optionally) readiness changes."""
+    pending = []
+    for step in range(steps):
+        now += rng.choice((0.0, 0.001, 0.01, 0.3, 1.2, 2.5)) if rng.random() < 0.3 else 0.0005
+        if membership and step % 97 == 40:
+            table.set_ready(f"p{rng.randrange(len(table))}", False)
+        elif membership and step % 97 == 80:
+            for entry in table.pods():
+                table.set_ready(entry.name, True)
+        candidates = table.ready()
+        entry = check(candidates, now) if check else pol.pick(candidates, now)
+        table.on_dispatch(entry, now)
+        pending.append(entry)
+        while pending and rng.random() < 0.5:
+            done = pending.pop(rng.randrange(len(pending)))
+            if rng.random() < 0.05:
+                table.on_failure(done, now)
+                continue
+            app = rng.choice((None, 20.0, rng.uniform(5, 90)))
+            fb = Feedback(rng.randrange(4), rng.randrange(3), rng.choice((None, 0, 1, 4)),
+                          0.0, app, done.name, None)
+            table.on_response(done, now, 0.02, fb)
+            pol.observe(done, now, 0.02, fb)
+    return now
+
+
+@pytest.mark.parametrize("name", ["jsq-piggyback", "least-in-flight", "sed-piggyback"])
+def test_index_picks_exactly_what_a_scan_of_every_pod_picks(name):
+    # Two policies over one table with RNGs in the same state: one is given
+    # table.ready() itself (it answers from its index), the other a copy of
+    # it, renewed when the table's is (it scans; sed refreshes its median on
+    # the same schedule). Every pick must be the same pod.
+    table = fleet(400)
+    indexed = policy(name, table, seed=5)
+    scanned = policy(name, table, seed=5)
+    rng = random.Random(9)
+    seen = Counter()
+    copy = {}
+
+    def both(candidates, now):
+        if copy.get("of") is not candidates:
+            copy.update({"of": candidates, "list": list(candidates)})
+        a = indexed.pick(candidates, now)
+        b = scanned.pick(copy["list"], now)
+        assert a is b, f"step at {now}: index chose {a.name}, scan {b.name}"
+        seen[a.name] += 1
+        return a
+
+    now = churn(table, indexed, 1500, rng, check=both)
+    # Time going backwards and a pod leaving must not leave the index stale.
+    both(table.ready(), now - 5.0)
+    table.remove("p7")
+    both(table.ready(), now)
+    assert len(seen) > 100
+    assert indexed.selector._index.repairs == 0  # the table announced every change
+
+
+def test_a_load_written_behind_the_tables_back_does_not_draw_every_pick():
+    # The index learns of changes from the table's methods. A driver that
+    # wrote in_flight itself would leave the chosen pod looking idle; the
+    # check on the chosen pod's load spreads the picks all the same.
+    table = fleet(100)
+    pol = policy("least-in-flight", table)
+    picks = Counter()
+    for _ in range(100):
+        entry = pol.pick(table.ready(), 0.0)
+        entry.in_flight += 1  # not table.on_dispatch
+        picks[entry.name] += 1
+    assert len(picks) == 100
+    assert pol.selector._index.repairs > 0
+
+
+def test_a_pick_at_10000_pods_asks_few_pods_for_their_load():
+    for name in ("jsq-piggyback", "sed-piggyback", "prequal"):
+        table = CountingTable()
+        for i in range(10_000):
+            table.upsert(f"p{i}", f"http://10.0.0.1:{i}")
+        pol = policy(name, table)
+        rng = random.Random(1)
+        now = churn(table, pol, 200, rng, membership=False)  # the index is built here
+        table.calls = 0
+        churn(table, pol, 500, rng, now, membership=False)
+        # A scan asks all 10,000 pods on every pick; the index asks only
+        # those whose load changed (a few per pick), prequal a bounded sample.
+        assert table.calls / 500 < 40, f"{name}: {table.calls / 500:.0f} loads per pick"
+
+
+def test_large_filtered_lists_are_picked_from_correctly():
+    table = fleet(200)
+    rng = random.Random(2)
+    for name in ("jsq-piggyback", "least-in-flight", "sed-piggyback", "prequal"):
+        pol = policy(name, table)
+        churn(table, pol, 300, rng)
+        for step in range(50):
+            allowed = [entry for entry in table.ready() if rng.random() < 0.5]
+            chosen = pol.pick(allowed, 10.0 + step)
+            assert chosen in allowed
+            if name == "jsq-piggyback":
+                assert table.estimated_load(chosen, 10.0 + step) == min(
+                    table.estimated_load(e, 10.0 + step) for e in allowed)
+
+
+def test_prequal_on_a_large_fleet_still_tries_pods_it_has_no_probe_of():
+    table = fleet(1000)
+    pol = policy("prequal", table)
+    p0 = table.ready()[0]
+    pol.observe_probe(p0, 0.0, 0, 20.0)
+    picks = Counter()
+    for _ in range(200):
+        entry = pol.pick(table.ready(), 0.1)
+        table.on_dispatch(entry, 0.1)
+        picks[entry.name] += 1
+    assert picks["p0"] < 50 and len(picks) > 100
+
+
+def test_what_the_index_relies_on_from_the_load_table():
+    table = LoadTable(stale_after_s=2.0, failure_hold_s=1.0)
+    entry = table.upsert("p", "http://p")
+    heard = []
+    table.add_listener(heard.append)
+    table.on_dispatch(entry, 0.0)
+    table.on_response(entry, 0.5, 0.01, Feedback(3, 1, 1, 0.0, 5.0, "p", None))
+    table.on_dispatch(entry, 0.6)
+    table.on_response(entry, 0.7, 0.01, None)
+    table.on_failure(entry, 0.8)
+    assert heard == [entry] * 5
+    # Fresh report until 2.5 s, failure weight until 1.8 s: the first comes first.
+    due = table.load_changes_at(entry, 0.9)
+    assert 1.8 - 1e-9 < due <= 1.8
+    assert table.estimated_load(entry, 0.9) == table.estimated_load(entry, due)
+    assert table.estimated_load(entry, 1.81) < table.estimated_load(entry, 0.9)
+    due = table.load_changes_at(entry, 1.81)
+    assert 2.5 - 1e-9 < due <= 2.5
+    assert table.load_changes_at(entry, 2.6) == float("inf")
+    table.remove_listener(heard.append)
+    table.on_dispatch(entry, 3.0)
+    assert len(heard) == 5

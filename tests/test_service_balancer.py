@@ -314,7 +314,7 @@ def test_the_pick_trace_keeps_the_last_picks_with_loads():
     assert [(r["at"], r["age_s"], r["service"]) for r in records] == [(2.0, 2.0, "default"),
                                                                       (3.0, 1.0, "default")]
     first = records[0]
-    assert first["load"] == "estimated_load" and first["candidate_count"] == 2
+    assert first["load"] == "policy" and first["candidate_count"] == 2
     assert {c["pod"] for c in first["candidates"]} == {"pod-0", "pod-1"}
     assert first["chosen"] in {"pod-0", "pod-1"} and busy.name in {c["pod"] for c in first["candidates"]}
 

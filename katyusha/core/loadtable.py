@@ -22,6 +22,7 @@ The hot-path methods do constant work and build nothing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
@@ -112,6 +113,7 @@ class LoadTable:
         self.version = 0
         self._pods: dict[str, PodEntry] = {}
         self._ready: list[PodEntry] | None = None
+        self._listeners: list[Callable[[PodEntry], object]] = []
 
     # -- membership (control-plane rate) ---------------------------------
 
@@ -164,6 +166,23 @@ class LoadTable:
         self._ready = None
         self.version += 1
 
+    def add_listener(self, listener: Callable[[PodEntry], object]) -> None:
+        """Have ``listener(entry)`` called after each change to ``entry``'s load inputs.
+
+        Load inputs are the fields :meth:`estimated_load` and the policies
+        read (``in_flight``, the report, ``dispatched_since_report``, the
+        latency and app-time averages, the failure counts); every method that
+        writes them calls the listeners. Membership and readiness move
+        ``version`` instead. A policy keeps its index over the table current
+        with this, so a pick need not look at every pod.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[PodEntry], object]) -> None:
+        """Stop calling ``listener``; a listener never added is ignored."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     # -- per request (hot path) ------------------------------------------
 
     def on_dispatch(self, entry: PodEntry, now: float) -> None:
@@ -171,11 +190,15 @@ class LoadTable:
         entry.in_flight += 1
         entry.dispatched_since_report += 1
         entry.requests += 1
+        for listener in self._listeners:
+            listener(entry)
 
     def on_end(self, entry: PodEntry) -> None:
         """A request to ``entry`` ended (response relayed, or failed); never below zero."""
         if entry.in_flight > 0:
             entry.in_flight -= 1
+            for listener in self._listeners:
+                listener(entry)
 
     def record_response(
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
@@ -195,6 +218,8 @@ class LoadTable:
             # This request is no longer on its way to the pod.
             if entry.dispatched_since_report > 0:
                 entry.dispatched_since_report -= 1
+            for listener in self._listeners:
+                listener(entry)
             return
         entry.reported_queue = feedback.queue_length
         entry.reported_in_flight = feedback.in_flight
@@ -208,6 +233,8 @@ class LoadTable:
                 entry.app_ewma_ms = app_ms
             else:
                 entry.app_ewma_ms += self.app_alpha * (app_ms - entry.app_ewma_ms)
+        for listener in self._listeners:
+            listener(entry)
 
     def record_failure(self, entry: PodEntry, now: float) -> None:
         """A request to ``entry`` got no response (connection error, timeout); ``in_flight`` left alone."""
@@ -216,6 +243,8 @@ class LoadTable:
         entry.failures += 1
         entry.consecutive_failures += 1
         entry.failed_at = now
+        for listener in self._listeners:
+            listener(entry)
 
     def on_response(
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
@@ -263,6 +292,27 @@ class LoadTable:
             failures = entry.consecutive_failures
             load += FAILURE_LOAD * (failures if failures < 8 else 8)
         return float(load)
+
+    def load_changes_at(self, entry: PodEntry, now: float) -> float:
+        """A time before which :meth:`estimated_load` of ``entry`` stays what it is at ``now``.
+
+        With no event on the pod (listeners hear of those), the estimate
+        changes only when a fresh report turns stale or a failure's weight
+        lapses; this returns the earlier of those moments, a hair early so
+        float rounding never makes it late, or ``inf`` when neither is ahead.
+        At the returned time the estimate may not have changed yet: ask again.
+        """
+        due = math.inf
+        reported_at = entry.reported_at
+        if reported_at is not None and now - reported_at <= self.stale_after_s:
+            due = reported_at + self.stale_after_s
+        if entry.consecutive_failures and now - entry.failed_at < self.failure_hold_s:
+            lapse = entry.failed_at + self.failure_hold_s
+            if lapse < due:
+                due = lapse
+        if due == math.inf:
+            return due
+        return math.nextafter(math.nextafter(due, -math.inf), -math.inf)
 
     # -- introspection ---------------------------------------------------
 

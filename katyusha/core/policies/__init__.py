@@ -3,6 +3,11 @@
 ``make_policy(name, rng=..., table=...)`` builds one; ``POLICY_NAMES`` lists
 the names it accepts. ``jsq-piggyback`` is the default: docs/policies.md has
 the benchmark figures it was chosen on.
+
+A policy is a selector (selectors.py: lowest, power of two choices, Prequal's
+hot-cold) over a load metric (metrics.py: in flight, estimated load,
+expected delay, peak-EWMA cost); index.py keeps "lowest" from scanning every
+pod of a large fleet.
 """
 
 from __future__ import annotations

@@ -1,9 +1,14 @@
-"""What every load-balancing policy (fukabunsan) offers, and the small helpers they share.
+"""What every load-balancing policy (fukabunsan) offers.
 
 A policy chooses one pod among ready candidates and may learn from each
 response. It owns no I/O: ``now`` and the ``random.Random`` come from the
-caller, so the same inputs give the same picks in the live proxy and in the
-simulator.
+caller, so the same inputs give the same picks wherever the policy runs.
+
+Most policies are a selector over a load metric, as tower keeps its ``Load``
+apart from its p2c balancer: the metric (katyusha/core/policies/metrics.py)
+gives each pod a value that is only compared, lower preferred; the selector
+(katyusha/core/policies/selectors.py) chooses by those values and knows
+nothing of what they mean. :class:`MetricPolicy` joins the two.
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from collections.abc import Sequence
 
 from katyusha.core.feedback import Feedback
 from katyusha.core.loadtable import LoadTable, PodEntry
+
+# A pick's trace: (pod, the value the policy compared it on), appended in place.
+Trace = list[tuple[PodEntry, object]]
 
 
 class Policy:
@@ -24,8 +32,17 @@ class Policy:
         self.rng = rng
         self.table = table
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
-        """Return one of ``candidates`` (the caller guarantees at least one)."""
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
+        """Return one of ``candidates`` (the caller guarantees at least one).
+
+        ``candidates`` is ``table.ready()`` itself, which a policy may serve
+        from an index it keeps over the table, or any other list of the
+        table's pods, which it then looks at in full. When ``trace`` is a
+        list, ``(pod, value)`` is appended for the candidates the pick
+        compared (a few at most) and the one it chose; a policy blind to load
+        compares none and appends nothing. Passing a trace changes no pick.
+        """
         raise NotImplementedError
 
     def observe(
@@ -37,10 +54,19 @@ class Policy:
         return f"<{type(self).__name__} {self.name}>"
 
 
-def two_indices(count: int, rng: random.Random) -> tuple[int, int]:
-    """Two distinct random indices below ``count`` (which must be at least 2)."""
-    first = rng.randrange(count)
-    second = rng.randrange(count - 1)
-    if second >= first:
-        second += 1
-    return first, second
+class MetricPolicy(Policy):
+    """A selector over a load metric: ``pick`` is the selector's, ``observe`` feeds the metric."""
+
+    def __init__(self, *, rng: random.Random, table: LoadTable, metric, selector):
+        super().__init__(rng=rng, table=table)
+        self.metric = metric
+        self.selector = selector
+
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
+        return self.selector.pick(candidates, now, trace)
+
+    def observe(
+        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
+    ) -> None:
+        self.metric.observe(entry, now, latency_s, feedback)

@@ -22,8 +22,10 @@ grows by one and its latency by what one more request costs there, so a burst
 between two probes spreads over the cold pods instead of all landing on the
 one that looked best. A candidate with no live probe competes with a stand-in
 built from the load table (its estimated load and app time; a pod never timed
-looks idle and fast, so it is tried). With an empty pool, the pick falls back
-to power of two choices on local in-flight counts.
+looks idle and fast, so it is tried): every such candidate while there are at
+most :data:`SCAN_UP_TO`, else :data:`SAMPLE` of them drawn at random, so a
+pick's work does not grow with the fleet. With an empty pool, the pick falls
+back to power of two choices on local in-flight counts.
 """
 
 from __future__ import annotations
@@ -32,10 +34,18 @@ import math
 import random
 from collections.abc import Sequence
 
+from katyusha.core.delay import expected_delay_ms
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
 from katyusha.core.loadtable import LoadTable, PodEntry
-from katyusha.core.policies.base import Policy, two_indices
+from katyusha.core.policies.base import Policy, Trace
+from katyusha.core.policies.metrics import InFlight
+from katyusha.core.policies.selectors import TwoChoices, hot_cold
+
+# Up to this many candidates, every one without a live probe gets a stand-in;
+# beyond, SAMPLE of them drawn at random do.
+SCAN_UP_TO = 32
+SAMPLE = 16
 
 
 class Probe:
@@ -79,6 +89,7 @@ class Prequal(Policy):
         self.hot_quantile = float(hot_quantile)
         # Insertion order is age order: a refreshed probe is moved to the end.
         self._pool: dict[PodEntry, Probe] = {}
+        self._fallback = TwoChoices(InFlight(), rng)
 
     # -- learning --------------------------------------------------------
 
@@ -129,9 +140,8 @@ class Prequal(Policy):
             app_ms = feedback.app_ms if feedback.app_ms is not None else latency_s * 1000.0
         concurrency = feedback.concurrency
         if concurrency:
-            waves = (rif + 1) / concurrency
             self.observe_probe(
-                entry, now, rif, app_ms * (waves if waves > 1.0 else 1.0), app_ms / concurrency
+                entry, now, rif, expected_delay_ms(app_ms, rif, concurrency), app_ms / concurrency
             )
         else:
             self.observe_probe(entry, now, rif, app_ms, 0.0)
@@ -159,49 +169,40 @@ class Prequal(Policy):
         rank = math.ceil(self.hot_quantile * len(rifs))
         return rifs[max(rank, 1) - 1]
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
         self._expire(now)
         pool = self._pool
         if not pool:
-            count = len(candidates)
-            if count == 1:
-                return candidates[0]
-            first, second = two_indices(count, self.rng)
-            a = candidates[first]
-            b = candidates[second]
-            return a if a.in_flight <= b.in_flight else b
-        threshold = self.hot_threshold()
-        cold: list[tuple[PodEntry, Probe]] = []
-        hot: tuple[PodEntry, Probe] | None = None
-        for entry in candidates:
-            probe = pool.get(entry)
-            if probe is None:
-                # A pod nobody has heard from lately must still be chosen
-                # sometimes, or the first pods to answer take all the traffic.
-                probe = self._from_table(entry, now)
-            if probe.rif <= threshold:
-                if not cold:
-                    cold.append((entry, probe))
-                    continue
-                best = cold[0][1]
-                if probe.latency_ms < best.latency_ms or (
-                    probe.latency_ms == best.latency_ms and probe.rif < best.rif
-                ):
-                    cold = [(entry, probe)]
-                elif probe.latency_ms == best.latency_ms and probe.rif == best.rif:
-                    cold.append((entry, probe))
-            elif not cold and (hot is None or probe.rif < hot[1].rif):
-                hot = (entry, probe)
-        if cold:
-            chosen = cold[0] if len(cold) == 1 else cold[self.rng.randrange(len(cold))]
+            return self._fallback.pick(candidates, now, trace)
+        if len(candidates) <= SCAN_UP_TO:
+            # A pod nobody has heard from lately must still be chosen
+            # sometimes, or the first pods to answer take all the traffic.
+            items = [(entry, pool.get(entry) or self._from_table(entry, now))
+                     for entry in candidates]
         else:
-            assert hot is not None
-            chosen = hot
-        probe = chosen[1]
+            items = self._pool_and_sample(candidates, now)
+        entry, probe = hot_cold(items, self.hot_threshold(), self.rng, trace)
         # A stand-in probe is not kept: the table counts the dispatch instead.
         probe.rif += 1
         probe.latency_ms += probe.step_ms
-        return chosen[0]
+        return entry
+
+    def _pool_and_sample(self, candidates: Sequence[PodEntry], now: float
+                         ) -> list[tuple[PodEntry, Probe]]:
+        """The candidates' live probes, then stand-ins for :data:`SAMPLE` random unprobed candidates."""
+        pool = self._pool
+        table = self.table
+        if candidates is table.ready():
+            items = [(e, p) for e, p in pool.items() if e.ready and table.get(e.name) is e]
+        else:
+            members = set(candidates)
+            items = [(e, p) for e, p in pool.items() if e in members]
+        for position in self.rng.sample(range(len(candidates)), SAMPLE):
+            entry = candidates[position]
+            if entry not in pool:
+                items.append((entry, self._from_table(entry, now)))
+        return items
 
     def _from_table(self, entry: PodEntry, now: float) -> Probe:
         """A stand-in probe from what the load table knows of a pod that has no live probe."""
@@ -211,8 +212,7 @@ class Prequal(Policy):
             # Never timed: optimistic, so it is tried and then timed.
             app_ms = 0.0 if entry.latency_ewma_ms is None else entry.latency_ewma_ms
         concurrency = entry.reported_concurrency or 1
-        waves = (rif + 1) / concurrency
-        return Probe(rif, app_ms * (waves if waves > 1.0 else 1.0), app_ms / concurrency, now)
+        return Probe(rif, expected_delay_ms(app_ms, rif, concurrency), app_ms / concurrency, now)
 
     def _expire(self, now: float) -> None:
         pool = self._pool

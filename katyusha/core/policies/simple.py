@@ -6,11 +6,13 @@ import random
 from collections.abc import Sequence
 
 from katyusha.core.loadtable import LoadTable, PodEntry
-from katyusha.core.policies.base import Policy, two_indices
+from katyusha.core.policies.base import MetricPolicy, Policy, Trace
+from katyusha.core.policies.metrics import InFlight
+from katyusha.core.policies.selectors import Lowest, TwoChoices
 
 
 class RoundRobin(Policy):
-    """Each pick takes the next candidate in turn; blind to load."""
+    """Each pick takes the next candidate in turn; blind to load (a trace stays empty)."""
 
     name = "round-robin"
 
@@ -18,22 +20,24 @@ class RoundRobin(Policy):
         super().__init__(rng=rng, table=table)
         self._next = 0
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
         index = self._next % len(candidates)
         self._next = index + 1
         return candidates[index]
 
 
 class RandomChoice(Policy):
-    """A uniformly random candidate; blind to load."""
+    """A uniformly random candidate; blind to load (a trace stays empty)."""
 
     name = "random"
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
         return candidates[self.rng.randrange(len(candidates))]
 
 
-class LeastInFlight(Policy):
+class LeastInFlight(MetricPolicy):
     """The candidate with the fewest of katyusha's requests in flight; ties at random.
 
     HAProxy's leastconn with local counts only: exact for a single katyusha,
@@ -42,24 +46,12 @@ class LeastInFlight(Policy):
 
     name = "least-in-flight"
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
-        best = candidates[0]
-        best_load = best.in_flight
-        ties: list[PodEntry] | None = None
-        for entry in candidates:
-            load = entry.in_flight
-            if load < best_load:
-                best, best_load, ties = entry, load, None
-            elif load == best_load and entry is not best:
-                if ties is None:
-                    ties = [best]
-                ties.append(entry)
-        if ties is None:
-            return best
-        return ties[self.rng.randrange(len(ties))]
+    def __init__(self, *, rng: random.Random, table: LoadTable):
+        metric = InFlight()
+        super().__init__(rng=rng, table=table, metric=metric, selector=Lowest(metric, rng, table))
 
 
-class PowerOfTwo(Policy):
+class PowerOfTwo(MetricPolicy):
     """Power of two choices on local in-flight counts, as Knative's activator does.
 
     Two distinct candidates drawn at random; the less loaded one wins (the
@@ -68,11 +60,6 @@ class PowerOfTwo(Policy):
 
     name = "p2c"
 
-    def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
-        count = len(candidates)
-        if count == 1:
-            return candidates[0]
-        first, second = two_indices(count, self.rng)
-        a = candidates[first]
-        b = candidates[second]
-        return a if a.in_flight <= b.in_flight else b
+    def __init__(self, *, rng: random.Random, table: LoadTable):
+        metric = InFlight()
+        super().__init__(rng=rng, table=table, metric=metric, selector=TwoChoices(metric, rng))

@@ -1,0 +1,111 @@
+"""The benchmarks run from any folder and leave no process behind when stopped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Every benchmark with a command line.
+RUNNABLE = ("overhead", "lb_quality", "policy_micro", "coldstart", "placement",
+            "forward_micro", "loadgen")
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_benchmark_starts_from_another_folder(name, tmp_path):
+    for argv in ([sys.executable, "-m", f"benchmarks.{name}", "--help"],
+                 [sys.executable, str(BENCHMARKS / f"{name}.py"), "--help"]):
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"{' '.join(argv[1:])} in {tmp_path}:\n{done.stderr}"
+        assert "usage:" in done.stdout
+
+
+def test_policy_micro_writes_every_policy_at_every_size(tmp_path):
+    out = tmp_path / "micro.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "policy_micro.py"), "--runs", "1", "--picks", "100",
+         "--pods", "10", "--pods", "10000", "--json", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["pick_us"]) == set(POLICY_NAMES)
+    for by_size in result["pick_us"].values():
+        assert set(by_size) == {"10", "10000"} and all(us > 0 for us in by_size.values())
+    assert result["ratio_vs_round_robin"]["round-robin"] == {"10": 1.0, "10000": 1.0}
+    assert result["default_pick_us_at_10k"] == result["pick_us"][DEFAULT_POLICY]["10000"]
+    assert "µs per pick" in done.stdout and DEFAULT_POLICY in done.stdout
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not all(shutil.which(t) or os.path.exists(f"/usr/sbin/{t}")
+                            for t in ("nginx", "haproxy", "wrk")),
+                    reason="needs nginx, haproxy and wrk (make bench-deps)")
+def test_overhead_stops_nginx_when_terminated(tmp_path):
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.overhead", "--quick", "--duration", "1"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
+    children: set[int] = set()
+    try:
+        assert bench.stdout is not None
+        lines = []
+        for line in bench.stdout:
+            lines.append(line)
+            if line.startswith("backend: nginx at"):
+                break
+        assert lines and lines[-1].startswith("backend: nginx at"), "".join(lines)
+        time.sleep(0.5)
+        children = _children(bench.pid)
+        assert children, "the benchmark runs nginx as its child"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(60) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "left running after SIGTERM"
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait(10)
+        for pid in children:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
