@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from katyusha.core.loadtable import LoadTable, PodEntry
 
+
 class PickTrace:
     """A ring of the last ``size`` picks of one service."""
 

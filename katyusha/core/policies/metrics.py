@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import katyusha.core.policies.index as _index
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
 from katyusha.core.loadtable import LoadTable, PodEntry
-from katyusha.core.policies import index as _index
 
 
 class Load:
