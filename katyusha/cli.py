@@ -1,4 +1,4 @@
-"""The ``katyusha`` console script: ``katyusha serve`` and ``katyusha fleet ...``."""
+"""The ``katyusha`` console script: ``katyusha serve``, ``katyusha fleet ...`` and ``katyusha batch``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ USAGE = """usage: katyusha COMMAND [ARGS]
 commands:
   serve     run the load-balancing proxy in front of a set of pods
   fleet     run and steer a local fleet (katyusha fleet up|status|pod)
+  batch     send every record of a table or CSV file through katyusha to a service
 
 run `katyusha COMMAND --help` for the flags of one command.
 """
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         from katyusha.fleet.cli import main as fleet_main
 
         return fleet_main(rest)
+    if command == "batch":
+        from katyusha.batch.cli import main as batch_main
+
+        return batch_main(rest)
     sys.stderr.write(f"katyusha: unknown command {command!r}\n\n{USAGE}")
     return 2
 
