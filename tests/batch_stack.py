@@ -240,11 +240,14 @@ def sentiment_service(pods: int = 2, *katyusha_args: str):
             pod.stop()
 
 
-def batch_file(path: Path, url: str, input_block: dict, output_block: dict, **extra) -> Path:
-    """Write a batch file posting ``{"text": ...}`` to ``url``/post; ``extra``: more top-level keys."""
+def batch_file(path: Path, url: str, input_block: dict, output_block: dict,
+               request: dict | None = None, **extra) -> Path:
+    """Write a batch file posting ``{"text": ...}`` to ``url``/post; ``request``: more request
+    fields; ``extra``: more top-level keys."""
     import yaml
 
-    document = {"input": input_block, "request": {"url": url + "/post", "body": {"text": "{text}"}},
+    document = {"input": input_block,
+                "request": {"url": url + "/post", "body": {"text": "{text}"}, **(request or {})},
                 "output": output_block, "progress": "off", **extra}
     path.write_text(yaml.safe_dump(document))
     return path

@@ -271,3 +271,19 @@ def test_retries_then_dead_letter_against_a_pod_answering_503_then_500(tmp_path)
             assert pod.attempts[f"down {i}"] == 4
     summary = driver.summary
     assert summary["retries"] == 10 * 2 + 10 * 3 and summary["dead_letters"] == 20
+
+
+def test_several_records_per_request(service, tmp_path):
+    rows = tweets(203)
+    csv_file(tmp_path / "in.csv", rows)
+    config = batch_file(tmp_path / "b.yaml", service.url, {"csv": {"path": str(tmp_path / "in.csv")}},
+                        {"sqlite": {"path": str(tmp_path / "out.db"), "table": "s",
+                                    "columns": {"compound": "response.Compound", "text": "record.text"}}},
+                        request={"records-per-request": 10}, **{"max-in-flight": 2})
+    driver = Driver(config)
+    assert driver.wait() == 0, driver.output
+    assert driver.summary["requests"] == 21  # 20 of 10 records and one of 3
+    got = sqlite_rows(tmp_path / "out.db", "SELECT id, text, compound FROM s ORDER BY CAST(id AS INTEGER)")
+    assert [(int(i), t) for i, t, _ in got] == rows
+    vader = SentimentIntensityAnalyzer()
+    assert all(c == vader.polarity_scores(t)["compound"] for _, t, c in got)

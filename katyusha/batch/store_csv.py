@@ -20,17 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from katyusha.batch.config import Store
-from katyusha.batch.stores import Record, StoreError, flat, matching, select_fields
+from katyusha.batch.stores import (
+    KeyedSink,
+    PagedSource,
+    Record,
+    StoreError,
+    flat,
+    matching,
+    select_fields,
+)
 
 
-class CsvSource:
+class CsvSource(PagedSource):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...] | None, page_size: int):
         assert store.path is not None
-        self.store = store
-        self.id_column = id_column
-        self.wanted = columns
-        self.page_size = page_size
-        self.fields: list[str] = []
+        super().__init__(store, id_column, columns, page_size)
         self._header: list[str] = []
 
     async def open(self) -> None:
@@ -84,12 +88,11 @@ class CsvSource:
         pass
 
 
-class CsvSink:
+class CsvSink(KeyedSink):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...]):
         assert store.path is not None
-        self.store = store
+        super().__init__(store, id_column, columns)
         self.header = [id_column, *columns]
-        self.id_column = id_column
         self.done: set[str] = set()  # the ids in the file, as text
         self._fd: int | None = None
         self.repaired_bytes = 0  # how much of a torn last row was cut off on open

@@ -18,6 +18,8 @@ import asyncpg
 
 from katyusha.batch.config import Store
 from katyusha.batch.stores import (
+    KeyedSink,
+    PagedSource,
     Record,
     StoreError,
     check_columns,
@@ -60,14 +62,10 @@ async def _columns_of(conn: asyncpg.Connection, table: str) -> list[str] | None:
     return [attribute.name for attribute in statement.get_attributes()]
 
 
-class PostgresSource:
+class PostgresSource(PagedSource):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...] | None, page_size: int):
         assert store.table is not None
-        self.store = store
-        self.id_column = id_column
-        self.wanted = columns
-        self.page_size = page_size
-        self.fields: list[str] = []
+        super().__init__(store, id_column, columns, page_size)
         self._conn: asyncpg.Connection | None = None
 
     async def open(self) -> None:
@@ -82,7 +80,10 @@ class PostgresSource:
         self.fields = select_fields(have, self.id_column, self.wanted, self.store.where)
 
     async def count(self) -> int:
-        return await self._conn.fetchval(f"SELECT count(*) FROM {quote(self.store.table)}")
+        try:
+            return await self._conn.fetchval(f"SELECT count(*) FROM {quote(self.store.table)}")
+        except _ERRORS as exc:
+            raise StoreError(self.store.where, f"counting {self.store.table}: {exc}") from None
 
     async def pages(self) -> AsyncIterator[list[Record]]:
         first, after = keyset_queries(self.fields, self.store.table, self.id_column, "$1", "$2")
@@ -105,12 +106,10 @@ class PostgresSource:
             await self._conn.close()
 
 
-class PostgresSink:
+class PostgresSink(KeyedSink):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...]):
         assert store.table is not None
-        self.store = store
-        self.id_column = id_column
-        self.columns = columns
+        super().__init__(store, id_column, columns)
         self._id_type: str | None = None  # known once the table exists
         self._conn: asyncpg.Connection | None = None
         # The reader asks finished() while the writer writes; one connection runs one query.

@@ -16,6 +16,8 @@ from typing import Any
 
 from katyusha.batch.config import Store
 from katyusha.batch.stores import (
+    KeyedSink,
+    PagedSource,
     Record,
     StoreError,
     check_columns,
@@ -67,14 +69,10 @@ def _columns_of(conn: sqlite3.Connection, table: str) -> list[str] | None:
     return [d[0] for d in cursor.description]
 
 
-class SqliteSource:
+class SqliteSource(PagedSource):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...] | None, page_size: int):
         assert store.path is not None and store.table is not None
-        self.store = store
-        self.id_column = id_column
-        self.wanted = columns
-        self.page_size = page_size
-        self.fields: list[str] = []
+        super().__init__(store, id_column, columns, page_size)
         self._db = _Connection()
 
     async def open(self) -> None:
@@ -96,7 +94,10 @@ class SqliteSource:
 
     async def count(self) -> int:
         sql = f"SELECT count(*) FROM {quote(self.store.table)}"
-        return (await self._db.call(lambda: self._db.conn.execute(sql).fetchone()))[0]
+        try:
+            return (await self._db.call(lambda: self._db.conn.execute(sql).fetchone()))[0]
+        except sqlite3.Error as exc:
+            raise StoreError(self.store.where, f"counting {self.store.table}: {exc}") from None
 
     async def pages(self) -> AsyncIterator[list[Record]]:
         first, after = keyset_queries(self.fields, self.store.table, self.id_column, "?", "?")
@@ -117,12 +118,10 @@ class SqliteSource:
         await self._db.close()
 
 
-class SqliteSink:
+class SqliteSink(KeyedSink):
     def __init__(self, store: Store, id_column: str, columns: tuple[str, ...]):
         assert store.path is not None and store.table is not None
-        self.store = store
-        self.id_column = id_column
-        self.columns = columns
+        super().__init__(store, id_column, columns)
         self._exists = False
         self._db = _Connection()
 

@@ -57,6 +57,26 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+class PagedSource:
+    """What every source keeps: the store, the id field, the wanted fields, the page size."""
+
+    def __init__(self, store: Store, id_column: str, columns: tuple[str, ...] | None, page_size: int):
+        self.store = store
+        self.id_column = id_column
+        self.wanted = columns
+        self.page_size = page_size
+        self.fields: list[str] = []
+
+
+class KeyedSink:
+    """What every sink keeps: the store, the id column and the other columns, in order."""
+
+    def __init__(self, store: Store, id_column: str, columns: tuple[str, ...]):
+        self.store = store
+        self.id_column = id_column
+        self.columns = columns
+
+
 def quote(name: str) -> str:
     """A checked identifier (config.py allows letters, digits, _ and one dot) in double quotes."""
     return ".".join(f'"{part}"' for part in name.split("."))
