@@ -42,6 +42,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import sys
@@ -304,20 +305,24 @@ def main(argv: list[str] | None = None) -> int:
     make_input(db, sentences(rows_in))
     result: dict = {"rows": rows_in, "pods": args.pods, "cpus": os.cpu_count(), "runs": {}}
     plan = [("mif1", 1, False), ("mif6", 6, False), ("mif6_chaos", 6, True)]
-    for name, mif, chaos in plan:
-        # Fresh pods and katyusha for each run, so the killed pod of the last run harms no other.
-        pods = start_pods([1.0] * args.pods, extra=SENTIMENT)
-        try:
-            specs = [arg for pod in pods for arg in ("--pod", pod.spec)]
-            with katyusha(*specs) as proxy:
-                run = one_run(name, proxy.url, db, workdir, rows_in, mif, pods, chaos)
-        finally:
-            for pod in pods:
-                pod.stop()
-        result["runs"][name] = run
-        print(f"{name:11s} max-in-flight {mif}: {run['wall_s']:7.2f} s  {run['rows_per_s']:7.1f} rows/s  "
-              f"out {run['rows_out']}/{run['rows_in']}  lost {run['lost']}  duplicated {run['duplicated']}  "
-              f"dead {run['dead_letters']}  retries {run['retries']}  events {run['events']}", flush=True)
+    try:
+        for name, mif, chaos in plan:
+            # Fresh pods and katyusha for each run, so the killed pod of the last run harms no other.
+            pods = start_pods([1.0] * args.pods, extra=SENTIMENT)
+            try:
+                specs = [arg for pod in pods for arg in ("--pod", pod.spec)]
+                with katyusha(*specs) as proxy:
+                    result["runs"][name] = one_run(name, proxy.url, db, workdir, rows_in, mif, pods, chaos)
+            finally:
+                for pod in pods:
+                    pod.stop()
+            run = result["runs"][name]
+            print(f"{name:11s} max-in-flight {mif}: {run['wall_s']:7.2f} s  {run['rows_per_s']:7.1f} rows/s  "
+                  f"out {run['rows_out']}/{run['rows_in']}  lost {run['lost']}  "
+                  f"duplicated {run['duplicated']}  dead {run['dead_letters']}  retries {run['retries']}  "
+                  f"events {run['events']}", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     one, six = result["runs"]["mif1"], result["runs"]["mif6"]
     result["speedup_6_vs_1"] = round(one["wall_s"] / six["wall_s"], 2)
     print(f"speedup max-in-flight 6 vs 1: {result['speedup_6_vs_1']}x "
