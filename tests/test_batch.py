@@ -287,3 +287,12 @@ def test_several_records_per_request(service, tmp_path):
     assert [(int(i), t) for i, t, _ in got] == rows
     vader = SentimentIntensityAnalyzer()
     assert all(c == vader.polarity_scores(t)["compound"] for _, t, c in got)
+
+
+def test_csv_output_never_holds_an_id_twice_even_when_the_input_repeats_it(service, tmp_path):
+    rows = tweets(30)
+    csv_file(tmp_path / "in.csv", [*rows, rows[4], rows[17]])  # ids 5 and 18 twice
+    config = batch_file(tmp_path / "b.yaml", service.url, {"csv": {"path": str(tmp_path / "in.csv")}},
+                        {"csv": {"path": str(tmp_path / "out.csv"), "columns": SCORES}})
+    assert Driver(config).wait() == 0
+    assert sorted(int(r["id"]) for r in csv_rows(tmp_path / "out.csv")) == list(range(1, 31))

@@ -120,14 +120,19 @@ class CsvSink(KeyedSink):
         return matching(ids, self.done)
 
     async def write(self, rows: Sequence[Record]) -> None:
-        if not rows:
+        fresh: dict[str, Record] = {}
+        for row in rows:  # an id the file holds, or one repeated in the input, is not appended again
+            key = str(row[self.id_column])
+            if key not in self.done:
+                fresh.setdefault(key, row)
+        if not fresh:
             return
-        data = _encode([[_cell(row.get(name)) for name in self.header] for row in rows])
+        data = _encode([[_cell(row.get(name)) for name in self.header] for row in fresh.values()])
         try:
             await asyncio.to_thread(_write_all, self._fd, data)
         except OSError as exc:
             raise StoreError(f"{self.store.where}.path", f"writing {self.store.path}: {exc.strerror}") from None
-        self.done.update(str(row[self.id_column]) for row in rows)
+        self.done.update(fresh)
 
     async def clear(self) -> None:
         os.truncate(self.store.path, 0)
