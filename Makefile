@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fleet lint venv bench-deps bench clean
+.PHONY: test test-deps fleet lint venv bench-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,18 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# PostgreSQL's server binaries for tests/test_batch_postgres.py, which starts its own
+# throwaway server (Debian keeps initdb and pg_ctl in /usr/lib/postgresql/N/bin). The
+# package's own post-install step (a system cluster) may fail in a container; only the
+# binaries are needed, so that is tolerated and their presence checked instead.
+test-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
+	  echo "postgresql present"; \
+	else \
+	  (apt-get update && apt-get install -y --no-install-recommends postgresql) || true; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check katyusha nonna sim_backend tests benchmarks

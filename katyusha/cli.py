@@ -1,4 +1,4 @@
-"""The ``katyusha`` console script: ``katyusha serve``, ``katyusha fleet ...`` and ``katyusha control``."""
+"""The ``katyusha`` console script: ``katyusha serve``, ``fleet ...``, ``control`` and ``batch``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ commands:
   serve     run the load-balancing proxy in front of a set of pods
   fleet     run and steer a local fleet (katyusha fleet up|status|pod)
   control   run a fleet's control plane on its own, attached to running processes
+  batch     send every record of a table or CSV file through katyusha to a service
 
 run `katyusha COMMAND --help` for the flags of one command.
 """
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
         from katyusha.control.cli import main as control_main
 
         return control_main(rest)
+    if command == "batch":
+        from katyusha.batch.cli import main as batch_main
+
+        return batch_main(rest)
     sys.stderr.write(f"katyusha: unknown command {command!r}\n\n{USAGE}")
     return 2
 

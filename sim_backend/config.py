@@ -107,6 +107,16 @@ def _slow(value: Any, key: str) -> SlowSchedule | None:
     return parse_slow_schedule(text, key=key)
 
 
+APPS = ("emulated", "sentiment")
+
+
+def _app(value: Any, key: str) -> str:
+    name = str(value).strip()
+    if name not in APPS:
+        raise ConfigError(key, f"unknown app {value!r} (one of {', '.join(APPS)})")
+    return name
+
+
 def _buffer(value: Any, key: str) -> int:
     size = _int(value, key)
     if size < 1:
@@ -137,6 +147,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", _text, "127.0.0.1", "address to listen on"),
     Option("pod", _text, "pod-1", "pod name reported in responses and metrics"),
     Option("node", _text, "node-1", "node name reported in responses and metrics"),
+    Option("app", _app, "emulated", "the application: emulated (service times) or sentiment (VADER)"),
     Option("state", _state, "warm", "initial state: null, cold, warmdisk or warm"),
     Option("service-time", _service_time, "const:100ms", "service-time distribution"),
     Option("speed", _positive, 1.0, "speed multiplier: service time is divided by it"),
@@ -160,6 +171,7 @@ class Settings:
     host: str = "127.0.0.1"
     pod: str = "pod-1"
     node: str = "node-1"
+    app: str = "emulated"
     state: PodState = PodState.WARM
     service_time: Distribution = field(default_factory=lambda: parse_service_time("const:100ms"))
     speed: float = 1.0

@@ -3,7 +3,8 @@
 No framework on this path: it is what the load balancer's benchmarks measure
 through, so it does the least work a request needs. Only a warm or active
 pod serves; any other state, or a timed transition, answers 503 naming the
-state.
+state. With ``--app sentiment`` an admitted request is served by the real
+sentiment app (sim_backend/sentiment.py) instead of the emulated service time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def _headers(body: bytes, extra: list | None = None) -> list:
 class DataApp:
     def __init__(self, pod: Pod):
         self.pod = pod
+        self.app = None
+        if pod.settings.app == "sentiment":
+            from sim_backend.sentiment import SentimentApp
+
+            self.app = SentimentApp()
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -45,6 +51,9 @@ class DataApp:
                 {"type": "http.response.start", "status": 503, "headers": _headers(body, [(b"retry-after", b"1")])}
             )
             await send({"type": "http.response.body", "body": body})
+            return
+        if self.app is not None:
+            await self.app.serve(pod, record, scope, receive, send)
             return
         try:
             bytes_in = await _drain(receive)

@@ -33,12 +33,13 @@ class Pod:
                 proc.kill()
 
 
-def start_pods(speeds: list[float], service: str = "exp:20ms") -> list[Pod]:
-    """One sim-backend + nonna (concurrency 1) per speed, started in parallel."""
+def start_pods(speeds: list[float], service: str = "exp:20ms", extra: tuple[str, ...] = ()) -> list[Pod]:
+    """One sim-backend + nonna (concurrency 1) per speed, started in parallel; ``extra``: more
+    sim-backend flags (``("--app", "sentiment")``)."""
     backends = [
         Proc([script("sim-backend"), "--port", "0", "--admin-port", "0", "--pod", f"pod-{i}",
               "--node", "node-1", "--state", "warm", "--service-time", service,
-              "--speed", str(speed), "--seed", str(i + 1)], ready_timeout=0)
+              "--speed", str(speed), "--seed", str(i + 1), *extra], ready_timeout=0)
         for i, speed in enumerate(speeds)
     ]
     for proc in backends:
