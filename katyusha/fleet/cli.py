@@ -15,6 +15,7 @@ commands:
   up                       start a local fleet and keep it running (Ctrl-C stops it)
   status                   show a running fleet: processes, pod states, load tables, nodes
   pod NAME state STATE     move one pod to another state (null, cold, warmdisk, warm)
+  compose                  write docker-compose.yml for the fleet file (see docs/containers.md)
 
 run `katyusha fleet COMMAND --help` for the flags of one command.
 """
@@ -163,7 +164,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
-    commands = {"up": up, "status": status, "pod": pod}
+    from katyusha.fleet.compose import main as compose
+
+    commands = {"up": up, "status": status, "pod": pod, "compose": compose}
     command = commands.get(argv[0])
     if command is None:
         sys.stderr.write(f"katyusha fleet: unknown command {argv[0]!r}\n\n{USAGE}")
