@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from katyusha.fleet import adminclient, compose
+from katyusha.fleet import compose
 from katyusha.fleet.spec import load_spec
 
 pytestmark = pytest.mark.skipif(
@@ -45,22 +45,37 @@ PROFILE = ("--profile", "monitoring")
 PHASES: list[tuple[str, float]] = []
 
 # Run inside a pod's sim-backend container (its admin port is not published):
-# walk the pod to a state with the project's own admin client and wait there.
+# walk the pod to a state along the legal path and wait until it is there.
 MOVE_AND_WAIT = """
-import json, sys, time
-from katyusha.fleet import adminclient
-admin, target = "http://127.0.0.1:9002", sys.argv[1]
-adminclient.move_pod(admin, target)
+import json, sys, time, urllib.request as u
+url, target = "http://127.0.0.1:9002/state", sys.argv[1]
+body = json.dumps({"state": target, "path": "auto"}).encode()
+u.urlopen(u.Request(url, body, {"Content-Type": "application/json"}, method="PUT"), timeout=5)
 deadline = time.monotonic() + 60
 while True:
-    doc = adminclient.pod_state(admin)
-    if doc["state"] == target and adminclient.destination(doc) in (None, target):
+    doc = json.load(u.urlopen(url, timeout=5))
+    if doc["state"] == target and doc.get("transition") is None and not doc.get("walk"):
         print(json.dumps(doc))
         break
     if time.monotonic() > deadline:
         sys.exit(f"still {doc['state']} after 60 s, wanted {target}")
     time.sleep(0.1)
 """
+
+
+def admin_call(method: str, url: str, body: dict | None = None, timeout: float = 30) -> dict:
+    """One JSON call to an admin port; raises AssertionError unless it answers 200."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    conn = http.client.HTTPConnection(host, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, "/" + rest, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        text = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 200, f"{method} {url}: HTTP {resp.status}: {text[:300]}"
+    return json.loads(text)
 
 
 def _free_port() -> int:
@@ -257,7 +272,7 @@ def test_requests_through_katyusha_reach_every_pod_with_fresh_reports(fleet):
     concurrency = {pod.name: pod.params.concurrency for pod in spec.pods}
     with phase("traffic"):
         results = _get(fleet.url, 200)
-        table = adminclient.katyusha_pods(fleet.admin)
+        table = admin_call("GET", f"{fleet.admin}/pods")
     assert len(results) == 200
     assert [status for status, _ in results if status != 200] == []
     assert {pod for _, pod in results} == pods
@@ -277,7 +292,7 @@ def test_prometheus_scrapes_every_process(fleet):
     deadline = time.monotonic() + 30
     with phase("prometheus"):
         while True:
-            targets = adminclient.expect("GET", url)["data"]["activeTargets"]
+            targets = admin_call("GET", url)["data"]["activeTargets"]
             health = {t["scrapeUrl"].removeprefix("http://").removesuffix("/metrics"): t["health"] for t in targets}
             if set(health) == expected and set(health.values()) == {"up"} or time.monotonic() > deadline:
                 break
@@ -295,13 +310,13 @@ def test_a_pod_goes_cold_and_back_to_warm_with_no_failed_request(fleet):
              "admin": "http://pod-2-nonna:9090", "concurrency": 1}  # fmt: skip
     with phase("cold-and-warm"), Load(fleet.url) as load:
         time.sleep(1.0)
-        assert adminclient.remove_pod(fleet.admin, "pod-2", timeout=30)
+        assert admin_call("DELETE", f"{fleet.admin}/pods/pod-2")["drained"]
         drained = time.monotonic()
         assert fleet.move("pod-2-sim", "cold")["state"] == "cold"
-        assert "pod-2" not in {row["name"] for row in adminclient.katyusha_pods(fleet.admin)["pods"]}
+        assert "pod-2" not in {row["name"] for row in admin_call("GET", f"{fleet.admin}/pods")["pods"]}
         assert fleet.move("pod-2-sim", "warm")["state"] == "warm"
         readded = time.monotonic()
-        adminclient.add_pods(fleet.admin, [entry])
+        admin_call("PUT", f"{fleet.admin}/pods", {"pods": [entry], "replace": False})
         deadline = time.monotonic() + 20
         while not any(pod == "pod-2" and sent > readded for sent, _, _, pod in load.answers):
             if time.monotonic() > deadline:

@@ -69,9 +69,9 @@ def test_every_process_gets_the_flags_the_local_runner_gives_it():
         run.nonna.ready = ReadyLine("nonna", f"http://{nonna_service}:{nonna.data}", f"http://{nonna_service}:{nonna.admin}", 1)
         assert _normal(services[sim_service]["command"]) == _normal(fleet._sim_argv(run, sim.data, sim.admin))
         assert _normal(services[nonna_service]["command"]) == _normal(fleet._nonna_argv(run, nonna.data, nonna.admin))
-        entry = run.entry()  # what the runner PUTs on katyusha's /pods
-        pod_flags += ["--pod", f"{entry['url']},name={entry['name']},node={entry['node']},"
-                               f"admin={entry['admin']},concurrency={entry['concurrency']}"]  # fmt: skip
+        # What the runner registers in katyusha's set: nonna's URLs, the pod's node and concurrency.
+        pod_flags += ["--pod", f"{run.nonna.ready.data_url},name={run.spec.name},node={run.spec.node},"
+                               f"admin={run.nonna.ready.admin_url},concurrency={run.spec.params.concurrency}"]  # fmt: skip
     # katyusha: the runner's flags, plus the pods it would add (all warm) given up front.
     command = services["katyusha"]["command"]
     is_pod = [arg == "--pod" or (i > 0 and command[i - 1] == "--pod") for i, arg in enumerate(command)]

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from katyusha.core.errors import ConfigError
-from katyusha.fleet.spec import SERVING_STATES, FleetSpec, PodSpec
+from katyusha.fleet.spec import FleetSpec, PodSpec
 
 COMPOSE_FILE = "docker-compose.yml"
 PROMETHEUS_FILE = "deploy/prometheus/compose.yml"
@@ -128,7 +128,8 @@ def pod_flag(pod: PodSpec) -> str:
 
 def _katyusha(spec: FleetSpec, replica: int) -> dict:
     k, ports = spec.katyusha, PORTS["katyusha"]
-    serving = [pod for pod in spec.pods if pod.params.state in SERVING_STATES]
+    # Pods that start warm serve from the start; the others are out of katyusha's set, as with the runner.
+    serving = [pod for pod in spec.pods if pod.params.state == "warm"]
     command = [
         "katyusha", "serve", "--host", "0.0.0.0", "--port", str(ports.data), "--admin-port", str(ports.admin),
         "--policy", k.policy, *(arg for pod in serving for arg in ("--pod", pod_flag(pod))), *k.args,
@@ -176,6 +177,11 @@ def control_plane_service(spec: FleetSpec) -> dict[str, dict]:
     An autoscaled fleet needs a control plane container that attaches to the
     pods and replicas by service name; until it exists such a fleet is refused
     rather than written as a frozen fleet. Raises ComposeError.
+
+    Adding it: return ``{"control": {...}}`` (the image, its command with
+    every replica's and pod's admin URL by service name, a healthcheck on its
+    admin port, ``depends_on`` katyusha), give :func:`_katyusha` its
+    ``--demand-url``, and add its admin port to :func:`prometheus_document`.
     """
     if spec.autoscaler.enabled:
         raise ComposeError("the compose fleet has no control plane yet: autoscaling runs only with `katyusha fleet up`")
