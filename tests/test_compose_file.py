@@ -189,3 +189,19 @@ def test_promtool_accepts_the_scrape_config():
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS" in run.stdout
+
+
+def test_every_replica_is_a_service_with_its_own_host_ports_and_scrape_target():
+    spec = build_spec({"katyusha": {"replicas": 2, "port": 7000}}, {})
+    services = compose.compose_document(spec)["services"]
+    assert services["katyusha"]["ports"] == [
+        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_PORT:-7000}:8080",
+        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_ADMIN_PORT:-8000}:9080",
+    ]
+    assert services["katyusha-1"]["ports"] == [
+        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_PORT_1:-7001}:8080",
+        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_ADMIN_PORT_1:-8001}:9080",
+    ]
+    assert services["katyusha-1"]["command"] == services["katyusha"]["command"]
+    jobs = {job["job_name"]: job for job in compose.prometheus_document(spec)["scrape_configs"]}
+    assert jobs["katyusha"]["static_configs"] == [{"targets": ["katyusha:9080", "katyusha-1:9080"]}]
