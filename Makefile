@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-deps fleet lint venv bench-deps bench clean
+.PHONY: test test-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Reinstall when pyproject.toml changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench,containers]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,6 +46,41 @@ bench-deps: $(STAMP)
 	else \
 	  apt-get update && apt-get install -y --no-install-recommends nginx haproxy wrk hey; \
 	fi
+
+# The fleet in containers (docs/containers.md). `compose-test` runs it with podman
+# and podman-compose (installed here: Debian's podman, runc and debootstrap; the
+# `containers` extra), on a local base image made once with debootstrap.
+COMPOSE_DEBS       := podman runc debootstrap netavark aardvark-dns iptables
+COMPOSE_BASE_IMAGE ?= localhost/katyusha-base:bookworm
+PROMETHEUS_IMAGE   ?= localhost/katyusha-prometheus:local
+COMPOSE_ENV        := CONTAINERS_CONF=$(CURDIR)/deploy/containers/containers.conf
+WHEELHOUSE         := build/wheelhouse/.built
+SOURCES            := $(shell find katyusha nonna sim_backend -name '*.py' -o -name '*.yaml')
+
+compose-file: $(STAMP)
+	$(BIN)/katyusha fleet compose
+
+compose-deps:
+	@if dpkg -s $(COMPOSE_DEBS) >/dev/null 2>&1; then echo "podman, runc, debootstrap present"; else \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(COMPOSE_DEBS) >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(COMPOSE_DEBS) >/dev/null; }; fi
+
+wheelhouse: $(WHEELHOUSE)
+
+$(WHEELHOUSE): pyproject.toml $(SOURCES) | $(STAMP)
+	deploy/containers/wheelhouse.sh $(BIN)/python
+	touch $@
+
+base-image: compose-deps
+	$(COMPOSE_ENV) deploy/containers/base-image.sh $(COMPOSE_BASE_IMAGE)
+
+prometheus-image: base-image
+	$(COMPOSE_ENV) deploy/containers/prometheus-image.sh $(COMPOSE_BASE_IMAGE) $(PROMETHEUS_IMAGE)
+
+compose-test: $(STAMP) prometheus-image wheelhouse
+	$(COMPOSE_ENV) BASE_IMAGE=$(COMPOSE_BASE_IMAGE) PROMETHEUS_IMAGE=$(PROMETHEUS_IMAGE) KATYUSHA_COMPOSE_TEST=1 \
+	  $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/test_compose_file.py tests/test_compose_e2e.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -16,6 +16,7 @@ commands:
   status                   show a running fleet: processes, pod states, load tables, nodes
   pod NAME state STATE     move one pod to another state (null, cold, warmdisk, warm)
                            through the fleet's control plane
+  compose                  write docker-compose.yml for the fleet file (see docs/containers.md)
 
 status and pod find the fleet by its state file (--state-file, --port) or talk
 to a control plane directly (--control URL, e.g. one run by `katyusha control`).
@@ -212,7 +213,9 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0
-    commands = {"up": up, "status": status, "pod": pod}
+    from katyusha.fleet.compose import main as compose
+
+    commands = {"up": up, "status": status, "pod": pod, "compose": compose}
     command = commands.get(argv[0])
     if command is None:
         sys.stderr.write(f"katyusha fleet: unknown command {argv[0]!r}\n\n{USAGE}")
