@@ -21,9 +21,10 @@ import sys
 from katyusha.batch import config as batch_config
 from katyusha.batch.config import BatchConfig
 from katyusha.batch.metrics import Metrics
+from katyusha.batch.opening import open_sink, open_source
 from katyusha.batch.pipeline import Pipeline
 from katyusha.batch.sender import Sender
-from katyusha.batch.stores import DEAD_LETTER_COLUMNS, StoreError, open_sink, open_source
+from katyusha.batch.stores import DEAD_LETTER_COLUMNS, StoreError
 from katyusha.batch.template import Body, check_fields
 from katyusha.config_values import int_in_range
 from katyusha.core.errors import ConfigError
