@@ -39,7 +39,9 @@ class ServiceMachine(RuleBasedStateMachine):
         try:
             self.tickets.append(self.s.offer(self._tick(), priority=priority, idempotent=idempotent))
         except QueueFull:
-            assert self.s.queue.waiting == 8
+            # Full for new arrivals; a requeued ticket (admitted, then its pod left)
+            # keeps its place and may stand beyond the bound.
+            assert self.s.queue.waiting >= 8
 
     @precondition(lambda self: self.tickets)
     @rule(data=st.data())

@@ -157,8 +157,9 @@ class L1Queue:
         The ticket keeps its deadline and goes ahead of every ticket of its
         class, since it was admitted before them. Nothing is admitted here:
         the caller requeues because there is nowhere to send the request
-        (the queue is then held). Requeueing a ticket that holds no slot
-        changes nothing.
+        (the queue is then held). It is never refused for ``max_length``,
+        which bounds new arrivals only, so the waiting count may stand above
+        it for a while. Requeueing a ticket that holds no slot changes nothing.
         """
         if ticket.state is not ADMITTED:
             return
