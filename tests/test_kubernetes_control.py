@@ -15,7 +15,7 @@ import kmock
 import yaml
 
 from tests.procs import Proc, script
-from tests.test_kubernetes_emulator import SLICES, Emulator, slice_doc, until
+from tests.test_kubernetes_emulator import SLICES, Emulator, slice_doc, until, write_kubeconfig
 
 LEASE = ("coordination.k8s.io/v1/leases", "demo", "katyusha-control")
 DEPLOYMENT = ("apps/v1/deployments", "demo", "hello")
@@ -43,13 +43,7 @@ async def test_control_plane_scales_a_deployment_from_zero_on_katyusha_demand(tm
                 cluster.objects[SLICES, "demo", "katyusha-admin-4bx8w"] = peers
                 cluster.objects[SLICES, "demo", "hello-7x2kq"] = slice_doc("hello-7x2kq")
 
-                kubeconfig = tmp_path / "kubeconfig"
-                kubeconfig.write_text(yaml.safe_dump({
-                    "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-                    "clusters": [{"name": "emulator", "cluster": {"server": str(server.url).rstrip("/")}}],
-                    "users": [{"name": "control", "user": {"token": "t"}}],
-                    "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "control"}}],
-                }))  # fmt: skip
+                kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(server.url).rstrip("/"))
                 settings = tmp_path / "config-autoscaler.yaml"
                 settings.write_text(yaml.safe_dump({"allow-zero-initial-scale": "true", "tick-interval": "0.5s"}))
                 control = Proc(

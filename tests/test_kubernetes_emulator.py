@@ -77,6 +77,18 @@ async def api(cluster):
         yield client
 
 
+def write_kubeconfig(path, server_url, token="t", namespace=None):
+    """A kubeconfig file at ``path`` naming the emulator at ``server_url`` with a bearer ``token``; returns its path."""
+    context = {"cluster": "emulator", "user": "dev", **({"namespace": namespace} if namespace else {})}
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": server_url}}],
+        "users": [{"name": "dev", "user": {"token": token}}],
+        "contexts": [{"name": "emulator", "context": context}],
+    }))  # fmt: skip
+    return path
+
+
 async def until(predicate, timeout=5.0, what="condition"):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -328,13 +340,7 @@ async def _no_release():
 
 
 async def test_kubeconfig_path_connects(cluster, tmp_path):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": cluster.server_url}}],
-        "users": [{"name": "dev", "user": {"token": "kubeconfig-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "dev", "namespace": "demo"}}],
-    }))  # fmt: skip
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", cluster.server_url, "kubeconfig-token", "demo")
     cluster.objects[SLICES, "demo", "hello-7x2kq"] = slice_doc("hello-7x2kq")
     client = await api_client(str(kubeconfig), environ={})
     try:

@@ -31,6 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from katyusha.core.membership import PodChange, PodSpec
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 # Which copy of a pod seen in two slices wins: higher rank first.
@@ -173,6 +175,20 @@ def membership_change(previous: ServiceEndpoints | None, current: ServiceEndpoin
     join = tuple(pod for name, pod in sorted(now.items()) if before.get(name) != pod)
     leave = tuple(sorted(name for name in before if name not in now))
     return MembershipChange(join=join, leave=leave)
+
+
+def pod_change(endpoints: ServiceEndpoints, source: str = "kubernetes") -> PodChange:
+    """The change that makes a service's pod set exactly ``endpoints``' ready pods.
+
+    Every other pod (terminating, gone, no longer ready) is removed: it
+    leaves picking at once and its requests in flight finish, which is how
+    katyusha drains. Pods that stay keep their counters.
+    """
+    specs = tuple(
+        PodSpec(name=pod.name, url=pod.url, node=pod.node or "", admin=pod.admin, concurrency=pod.concurrency)
+        for pod in endpoints.ready
+    )
+    return PodChange(upsert=specs, replace=True, source=source)
 
 
 def _meta(document: Mapping[str, Any]) -> Mapping[str, Any]:

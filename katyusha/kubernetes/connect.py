@@ -33,35 +33,43 @@ class ConnectError(Exception):
     """No usable cluster configuration; the message says which source was tried and why it failed."""
 
 
-async def api_client(
+async def configuration(
     kubeconfig: str | None = None,
     context: str | None = None,
     *,
     environ: Mapping[str, str] | None = None,
     token_file: str = SERVICE_TOKEN_FILENAME,
     ca_file: str = SERVICE_CERT_FILENAME,
-) -> ApiClient:
-    """A kubernetes_asyncio ApiClient (close it with ``await client.close()``). Raises ConnectError.
+) -> Configuration:
+    """The client configuration: ``kubeconfig`` (a file) and ``context``, else inside a pod its service account.
 
-    ``kubeconfig`` (a file) and ``context`` pick a kubeconfig; without one,
-    inside a pod the service account is used (``token_file``/``ca_file`` are
-    where Kubernetes mounts them; ``environ`` defaults to the process's).
+    ``token_file``/``ca_file`` are where Kubernetes mounts the service
+    account's; ``environ`` defaults to the process's. Raises ConnectError
+    naming the source tried and why it failed.
     """
     env = os.environ if environ is None else environ
-    configuration = Configuration()
+    result = Configuration()
     try:
         if kubeconfig is None and env.get(SERVICE_HOST_ENV_NAME):
             InClusterConfigLoader(token_filename=token_file, cert_filename=ca_file, environ=dict(env)).load_and_set(
-                configuration
+                result
             )
         else:
             await kube_config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
+                config_file=kubeconfig, context=context, client_configuration=result, persist_config=False
             )
     except (kube_config.ConfigException, OSError, ValueError) as exc:
         where = kubeconfig or ("the service account" if env.get(SERVICE_HOST_ENV_NAME) else "the default kubeconfig")
         raise ConnectError(f"cannot configure the Kubernetes client from {where}: {exc}") from None
-    return ApiClient(configuration)
+    return result
+
+
+async def api_client(kubeconfig: str | None = None, context: str | None = None, **options: Any) -> ApiClient:
+    """A kubernetes_asyncio ApiClient from :func:`configuration` (close it with ``await client.close()``).
+
+    Raises ConnectError.
+    """
+    return ApiClient(await configuration(kubeconfig, context, **options))
 
 
 async def json_body(response: Any) -> Any:

@@ -26,7 +26,7 @@ import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -40,6 +40,7 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.kube_annotations import container_concurrency
 from katyusha.core.subset import subset_endpoints
 from katyusha.kubernetes.connect import json_body
+from katyusha.kubernetes.refs import ServiceRef
 
 log = logging.getLogger("katyusha.kubernetes")
 
@@ -47,39 +48,6 @@ log = logging.getLogger("katyusha.kubernetes")
 API_FAILURES = (ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 
 OnChange = Callable[[ServiceEndpoints], Awaitable[None] | None]
-
-
-@dataclass(frozen=True)
-class ServiceRef:
-    """A Service to follow: ``namespace/name``, the slice port to send to, and optionally nonna's admin port.
-
-    ``port``/``admin_port``: a port name (str), a number (int), or None for
-    the slices' only port. ``concurrency``: the pods' container concurrency;
-    None reads the Service's ``katyusha.dev/container-concurrency``
-    annotation at every list.
-    """
-
-    namespace: str
-    name: str
-    port: str | int | None = None
-    admin_port: str | int | None = None
-    concurrency: int | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @classmethod
-    def parse(cls, text: str, **fields: Any) -> ServiceRef:
-        """``NAMESPACE/NAME[:PORT]`` (PORT a name or number). Raises ConfigError naming the text."""
-        target, _, port_text = text.partition(":")
-        namespace, slash, name = target.partition("/")
-        if not slash or not namespace or not name or "/" in name:
-            raise ConfigError(text, "a Service is NAMESPACE/NAME[:PORT]")
-        port: str | int | None = None
-        if port_text:
-            port = int(port_text) if port_text.isdigit() else port_text
-        return cls(namespace=namespace, name=name, port=port, **fields)
 
 
 class EndpointSliceWatcher:

@@ -72,6 +72,13 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"katyusha: bad setting {exc}\n")
         return 2
+    if cfg.discovery == "kubernetes":
+        from katyusha.kubernetes.source import check_connection
+
+        problem = check_connection(cfg.kubeconfig)
+        if problem is not None:
+            sys.stderr.write(f"katyusha: bad setting kubeconfig: {problem}\n")
+            return 2
     if cfg.threads > 1:
         from katyusha.proxy.workers import run_workers
 

@@ -12,6 +12,7 @@ turns raw values into a :class:`ProxyConfig`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,6 +33,15 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import DEFAULT_POLICY
 from katyusha.core.service import ServiceSettings
+from katyusha.kubernetes.refs import (
+    Port,
+    ServiceRef,
+    parse_namespace,
+    parse_pod_name,
+    parse_port,
+    parse_service,
+    with_ports,
+)
 from katyusha.proxy.services_config import (
     DEFAULT_SERVICE,
     ServiceSpec,
@@ -80,6 +90,15 @@ class ProxyConfig:
     trace_picks: int = 0
     priority_header: str | None = None
     priority_classes: int = 2
+    discovery: str = "static"
+    kubeconfig: str | None = None
+    kubernetes_namespace: str = "default"
+    kubernetes_service: ServiceRef | None = None
+    kubernetes_port: Port = None
+    kubernetes_admin_port: Port = None
+    kubernetes_subset: bool = False
+    kubernetes_peers: ServiceRef | None = None
+    kubernetes_pod_name: str | None = None
 
     @property
     def l1_limit(self) -> int | None:
@@ -103,7 +122,21 @@ class ProxyConfig:
     @property
     def service_specs(self) -> tuple[ServiceSpec, ...]:
         """The services: the ``services:`` section, else one service ``default`` from the global keys."""
-        return self.services or (ServiceSpec(name=DEFAULT_SERVICE, pods=self.pods),)
+        return self.services or (ServiceSpec(name=DEFAULT_SERVICE, pods=self.pods,
+                                             kubernetes=self.kubernetes_service),)
+
+    @property
+    def kubernetes_targets(self) -> dict[str, ServiceRef]:
+        """The Kubernetes Service each service follows, by service name (namespaces filled in)."""
+        return {spec.name: spec.kubernetes.in_namespace(self.kubernetes_namespace)
+                for spec in self.service_specs if spec.kubernetes is not None}
+
+    @property
+    def kubernetes_replicas(self) -> tuple[ServiceRef, str] | None:
+        """With ``kubernetes-subset``: katyusha's admin Service (the replicas) and this replica's pod name."""
+        if not self.kubernetes_subset or self.kubernetes_peers is None or self.kubernetes_pod_name is None:
+            return None
+        return self.kubernetes_peers.in_namespace(self.kubernetes_namespace), self.kubernetes_pod_name
 
     @property
     def default_service(self) -> str:
@@ -141,6 +174,9 @@ class ProxyConfig:
         out = {s.key: values[s.field] for s in SETTINGS}
         out["pods"] = [pod.to_json() for pod in self.pods]
         out["services"] = [spec.to_json() for spec in self.services]
+        for key in ("kubernetes-service", "kubernetes-peers"):
+            ref = getattr(self, BY_KEY[key].field)
+            out[key] = ref.to_json() if ref is not None else None
         out["effective"] = {
             "l1_limit": self.l1_limit,
             "policy": self.effective_policy,
@@ -188,6 +224,23 @@ def parse_optional_header(key: str, raw: object) -> str | None:
     if not isinstance(raw, str) or not _HEADER_RE.match(raw.strip()):
         raise ConfigError(key, f"must be an HTTP header name, got {raw!r}")
     return raw.strip().lower()
+
+
+_DISCOVERY = ("static", "kubernetes")
+
+
+def parse_discovery(key: str, raw: object) -> str:
+    if not isinstance(raw, str) or raw.strip().lower() not in _DISCOVERY:
+        raise ConfigError(key, f"must be one of {', '.join(_DISCOVERY)}; got {raw!r}")
+    return raw.strip().lower()
+
+
+def parse_optional_path(key: str, raw: object) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError(key, f"must be a file path, got {raw!r}")
+    return raw.strip()
 
 
 @dataclass(frozen=True)
@@ -264,6 +317,25 @@ SETTINGS: tuple[Setting, ...] = (
              "request header giving the L1 priority class (0 lowest); unset: one class"),
     _setting("priority-classes", "priority_classes", int_in_range(2, 64),
              "how many L1 priority classes priority-header may name (0 to N-1)"),
+    # Discovery from Kubernetes EndpointSlices (docs/kubernetes.md).
+    _setting("discovery", "discovery", parse_discovery,
+             "static (pods from settings and the admin API) or kubernetes (also from EndpointSlices)"),
+    _setting("kubeconfig", "kubeconfig", parse_optional_path,
+             "kubeconfig file for discovery (unset: the pod's service account, else $KUBECONFIG, ~/.kube/config)"),
+    _setting("kubernetes-namespace", "kubernetes_namespace", parse_namespace,
+             "namespace of Services named without one (unset: $POD_NAMESPACE, else default)"),
+    _setting("kubernetes-service", "kubernetes_service", parse_service,
+             "the default service's Kubernetes Service to follow: [NAMESPACE/]NAME"),
+    _setting("kubernetes-port", "kubernetes_port", parse_port,
+             "its port to send to: a name or number (unset: the Service's only port)"),
+    _setting("kubernetes-admin-port", "kubernetes_admin_port", parse_port,
+             "its pods' nonna admin port, a name or number (unset: none)"),
+    _setting("kubernetes-subset", "kubernetes_subset", parse_bool,
+             "true: share the pods with the other replicas when their container concurrency is set"),
+    _setting("kubernetes-peers", "kubernetes_peers", parse_service,
+             "with kubernetes-subset: katyusha's admin Service, whose ready pods are the replicas"),
+    _setting("kubernetes-pod-name", "kubernetes_pod_name", parse_pod_name,
+             "with kubernetes-subset: this replica's pod name (unset: $POD_NAME)"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
@@ -284,7 +356,54 @@ def validate(raw: Mapping[str, object]) -> ProxyConfig:
         values[setting.field] = setting.parse(key, value)
     if values.get("services") and values.get("pods"):
         raise ConfigError("pods", "with services: set, give each service its pods (services[i].pods)")
-    return ProxyConfig(**values)
+    if values.get("kubernetes_service") is not None:
+        values["kubernetes_service"] = with_ports("kubernetes-service", values["kubernetes_service"],
+                                                  values.get("kubernetes_port"), values.get("kubernetes_admin_port"))
+    config = ProxyConfig(**values)
+    check_discovery(config)
+    return config
+
+
+def check_discovery(config: ProxyConfig) -> None:
+    """The discovery settings agree with each other and with the install. Raises ConfigError naming the key."""
+    if config.kubernetes_service is None:
+        for key in ("kubernetes-port", "kubernetes-admin-port"):
+            if getattr(config, BY_KEY[key].field) is not None:
+                raise ConfigError(key, "applies to kubernetes-service, which is not set")
+    elif config.services:
+        raise ConfigError("kubernetes-service", "with services: set, give each service its own "
+                                                "(services[i].kubernetes)")
+    elif config.pods:
+        raise ConfigError("pods", "the default service takes its pods from pods or from kubernetes-service, "
+                                  "not both")
+    targets = config.kubernetes_targets
+    if config.discovery != "kubernetes":
+        if targets:
+            raise ConfigError("discovery", f"service {next(iter(targets))!r} follows a Kubernetes Service, "
+                                           "but discovery is static: set discovery to kubernetes")
+        return
+    if not targets:
+        raise ConfigError("kubernetes-service", "discovery kubernetes needs a Service to follow: "
+                                                "kubernetes-service, or services[i].kubernetes")
+    followed: dict[str, str] = {}
+    for name, ref in targets.items():
+        if ref.key in followed:
+            raise ConfigError("services", f"services {followed[ref.key]!r} and {name!r} both follow {ref.key}")
+        followed[ref.key] = name
+    if config.kubernetes_subset:
+        if config.kubernetes_peers is None:
+            raise ConfigError("kubernetes-peers", "kubernetes-subset needs katyusha's admin Service, "
+                                                  "whose ready pods are the replicas")
+        if config.kubernetes_pod_name is None:
+            raise ConfigError("kubernetes-pod-name", "kubernetes-subset needs this replica's pod name "
+                                                     "(or POD_NAME in the environment)")
+    try:
+        installed = importlib.util.find_spec("kubernetes_asyncio") is not None
+    except (ImportError, ValueError):
+        installed = False
+    if not installed:
+        raise ConfigError("discovery", "kubernetes needs the kubernetes extra, which is not installed: "
+                                       "pip install 'katyusha[kubernetes]'")
 
 
 def load_yaml(path: str) -> dict[str, object]:
@@ -337,4 +456,9 @@ def load(
         merged.update(load_yaml(path))
     merged.update(from_env(environ))
     merged.update(flags or {})
+    if str(merged.get("discovery", "")).strip().lower() == "kubernetes":
+        # In a pod, the downward API gives these (deploy/kubernetes/katyusha.yaml).
+        for key, variable in (("kubernetes-namespace", "POD_NAMESPACE"), ("kubernetes-pod-name", "POD_NAME")):
+            if key not in merged and environ.get(variable):
+                merged[key] = environ[variable]
     return validate(merged)

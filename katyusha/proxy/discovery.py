@@ -9,19 +9,27 @@ service's pod set (through its core balancer's ``change_pods``). Sources now:
 * :class:`PushSource`: the admin API (``PUT /pods``, ``DELETE /pods/{name}``),
   which the local fleet and its control plane call.
 
-A Kubernetes source (EndpointSlices) will be a third: a task that watches and
-applies ``replace`` changes. A source implements :class:`Source`.
+* :class:`katyusha.kubernetes.source.KubernetesSource` (``discovery:
+  kubernetes``): each followed Service's EndpointSlices, watched; every change
+  of its pod set is one ``replace`` change (ready pods in, the rest drained).
+
+A source implements :class:`Source`: ``start`` when the process is built,
+``open`` once its event loop runs (for sources with background work),
+``close`` on shutdown.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from katyusha.core.errors import NotFound
 from katyusha.core.membership import ChangeResult, PodChange, PodSpec
 from katyusha.proxy.service import LiveService
 from katyusha.proxy.services_config import ServiceSpec
+
+if TYPE_CHECKING:
+    from katyusha.proxy.config import ProxyConfig
 
 
 class Membership:
@@ -50,6 +58,8 @@ class Source(Protocol):
 
     def start(self, membership: Membership) -> None: ...
 
+    async def open(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -64,6 +74,9 @@ class StaticSource:
     def start(self, membership: Membership) -> None:
         for spec in self.specs:
             membership.apply(spec.name, PodChange(upsert=spec.pods, replace=True, source=self.name))
+
+    async def open(self) -> None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -103,5 +116,17 @@ class PushSource:
         drained = await live.drained(entry, timeout)
         return {"name": pod, "drained": drained, "in_flight": entry.in_flight}
 
+    async def open(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
+
+
+def configured_sources(config: ProxyConfig) -> list[Source]:
+    """The sources beyond static and push that ``config`` asks for (``discovery``)."""
+    if config.discovery != "kubernetes":
+        return []
+    from katyusha.kubernetes.source import KubernetesSource
+
+    return [KubernetesSource.from_config(config)]

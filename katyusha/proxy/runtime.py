@@ -18,7 +18,13 @@ from katyusha.proxy.admin import AdminApp
 from katyusha.proxy.app import DataApp
 from katyusha.proxy.background import DemandNotifier, Prober
 from katyusha.proxy.config import ProxyConfig
-from katyusha.proxy.discovery import Membership, PushSource, Source, StaticSource
+from katyusha.proxy.discovery import (
+    Membership,
+    PushSource,
+    Source,
+    StaticSource,
+    configured_sources,
+)
 from katyusha.proxy.metrics import make_registry
 from katyusha.proxy.service import LiveService
 
@@ -52,7 +58,8 @@ class Proxy:
         ]
         self.membership = Membership(self.services, config.default_service)
         self.push = PushSource()
-        self.sources: list[Source] = [StaticSource(config.service_specs), self.push]
+        self.sources: list[Source] = [StaticSource(config.service_specs), self.push,
+                                      *configured_sources(config)]
         for source in self.sources:
             source.start(self.membership)
         self.notifiers: list[DemandNotifier] = []
@@ -84,6 +91,8 @@ class Proxy:
 
     async def startup(self) -> None:
         self.prober.start()
+        for source in self.sources:
+            await source.open()
 
     async def stop(self) -> None:
         """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.

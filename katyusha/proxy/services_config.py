@@ -12,6 +12,8 @@
         request-timeout: 10s
         pod-capacity-factor: 1
         pods: [{url: http://127.0.0.1:9101, name: pod-1, node: node-1, concurrency: 1}]
+      - name: shop                  # with discovery: kubernetes, its pods from EndpointSlices
+        kubernetes: {service: demo/shop, port: http, admin-port: nonna-admin}
 
 Every error is a ConfigError naming the field path (``services[1].pods[0].url``).
 """
@@ -37,6 +39,7 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import POLICY_NAMES
 from katyusha.core.routing import Router
+from katyusha.kubernetes.refs import ServiceRef, parse_target
 
 DEFAULT_SERVICE = "default"
 _POD_OPTIONS = ("name", "node", "admin", "concurrency")
@@ -122,11 +125,14 @@ class ServiceSpec:
     queue_length: int | None = None
     request_timeout: float | None = None
     pod_capacity_factor: float | None = None
+    kubernetes: ServiceRef | None = None  # the Kubernetes Service its pods come from (discovery: kubernetes)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {"name": self.name, "hosts": list(self.hosts),
                                "path-prefix": self.path_prefix,
                                "pods": [pod.to_json() for pod in self.pods]}
+        if self.kubernetes is not None:
+            out["kubernetes"] = self.kubernetes.to_json()
         for key, field_name in _OPTIONAL:
             value = getattr(self, field_name)
             if value is not None:
@@ -149,7 +155,7 @@ _OPTIONAL_PARSERS = {
     "request-timeout": parse_seconds,
     "pod-capacity-factor": parse_non_negative_float,
 }
-_SERVICE_KEYS = ("name", "hosts", "path-prefix", "pods", *(key for key, _ in _OPTIONAL))
+_SERVICE_KEYS = ("name", "hosts", "path-prefix", "pods", "kubernetes", *(key for key, _ in _OPTIONAL))
 
 
 def parse_service(key: str, raw: object) -> ServiceSpec:
@@ -176,11 +182,18 @@ def parse_service(key: str, raw: object) -> ServiceSpec:
         raise ConfigError(f"{key}.path-prefix", f"must be a path starting with '/', got {prefix!r}")
     options = {field_name: _OPTIONAL_PARSERS[option](f"{key}.{option}", raw[option])
                for option, field_name in _OPTIONAL if raw.get(option) is not None}
+    pods = parse_pods(f"{key}.pods", raw.get("pods"), indexed=True)
+    kubernetes = None
+    if raw.get("kubernetes") is not None:
+        kubernetes = parse_target(f"{key}.kubernetes", raw["kubernetes"])
+        if pods:
+            raise ConfigError(f"{key}.pods", "a service takes its pods from pods or from kubernetes, not both")
     return ServiceSpec(
         name=name,
         hosts=tuple(host.lower() for host in hosts),
         path_prefix=prefix,
-        pods=parse_pods(f"{key}.pods", raw.get("pods"), indexed=True),
+        pods=pods,
+        kubernetes=kubernetes,
         **options,
     )
 
