@@ -35,18 +35,24 @@ def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
 
-def pod_slice(pod: Pod, node: str, *, service: str = "hello", ready: bool = True, terminating: bool = False) -> dict:
+def pod_slice(pod: Pod, node: str, **options) -> dict:
     """The EndpointSlice Kubernetes would publish for ``pod`` (its nonna's data and admin ports)."""
+    return endpoint_slice(pod.name, _port(pod.nonna.url), _port(pod.nonna.admin), node, **options)
+
+
+def endpoint_slice(name: str, port: int, admin_port: int, node: str, *, service: str = "hello",
+                   ready: bool = True, terminating: bool = False) -> dict:
+    """A slice of ``service`` holding one pod ``name`` on 127.0.0.1 (ports ``http`` and ``nonna-admin``)."""
     return {
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": f"{service}-{pod.name}", "namespace": NS,
+        "metadata": {"name": f"{service}-{name}", "namespace": NS,
                      "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
         "endpoints": [{"addresses": ["127.0.0.1"], "nodeName": node,
                        "conditions": {"ready": ready, "serving": True, "terminating": terminating},
-                       "targetRef": {"kind": "Pod", "namespace": NS, "name": pod.name}}],
-        "ports": [{"name": "http", "port": _port(pod.nonna.url), "protocol": "TCP"},
-                  {"name": "nonna-admin", "port": _port(pod.nonna.admin), "protocol": "TCP"}],
+                       "targetRef": {"kind": "Pod", "namespace": NS, "name": name}}],
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"},
+                  {"name": "nonna-admin", "port": admin_port, "protocol": "TCP"}],
     }  # fmt: skip
 
 
@@ -59,8 +65,8 @@ async def api_server():
         yield cluster
 
 
-def start_katyusha(*args: str) -> Proc:
-    return Proc([script("katyusha"), "serve", "--port", "0", "--admin-port", "0", *args], ready_timeout=30)
+def start_katyusha(*args: str, env: dict | None = None) -> Proc:
+    return Proc([script("katyusha"), "serve", "--port", "0", "--admin-port", "0", *args], ready_timeout=30, env=env)
 
 
 async def pod_names(session: aiohttp.ClientSession, replica: Proc) -> dict[str, str]:
@@ -180,3 +186,75 @@ async def test_two_replicas_follow_the_same_pods_drain_without_failures_and_reli
             replica.kill()
         for pod in pods:
             await asyncio.to_thread(pod.stop)
+
+
+def replica_slice(ready: dict[str, bool]) -> dict:
+    """katyusha's own admin Service: one endpoint per replica, by pod name."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "katyusha-admin-x1", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "katyusha-admin"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [f"10.0.0.{i + 1}"], "conditions": {"ready": up},
+                       "targetRef": {"kind": "Pod", "namespace": NS, "name": name}}
+                      for i, (name, up) in enumerate(ready.items())],
+        "ports": [{"name": "admin", "port": 8081, "protocol": "TCP"}],
+    }  # fmt: skip
+
+
+async def test_replicas_subset_the_pods_and_every_worker_process_follows_on_its_own(tmp_path):
+    replicas: list[Proc] = []
+    async with api_server() as cluster, aiohttp.ClientSession() as session:
+        try:
+            cluster.objects["v1/services", NS, "hello"] = {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "hello", "namespace": NS,
+                             "annotations": {"katyusha.dev/container-concurrency": "1"}},
+            }  # fmt: skip
+            pods = [f"hello-{i}" for i in range(6)]
+            for i, name in enumerate(pods):  # nothing is sent to them: this test looks at the pod sets
+                await cluster.post(SLICES_URL, json=endpoint_slice(name, 20000 + 2 * i, 20001 + 2 * i, "node-a"))
+            await cluster.post(SLICES_URL, json=replica_slice({"katyusha-a": True, "katyusha-b": True}))
+            subset = ("--kubernetes-subset", "true", "--kubernetes-peers", "katyusha-admin")
+            for me, threads in (("katyusha-a", "2"), ("katyusha-b", "1")):
+                kubeconfig = write_kubeconfig(tmp_path / me, cluster.server_url, me)
+                replicas.append(await asyncio.to_thread(
+                    start_katyusha, *DISCOVERY, *subset, "--kubeconfig", str(kubeconfig),
+                    "--katyusha-threads", threads, env={"POD_NAME": me},
+                ))  # fmt: skip
+            a, b = replicas
+
+            async def tables(replica: Proc) -> list[set[str]]:
+                """Each worker's pod names (one entry for a single process)."""
+                async with session.get(replica.admin + "/pods") as response:
+                    document = await response.json()
+                rows = [w["pods"] for w in document["workers"]] if "workers" in document else [document["pods"]]
+                return [{row["name"] for row in pods} for pods in rows]
+
+            async def settled(predicate, what):
+                deadline = asyncio.get_running_loop().time() + 10
+                while True:
+                    seen = [await tables(a), await tables(b)]
+                    if predicate(*seen):
+                        return seen
+                    assert asyncio.get_running_loop().time() < deadline, f"{what}: {seen}"
+                    await asyncio.sleep(0.05)
+
+            # Each replica takes half of the pods, none twice; both of a's workers take the same half.
+            def split(mine, theirs):
+                return (len(mine) == 2 and mine[0] == mine[1] and len(mine[0]) == 3 and len(theirs[0]) == 3
+                        and mine[0] | theirs[0] == set(pods))  # fmt: skip
+
+            (mine, theirs) = await settled(split, "an even split")
+            assert not mine[0] & theirs[0]
+            # Each of a's two workers lists and watches on its own: two lists per Service.
+            lists = [r for r in cluster if r.action == kmock.action.LIST and r.headers["Authorization"] == "Bearer katyusha-a"]
+            assert len(lists) == 4, [r.url for r in lists]
+
+            # b stops being ready (it is stopping, or failing its probe): a takes every pod, in both workers.
+            await cluster.patch(f"{SLICES_URL}/katyusha-admin-x1",
+                                json={"endpoints": replica_slice({"katyusha-a": True, "katyusha-b": False})["endpoints"]})
+            await settled(lambda mine, _: mine == [set(pods), set(pods)], "a to take every pod")
+        finally:
+            for replica in replicas:
+                assert await asyncio.to_thread(replica.terminate) == 0, replica.output

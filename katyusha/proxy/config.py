@@ -456,9 +456,17 @@ def load(
         merged.update(load_yaml(path))
     merged.update(from_env(environ))
     merged.update(flags or {})
-    if str(merged.get("discovery", "")).strip().lower() == "kubernetes":
-        # In a pod, the downward API gives these (deploy/kubernetes/katyusha.yaml).
-        for key, variable in (("kubernetes-namespace", "POD_NAMESPACE"), ("kubernetes-pod-name", "POD_NAME")):
+    # In a pod the downward API gives these (deploy/kubernetes/katyusha.yaml); read only when needed.
+    if _says(merged, "discovery", "kubernetes"):
+        fallbacks = [("kubernetes-namespace", "POD_NAMESPACE")]
+        if _says(merged, "kubernetes-subset", "true"):
+            fallbacks.append(("kubernetes-pod-name", "POD_NAME"))
+        for key, variable in fallbacks:
             if key not in merged and environ.get(variable):
                 merged[key] = environ[variable]
     return validate(merged)
+
+
+def _says(raw: Mapping[str, object], key: str, word: str) -> bool:
+    value = raw.get(key)
+    return value is True if word == "true" and isinstance(value, bool) else str(value).strip().lower() == word
