@@ -3,10 +3,15 @@
 ::
 
     python -m katyusha.kubernetes control --namespace NS --identity POD \\
-        --katyusha katyusha-admin:admin --scale default=hello:hello [--config-autoscaler FILE]
+        --katyusha katyusha-admin:admin --scale default=hello:hello [--config-autoscaler FILE] \\
+        [--host 0.0.0.0 --admin-port 8090]
 
-Exit status 2 for a bad flag or file, 1 when the cluster cannot be reached
-at start; SIGTERM or SIGINT stops it and gives the Lease up.
+It serves ``/healthz``, ``/status`` and ``/metrics`` on its admin port
+(katyusha.kubernetes.controlapi) and, once listening, prints the ready line
+``katyusha-kubernetes-control ready data=URL admin=URL pid=N`` (both URLs
+the admin port's) on stderr. Exit status 2 for a bad flag or file, 1 when
+no cluster configuration works or the port cannot be bound; SIGTERM or
+SIGINT stops it and gives the Lease up.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from katyusha.core.autoscaler_config import KPAConfig
 from katyusha.core.errors import ConfigError
 
 PROG = "python -m katyusha.kubernetes"
+ROLE = "katyusha-kubernetes-control"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--lease-duration", type=float, default=15.0)
     c.add_argument("--renew-deadline", type=float, default=10.0)
     c.add_argument("--retry-period", type=float, default=2.0)
+    c.add_argument("--host", default="0.0.0.0", help="address of the admin port (0.0.0.0: the kubelet probes it)")
+    c.add_argument("--admin-port", type=int, default=8090, help="port of /healthz, /status, /metrics (0: any)")
     c.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p  # fmt: skip
 
@@ -74,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args, base, katyusha, targets) -> int:
+    from katyusha.control.server import EmbeddedServer
     from katyusha.kubernetes.connect import ConnectError, api_client
+    from katyusha.kubernetes.controlapi import build_app
     from katyusha.kubernetes.controlplane import KubernetesControlPlane
     from katyusha.kubernetes.leader import LeaderElector
 
@@ -93,14 +103,23 @@ async def _run(args, base, katyusha, targets) -> int:
         sys.stderr.write(f"{PROG} control: {exc}\n")
         return 2
     plane = KubernetesControlPlane(api, elector, katyusha, targets, base)
+    try:
+        server = EmbeddedServer(build_app(plane), args.host, args.admin_port)
+    except OSError as exc:
+        await api.close()
+        sys.stderr.write(f"{PROG} control: {exc.strerror or exc}\n")
+        return 1
     task = asyncio.create_task(plane.run())
+    await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    sys.stderr.write(f"katyusha-kubernetes-control ready identity={args.identity} pid={os.getpid()}\n")
+    sys.stderr.write(f"{ROLE} ready data={server.url} admin={server.url} pid={os.getpid()} "
+                     f"identity={args.identity}\n")  # fmt: skip
     sys.stderr.flush()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await server.stop()
     await api.close()
     return 0
 

@@ -12,13 +12,16 @@ control plane needs: RBAC grants ``get`` and ``patch`` on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kubernetes_asyncio import client as kclient
 
 from katyusha.core.errors import ConfigError
 from katyusha.kubernetes.connect import json_body
+
+log = logging.getLogger("katyusha.kubernetes")
 
 
 @dataclass(frozen=True)
@@ -87,16 +90,26 @@ class DeploymentScaler:
 class KubernetesActuator:
     """The autoscaler's actuator on Kubernetes: a service's pod count is its Deployment's ``spec.replicas``.
 
-    ``deployments`` maps each autoscaled service (its key in the control
-    plane: a katyusha service name, None for the default one) to the
-    Deployment that runs its pods. :meth:`current` answers from the last
-    read or write (call :meth:`refresh` before deciding); :meth:`scale_to`
-    patches when the count differs. Calls raise ApiException.
+    ``deployments`` maps each autoscaled service (its key in the autoscaler:
+    a katyusha service name, None for the default one) to the Deployment
+    that runs its pods. :meth:`current` answers from the last read or write
+    (call :meth:`refresh` before deciding); :meth:`scale_to` patches when the
+    count differs, and only while ``gate()`` is true (the control plane
+    passes its Lease: a copy that stopped leading never scales). Calls raise
+    ApiException.
     """
 
-    def __init__(self, api: kclient.ApiClient, deployments: Mapping[str | None, DeploymentRef]):
+    def __init__(
+        self,
+        api: kclient.ApiClient,
+        deployments: Mapping[str | None, DeploymentRef],
+        *,
+        gate: Callable[[], bool] | None = None,
+    ):
         self.scalers = {key: DeploymentScaler(api, ref) for key, ref in deployments.items()}
         self.known: dict[str | None, Scale] = {}
+        self.gate = gate
+        self.refused = 0
 
     async def refresh(self) -> None:
         """Read every Deployment's scale."""
@@ -109,8 +122,15 @@ class KubernetesActuator:
         return scale.replicas if scale is not None else 0
 
     async def scale_to(self, service: str | None, count: int) -> None:
-        """Ask for ``count`` replicas of ``service``'s Deployment. Raises KeyError for a service with no Deployment."""
+        """Ask for ``count`` replicas of ``service``'s Deployment (nothing while the gate is shut).
+
+        Raises KeyError for a service with no Deployment.
+        """
         scaler = self.scalers[service]
         if service in self.known and self.known[service].replicas == count:
+            return
+        if self.gate is not None and not self.gate():
+            self.refused += 1
+            log.warning("not scaling %s to %d: no longer the leader", scaler.ref.key, count)
             return
         self.known[service] = await scaler.patch(count)
