@@ -103,8 +103,7 @@ def test_katyusha_replicas_probes_and_graceful_stop():
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     admin = next(p["containerPort"] for p in container["ports"] if p["name"] == "admin")
-    args = container["args"]
-    assert args[args.index("--admin-port") + 1] == str(admin)
+    assert flag_value(container["args"], "--admin-port") == str(admin)
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert container["resources"]["requests"]
@@ -124,7 +123,8 @@ def test_the_seeds_configmap_keys_reach_katyusha():
     assert set(configmap["data"]) == seed_keys
     container = deployments()["katyusha"]["spec"]["template"]["spec"]["containers"][0]
     mapped = {
-        e["valueFrom"]["configMapKeyRef"]["key"]: e["name"] for e in container["env"] if "valueFrom" in e
+        e["valueFrom"]["configMapKeyRef"]["key"]: e["name"] for e in container["env"]
+        if "configMapKeyRef" in e.get("valueFrom", {})
     }
     # Each key arrives in the environment variable katyusha reads it from (docs/configuration.md).
     assert mapped == {key: key.upper().replace("-", "_") for key in seed_keys}
@@ -139,6 +139,84 @@ def test_the_app_pod_runs_nonna_in_front_of_the_app_on_localhost():
     service = next(doc for _, doc in manifest_documents() if doc["kind"] == "Service" and doc["metadata"]["name"] == "hello")
     assert service["spec"]["clusterIP"] == "None"  # headless: EndpointSlices list the pods themselves
     assert {p["name"] for p in service["spec"]["ports"]} == {"http", "nonna-admin"}
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    """The value of ``flag`` in ``args``, given as ``--flag=value`` or ``--flag value``."""
+    for index, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag:
+            return args[index + 1]
+    raise AssertionError(f"no {flag} in {args}")
+
+
+def container_environment(container: dict, pod_name: str) -> dict[str, str]:
+    """The container's environment as the kubelet would set it (ConfigMap keys and downward API resolved)."""
+    configmap = next(doc for _, doc in manifest_documents() if doc["kind"] == "ConfigMap")["data"]
+    fields = {"metadata.name": pod_name, "metadata.namespace": "katyusha", "spec.nodeName": "node-1"}
+    env = {}
+    for entry in container.get("env", []):
+        source = entry.get("valueFrom", {})
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "configMapKeyRef" in source:
+            env[entry["name"]] = configmap[source["configMapKeyRef"]["key"]]
+        else:
+            env[entry["name"]] = fields[source["fieldRef"]["fieldPath"]]
+    return env
+
+
+def expanded(args: list[str], env: dict[str, str]) -> list[str]:
+    """``args`` with ``$(VAR)`` replaced as Kubernetes does."""
+    return [re.sub(r"\$\(([A-Z_][A-Z0-9_]*)\)", lambda m: env[m[1]], arg) for arg in args]
+
+
+def objects(kind: str) -> dict[str, dict]:
+    return {doc["metadata"]["name"]: doc for _, doc in manifest_documents() if doc["kind"] == kind}
+
+
+def test_katyusha_follows_the_hello_service_and_shares_it_with_its_peers():
+    from katyusha.kubernetes.refs import ServiceRef
+    from katyusha.proxy import cli
+    from katyusha.proxy.config import load
+
+    container = deployments()["katyusha"]["spec"]["template"]["spec"]["containers"][0]
+    env = container_environment(container, "katyusha-5d8f7-x2x9k")
+    argv = expanded(container["args"], env)
+    assert argv[:2] == ["katyusha", "serve"]
+    config = load(flags=cli.flags_from_args(cli.build_parser().parse_args(argv[2:])), environ=env)
+    # The namespace and the replica's name come from the downward API.
+    assert config.kubernetes_targets == {"default": ServiceRef("katyusha", "hello", "http", "nonna-admin")}
+    assert config.kubernetes_replicas == (ServiceRef("katyusha", "katyusha-admin"), "katyusha-5d8f7-x2x9k")
+    # The Services and port names it follows exist: hello's data and nonna ports, katyusha's admin Service.
+    services = objects("Service")
+    assert {p["name"] for p in services["hello"]["spec"]["ports"]} >= {"http", "nonna-admin"}
+    assert services["katyusha-admin"]["spec"]["selector"] == deployments()["katyusha"]["spec"]["selector"]["matchLabels"]
+    # Subsetting applies: hello's pods declare their container concurrency.
+    assert int(services["hello"]["metadata"]["annotations"]["katyusha.dev/container-concurrency"]) > 0
+
+
+def test_the_control_plane_probes_its_admin_port_and_scales_what_exists():
+    from katyusha.kubernetes.__main__ import _parser
+    from katyusha.kubernetes.controlplane import ScaleTarget
+
+    container = deployments()["katyusha-control"]["spec"]["template"]["spec"]["containers"][0]
+    env = container_environment(container, "katyusha-control-6c9b-q7w2e")
+    argv = expanded(container["args"], env)
+    assert argv[:4] == ["python", "-m", "katyusha.kubernetes", "control"]
+    args = _parser().parse_args(argv[3:])
+    assert (args.namespace, args.identity) == ("katyusha", "katyusha-control-6c9b-q7w2e")
+    admin = next(p["containerPort"] for p in container["ports"] if p["name"] == "admin")
+    assert args.admin_port == admin and args.host == "0.0.0.0"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    for text in args.scale:
+        target = ScaleTarget.parse(text, args.namespace)
+        assert target.deployment.name in deployments()
+        assert target.service is None or target.service.name in objects("Service")
+    name, _, port = args.katyusha.partition(":")
+    assert port in {p["name"] for p in objects("Service")[name]["spec"]["ports"]}
 
 
 def help_flags(argv: list[str]) -> set[str]:
@@ -167,7 +245,8 @@ def test_every_flag_in_the_manifests_exists():
 
 
 def test_every_katyusha_environment_variable_is_a_documented_setting():
-    documented = set(re.findall(r"`((?:KATYUSHA|IKUKANTAI)_[A-Z_]+)`", (ROOT / "docs" / "katyusha.md").read_text()))
+    # Settings, and the downward API's POD_NAME/POD_NAMESPACE that the discovery settings fall back on.
+    documented = set(re.findall(r"`((?:KATYUSHA|IKUKANTAI|POD)_[A-Z_]+)`", (ROOT / "docs" / "katyusha.md").read_text()))
     container = deployments()["katyusha"]["spec"]["template"]["spec"]["containers"][0]
     assert {e["name"] for e in container["env"]} <= documented
 

@@ -282,6 +282,15 @@ async def test_scale_subresource_read_and_patch_and_the_actuator(cluster, api):
     await actuator.scale_to("hello", 0)
     assert actuator.current("hello") == 0
     assert cluster.objects["apps/v1/deployments", "demo", "hello"]["spec"]["replicas"] == 0
+    # Gated by a Lease that lapsed: no call, the count stays.
+    leading = False
+    gated = KubernetesActuator(api, {None: DeploymentRef.parse("demo/hello")}, gate=lambda: leading)
+    await gated.refresh()
+    await gated.scale_to(None, 4)
+    assert gated.current(None) == 0 and gated.refused == 1 and len([r for r in cluster if r.method == "PATCH"]) == 2
+    leading = True
+    await gated.scale_to(None, 4)
+    assert cluster.objects["apps/v1/deployments", "demo", "hello"]["spec"]["replicas"] == 4
 
 
 async def test_kpa_settings_read_from_the_cluster(cluster, api):
