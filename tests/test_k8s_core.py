@@ -9,12 +9,7 @@ import pytest
 
 from katyusha.core.autoscaler_config import KPAConfig
 from katyusha.core.backoff import Backoff
-from katyusha.core.endpoints import (
-    EndpointPod,
-    ServiceEndpoints,
-    membership_change,
-    service_endpoints,
-)
+from katyusha.core.endpoints import pod_change, service_endpoints
 from katyusha.core.errors import ConfigError
 from katyusha.core.kube_annotations import CONCURRENCY_ANNOTATION, container_concurrency, kpa_config
 from katyusha.core.lease import Create, LeaseElector, LeaseRecord, Update
@@ -87,7 +82,7 @@ def test_ipv6_only_and_nil_conditions():
     pod = eps.ready[0]
     assert pod.url == "http://[fd00:10:244:1::11]:8012"
     assert pod.name == "[fd00:10:244:1::11]:8012"  # no targetRef: named by address
-    assert pod.entry() == {"name": pod.name, "url": pod.url, "node": "node-a", "concurrency": 4}
+    assert (pod.node, pod.concurrency) == ("node-a", 4)
 
 
 def test_bad_endpoints_are_problems_not_exceptions():
@@ -99,20 +94,33 @@ def test_bad_endpoints_are_problems_not_exceptions():
     assert len(eps.problems) == 2 and all("has no address" in p for p in eps.problems)
 
 
-def test_membership_change_upserts_new_or_changed_and_drains_the_rest():
-    before = service_endpoints("demo/hello", [slice_doc("hello-7x2kq")], port="http")
+def test_pod_change_makes_the_set_the_ready_pods_and_drains_the_rest():
+    from katyusha.core.service import ServiceBalancer, ServiceSettings
+
+    balancer = ServiceBalancer(ServiceSettings(), rng=random.Random(1))
+    before = service_endpoints("demo/hello", [slice_doc("hello-7x2kq")], port="http", admin_port="nonna-admin")
+    change = pod_change(before)
+    assert change.replace and change.source == "kubernetes"
+    assert [(s.name, s.node, s.admin) for s in change.upsert] == [
+        ("hello-5f8b9c6d7-abcde", "node-a", "http://10.244.1.17:8022"),
+        ("hello-5f8b9c6d7-fghij", "node-b", "http://10.244.2.9:8022"),
+    ]
+    balancer.change_pods(change, 0.0)
+    tickets = [balancer.offer(0.0) for _ in range(2)]
+    handles = [balancer.dispatch(ticket, 0.0) for ticket in tickets]  # one request in flight on each pod
+    assert sorted(h.entry.name for h in handles) == ["hello-5f8b9c6d7-abcde", "hello-5f8b9c6d7-fghij"]
     doc = slice_doc("hello-7x2kq")
     doc["endpoints"][0]["conditions"] = {"ready": False, "serving": True, "terminating": True}  # abcde terminates
-    doc["endpoints"][1]["nodeName"] = "node-z"  # fghij: changed node
     doc["endpoints"].append(
         {"addresses": ["10.244.4.2"], "conditions": {"ready": True}, "targetRef": {"kind": "Pod", "name": "hello-new"}}
     )
-    after = service_endpoints("demo/hello", [doc], port="http")
-    change = membership_change(before, after)
-    assert [p.name for p in change.join] == ["hello-5f8b9c6d7-fghij", "hello-new"]
-    assert change.leave == ("hello-5f8b9c6d7-abcde",)
-    assert not membership_change(after, after)
-    assert [p.name for p in membership_change(None, before).join] == list(before.ready_names())
+    result = balancer.change_pods(pod_change(service_endpoints("demo/hello", [doc], port="http")), 1.0)
+    # abcde drains: out of picking, its request still in flight; fghij stays with its counters.
+    assert [(e.name, e.in_flight) for e in result.removed] == [("hello-5f8b9c6d7-abcde", 1)]
+    assert [(e.name, e.in_flight) for e in balancer.table.pods()] == [("hello-5f8b9c6d7-fghij", 1), ("hello-new", 0)]
+    for ticket in tickets:
+        balancer.end(ticket, 2.0)
+    assert [h.entry.in_flight for h in handles] == [0, 0]
 
 
 # -- subsets between replicas ----------------------------------------------------------
@@ -300,9 +308,3 @@ def test_backoff_doubles_to_the_cap_with_jitter_and_resets():
     assert all(0.25 <= d < 0.5 for d in delays[:1]) and all(2.0 <= d < 4.0 for d in delays[3:])
     backoff.reset()
     assert backoff.next() < 0.5
-
-
-def test_endpoint_pod_entry_is_what_put_pods_takes():
-    pod = EndpointPod(name="p", url="http://10.0.0.1:8012")
-    assert pod.entry() == {"name": "p", "url": "http://10.0.0.1:8012"}
-    assert ServiceEndpoints("demo/x", ready=(pod,)).entries() == [pod.entry()]

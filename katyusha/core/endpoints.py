@@ -58,16 +58,6 @@ class EndpointPod:
     admin: str | None = None
     concurrency: int | None = None
 
-    def entry(self) -> dict[str, Any]:
-        """The pod as katyusha's ``PUT /pods`` takes it: name, url, and node/admin/concurrency when known."""
-        entry: dict[str, Any] = {"name": self.name, "url": self.url}
-        if self.node is not None:
-            entry["node"] = self.node
-        if self.admin is not None:
-            entry["admin"] = self.admin
-        if self.concurrency is not None:
-            entry["concurrency"] = self.concurrency
-        return entry
 
 
 @dataclass(frozen=True)
@@ -82,25 +72,6 @@ class ServiceEndpoints:
     def ready_names(self) -> tuple[str, ...]:
         return tuple(pod.name for pod in self.ready)
 
-    def entries(self) -> list[dict[str, Any]]:
-        """The ready pods in ``PUT /pods`` form."""
-        return [pod.entry() for pod in self.ready]
-
-
-@dataclass(frozen=True)
-class MembershipChange:
-    """What to do to go from one pod set to the next.
-
-    ``join``: pods new to the set, or whose url/node/admin/concurrency changed
-    (an upsert). ``leave``: names of pods to drain and remove (terminating, or
-    gone, or no longer ready), sorted.
-    """
-
-    join: tuple[EndpointPod, ...] = ()
-    leave: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.join or self.leave)
 
 
 def service_endpoints(
@@ -166,15 +137,6 @@ def service_endpoints(
         draining=tuple(pod for pod in pods if not pod.ready and pod.terminating),
         problems=tuple(problems),
     )
-
-
-def membership_change(previous: ServiceEndpoints | None, current: ServiceEndpoints) -> MembershipChange:
-    """The upserts and drains that turn ``previous`` (None: an empty set) into ``current``."""
-    before = {pod.name: pod for pod in previous.ready} if previous is not None else {}
-    now = {pod.name: pod for pod in current.ready}
-    join = tuple(pod for name, pod in sorted(now.items()) if before.get(name) != pod)
-    leave = tuple(sorted(name for name in before if name not in now))
-    return MembershipChange(join=join, leave=leave)
 
 
 def pod_change(endpoints: ServiceEndpoints, source: str = "kubernetes") -> PodChange:

@@ -77,9 +77,13 @@ class ServiceRef:
         return cls(namespace=space, name=name, port=port, **fields)
 
 
+def _empty(raw: object) -> bool:
+    return raw is None or (isinstance(raw, str) and not raw.strip())
+
+
 def parse_port(key: str, raw: object) -> Port:
     """A Service port: its name (an IANA service name) or its number (1-65535); None when empty."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if _empty(raw):
         return None
     if isinstance(raw, int) and not isinstance(raw, bool):
         number = raw
@@ -106,7 +110,7 @@ def parse_namespace(key: str, raw: object) -> str:
 
 def parse_pod_name(key: str, raw: object) -> str | None:
     """A pod's name (a DNS subdomain), None when empty."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if _empty(raw):
         return None
     if not isinstance(raw, str) or not _DNS_1123_SUBDOMAIN.match(raw.strip()) or len(raw.strip()) > 253:
         raise ConfigError(key, f"must be a pod name (lower case, digits, '-', '.'), got {raw!r}")
@@ -115,7 +119,7 @@ def parse_pod_name(key: str, raw: object) -> str | None:
 
 def parse_service(key: str, raw: object) -> ServiceRef | None:
     """``[NAMESPACE/]NAME[:PORT]`` as a setting (namespace "" when not given); None when empty."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
+    if _empty(raw):
         return None
     if not isinstance(raw, str):
         raise ConfigError(key, f"must be a Service as [NAMESPACE/]NAME[:PORT], got {raw!r}")

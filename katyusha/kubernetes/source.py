@@ -90,7 +90,11 @@ class KubernetesSource:
         if self.membership is None:
             raise RuntimeError("KubernetesSource used before start()")
         name = self.services[key]
-        result = self.membership.apply(name, pod_change(endpoints, self.name))
+        try:
+            result = self.membership.apply(name, pod_change(endpoints, self.name))
+        except Exception:  # a bug here must not end the watch: the next change tries again
+            log.exception("%s <- %s: the change could not be applied", name, key)
+            return
         self.changes += 1
         log.info("%s <- %s: %d ready, %d draining, %d removed", name, key, len(endpoints.ready),
                  len(endpoints.draining), len(result.removed))  # fmt: skip

@@ -325,7 +325,7 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("kubernetes-namespace", "kubernetes_namespace", parse_namespace,
              "namespace of Services named without one (unset: $POD_NAMESPACE, else default)"),
     _setting("kubernetes-service", "kubernetes_service", parse_service,
-             "the default service's Kubernetes Service to follow: [NAMESPACE/]NAME"),
+             "the default service's Kubernetes Service to follow: [NAMESPACE/]NAME[:PORT]"),
     _setting("kubernetes-port", "kubernetes_port", parse_port,
              "its port to send to: a name or number (unset: the Service's only port)"),
     _setting("kubernetes-admin-port", "kubernetes_admin_port", parse_port,
