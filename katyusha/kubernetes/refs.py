@@ -102,19 +102,21 @@ def parse_port(key: str, raw: object) -> Port:
     return number
 
 
-def parse_namespace(key: str, raw: object) -> str:
-    if not isinstance(raw, str) or not _DNS_1123_LABEL.match(raw.strip()) or len(raw.strip()) > 63:
-        raise ConfigError(key, f"must be a namespace (a DNS label: lower case, digits, '-'), got {raw!r}")
+def _dns_name(key: str, raw: object, pattern: re.Pattern, limit: int, what: str) -> str:
+    if not isinstance(raw, str) or not pattern.match(raw.strip()) or len(raw.strip()) > limit:
+        raise ConfigError(key, f"must be {what}, got {raw!r}")
     return raw.strip()
+
+
+def parse_namespace(key: str, raw: object) -> str:
+    return _dns_name(key, raw, _DNS_1123_LABEL, 63, "a namespace (a DNS label: lower case, digits, '-')")
 
 
 def parse_pod_name(key: str, raw: object) -> str | None:
     """A pod's name (a DNS subdomain), None when empty."""
     if _empty(raw):
         return None
-    if not isinstance(raw, str) or not _DNS_1123_SUBDOMAIN.match(raw.strip()) or len(raw.strip()) > 253:
-        raise ConfigError(key, f"must be a pod name (lower case, digits, '-', '.'), got {raw!r}")
-    return raw.strip()
+    return _dns_name(key, raw, _DNS_1123_SUBDOMAIN, 253, "a pod name (lower case, digits, '-', '.')")
 
 
 def parse_service(key: str, raw: object) -> ServiceRef | None:
