@@ -19,6 +19,11 @@ from katyusha.serving import ReadyLine, parse_ready_line
 
 BIN = Path(sys.executable).parent
 
+# On SIGTERM katyusha and nonna keep accepting for drain-grace (5 s by default)
+# so a balancer in front can stop sending first. Tests that do not test
+# shutdown stop them at once; tests/test_edge_shutdown.py runs the default.
+NO_DRAIN_GRACE = {"KATYUSHA_DRAIN_GRACE": "0", "NONNA_DRAIN_GRACE": "0"}
+
 
 def script(name: str) -> str:
     """Path to one of the project's console scripts in this environment."""
@@ -33,7 +38,7 @@ class Proc:
         self.argv = argv
         self.lines: list[str] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
-        full_env = dict(os.environ)
+        full_env = {**NO_DRAIN_GRACE, **os.environ}
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         if env:
             full_env.update(env)
@@ -151,7 +156,7 @@ class FleetUp:
             [script("katyusha"), "fleet", "up", *args, "--fleet", str(fleet_file),
              "--state-file", str(self.state_file)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+            env={**NO_DRAIN_GRACE, **os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
         )  # fmt: skip
         self.lines: list[str] = []
         self.pids: set[int] = set()

@@ -489,7 +489,7 @@ async def test_read_until_close_body():
 
 
 def test_bad_origin_is_rejected():
-    for origin in ("https://x:1", "127.0.0.1:80", "http://x:1/path"):
+    for origin in ("ftp://x:1", "127.0.0.1:80", "http://x:1/path"):
         with pytest.raises(ValueError, match="origin"):
             Pool(origin)
 

@@ -1,23 +1,35 @@
 """A lean HTTP/1.1 server protocol for ASGI apps, hosted by ``uvicorn.Server``.
 
-uvicorn keeps what it does well (sockets, lifespan, signals, graceful
-shutdown: it tracks ``server_state.connections`` and ``.tasks`` and calls
-``shutdown()`` on each connection); this class replaces only the per-request
-work, which is where a proxy spends its time:
+uvicorn keeps what it does well (sockets, TLS, lifespan, graceful shutdown:
+it tracks ``server_state.connections`` and ``.tasks`` and calls ``shutdown()``
+on each connection); this class replaces the per-request work, which is
+where a proxy spends its time, and enforces the data port's limits
+(:class:`~katyusha.http.limits.EdgeLimits`):
 
 * the response head is held until the first body message and goes out in the
   same ``write`` as the body: one syscall and one TCP segment for a small
   response instead of two;
-* no per-request ``asyncio.Event``, keep-alive ``TimerHandle`` or header regex:
-  one lazily re-armed timer per connection, a future only when ``receive``
-  must really wait, and a line-count check against header injection;
-* the request head (URL and headers) is bounded: past ``MAX_HEAD_BYTES`` the
-  client gets a 431 instead of the server buffering without end.
+* one lazily re-armed timer per connection enforces the keep-alive, header
+  and body timeouts (a slowloris is closed at ``header_timeout`` from its
+  first byte, whatever it trickles); no per-request ``asyncio.Event``;
+* the request head is bounded (``MAX_HEAD_BYTES`` and ``max_headers``: 431),
+  the body too (``max_body_bytes``: 413, before reading when Content-Length
+  says so), and so are connections (``max_connections``: a canned 503);
+* an error in what a client pipelined after a request is answered only after
+  that request's response was written (then 400 and close);
+* an upgrade request (``Connection: Upgrade``) reaches the app with the
+  ``katyusha.tunnel`` scope extension; the app may answer it by sending
+  ``{"type": "katyusha.tunnel", "status": 101, "headers": [...], "peer":
+  TunnelPeer}``, which writes the 101 head and relays bytes both ways
+  (:mod:`katyusha.http.tunnel`) until either side closes; that ``send``
+  returns when the tunnel ended. Any other answer is relayed and the
+  connection closed after it.
 
 Request bodies stream: reading pauses while more than ``HIGH_WATER`` bytes
 wait for the app. Response writes wait while the socket's buffer is above its
 high-water mark, so a slow reader slows its own response and no other.
-Pipelined requests are answered in order.
+Pipelined requests are answered in order. HTTP/1.0 clients get keep-alive
+only when they ask for it, and never a chunked body.
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ from urllib.parse import unquote
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
 
 from katyusha.http.errors import ResponseAborted
+from katyusha.http.limits import EdgeLimits
+from katyusha.http.tunnel import TUNNEL_EXTENSION, splice
 
 log = logging.getLogger("katyusha.http")
 
@@ -42,6 +56,14 @@ _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNK_END = b"0\r\n\r\n"
 _NO_BODY_STATUS = frozenset({204, 304})
+_ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+
+# What the connection's one timer watches (see _on_timer).
+_IDLE = 0    # between requests: keepalive_timeout since the last response
+_HEAD = 1    # a request head is arriving: header_timeout since its first byte
+_BODY = 2    # a request body is arriving: body_timeout since the last progress
+_BUSY = 3    # the app has the whole request: no client timeout
+_TUNNEL = 4  # upgraded: the tunnel keeps its own idle timer
 
 
 def _status_line(code: int) -> bytes:
@@ -55,8 +77,13 @@ def _status_line(code: int) -> bytes:
 _STATUS = {code: _status_line(code) for code in range(100, 600)}
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _Refusal(Exception):
+    """A request the server answers itself with ``status`` (raised from a parser callback)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class _Exchange:
@@ -65,12 +92,14 @@ class _Exchange:
     __slots__ = (
         "scope", "body", "more_body", "waiter", "expect_continue", "keep_alive", "head_only",
         "started", "complete", "disconnected", "status", "headers", "chunked", "remaining",
+        "received", "upgrade", "tunnel_data", "asterisk",
     )
 
     def __init__(self, scope: dict, keep_alive: bool, expect_continue: bool, head_only: bool):
         self.scope = scope
         self.body = bytearray()
-        self.more_body = True
+        # True: more to come; False: ended, not yet handed out; None: ended and handed out.
+        self.more_body: bool | None = True
         self.waiter: asyncio.Future | None = None
         self.expect_continue = expect_continue
         self.keep_alive = keep_alive
@@ -82,6 +111,10 @@ class _Exchange:
         self.headers: list = []
         self.chunked = False
         self.remaining: int | None = None
+        self.received = 0
+        self.upgrade = False
+        self.tunnel_data: bytearray | None = None
+        self.asterisk = False
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -92,7 +125,17 @@ class _Exchange:
 
 
 class LeanHTTPProtocol(asyncio.Protocol):
-    """An HTTP/1.1 connection serving ``config.loaded_app``; pass the class as uvicorn's ``http``."""
+    """An HTTP/1.1 connection serving ``config.loaded_app``; pass the class as uvicorn's ``http``.
+
+    ``limits`` (a class attribute, see :meth:`with_limits`) holds the data port's limits.
+    """
+
+    limits = EdgeLimits()
+
+    @classmethod
+    def with_limits(cls, limits: EdgeLimits) -> type[LeanHTTPProtocol]:
+        """A subclass enforcing ``limits``: what to hand uvicorn as ``http``."""
+        return type(cls.__name__, (cls,), {"limits": limits})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
@@ -105,20 +148,35 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.tasks = server_state.tasks
         self.app_state = app_state
         self.root_path = config.root_path
-        self.keep_alive_timeout = float(config.timeout_keep_alive)
+        limits = self.limits
+        self.keepalive_timeout = limits.keepalive_timeout
+        self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.max_body = limits.max_body_bytes or None
+        self.max_headers = limits.max_headers or None
         # Per connection.
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.server: tuple | None = None
         self.client: tuple | None = None
+        self.scheme = "http"
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0
+        self._timer_at = 0.0
+        self._phase = _HEAD
+        self._since = 0.0
+        self._head_started = False
         self._active: _Exchange | None = None
         self._pipeline: deque[_Exchange] = deque()
         self._closing = False
+        # Set once the byte stream cannot be parsed further: later bytes are dropped.
+        self._broken = False
+        # An error to answer once the requests before it were answered.
+        self._deferred: tuple[int, str] | None = None
+        # The upgrade request whose following bytes are kept for its tunnel.
+        self._upgrading: _Exchange | None = None
         # Per request, while its head is parsed.
         self._parsing: _Exchange | None = None
         self._url = b""
@@ -127,11 +185,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._raw_head = 0
         self._in_head = False
         self._expect = False
+        self._length: bytes | None = None
+        self._chunked = False
 
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport) -> None:
-        self.connections.add(self)
         self.transport = transport
         sockname = transport.get_extra_info("sockname")
         peername = transport.get_extra_info("peername")
@@ -139,32 +198,57 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.server = (str(sockname[0]), int(sockname[1]))
         if isinstance(peername, tuple):
             self.client = (str(peername[0]), int(peername[1]))
-        self._idle_since = self.loop.time()
-        self._timer = self.loop.call_at(self._idle_since + self.keep_alive_timeout, self._on_timer)
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            log.warning("connection refused: %d client connections open (max-connections)",
+                        len(self.connections))
+            self._reject(503, f"too many connections (max-connections {limit})")
+            return
+        self.connections.add(self)
+        # A new connection has header_timeout to send its first head.
+        self._since = now = self.loop.time()
+        self._arm(now + self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._broken:
             return
-        if self._active is None:
-            self._idle_since = self.loop.time()
+        upgrading = self._upgrading
+        if upgrading is not None:
+            # Bytes after an upgrade request belong to the tunnel, if there will be one.
+            upgrading.tunnel_data += data
+            if len(upgrading.tunnel_data) > HIGH_WATER:
+                self._pause_reading()
+            return
+        if self._phase is _IDLE:
+            self._phase = _HEAD
+            self._since = self.loop.time()
+        self._head_started = True
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            # Upgrades are not offered: the request was served as plain HTTP.
+        except HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:] if exc.args else b"")
             return
         except HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject_head_too_large()
+            refusal = exc.__context__
+            if isinstance(refusal, _Refusal):
+                self._fail(refusal.status, refusal.message)
             else:
-                self._reject(400, f"invalid HTTP request: {exc}")
+                self._fail(400, f"invalid HTTP request: {exc}")
             return
-        if self._in_head:
+        phase = self._phase
+        if phase is _HEAD:
             # The parser gathers a header line whole before calling on_header:
             # count raw bytes too, so one endless line is refused as well.
             # The first read may hold bytes before the head began: allow slack.
             self._raw_head += len(data)
             if self._raw_head > 2 * MAX_HEAD_BYTES:
-                self._reject_head_too_large()
+                self._fail(431, _head_too_large())
+                return
+            self._arm(self._since + self.header_timeout)
+        elif phase is _BODY:
+            self._arm(self._since + self.body_timeout)
 
     def eof_received(self) -> bool:
         return False
@@ -198,33 +282,53 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._raw_head = 0
         self._in_head = True
         self._expect = False
+        self._length = None
+        self._chunked = False
+        if self._phase is not _HEAD:
+            self._phase = _HEAD
+            self._since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise _Refusal(431, _head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise _Refusal(431, _head_too_large())
+        headers = self._headers
+        if self.max_headers is not None and len(headers) >= self.max_headers:
+            raise _Refusal(431, f"more than {self.max_headers} header fields (max-headers)")
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
-        self._headers.append((name, value))
+        if name == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect = True
+        elif name == b"content-length":
+            self._length = value
+        elif name == b"transfer-encoding":
+            self._chunked = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
         method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise _Refusal(405, "CONNECT is not supported: this is a reverse proxy")
         url = self._url
+        headers = self._headers
+        asterisk = False
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
             raw_path = raw_path.partition(b"#")[0]
+        elif url == b"*":
+            if method != "OPTIONS":
+                raise _Refusal(400, "the request target * is only for OPTIONS")
+            raw_path, query, asterisk = b"*", b"", True
         else:
-            parsed = parse_url(url)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
+            raw_path, query, headers = _absolute_form(url, headers)
         path = raw_path.decode("utf-8", "replace")
         if "%" in path:
             path = unquote(path)
@@ -235,17 +339,37 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "http_version": version,
             "server": self.server,
             "client": self.client,
-            "scheme": "http",
+            "scheme": self.scheme,
             "method": method,
             "root_path": self.root_path,
             "path": self.root_path + path if self.root_path else path,
             "raw_path": raw_path,
             "query_string": query,
-            "headers": self._headers,
+            "headers": headers,
             "state": self.app_state.copy(),
         }
-        keep_alive = version != "1.0" and parser.should_keep_alive()
-        exchange = _Exchange(scope, keep_alive, self._expect, method == "HEAD")
+        # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
+        exchange = _Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
+        exchange.asterisk = asterisk
+        if parser.should_upgrade():
+            exchange.upgrade = True
+            exchange.keep_alive = False
+            exchange.tunnel_data = bytearray()
+            scope["extensions"] = {TUNNEL_EXTENSION: {}}
+        if self._length is not None and self.max_body is not None:
+            try:
+                declared = int(self._length)
+            except ValueError:
+                declared = 0  # the parser refuses a bad Content-Length itself
+            if declared > self.max_body:
+                raise _Refusal(413, f"request body of {declared} bytes is larger than "
+                                    f"{self.max_body} (max-body-bytes)")
+        if not exchange.upgrade and (self._chunked or (self._length is not None
+                                                       and self._length.strip() != b"0")):
+            self._phase = _BODY
+            self._since = self.loop.time()
+        else:
+            self._phase = _BUSY
         self._parsing = exchange
         if self._active is None:
             self._start(exchange)
@@ -258,12 +382,22 @@ class LeanHTTPProtocol(asyncio.Protocol):
         exchange = self._parsing
         if exchange is None or exchange.complete:
             return
+        exchange.received += len(body)
+        if self.max_body is not None and exchange.received > self.max_body:
+            raise _Refusal(413, f"request body larger than {self.max_body} bytes (max-body-bytes)")
+        self._since = self.loop.time()
         exchange.body += body
         if len(exchange.body) > HIGH_WATER:
             self._pause_reading()
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        if self._active is None and not self._pipeline:
+            # Answered before its body ended (OPTIONS *, an early error): idle now.
+            self._phase = _IDLE
+            self._since = self.loop.time()
+        else:
+            self._phase = _BUSY
         exchange = self._parsing
         if exchange is None:
             return
@@ -274,6 +408,14 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def _start(self, exchange: _Exchange) -> None:
         self._active = exchange
+        if exchange.asterisk:
+            # OPTIONS * asks about the server itself (RFC 9110 9.3.7): answered here.
+            exchange.started = True
+            exchange.status = 200
+            exchange.headers = [(b"allow", _ALLOW)]
+            self.transport.write(self._head(exchange, b"", False))
+            self._finish(exchange)
+            return
         task = self.loop.create_task(self._run(exchange))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -314,6 +456,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 exchange.expect_continue = False
                 if not self._closing and not exchange.started:
                     self.transport.write(_CONTINUE)
+                    # The client waited for this before sending: the body's clock starts now.
+                    self._since = self.loop.time()
             while not exchange.disconnected and not exchange.complete:
                 more = exchange.more_body
                 if exchange.body or more is False:
@@ -335,10 +479,15 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def _sender(self, exchange: _Exchange):
         async def send(message: dict) -> None:
-            if exchange.disconnected or self._closing:
-                return
             kind = message["type"]
+            if exchange.disconnected or self._closing:
+                if kind == TUNNEL_EXTENSION:
+                    message["peer"].transport.close()
+                return
             if not exchange.started:
+                if kind == TUNNEL_EXTENSION:
+                    await self._tunnel(exchange, message)
+                    return
                 if kind != "http.response.start":
                     raise RuntimeError(f"expected http.response.start, got {kind!r}")
                 exchange.started = True
@@ -378,28 +527,33 @@ class LeanHTTPProtocol(asyncio.Protocol):
             elif name == b"transfer-encoding":
                 chunked = True
                 continue
-            elif name == b"connection" and b"close" in value.lower():
-                exchange.keep_alive = False
+            elif name == b"connection":
+                if b"close" in value.lower():
+                    exchange.keep_alive = False
                 continue
             parts.append(b"%b: %b\r\n" % (name, value))
         no_body = exchange.head_only or status in _NO_BODY_STATUS or status < 200
+        old = exchange.scope["http_version"] != "1.1"
         if length is not None:
             try:
                 exchange.remaining = int(length)
             except ValueError:
                 raise RuntimeError(f"bad content-length {length[:40]!r} in the response") from None
         elif chunked or (more and not no_body):
-            if exchange.scope["http_version"] == "1.1":
+            if not old:
                 exchange.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
             else:
+                # No chunked coding for HTTP/1.0: the body ends when the connection does.
                 exchange.keep_alive = False
         elif not no_body:
             parts.append(b"content-length: %d\r\n" % len(body))
             exchange.remaining = len(body)
-        if not exchange.keep_alive or self._closing:
+        if not exchange.keep_alive or self._closing or self._deferred is not None:
             exchange.keep_alive = False
             parts.append(b"connection: close\r\n")
+        elif old:
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         head = b"".join(parts)
         # Each part is one line: any other count means a CR or LF in a header
@@ -441,10 +595,57 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if self._closing:
             return
         self._active = None
-        self._idle_since = self.loop.time()
         if self._pipeline:
             self._start(self._pipeline.popleft())
+        elif self._deferred is not None:
+            self._reject(*self._deferred)
+            return
+        elif self._phase is _BUSY:
+            self._phase = _IDLE
+            self._since = self.loop.time()
         self._resume_reading()
+
+    async def _tunnel(self, exchange: _Exchange, message: dict) -> None:
+        """Write the 101 head and relay bytes both ways until the tunnel closes."""
+        if not exchange.upgrade or message.get("status") != 101:
+            raise RuntimeError("katyusha.tunnel needs an upgrade request and status 101")
+        exchange.started = True
+        exchange.status = 101
+        exchange.headers = [(b"connection", b"upgrade"), *(message.get("headers") or [])]
+        exchange.keep_alive = True  # no "connection: close" on a 101
+        head = self._head(exchange, b"", False)
+        pending = bytes(exchange.tunnel_data or b"")
+        exchange.tunnel_data = None
+        self._upgrading = None
+        self._phase = _TUNNEL
+        self.transport.write(head)
+        transport = self.transport
+        self._closing = True  # nothing but the tunnel writes to this connection now
+        try:
+            await splice(transport, pending, message["peer"],
+                         idle_timeout=self.limits.upgrade_idle_timeout,
+                         paused=(self.write_paused, self.read_paused))
+        finally:
+            exchange.complete = True
+            self.server_state.total_requests += 1
+            self.connections.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request's head: keep what follows for the tunnel."""
+        exchange = self._parsing
+        if exchange is None or not exchange.upgrade:
+            self._fail(400, "invalid HTTP request: unexpected upgrade")
+            return
+        exchange.more_body = False
+        exchange.wake()
+        exchange.tunnel_data += rest
+        self._upgrading = exchange
+        self._phase = _BUSY
+        if len(exchange.tunnel_data) > HIGH_WATER:
+            self._pause_reading()
 
     # -- flow control, timers, errors -------------------------------------
 
@@ -454,9 +655,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.read_paused and not self._closing:
+        if self.read_paused and not self._closing and not self._broken:
             self.read_paused = False
             self.transport.resume_reading()
+            if self._phase is _BODY or self._phase is _HEAD:
+                # Time spent paused was ours, not the client's.
+                self._since = self.loop.time()
 
     async def _wait_drain(self) -> None:
         if self._closing:
@@ -471,32 +675,95 @@ class LeanHTTPProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _arm(self, due: float) -> None:
+        """Make sure the timer fires by ``due``."""
+        timer = self._timer
+        if timer is None or self._timer_at > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
+
     def _on_timer(self) -> None:
         self._timer = None
         if self._closing:
             return
         now = self.loop.time()
-        due = self._idle_since + self.keep_alive_timeout
-        if self._active is None and due <= now:
-            self._close()
+        phase = self._phase
+        if phase is _IDLE:
+            due = self._since + self.keepalive_timeout
+        elif phase is _HEAD:
+            due = self._since + self.header_timeout
+        elif phase is _BODY:
+            due = self._since + self.body_timeout
+        else:
+            # Busy: the app's own timeouts apply; look again later.
+            due = now + min(self.keepalive_timeout, self.header_timeout)
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
             return
-        self._timer = self.loop.call_at(max(due, now + 1.0), self._on_timer)
+        if self.read_paused and phase is not _IDLE:
+            # We stopped reading: the client is not late.
+            self._since = now
+            due = now + (self.header_timeout if phase is _HEAD else self.body_timeout)
+        if due > now:
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
+            return
+        if phase is _IDLE:
+            self._close()
+        elif phase is _HEAD:
+            if self._head_started:
+                self._fail(408, f"request head not received within {self.header_timeout:g}s "
+                                "(header-timeout)")
+            else:
+                self._close()
+        else:
+            self._fail(408, f"no request body bytes for {self.body_timeout:g}s (body-timeout)")
 
-    def _reject_head_too_large(self) -> None:
-        self._reject(431, f"request head (URL and headers) larger than {MAX_HEAD_BYTES} bytes")
+    def _fail(self, status: int, message: str) -> None:
+        """The client's byte stream cannot be served further: answer ``status`` in turn, then close.
+
+        A request whose body was cut is dropped (its app sees a disconnect);
+        requests before it are answered first.
+        """
+        self._broken = True
+        self._phase = _BUSY
+        parsing = self._parsing
+        if parsing is not None and parsing.more_body is True and not parsing.complete:
+            parsing.keep_alive = False
+            if parsing is self._active:
+                if parsing.started:
+                    self._close()
+                    return
+                parsing.disconnected = True
+                parsing.wake()
+                self._active = None
+            else:
+                try:
+                    self._pipeline.remove(parsing)
+                except ValueError:
+                    pass
+        active = self._active
+        if (active is not None and not active.complete) or self._pipeline:
+            self._deferred = (status, message)
+            if not self.read_paused and not self._closing:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
+        self._reject(status, message)
 
     def _reject(self, status: int, message: str) -> None:
-        exchange = self._active
-        if exchange is None or not exchange.started:
-            body = message.encode("ascii", "replace")
-            self.transport.write(
-                _STATUS[status]
-                + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%b" % (len(body), body)
-            )
+        body = message.encode("ascii", "replace")
+        self.transport.write(
+            _STATUS[status]
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%b" % (len(body), body)
+        )
         # Closing with unread request bytes would reset the connection and the
         # client could lose the answer: stop sending, drop what still comes, close later.
         self._closing = True
+        self._broken = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         if self.read_paused:
@@ -511,8 +778,28 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Called by uvicorn on graceful shutdown: close when idle, else after the response."""
+        if self._phase is _TUNNEL:
+            return  # an upgraded connection ends when its tunnel does (or at the shutdown timeout)
         exchange = self._active
         if exchange is None or exchange.complete:
             self._close()
         else:
             exchange.keep_alive = False
+
+
+def _head_too_large() -> str:
+    return f"request head (URL and headers) larger than {MAX_HEAD_BYTES} bytes"
+
+
+def _absolute_form(url: bytes, headers: list) -> tuple[bytes, bytes, list]:
+    """Path, query and headers of an absolute-form target: its authority replaces Host (RFC 9112 3.2.2)."""
+    try:
+        parsed = parse_url(url)
+    except HttpParserError:
+        raise _Refusal(400, f"invalid request target {url[:80]!r}") from None
+    if not parsed.host:
+        raise _Refusal(400, f"invalid request target {url[:80]!r}")
+    authority = parsed.host if parsed.port is None else b"%b:%d" % (parsed.host, parsed.port)
+    headers = [item for item in headers if item[0] != b"host"]
+    headers.append((b"host", authority))
+    return parsed.path or b"/", parsed.query or b"", headers

@@ -32,6 +32,8 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import DEFAULT_POLICY
 from katyusha.core.service import ServiceSettings
+from katyusha.http import tls
+from katyusha.http.limits import EDGE_SETTINGS, EdgeFields
 from katyusha.proxy.services_config import (
     DEFAULT_SERVICE,
     ServiceSpec,
@@ -47,8 +49,12 @@ ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
-    """Every setting of ``katyusha serve``; field docs are in docs/katyusha.md."""
+class ProxyConfig(EdgeFields):
+    """Every setting of ``katyusha serve``; field docs are in docs/katyusha.md.
+
+    The data port's limits, timeouts and TLS files are the fields of
+    :class:`~katyusha.http.limits.EdgeFields`, shared with nonna.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -264,6 +270,8 @@ SETTINGS: tuple[Setting, ...] = (
              "request header giving the L1 priority class (0 lowest); unset: one class"),
     _setting("priority-classes", "priority_classes", int_in_range(2, 64),
              "how many L1 priority classes priority-header may name (0 to N-1)"),
+    # The data port's limits, timeouts and TLS (katyusha.http.limits, shared with nonna).
+    *(_setting(key, field_name, parse, doc) for key, (field_name, parse, doc) in EDGE_SETTINGS.items()),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
@@ -284,7 +292,9 @@ def validate(raw: Mapping[str, object]) -> ProxyConfig:
         values[setting.field] = setting.parse(key, value)
     if values.get("services") and values.get("pods"):
         raise ConfigError("pods", "with services: set, give each service its pods (services[i].pods)")
-    return ProxyConfig(**values)
+    config = ProxyConfig(**values)
+    tls.check(config)
+    return config
 
 
 def load_yaml(path: str) -> dict[str, object]:
