@@ -610,10 +610,15 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if not exchange.upgrade or message.get("status") != 101:
             raise RuntimeError("katyusha.tunnel needs an upgrade request and status 101")
         exchange.started = True
-        exchange.status = 101
-        exchange.headers = [(b"connection", b"upgrade"), *(message.get("headers") or [])]
-        exchange.keep_alive = True  # no "connection: close" on a 101
-        head = self._head(exchange, b"", False)
+        parts = [_STATUS[101], b"connection: upgrade\r\n"]
+        for name, value in message.get("headers") or ():
+            if name != b"connection" and name != b"content-length" and name != b"transfer-encoding":
+                parts.append(b"%b: %b\r\n" % (name, value))
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != len(parts):
+            message["peer"].transport.close()
+            raise RuntimeError("a response header name or value contains a line break")
         pending = bytes(exchange.tunnel_data or b"")
         exchange.tunnel_data = None
         self._upgrading = None
