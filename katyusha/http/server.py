@@ -549,7 +549,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         elif not no_body:
             parts.append(b"content-length: %d\r\n" % len(body))
             exchange.remaining = len(body)
-        if not exchange.keep_alive or self._closing or self._deferred is not None:
+        if not exchange.keep_alive or self._closing or (self._deferred is not None
+                                                         and not self._pipeline):
             exchange.keep_alive = False
             parts.append(b"connection: close\r\n")
         elif old:
@@ -590,7 +591,10 @@ class LeanHTTPProtocol(asyncio.Protocol):
         exchange.wake()
         self.server_state.total_requests += 1
         if not exchange.keep_alive:
-            self._close()
+            if self._deferred is not None and not self._pipeline and not self._closing:
+                self._reject(*self._deferred)
+            else:
+                self._close()
             return
         if self._closing:
             return
