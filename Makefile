@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test fleet lint venv bench-deps bench clean
+.PHONY: test test-deps fleet lint venv bench-deps bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Third-party servers and clients the drop-in tests run against (nginx, curl).
+test-deps:
+	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then :; else \
+	  apt-get update && apt-get install -y --no-install-recommends nginx; fi
+	@command -v curl >/dev/null || apt-get install -y --no-install-recommends curl
 
 lint: $(STAMP)
 	$(BIN)/ruff check katyusha nonna sim_backend tests benchmarks
