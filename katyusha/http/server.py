@@ -131,11 +131,21 @@ class LeanHTTPProtocol(asyncio.Protocol):
     """
 
     limits = EdgeLimits()
+    # Slots: thousands of idle connections each hold one of these.
+    __slots__ = (
+        "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
+        "keepalive_timeout", "header_timeout", "body_timeout", "max_body", "max_headers",
+        "transport", "parser", "server", "client", "scheme", "read_paused", "write_paused",
+        "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
+        "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
+        "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
+        "__weakref__",
+    )
 
     @classmethod
     def with_limits(cls, limits: EdgeLimits) -> type[LeanHTTPProtocol]:
         """A subclass enforcing ``limits``: what to hand uvicorn as ``http``."""
-        return type(cls.__name__, (cls,), {"limits": limits})
+        return type(cls.__name__, (cls,), {"limits": limits, "__slots__": ()})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
