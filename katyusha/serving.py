@@ -140,7 +140,7 @@ async def serve(
             proxy_headers=False,
             date_header=False,
         )
-        if spec.tls is not None:
+        if spec.tls is not None and getattr(spec.http, "tls", None) is None:
             config.load()
             # The context was built (and its files checked) from the settings.
             config.ssl = spec.tls

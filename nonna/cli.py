@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     nonna = Nonna(config)
 
     # The data port runs katyusha's HTTP server: the same limits, TLS and upgrades.
-    data = App(nonna, data_sock, http=LeanHTTPProtocol.with_limits(config.limits),
-               tls=tls.server_context(config.tls_cert, config.tls_key),
+    context = tls.server_context(config.tls_cert, config.tls_key)
+    data = App(nonna, data_sock, http=LeanHTTPProtocol.with_limits(config.limits, context),
+               tls=context,
                keepalive_timeout=config.keepalive_timeout)
     return run(
         [data, App(build_admin(nonna), admin_sock)],

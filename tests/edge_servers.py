@@ -70,6 +70,20 @@ async def headers(request: Request) -> JSONResponse:
     return JSONResponse({k.decode(): v.decode() for k, v in request.scope["headers"]})
 
 
+async def stream_bytes(request: Request) -> StreamingResponse:
+    """``n`` bytes of a repeating pattern, in 64 KiB chunks."""
+    size = int(request.query_params["n"])
+    block = bytes(range(256)) * 256
+
+    async def chunks():
+        left = size
+        while left > 0:
+            yield block[:left]
+            left -= len(block)
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+
 async def hello(request: Request) -> PlainTextResponse:
     return PlainTextResponse("hello")
 
@@ -80,6 +94,7 @@ app = Starlette(routes=[
     Route("/closes", closes),
     Route("/headers", headers),
     Route("/hello", hello),
+    Route("/bytes", stream_bytes),
 ])
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import ssl
 from collections import deque
 from urllib.parse import unquote
 
@@ -131,6 +132,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
     """
 
     limits = EdgeLimits()
+    # With a context, the connection's first byte says TLS (a handshake record) or not (see _sniff).
+    tls: ssl.SSLContext | None = None
     # Slots: thousands of idle connections each hold one of these.
     __slots__ = (
         "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
@@ -139,18 +142,25 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
-        "__weakref__",
+        "_config", "_sniffing", "__weakref__",
     )
 
     @classmethod
-    def with_limits(cls, limits: EdgeLimits) -> type[LeanHTTPProtocol]:
-        """A subclass enforcing ``limits``: what to hand uvicorn as ``http``."""
-        return type(cls.__name__, (cls,), {"limits": limits, "__slots__": ()})
+    def with_limits(cls, limits: EdgeLimits, tls: ssl.SSLContext | None = None
+                    ) -> type[LeanHTTPProtocol]:
+        """A subclass enforcing ``limits`` (and serving TLS with ``tls``): uvicorn's ``http``.
+
+        With ``tls``, hand uvicorn no SSL context: the protocol starts TLS
+        itself, so that a client speaking plain HTTP to the port gets a 400
+        saying so rather than a failed handshake.
+        """
+        return type(cls.__name__, (cls,), {"limits": limits, "tls": tls, "__slots__": ()})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
             config.load()
         # Global.
+        self._config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
@@ -170,6 +180,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.server: tuple | None = None
         self.client: tuple | None = None
         self.scheme = "http"
+        self._sniffing = False
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future | None = None
@@ -210,6 +221,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.client = (str(peername[0]), int(peername[1]))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+        elif self.tls is not None:
+            self._sniffing = True
         limit = self.limits.max_connections
         if limit and len(self.connections) >= limit:
             log.warning("connection refused: %d client connections open (max-connections)",
@@ -223,6 +236,13 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._broken:
+            return
+        if self._sniffing:
+            self._sniffing = False
+            if data[:1] == b"\x16":  # a TLS handshake record
+                self._start_tls(data)
+            else:
+                self._fail(400, "this port speaks HTTPS (TLS): use an https:// URL")
             return
         upgrading = self._upgrading
         if upgrading is not None:
@@ -652,6 +672,30 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 self._timer.cancel()
                 self._timer = None
 
+    def _start_tls(self, first: bytes) -> None:
+        """Hand the connection to a TLS protocol wrapping a fresh HTTP one; ``first`` starts the handshake."""
+        self.connections.discard(self)
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        inner = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
+        waiter = self.loop.create_future()
+        # A failed handshake closes the connection; nobody awaits the waiter.
+        waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+        tls = _TLS_PROTOCOL(self.loop, inner, self.tls, waiter, server_side=True,
+                            ssl_handshake_timeout=self.header_timeout)
+        transport = self.transport
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        view = memoryview(first)
+        while view:
+            buffer = tls.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            tls.buffer_updated(size)
+            view = view[size:]
+
     def _upgraded(self, rest: bytes) -> None:
         """The parser stopped after an upgrade request's head: keep what follows for the tunnel."""
         exchange = self._parsing
@@ -804,6 +848,18 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self._close()
         else:
             exchange.keep_alive = False
+
+
+def _tls_protocol():
+    """uvloop's TLS protocol (compiled) when uvloop is there, else asyncio's."""
+    try:
+        from uvloop.loop import SSLProtocol
+    except ImportError:  # pragma: no cover - uvloop ships with the project on Linux
+        from asyncio.sslproto import SSLProtocol
+    return SSLProtocol
+
+
+_TLS_PROTOCOL = _tls_protocol()
 
 
 def _head_too_large() -> str:
