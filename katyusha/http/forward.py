@@ -8,6 +8,12 @@ head is read goes out in two ``send`` calls; longer ones stream, and a slow
 client slows the upstream read (``send`` waits on the client socket, the
 response buffer fills, reading from the upstream pauses).
 
+When the server can tunnel (the ``katyusha.tunnel`` scope extension: an
+upgrade request on katyusha's server), the request goes upstream with its
+``Upgrade``; a ``101`` from the pod is handed to the server, which relays
+bytes both ways, and ``forward`` returns when that tunnel closed, so the
+caller's slot and in-flight count last as long as the WebSocket.
+
 Failures before the response head went downstream raise ``UpstreamError``
 (with ``status_hint`` and ``retryable``) and nothing has been sent, so the
 caller may try another upstream or answer itself. Failures after raise

@@ -23,7 +23,11 @@ where a proxy spends its time, and enforces the data port's limits
   TunnelPeer}``, which writes the 101 head and relays bytes both ways
   (:mod:`katyusha.http.tunnel`) until either side closes; that ``send``
   returns when the tunnel ended. Any other answer is relayed and the
-  connection closed after it.
+  connection closed after it;
+* with a TLS context (:meth:`LeanHTTPProtocol.with_limits`) the first byte
+  of a connection decides: a TLS handshake goes to uvloop's TLS protocol
+  wrapping a fresh connection of this class, anything else is plain HTTP on
+  the TLS port and gets a 400 saying so.
 
 Request bodies stream: reading pauses while more than ``HIGH_WATER`` bytes
 wait for the app. Response writes wait while the socket's buffer is above its
