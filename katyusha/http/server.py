@@ -39,28 +39,36 @@ only when they ask for it, and never a chunked body.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import ssl
 from collections import deque
 from urllib.parse import unquote
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from katyusha.http.errors import ResponseAborted
+from katyusha.http.exchange import (
+    MAX_HEAD_BYTES,
+    STATUS,
+    BodyLengthError,
+    Exchange,
+    Refusal,
+    absolute_form,
+    frame_body,
+    head_too_large,
+    response_head,
+)
 from katyusha.http.limits import EdgeLimits
+from katyusha.http.tls import tls_protocol
 from katyusha.http.tunnel import TUNNEL_EXTENSION, splice
 
 log = logging.getLogger("katyusha.http")
 
-MAX_HEAD_BYTES = 64 * 1024
 HIGH_WATER = 64 * 1024
 LINGER_SECONDS = 2.0
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNK_END = b"0\r\n\r\n"
-_NO_BODY_STATUS = frozenset({204, 304})
 _ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
 # What the connection's one timer watches (see _on_timer).
@@ -69,64 +77,6 @@ _HEAD = 1    # a request head is arriving: header_timeout since its first byte
 _BODY = 2    # a request body is arriving: body_timeout since the last progress
 _BUSY = 3    # the app has the whole request: no client timeout
 _TUNNEL = 4  # upgraded: the tunnel keeps its own idle timer
-
-
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {code} {phrase}\r\n".encode("ascii")
-
-
-_STATUS = {code: _status_line(code) for code in range(100, 600)}
-
-
-class _Refusal(Exception):
-    """A request the server answers itself with ``status`` (raised from a parser callback)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class _Exchange:
-    """One request and its response on a connection."""
-
-    __slots__ = (
-        "scope", "body", "more_body", "waiter", "expect_continue", "keep_alive", "head_only",
-        "started", "complete", "disconnected", "status", "headers", "chunked", "remaining",
-        "received", "upgrade", "tunnel_data", "asterisk",
-    )
-
-    def __init__(self, scope: dict, keep_alive: bool, expect_continue: bool, head_only: bool):
-        self.scope = scope
-        self.body = bytearray()
-        # True: more to come; False: ended, not yet handed out; None: ended and handed out.
-        self.more_body: bool | None = True
-        self.waiter: asyncio.Future | None = None
-        self.expect_continue = expect_continue
-        self.keep_alive = keep_alive
-        self.head_only = head_only
-        self.started = False
-        self.complete = False
-        self.disconnected = False
-        self.status = 0
-        self.headers: list = []
-        self.chunked = False
-        self.remaining: int | None = None
-        self.received = 0
-        self.upgrade = False
-        self.tunnel_data: bytearray | None = None
-        self.asterisk = False
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 class LeanHTTPProtocol(asyncio.Protocol):
@@ -193,17 +143,17 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._phase = _HEAD
         self._since = 0.0
         self._head_started = False
-        self._active: _Exchange | None = None
-        self._pipeline: deque[_Exchange] = deque()
+        self._active: Exchange | None = None
+        self._pipeline: deque[Exchange] = deque()
         self._closing = False
         # Set once the byte stream cannot be parsed further: later bytes are dropped.
         self._broken = False
         # An error to answer once the requests before it were answered.
         self._deferred: tuple[int, str] | None = None
         # The upgrade request whose following bytes are kept for its tunnel.
-        self._upgrading: _Exchange | None = None
+        self._upgrading: Exchange | None = None
         # Per request, while its head is parsed.
-        self._parsing: _Exchange | None = None
+        self._parsing: Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
@@ -266,7 +216,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             return
         except HttpParserError as exc:
             refusal = exc.__context__
-            if isinstance(refusal, _Refusal):
+            if isinstance(refusal, Refusal):
                 self._fail(refusal.status, refusal.message)
             else:
                 self._fail(400, f"invalid HTTP request: {exc}")
@@ -278,7 +228,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             # The first read may hold bytes before the head began: allow slack.
             self._raw_head += len(data)
             if self._raw_head > 2 * MAX_HEAD_BYTES:
-                self._fail(431, _head_too_large())
+                self._fail(431, head_too_large())
                 return
             self._arm(self._since + self.header_timeout)
         elif phase is _BODY:
@@ -326,15 +276,15 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _Refusal(431, _head_too_large())
+            raise Refusal(431, head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _Refusal(431, _head_too_large())
+            raise Refusal(431, head_too_large())
         headers = self._headers
         if self.max_headers is not None and len(headers) >= self.max_headers:
-            raise _Refusal(431, f"more than {self.max_headers} header fields (max-headers)")
+            raise Refusal(431, f"more than {self.max_headers} header fields (max-headers)")
         name = name.lower()
         if name == b"expect":
             if value.lower() == b"100-continue":
@@ -350,7 +300,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         parser = self.parser
         method = parser.get_method().decode("ascii")
         if method == "CONNECT":
-            raise _Refusal(405, "CONNECT is not supported: this is a reverse proxy")
+            raise Refusal(405, "CONNECT is not supported: this is a reverse proxy")
         url = self._url
         headers = self._headers
         asterisk = False
@@ -359,10 +309,10 @@ class LeanHTTPProtocol(asyncio.Protocol):
             raw_path = raw_path.partition(b"#")[0]
         elif url == b"*":
             if method != "OPTIONS":
-                raise _Refusal(400, "the request target * is only for OPTIONS")
+                raise Refusal(400, "the request target * is only for OPTIONS")
             raw_path, query, asterisk = b"*", b"", True
         else:
-            raw_path, query, headers = _absolute_form(url, headers)
+            raw_path, query, headers = absolute_form(url, headers)
         path = raw_path.decode("utf-8", "replace")
         if "%" in path:
             path = unquote(path)
@@ -383,7 +333,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
-        exchange = _Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
+        exchange = Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
         exchange.asterisk = asterisk
         if parser.should_upgrade():
             exchange.upgrade = True
@@ -396,7 +346,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             except ValueError:
                 declared = 0  # the parser refuses a bad Content-Length itself
             if declared > self.max_body:
-                raise _Refusal(413, f"request body of {declared} bytes is larger than "
+                raise Refusal(413, f"request body of {declared} bytes is larger than "
                                     f"{self.max_body} (max-body-bytes)")
         if not exchange.upgrade and (self._chunked or (self._length is not None
                                                        and self._length.strip() != b"0")):
@@ -418,7 +368,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             return
         exchange.received += len(body)
         if self.max_body is not None and exchange.received > self.max_body:
-            raise _Refusal(413, f"request body larger than {self.max_body} bytes (max-body-bytes)")
+            raise Refusal(413, f"request body larger than {self.max_body} bytes (max-body-bytes)")
         self._since = self.loop.time()
         exchange.body += body
         if len(exchange.body) > HIGH_WATER:
@@ -440,21 +390,21 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     # -- serving ---------------------------------------------------------
 
-    def _start(self, exchange: _Exchange) -> None:
+    def _start(self, exchange: Exchange) -> None:
         self._active = exchange
         if exchange.asterisk:
             # OPTIONS * asks about the server itself (RFC 9110 9.3.7): answered here.
             exchange.started = True
             exchange.status = 200
             exchange.headers = [(b"allow", _ALLOW)]
-            self.transport.write(self._head(exchange, b"", False))
+            self.transport.write(response_head(exchange, b"", False, self._must_close()))
             self._finish(exchange)
             return
         task = self.loop.create_task(self._run(exchange))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, exchange: _Exchange) -> None:
+    async def _run(self, exchange: Exchange) -> None:
         receive = self._receiver(exchange)
         send = self._sender(exchange)
         try:
@@ -484,7 +434,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 log.error("the ASGI app returned without completing its response")
                 self._close()
 
-    def _receiver(self, exchange: _Exchange):
+    def _receiver(self, exchange: Exchange):
         async def receive() -> dict:
             if exchange.expect_continue:
                 exchange.expect_continue = False
@@ -511,7 +461,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
         return receive
 
-    def _sender(self, exchange: _Exchange):
+    def _sender(self, exchange: Exchange):
         async def send(message: dict) -> None:
             kind = message["type"]
             if exchange.disconnected or self._closing:
@@ -535,10 +485,15 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 raise RuntimeError(f"expected http.response.body, got {kind!r}")
             body = message.get("body", b"")
             more = message.get("more_body", False)
-            if exchange.status:
-                data = self._head(exchange, body, more)
-            else:
-                data = self._frame(exchange, body, more)
+            try:
+                if exchange.status:
+                    data = response_head(exchange, body, more, self._must_close())
+                else:
+                    data = frame_body(exchange, body, more)
+            except BodyLengthError:
+                # Cut the connection so the client cannot take a wrong body for a whole one.
+                self._close()
+                raise
             if data:
                 self.transport.write(data)
             if not more:
@@ -548,79 +503,11 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
         return send
 
-    def _head(self, exchange: _Exchange, body: bytes, more: bool) -> bytes:
-        """The response head, framed for what the app declared, and the first body bytes."""
-        status = exchange.status
-        exchange.status = 0
-        parts = [_STATUS.get(status) or _status_line(status)]
-        length = None
-        chunked = False
-        for name, value in exchange.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-                continue
-            elif name == b"connection":
-                if b"close" in value.lower():
-                    exchange.keep_alive = False
-                continue
-            parts.append(b"%b: %b\r\n" % (name, value))
-        no_body = exchange.head_only or status in _NO_BODY_STATUS or status < 200
-        old = exchange.scope["http_version"] != "1.1"
-        if length is not None:
-            try:
-                exchange.remaining = int(length)
-            except ValueError:
-                raise RuntimeError(f"bad content-length {length[:40]!r} in the response") from None
-        elif chunked or (more and not no_body):
-            if not old:
-                exchange.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                # No chunked coding for HTTP/1.0: the body ends when the connection does.
-                exchange.keep_alive = False
-        elif not no_body:
-            parts.append(b"content-length: %d\r\n" % len(body))
-            exchange.remaining = len(body)
-        if not exchange.keep_alive or self._closing or (self._deferred is not None
-                                                         and not self._pipeline):
-            exchange.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        elif old:
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        # Each part is one line: any other count means a CR or LF in a header
-        # name or value, which would let the app's input split the response.
-        if head.count(b"\n") != len(parts):
-            raise RuntimeError("a response header name or value contains a line break")
-        if no_body:
-            exchange.remaining = None
-            exchange.chunked = False
-            return head
-        return head + self._frame(exchange, body, more)
+    def _must_close(self) -> bool:
+        """Whether the connection closes after the response being written, whatever it says."""
+        return self._closing or (self._deferred is not None and not self._pipeline)
 
-    def _frame(self, exchange: _Exchange, body: bytes, more: bool) -> bytes:
-        if exchange.head_only:
-            return b""
-        if exchange.chunked:
-            if body:
-                data = b"%x\r\n%b\r\n" % (len(body), body)
-                return data if more else data + _CHUNK_END
-            return b"" if more else _CHUNK_END
-        remaining = exchange.remaining
-        if remaining is not None:
-            remaining -= len(body)
-            if remaining < 0 or (not more and remaining):
-                # The app broke its own Content-Length: cut the connection so the
-                # client cannot take a wrong body for a whole one.
-                self._close()
-                raise RuntimeError("response body does not match its Content-Length")
-            exchange.remaining = remaining
-        return body
-
-    def _finish(self, exchange: _Exchange) -> None:
+    def _finish(self, exchange: Exchange) -> None:
         exchange.complete = True
         exchange.wake()
         self.server_state.total_requests += 1
@@ -643,12 +530,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self._since = self.loop.time()
         self._resume_reading()
 
-    async def _tunnel(self, exchange: _Exchange, message: dict) -> None:
+    async def _tunnel(self, exchange: Exchange, message: dict) -> None:
         """Write the 101 head and relay bytes both ways until the tunnel closes."""
         if not exchange.upgrade or message.get("status") != 101:
             raise RuntimeError("katyusha.tunnel needs an upgrade request and status 101")
         exchange.started = True
-        parts = [_STATUS[101], b"connection: upgrade\r\n"]
+        parts = [STATUS[101], b"connection: upgrade\r\n"]
         for name, value in message.get("headers") or ():
             if name != b"connection" and name != b"content-length" and name != b"transfer-encoding":
                 parts.append(b"%b: %b\r\n" % (name, value))
@@ -687,7 +574,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         waiter = self.loop.create_future()
         # A failed handshake closes the connection; nobody awaits the waiter.
         waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
-        tls = _TLS_PROTOCOL(self.loop, inner, self.tls, waiter, server_side=True,
+        tls = tls_protocol()(self.loop, inner, self.tls, waiter, server_side=True,
                             ssl_handshake_timeout=self.header_timeout)
         transport = self.transport
         transport.set_protocol(tls)
@@ -823,7 +710,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
     def _reject(self, status: int, message: str) -> None:
         body = message.encode("ascii", "replace")
         self.transport.write(
-            _STATUS[status]
+            STATUS[status]
             + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%b" % (len(body), body)
         )
@@ -854,31 +741,3 @@ class LeanHTTPProtocol(asyncio.Protocol):
             exchange.keep_alive = False
 
 
-def _tls_protocol():
-    """uvloop's TLS protocol (compiled) when uvloop is there, else asyncio's."""
-    try:
-        from uvloop.loop import SSLProtocol
-    except ImportError:  # pragma: no cover - uvloop ships with the project on Linux
-        from asyncio.sslproto import SSLProtocol
-    return SSLProtocol
-
-
-_TLS_PROTOCOL = _tls_protocol()
-
-
-def _head_too_large() -> str:
-    return f"request head (URL and headers) larger than {MAX_HEAD_BYTES} bytes"
-
-
-def _absolute_form(url: bytes, headers: list) -> tuple[bytes, bytes, list]:
-    """Path, query and headers of an absolute-form target: its authority replaces Host (RFC 9112 3.2.2)."""
-    try:
-        parsed = parse_url(url)
-    except HttpParserError:
-        raise _Refusal(400, f"invalid request target {url[:80]!r}") from None
-    if not parsed.host:
-        raise _Refusal(400, f"invalid request target {url[:80]!r}")
-    authority = parsed.host if parsed.port is None else b"%b:%d" % (parsed.host, parsed.port)
-    headers = [item for item in headers if item[0] != b"host"]
-    headers.append((b"host", authority))
-    return parsed.path or b"/", parsed.query or b"", headers

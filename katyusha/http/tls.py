@@ -7,6 +7,7 @@ instead of failing on the first connection.
 
 from __future__ import annotations
 
+import functools
 import ssl
 
 from katyusha.core.errors import ConfigError
@@ -62,3 +63,13 @@ def check(fields) -> None:
     """Build both contexts once from ``fields`` (an EdgeFields) to report bad files at start."""
     server_context(fields.tls_cert, fields.tls_key)
     upstream_context(fields.upstream_ca, fields.upstream_tls_verify)
+
+
+@functools.cache
+def tls_protocol():
+    """uvloop's TLS protocol (compiled) when uvloop is there, else asyncio's."""
+    try:
+        from uvloop.loop import SSLProtocol
+    except ImportError:  # pragma: no cover - uvloop ships with the project on Linux
+        from asyncio.sslproto import SSLProtocol
+    return SSLProtocol
