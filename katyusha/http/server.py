@@ -487,7 +487,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
             more = message.get("more_body", False)
             try:
                 if exchange.status:
-                    data = response_head(exchange, body, more, self._must_close())
+                    close = self._closing or (self._deferred is not None and not self._pipeline)
+                    data = response_head(exchange, body, more, close)
                 else:
                     data = frame_body(exchange, body, more)
             except BodyLengthError:
