@@ -18,13 +18,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# PostgreSQL's server binaries for tests/test_batch_postgres.py, which starts its own
-# throwaway server (Debian keeps initdb and pg_ctl in /usr/lib/postgresql/N/bin). The
-# package's own post-install step (a system cluster) may fail in a container; only the
-# binaries are needed, so that is tolerated and their presence checked instead.
+# What the tests need from Debian: PostgreSQL's server binaries for
+# tests/test_batch_postgres.py (which starts its own throwaway server; the
+# package's post-install system cluster may fail in a container, so only the
+# binaries are checked), and the third-party servers and clients the drop-in
+# tests run against (nginx, curl).
 test-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then \
 	  echo "postgresql present"; \
@@ -32,6 +33,9 @@ test-deps:
 	  (apt-get update && apt-get install -y --no-install-recommends postgresql) || true; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null; \
 	fi
+	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then :; else \
+	  apt-get update && apt-get install -y --no-install-recommends nginx; fi
+	@command -v curl >/dev/null || apt-get install -y --no-install-recommends curl
 
 lint: $(STAMP)
 	$(BIN)/ruff check katyusha nonna sim_backend tests benchmarks

@@ -62,6 +62,28 @@ def parse_seconds(key: str, raw: object) -> float:
     return value
 
 
+def parse_seconds_or_zero(key: str, raw: object) -> float:
+    """A duration that may be 0 (off): as :func:`parse_seconds`, plus ``0``."""
+    if raw == 0 or (isinstance(raw, str) and raw.strip() in ("0", "0s", "0ms", "0.0")):
+        return 0.0
+    return parse_seconds(key, raw)
+
+
+def parse_optional_file(key: str, raw: object) -> str | None:
+    """A path to a readable file, or None when empty. Raises ConfigError naming ``key``."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError(key, f"must be a file path, got {raw!r}")
+    path = raw.strip()
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
 def _float(raw: object) -> float | None:
     if isinstance(raw, int | float) and not isinstance(raw, bool):
         return float(raw)
@@ -87,16 +109,17 @@ def parse_non_negative_float(key: str, raw: object) -> float:
     return value
 
 
-def parse_url(key: str, raw: object) -> str:
-    """An http:// URL with a host and a valid port; returned without a trailing slash."""
+def parse_url(key: str, raw: object, schemes: tuple[str, ...] = ("http",)) -> str:
+    """An http:// URL (or one of ``schemes``) with a host and a valid port; no trailing slash."""
     text = raw.strip() if isinstance(raw, str) else ""
     parts = urlsplit(text)
     try:
         port_ok = parts.port is not None or True
     except ValueError:
         port_ok = False
-    if parts.scheme != "http" or not parts.hostname or not port_ok:
-        raise ConfigError(key, f"must be an http:// URL with a host (and a valid port), got {raw!r}")
+    if parts.scheme not in schemes or not parts.hostname or not port_ok:
+        kinds = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ConfigError(key, f"must be an {kinds} URL with a host (and a valid port), got {raw!r}")
     return text.rstrip("/")
 
 

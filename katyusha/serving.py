@@ -8,8 +8,18 @@ serves, on stderr, in the form::
     <role> ready data=http://HOST:PORT admin=http://HOST:PORT pid=N
 
 Tools that start these processes (tests, the fleet runner) parse it with
-:func:`parse_ready_line`. SIGTERM and SIGINT stop every server gracefully: no
-new connections, in-flight requests finish (up to ``graceful_timeout``).
+:func:`parse_ready_line`; a data port serving TLS is announced as
+``https://``. SIGTERM and SIGINT stop every server gracefully, in this order:
+
+1. ``on_drain`` runs at once (the process's ``/healthz`` turns 503);
+2. for ``drain_grace`` seconds the data port still accepts and serves new
+   connections, so a balancer or Kubernetes in front stops sending first;
+3. the data listener closes and idle connections with it; ``on_stop`` runs
+   (katyusha answers what is queued) while requests in flight finish, up to
+   ``graceful_timeout``;
+4. the admin port stops last, so ``/healthz`` says 503 until the end.
+
+A second signal skips what is left of the grace and stops at once.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +39,7 @@ from dataclasses import dataclass
 import uvicorn
 
 READY_RE = re.compile(
-    r"^(?P<role>\S+) ready data=(?P<data>http://\S+) admin=(?P<admin>http://\S+) pid=(?P<pid>\d+)"
+    r"^(?P<role>\S+) ready data=(?P<data>https?://\S+) admin=(?P<admin>http://\S+) pid=(?P<pid>\d+)"
 )
 
 
@@ -66,11 +77,11 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
-def socket_url(sock: socket.socket) -> str:
+def socket_url(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 class _Server(uvicorn.Server):
@@ -87,24 +98,30 @@ class App:
 
     app: Callable
     sock: socket.socket
-    http: str = "httptools"
+    http: object = "httptools"
     access_log: bool = False
     limit_concurrency: int | None = None
     backlog: int = 2048
+    tls: ssl.SSLContext | None = None
+    keepalive_timeout: float = 75.0
 
 
 async def serve(
     apps: Sequence[App],
     *,
     role: str,
+    on_drain: Callable[[], None] | None = None,
+    drain_grace: float = 0.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     graceful_timeout: float = 30.0,
     log_level: str = "warning",
 ) -> None:
     """Serve ``apps`` until SIGTERM/SIGINT; the first app is the data port, the second admin.
 
-    ``on_stop`` runs when a stop is asked, before the servers stop accepting
-    (katyusha uses it to stop admitting and answer what is queued).
+    On a stop: ``on_drain()`` at once, ``drain_grace`` seconds of serving as
+    usual, then the data port stops accepting while ``on_stop`` runs
+    (katyusha answers what is queued) and requests finish (see the module
+    docstring).
     """
     servers = []
     for spec in apps:
@@ -118,11 +135,15 @@ async def serve(
             limit_concurrency=spec.limit_concurrency,
             backlog=spec.backlog,
             timeout_graceful_shutdown=graceful_timeout,
-            timeout_keep_alive=75,
+            timeout_keep_alive=max(1, round(spec.keepalive_timeout)),
             server_header=False,
             proxy_headers=False,
             date_header=False,
         )
+        if spec.tls is not None and getattr(spec.http, "tls", None) is None:
+            config.load()
+            # The context was built (and its files checked) from the settings.
+            config.ssl = spec.tls
         servers.append(_Server(config))
 
     loop = asyncio.get_running_loop()
@@ -154,7 +175,7 @@ async def serve(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise SystemExit(f"{role}: a server failed to start")
 
-    data_url = socket_url(apps[0].sock)
+    data_url = socket_url(apps[0].sock, "https" if apps[0].tls is not None else "http")
     admin_url = socket_url(apps[1].sock) if len(apps) > 1 else data_url
     logging.getLogger(role).info("%s ready", role)
     sys.stderr.write(f"{role} ready data={data_url} admin={admin_url} pid={os.getpid()}\n")
@@ -162,6 +183,18 @@ async def serve(
 
     stop_waiter = asyncio.create_task(stopping.wait())
     await asyncio.wait([stop_waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if on_drain is not None:
+        on_drain()
+    if drain_grace > 0 and not any(task.done() for task in tasks):
+        # Still serving, /healthz says 503: whoever sends traffic here learns to stop.
+        second = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, lambda: (second.set(), ask_stop()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(second.wait(), drain_grace)
+    # The data port stops accepting; its connections close as their requests end.
+    servers[0].should_exit = True
     if on_stop is not None:
         await on_stop()
     for server in servers:

@@ -6,12 +6,10 @@ import argparse
 import sys
 
 from katyusha.core.errors import ConfigError
+from katyusha.http import tls
+from katyusha.http.server import LeanHTTPProtocol
 from katyusha.serving import App, bind_socket, run
 from nonna.config import SETTINGS, env_name, load
-
-# Shutdown waits for queued and in-flight requests, which the request timeout
-# already bounds; the margin covers streaming the last bodies out.
-_DRAIN_MARGIN = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,14 +49,17 @@ def main(argv: list[str] | None = None) -> int:
 
     nonna = Nonna(config)
 
-    async def on_stop() -> None:
-        nonna.sidecar.drain()
-
+    # The data port runs katyusha's HTTP server: the same limits, TLS and upgrades.
+    context = tls.server_context(config.tls_cert, config.tls_key)
+    data = App(nonna, data_sock, http=LeanHTTPProtocol.with_limits(config.limits, context),
+               tls=context,
+               keepalive_timeout=config.keepalive_timeout)
     return run(
-        [App(nonna, data_sock), App(build_admin(nonna), admin_sock)],
+        [data, App(build_admin(nonna), admin_sock)],
         role="nonna",
-        on_stop=on_stop,
-        graceful_timeout=config.timeout + _DRAIN_MARGIN,
+        on_drain=nonna.sidecar.drain,
+        drain_grace=config.drain_grace,
+        graceful_timeout=config.effective_shutdown_timeout,
     )
 
 

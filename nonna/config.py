@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from katyusha import config_values as values
 from katyusha.core.errors import ConfigError
+from katyusha.http import tls
+from katyusha.http.limits import EDGE_SETTINGS, EdgeFields
 
 ENV_PREFIX = "NONNA_"
 ENV_CONFIG_FILE = "NONNA_CONFIG"
@@ -27,7 +29,9 @@ UNLIMITED_DEPTH_DEFAULT = None
 
 
 @dataclass(frozen=True)
-class NonnaConfig:
+class NonnaConfig(EdgeFields):
+    """nonna's settings; the data port's limits, timeouts and TLS are the shared EdgeFields."""
+
     host: str = "127.0.0.1"
     port: int = 9101
     admin_port: int = 9102
@@ -39,6 +43,7 @@ class NonnaConfig:
     timeout: float = 30.0
     upstream_health: str | None = None
     stats_period: float = 2.0
+    shutdown_timeout: float | None = None  # resolved by effective_shutdown_timeout
 
     @property
     def effective_queue_depth(self) -> int | None:
@@ -50,9 +55,14 @@ class NonnaConfig:
         return 10 * self.concurrency
 
     @property
+    def effective_shutdown_timeout(self) -> float:
+        """How long shutdown waits for requests: as set, else ``timeout`` plus 5 s to stream them out."""
+        return self.shutdown_timeout if self.shutdown_timeout is not None else self.timeout + 5.0
+
+    @property
     def upstream_hostport(self) -> tuple[str, int]:
         parts = urlsplit(self.upstream)
-        return parts.hostname or "127.0.0.1", parts.port or 80
+        return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
@@ -78,12 +88,18 @@ parse_optional_url = _with_flag(values.parse_optional_url)
 
 
 def parse_origin(key: str, raw: object) -> str:
-    """An http:// URL with no path: the application is proxied path for path."""
-    url = parse_url(key, raw)
+    """An http:// (or https://) URL with no path: the application is proxied path for path."""
+    url = values.parse_url(_flag(key), raw, ("http", "https"))
     parts = urlsplit(url)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(_flag(key), f"must be http://host:port with no path or query, got {raw!r}")
     return url
+
+
+def parse_optional_duration(key: str, raw: object) -> float | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return parse_duration(key, raw)
 
 
 def parse_name(key: str, raw: object) -> str:
@@ -113,6 +129,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str, object], Any], str]] = {
     "upstream-health": ("upstream_health", parse_optional_url,
                         "URL whose 2xx makes /healthz 200 (default: a TCP connect to the upstream)"),
     "stats-period": ("stats_period", parse_duration, "length of a /stats reporting period"),
+    "shutdown-timeout": ("shutdown_timeout", parse_optional_duration,
+                         "on SIGTERM, longest wait for queued and in-flight requests "
+                         "(default: timeout + 5s)"),
+    # The data port's limits, timeouts and TLS (katyusha.http.limits, shared with katyusha).
+    **{key: (field_name, _with_flag(parse), doc)
+       for key, (field_name, parse, doc) in EDGE_SETTINGS.items()},
 }
 
 
@@ -138,7 +160,12 @@ def validate(raw: Mapping[str, object], source: Mapping[str, str] | None = None)
             if named is None:
                 raise
             raise ConfigError(f"{named} ({exc.key})", str(exc).split(": ", 1)[1]) from None
-    return NonnaConfig(**values)
+    config = NonnaConfig(**values)
+    try:
+        tls.check(config)
+    except ConfigError as exc:
+        raise ConfigError(_flag(exc.key), str(exc).split(": ", 1)[1]) from None
+    return config
 
 
 def load_yaml(path: str) -> dict[str, object]:

@@ -20,7 +20,7 @@ from katyusha.core import protocol
 from katyusha.core.errors import KatyushaError, QueueFull
 from katyusha.core.sidecar import Piggyback, Report, Sidecar, Ticket
 from katyusha.deadline_timer import DeadlineTimer
-from katyusha.http import Pool, UpstreamError, forward
+from katyusha.http import Pool, UpstreamError, forward, tls
 from katyusha.http.errors import ConnectFailed, ResponseAborted
 from nonna.config import NonnaConfig
 from nonna.health import HealthCheck
@@ -100,7 +100,9 @@ class Nonna:
                                timeout_s=config.timeout, now=time.monotonic())
         self.piggyback = Piggyback(config.concurrency, config.pod, config.node)
         self.metrics = Metrics(self.sidecar)
-        self.pool = Pool(config.upstream, max_idle=max(64, config.concurrency))
+        self.pool = Pool(config.upstream, max_idle=max(64, config.concurrency),
+                         max_head=config.max_response_head_bytes,
+                         tls=tls.upstream_context(config.upstream_ca, config.upstream_tls_verify))
         self.health = HealthCheck(config.upstream, config.upstream_health)
         self._ticker: asyncio.Task | None = None
         self._deadlines = DeadlineTimer(self.sidecar.next_deadline, self._expire)

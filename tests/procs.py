@@ -13,9 +13,24 @@ import subprocess
 import time
 from pathlib import Path
 
-from katyusha.procs import Proc, script
+from katyusha.procs import Proc as _Proc
+from katyusha.procs import script
 
-__all__ = ["FleetUp", "Proc", "get_json", "script", "wait_for"]
+__all__ = ["NO_DRAIN_GRACE", "FleetUp", "Proc", "get_json", "script", "wait_for"]
+
+# On SIGTERM katyusha and nonna keep accepting for drain-grace (5 s by default)
+# so a balancer in front can stop sending first. Tests that do not test
+# shutdown stop them at once; tests/test_edge_shutdown.py passes the flag.
+NO_DRAIN_GRACE = {"KATYUSHA_DRAIN_GRACE": "0", "NONNA_DRAIN_GRACE": "0"}
+
+
+class Proc(_Proc):
+    """:class:`katyusha.procs.Proc` with drain-grace 0 unless the environment or ``env`` sets one."""
+
+    def __init__(self, argv: list[str], *, ready_timeout: float = 20.0, env: dict | None = None):
+        given = {**os.environ, **(env or {})}
+        defaults = {key: value for key, value in NO_DRAIN_GRACE.items() if key not in given}
+        super().__init__(argv, ready_timeout=ready_timeout, env={**defaults, **(env or {})})
 
 
 def get_json(url: str, timeout: float = 5.0):
@@ -51,7 +66,7 @@ class FleetUp:
             [script("katyusha"), "fleet", "up", *args, "--fleet", str(fleet_file),
              "--state-file", str(self.state_file)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+            env={**NO_DRAIN_GRACE, **os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
         )  # fmt: skip
         self.lines: list[str] = []
         self.pids: set[int] = set()

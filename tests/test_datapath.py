@@ -49,6 +49,7 @@ class Upstream:
         app.router.add_get("/chunked", self.chunked)
         app.router.add_get("/headers", self.headers)
         app.router.add_get("/sleep", self.sleep)
+        app.router.add_get("/host", self.host)
         runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
@@ -70,6 +71,9 @@ class Upstream:
     async def hello(self, request: web.Request) -> web.Response:
         self._seen(request)
         return web.Response(text="hello")
+
+    async def host(self, request: web.Request) -> web.Response:
+        return web.json_response({"host": request.headers.get("Host"), "path": request.path_qs})
 
     async def sleep(self, request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "0.2")))

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.procs import script, wait_for
+from tests.procs import NO_DRAIN_GRACE, script, wait_for
 
 FLEET_YAML = """
 nodes: 2
@@ -61,7 +61,7 @@ class Fleet:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env={**NO_DRAIN_GRACE, **os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
         )
         self.out: list[str] = []

@@ -489,7 +489,7 @@ async def test_read_until_close_body():
 
 
 def test_bad_origin_is_rejected():
-    for origin in ("https://x:1", "127.0.0.1:80", "http://x:1/path"):
+    for origin in ("ftp://x:1", "127.0.0.1:80", "http://x:1/path"):
         with pytest.raises(ValueError, match="origin"):
             Pool(origin)
 
@@ -501,3 +501,59 @@ async def test_poolset_one_pool_per_origin(upstream):
     await get_json(pools.get(upstream.url))
     await pools.close_all()
     assert len(pools) == 0
+
+
+async def test_101_is_refused_unless_an_upgrade_was_asked_then_detached_with_its_bytes():
+    async def handler(reader, writer, index):
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhi")
+        await writer.drain()
+        while data := await reader.read(100):
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        pool = Pool(url)
+        with pytest.raises(UpstreamProtocolError, match="asked for no upgrade"):
+            await pool.request(b"GET", b"/")
+        response = await pool.request(b"GET", b"/", [(b"connection", b"upgrade"),
+                                                     (b"upgrade", b"echo")], upgrade=True)
+        assert response.status == 101
+        peer = response.detach()
+        # The bytes after the 101 head are kept for the tunnel; the pool lets the socket go.
+        assert peer.pending == b"hi"
+        assert pool.idle_count == 0
+        got = asyncio.get_running_loop().create_future()
+
+        class Reader(asyncio.Protocol):
+            def data_received(self, data):
+                if not got.done():
+                    got.set_result(data)
+
+        peer.transport.set_protocol(Reader())
+        peer.transport.write(b"shout")
+        assert await asyncio.wait_for(got, 5) == b"SHOUT"
+        peer.transport.close()
+
+
+async def test_response_head_past_max_head_is_a_protocol_error_without_reading_it_all():
+    sent = []
+
+    async def handler(reader, writer, index):
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nx-big: ")
+        try:
+            for _ in range(1024):
+                writer.write(b"a" * 65536)
+                await writer.drain()
+                sent.append(1)
+        except ConnectionError:
+            pass
+
+    async with raw_server(handler) as url:
+        pool = Pool(url, max_head=8192)
+        with pytest.raises(UpstreamProtocolError, match="max-response-head-bytes"):
+            await pool.request(b"GET", b"/")
+        await asyncio.sleep(0.1)
+        assert len(sent) < 100, "the client kept reading an endless head"

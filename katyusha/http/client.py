@@ -11,11 +11,18 @@ a fresh connection when the request body can be sent again.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterable
 from urllib.parse import urlsplit
 
 from katyusha.core.errors import BadInput
-from katyusha.http.connection import DEFAULT_HIGH_WATER, Connection, Response, Stale
+from katyusha.http.connection import (
+    DEFAULT_HIGH_WATER,
+    DEFAULT_MAX_HEAD,
+    Connection,
+    Response,
+    Stale,
+)
 from katyusha.http.errors import ConnectFailed, ConnectTimeout, UpstreamError
 
 BodySource = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
@@ -108,12 +115,15 @@ async def _pump(conn: Connection, body: _StreamBody, chunked: bool, replay: list
 
 
 class Pool:
-    """Keep-alive HTTP/1.1 connections to one origin (``http://host:port``).
+    """Keep-alive HTTP/1.1 connections to one origin (``http://host:port`` or ``https://``).
 
-    ``connect_timeout`` bounds connection setup; ``max_idle`` bounds the kept
-    idle connections; ``idle_timeout`` is how long an idle one may be reused;
-    ``high_water`` is how many response body bytes are buffered before reading
-    from the upstream pauses. Raises ValueError for an origin it cannot use.
+    ``connect_timeout`` bounds connection setup (TLS handshake included);
+    ``max_idle`` bounds the kept idle connections; ``idle_timeout`` is how long
+    an idle one may be reused; ``high_water`` is how many response body bytes
+    are buffered before reading from the upstream pauses; ``max_head`` bounds
+    a response head (then UpstreamProtocolError, a 502). ``tls`` is the
+    context for an ``https://`` origin (default: the system's trusted CAs,
+    verified). Raises ValueError for an origin it cannot use.
     """
 
     def __init__(
@@ -124,9 +134,11 @@ class Pool:
         connect_timeout: float = 2.0,
         idle_timeout: float = 4.0,
         high_water: int = DEFAULT_HIGH_WATER,
+        max_head: int = DEFAULT_MAX_HEAD,
+        tls: ssl.SSLContext | None = None,
     ):
         parts = urlsplit(origin)
-        if parts.scheme != "http" or not parts.hostname:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream origin must look like http://host:port, got {origin!r}")
         if parts.path not in ("", "/") or parts.query:
             raise ValueError(f"upstream origin must have no path or query, got {origin!r}")
@@ -134,7 +146,11 @@ class Pool:
             raise ValueError("max_idle must be >= 0; timeouts and high_water must be > 0")
         self.origin = origin.rstrip("/")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.tls = None
+        if parts.scheme == "https":
+            self.tls = tls if tls is not None else ssl.create_default_context()
+        self.port = parts.port or (443 if self.tls is not None else 80)
+        self.max_head = max_head
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         self._host_header = b"host: %b\r\n" % f"{netloc}:{self.port}".encode("ascii")
         self.max_idle = max_idle
@@ -161,13 +177,15 @@ class Pool:
         body: BodySource = None,
         *,
         timeout: float | None = None,
+        upgrade: bool = False,
     ) -> Response:
         """Send a request and return the response once its head arrived.
 
         ``headers`` are sent as given, except framing: Content-Length and
         Transfer-Encoding are set from ``body``, and Host is added when absent.
         ``timeout`` bounds the wait for the head and each silence between body
-        bytes afterwards. Raises ConnectFailed/ConnectTimeout (``retryable`` when
+        bytes afterwards. With ``upgrade`` a 101 answer is accepted (take its
+        connection with ``Response.detach``). Raises ConnectFailed/ConnectTimeout (``retryable`` when
         the body can still be sent again), UpstreamTimeout, UpstreamError, and
         BadInput for a header or target that would break the request line.
         """
@@ -198,7 +216,8 @@ class Pool:
             # Awaited here rather than in a coroutine of the connection: one
             # frame less to resume on every response.
             waiter = conn.start(
-                head, fixed, start_pump if stream is not None else None, timeout, head_only
+                head, fixed, start_pump if stream is not None else None, timeout, head_only,
+                upgrade,
             )
             try:
                 return await waiter
@@ -227,6 +246,7 @@ class Pool:
                 (lambda c: start_pump(c, replay)) if stream is not None else None,
                 timeout,
                 head_only,
+                upgrade,
             )
         except ConnectFailed as exc:
             exc.retryable = stream is None or not stream.started
@@ -305,13 +325,22 @@ class Pool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(self.origin, loop, self._on_idle, self.high_water),
+                    lambda: Connection(self.origin, loop, self._on_idle, self.high_water,
+                                       self.max_head),
                     self.host,
                     self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
                 )
         except TimeoutError:
             raise ConnectTimeout(
                 f"no connection within {self.connect_timeout:g}s",
+                origin=self.origin,
+                retryable=stream is None or not stream.started,
+            ) from None
+        except ssl.SSLError as exc:
+            raise ConnectFailed(
+                f"TLS handshake failed: {exc.reason or exc}",
                 origin=self.origin,
                 retryable=stream is None or not stream.started,
             ) from None

@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
-from httptools import HttpParserError, HttpResponseParser
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
 from katyusha.http.errors import (
     ConnectFailed,
@@ -23,8 +23,10 @@ from katyusha.http.errors import (
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from katyusha.http.tunnel import TunnelPeer
 
 DEFAULT_HIGH_WATER = 256 * 1024
+DEFAULT_MAX_HEAD = 64 * 1024
 
 
 class Stale(Exception):
@@ -41,6 +43,17 @@ class Response:
     """
 
     __slots__ = ("status", "headers", "_chunks", "_buffered", "_done", "_error", "_waiter", "_conn")
+
+    def detach(self) -> TunnelPeer:
+        """A 101 answer: take its connection out of the pool, for :func:`~katyusha.http.tunnel.splice`.
+
+        Raises UpstreamError when this response is not a 101 or its connection is gone.
+        """
+        conn = self._conn
+        if self.status != 101 or conn is None:
+            raise UpstreamError("only a live 101 response can be detached")
+        self._conn = None
+        return conn.detach()
 
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], conn: Connection):
         self.status = status
@@ -166,12 +179,15 @@ class Connection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         on_idle: Callable[[Connection, bool], None],
         high_water: int = DEFAULT_HIGH_WATER,
+        max_head: int = DEFAULT_MAX_HEAD,
     ):
         # Per connection.
         self.origin = origin
         self.loop = loop
         self._on_idle = on_idle
         self._high_water = high_water
+        self._max_head = max_head
+        self._head_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.parser = HttpResponseParser(self)
         self.closed = False
@@ -190,6 +206,9 @@ class Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
         self._until_close = False
+        self._upgrade = False
+        # After a 101: bytes of the new protocol, kept until the tunnel takes over.
+        self._tunnel: bytearray | None = None
         self._pump: asyncio.Task | None = None
         self._timeout = 0.0
         # One timer per connection, re-armed lazily: most exchanges end long
@@ -205,6 +224,13 @@ class Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel += data
+            if len(tunnel) > self._high_water and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
         if not self._active:
             # Bytes nobody asked for: the stream is out of step, never reuse it.
             self.close()
@@ -212,8 +238,13 @@ class Connection(asyncio.Protocol):
         self._got_bytes = True
         if self._timed:
             self.last_activity = self.loop.time()
+        in_head = self._response is None
         try:
             self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._tunnel = bytearray(data[offset:])
+            return
         except HttpParserError as exc:
             cause = exc.__context__
             if not isinstance(cause, UpstreamError):
@@ -223,6 +254,16 @@ class Connection(asyncio.Protocol):
             else:
                 self.close()
             return
+        if in_head and self._response is None and self._active:
+            # Still inside the head: bound it by raw bytes (the parser gathers a
+            # header line whole before calling on_header), so a pod's endless
+            # header costs at most this much memory.
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_head:
+                self.fail(UpstreamProtocolError(
+                    f"response head larger than {self._max_head} bytes (max-response-head-bytes)",
+                    origin=self.origin))
+                return
         if self._head_only and self._response is not None:
             # The parser cannot be told that a HEAD response has no body;
             # it would wait for Content-Length bytes, so start a fresh one.
@@ -280,8 +321,16 @@ class Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if status < 200:
             if status == 101:
-                raise UpstreamProtocolError("upgrade responses are not supported", origin=self.origin)
+                if not self._upgrade:
+                    raise UpstreamProtocolError("101 to a request that asked for no upgrade",
+                                                origin=self.origin)
+                self._response = response = Response(status, self._headers, self)
+                waiter = self._head_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(response)
+                return
             self._informational = True
+            self._head_bytes = 0
             return
         headers = self._headers
         until_close = True
@@ -308,7 +357,9 @@ class Connection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
-        if self._head_only or self._response is None:
+        response = self._response
+        if self._head_only or response is None or response.status == 101:
+            # A 101 has no body: the connection waits for its tunnel (detach).
             return
         self._complete(self.parser.should_keep_alive())
 
@@ -321,6 +372,7 @@ class Connection(asyncio.Protocol):
         stream: Callable[[Connection], asyncio.Task] | None,
         timeout: float | None,
         head_only: bool,
+        upgrade: bool = False,
     ) -> asyncio.Future:
         """Send one request; the returned future gets the response once its head arrived.
 
@@ -339,6 +391,8 @@ class Connection(asyncio.Protocol):
         self._response = None
         self._until_close = False
         self._informational = False
+        self._upgrade = upgrade
+        self._head_bytes = 0
         waiter = self._head_waiter = self.loop.create_future()
         if timeout is not None:
             self._timeout = timeout
@@ -363,9 +417,9 @@ class Connection(asyncio.Protocol):
             self._pump = stream(self)
         return waiter
 
-    async def exchange(self, head, body, stream, timeout, head_only) -> Response:
+    async def exchange(self, head, body, stream, timeout, head_only, upgrade=False) -> Response:
         """:meth:`start` and wait for the response head; cancelling the wait ends the exchange."""
-        waiter = self.start(head, body, stream, timeout, head_only)
+        waiter = self.start(head, body, stream, timeout, head_only, upgrade)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -399,6 +453,23 @@ class Connection(asyncio.Protocol):
                 self.transport.resume_reading()
             if self._timed:
                 self.last_activity = self.loop.time()
+
+    def detach(self) -> TunnelPeer:
+        """Leave the pool after a 101: the transport and the bytes already read go to the tunnel."""
+        pending = bytes(self._tunnel or b"")
+        self._tunnel = None
+        self._active = False
+        self._timed = False
+        self._head_waiter = None
+        self._response = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self.transport
+        # closed: the pool must neither reuse nor close it; the tunnel owns it now.
+        self.closed = True
+        self._on_idle(self, False)
+        return TunnelPeer(transport, pending, self._write_paused)
 
     def fail(self, error: BaseException) -> None:
         """End the current exchange with ``error`` and close the connection."""

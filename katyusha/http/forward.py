@@ -8,6 +8,12 @@ head is read goes out in two ``send`` calls; longer ones stream, and a slow
 client slows the upstream read (``send`` waits on the client socket, the
 response buffer fills, reading from the upstream pauses).
 
+When the server can tunnel (the ``katyusha.tunnel`` scope extension: an
+upgrade request on katyusha's server), the request goes upstream with its
+``Upgrade``; a ``101`` from the pod is handed to the server, which relays
+bytes both ways, and ``forward`` returns when that tunnel closed, so the
+caller's slot and in-flight count last as long as the WebSocket.
+
 Failures before the response head went downstream raise ``UpstreamError``
 (with ``status_hint`` and ``retryable``) and nothing has been sent, so the
 caller may try another upstream or answer itself. Failures after raise
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from katyusha.core.protocol import HOP_BY_HOP
 from katyusha.http.client import Pool
 from katyusha.http.errors import ResponseAborted, UpstreamError
+from katyusha.http.tunnel import TUNNEL_EXTENSION
 
 Headers = list[tuple[bytes, bytes]]
 Receive = Callable[[], Awaitable[dict]]
@@ -166,6 +173,23 @@ async def _stream_body(first: bytes, receive: Receive, counter: list[int]):
             return
 
 
+def _header(headers: Iterable[tuple[bytes, bytes]], wanted: bytes) -> bytes | None:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None
+
+
+async def _tunnel(response, out_headers: Headers, send: Send, result: ForwardResult) -> ForwardResult:
+    """Hand the pod's 101 to the server, which relays both ways until the tunnel ends."""
+    protocol = response.header(b"upgrade")
+    peer = response.detach()  # UpstreamError when the pod already left: nothing was sent
+    headers = [(b"upgrade", protocol)] if protocol is not None else []
+    headers.extend(out_headers)
+    await send({"type": TUNNEL_EXTENSION, "status": 101, "headers": headers, "peer": peer})
+    return result
+
+
 async def forward(
     scope: dict,
     receive: Receive,
@@ -196,6 +220,14 @@ async def forward(
         target = target + b"?" + query
     client_headers = scope["headers"]
     headers = request_headers(client_headers, extra_request_headers)
+    upgrade = None
+    extensions = scope.get("extensions")
+    if extensions and TUNNEL_EXTENSION in extensions:
+        # The server can tunnel: ask the pod for the same upgrade.
+        upgrade = _header(client_headers, b"upgrade")
+        if upgrade is not None:
+            headers.append((b"connection", b"upgrade"))
+            headers.append((b"upgrade", upgrade))
     if isinstance(receive, ReplayableReceive):
         receive.rewind()
 
@@ -214,7 +246,8 @@ async def forward(
             counter[0] = len(first)
 
     try:
-        response = await pool.request(method, target, headers, body, timeout=timeout)
+        response = await pool.request(method, target, headers, body, timeout=timeout,
+                                      upgrade=upgrade is not None)
     except _ClientGone:
         return ForwardResult(_CLIENT_GONE_STATUS, request_bytes=counter[0], client_disconnected=True)
     except UpstreamError as exc:
@@ -234,6 +267,8 @@ async def forward(
                 exc.retryable = isinstance(receive, ReplayableReceive) and receive.intact
             raise
     result = ForwardResult(status, out_headers, counter[0])
+    if status == 101:
+        return await _tunnel(response, out_headers, send, result)
 
     if response.complete:
         # The whole body is already here: the common small response.

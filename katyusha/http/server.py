@@ -1,103 +1,120 @@
 """A lean HTTP/1.1 server protocol for ASGI apps, hosted by ``uvicorn.Server``.
 
-uvicorn keeps what it does well (sockets, lifespan, signals, graceful
-shutdown: it tracks ``server_state.connections`` and ``.tasks`` and calls
-``shutdown()`` on each connection); this class replaces only the per-request
-work, which is where a proxy spends its time:
+uvicorn keeps what it does well (sockets, TLS, lifespan, graceful shutdown:
+it tracks ``server_state.connections`` and ``.tasks`` and calls ``shutdown()``
+on each connection); this class replaces the per-request work, which is
+where a proxy spends its time, and enforces the data port's limits
+(:class:`~katyusha.http.limits.EdgeLimits`):
 
 * the response head is held until the first body message and goes out in the
   same ``write`` as the body: one syscall and one TCP segment for a small
   response instead of two;
-* no per-request ``asyncio.Event``, keep-alive ``TimerHandle`` or header regex:
-  one lazily re-armed timer per connection, a future only when ``receive``
-  must really wait, and a line-count check against header injection;
-* the request head (URL and headers) is bounded: past ``MAX_HEAD_BYTES`` the
-  client gets a 431 instead of the server buffering without end.
+* one lazily re-armed timer per connection enforces the keep-alive, header
+  and body timeouts (a slowloris is closed at ``header_timeout`` from its
+  first byte, whatever it trickles); no per-request ``asyncio.Event``;
+* the request head is bounded (``MAX_HEAD_BYTES`` and ``max_headers``: 431),
+  the body too (``max_body_bytes``: 413, before reading when Content-Length
+  says so), and so are connections (``max_connections``: a canned 503);
+* an error in what a client pipelined after a request is answered only after
+  that request's response was written (then 400 and close);
+* an upgrade request (``Connection: Upgrade``) reaches the app with the
+  ``katyusha.tunnel`` scope extension; the app may answer it by sending
+  ``{"type": "katyusha.tunnel", "status": 101, "headers": [...], "peer":
+  TunnelPeer}``, which writes the 101 head and relays bytes both ways
+  (:mod:`katyusha.http.tunnel`) until either side closes; that ``send``
+  returns when the tunnel ended. Any other answer is relayed and the
+  connection closed after it;
+* with a TLS context (:meth:`LeanHTTPProtocol.with_limits`) the first byte
+  of a connection decides: a TLS handshake goes to uvloop's TLS protocol
+  wrapping a fresh connection of this class, anything else is plain HTTP on
+  the TLS port and gets a 400 saying so.
 
 Request bodies stream: reading pauses while more than ``HIGH_WATER`` bytes
 wait for the app. Response writes wait while the socket's buffer is above its
 high-water mark, so a slow reader slows its own response and no other.
-Pipelined requests are answered in order.
+Pipelined requests are answered in order. HTTP/1.0 clients get keep-alive
+only when they ask for it, and never a chunked body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
+import ssl
 from collections import deque
 from urllib.parse import unquote
 
-from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from katyusha.http.errors import ResponseAborted
+from katyusha.http.exchange import (
+    MAX_HEAD_BYTES,
+    STATUS,
+    BodyLengthError,
+    Exchange,
+    Refusal,
+    absolute_form,
+    frame_body,
+    head_too_large,
+    response_head,
+)
+from katyusha.http.limits import EdgeLimits
+from katyusha.http.tls import tls_protocol
+from katyusha.http.tunnel import TUNNEL_EXTENSION, splice
 
 log = logging.getLogger("katyusha.http")
 
-MAX_HEAD_BYTES = 64 * 1024
 HIGH_WATER = 64 * 1024
 LINGER_SECONDS = 2.0
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNK_END = b"0\r\n\r\n"
-_NO_BODY_STATUS = frozenset({204, 304})
+_ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 
-
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {code} {phrase}\r\n".encode("ascii")
-
-
-_STATUS = {code: _status_line(code) for code in range(100, 600)}
-
-
-class _HeadTooLarge(Exception):
-    pass
-
-
-class _Exchange:
-    """One request and its response on a connection."""
-
-    __slots__ = (
-        "scope", "body", "more_body", "waiter", "expect_continue", "keep_alive", "head_only",
-        "started", "complete", "disconnected", "status", "headers", "chunked", "remaining",
-    )
-
-    def __init__(self, scope: dict, keep_alive: bool, expect_continue: bool, head_only: bool):
-        self.scope = scope
-        self.body = bytearray()
-        self.more_body = True
-        self.waiter: asyncio.Future | None = None
-        self.expect_continue = expect_continue
-        self.keep_alive = keep_alive
-        self.head_only = head_only
-        self.started = False
-        self.complete = False
-        self.disconnected = False
-        self.status = 0
-        self.headers: list = []
-        self.chunked = False
-        self.remaining: int | None = None
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+# What the connection's one timer watches (see _on_timer).
+_IDLE = 0    # between requests: keepalive_timeout since the last response
+_HEAD = 1    # a request head is arriving: header_timeout since its first byte
+_BODY = 2    # a request body is arriving: body_timeout since the last progress
+_BUSY = 3    # the app has the whole request: no client timeout
+_TUNNEL = 4  # upgraded: the tunnel keeps its own idle timer
 
 
 class LeanHTTPProtocol(asyncio.Protocol):
-    """An HTTP/1.1 connection serving ``config.loaded_app``; pass the class as uvicorn's ``http``."""
+    """An HTTP/1.1 connection serving ``config.loaded_app``; pass the class as uvicorn's ``http``.
+
+    ``limits`` (a class attribute, see :meth:`with_limits`) holds the data port's limits.
+    """
+
+    limits = EdgeLimits()
+    # With a context, the connection's first byte says TLS (a handshake record) or not (see _sniff).
+    tls: ssl.SSLContext | None = None
+    # Slots: thousands of idle connections each hold one of these.
+    __slots__ = (
+        "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
+        "keepalive_timeout", "header_timeout", "body_timeout", "max_body", "max_headers",
+        "transport", "parser", "server", "client", "scheme", "read_paused", "write_paused",
+        "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
+        "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
+        "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
+        "_config", "_sniffing", "__weakref__",
+    )
+
+    @classmethod
+    def with_limits(cls, limits: EdgeLimits, tls: ssl.SSLContext | None = None
+                    ) -> type[LeanHTTPProtocol]:
+        """A subclass enforcing ``limits`` (and serving TLS with ``tls``): uvicorn's ``http``.
+
+        With ``tls``, hand uvicorn no SSL context: the protocol starts TLS
+        itself, so that a client speaking plain HTTP to the port gets a 400
+        saying so rather than a failed handshake.
+        """
+        return type(cls.__name__, (cls,), {"limits": limits, "tls": tls, "__slots__": ()})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
             config.load()
         # Global.
+        self._config = config
         self.app = config.loaded_app
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
@@ -105,33 +122,50 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.tasks = server_state.tasks
         self.app_state = app_state
         self.root_path = config.root_path
-        self.keep_alive_timeout = float(config.timeout_keep_alive)
+        limits = self.limits
+        self.keepalive_timeout = limits.keepalive_timeout
+        self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.max_body = limits.max_body_bytes or None
+        self.max_headers = limits.max_headers or None
         # Per connection.
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)
         self.server: tuple | None = None
         self.client: tuple | None = None
+        self.scheme = "http"
+        self._sniffing = False
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0
-        self._active: _Exchange | None = None
-        self._pipeline: deque[_Exchange] = deque()
+        self._timer_at = 0.0
+        self._phase = _HEAD
+        self._since = 0.0
+        self._head_started = False
+        self._active: Exchange | None = None
+        self._pipeline: deque[Exchange] = deque()
         self._closing = False
+        # Set once the byte stream cannot be parsed further: later bytes are dropped.
+        self._broken = False
+        # An error to answer once the requests before it were answered.
+        self._deferred: tuple[int, str] | None = None
+        # The upgrade request whose following bytes are kept for its tunnel.
+        self._upgrading: Exchange | None = None
         # Per request, while its head is parsed.
-        self._parsing: _Exchange | None = None
+        self._parsing: Exchange | None = None
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._raw_head = 0
         self._in_head = False
         self._expect = False
+        self._length: bytes | None = None
+        self._chunked = False
 
     # -- asyncio.Protocol --------------------------------------------------
 
     def connection_made(self, transport) -> None:
-        self.connections.add(self)
         self.transport = transport
         sockname = transport.get_extra_info("sockname")
         peername = transport.get_extra_info("peername")
@@ -139,32 +173,66 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.server = (str(sockname[0]), int(sockname[1]))
         if isinstance(peername, tuple):
             self.client = (str(peername[0]), int(peername[1]))
-        self._idle_since = self.loop.time()
-        self._timer = self.loop.call_at(self._idle_since + self.keep_alive_timeout, self._on_timer)
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        elif self.tls is not None:
+            self._sniffing = True
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            log.warning("connection refused: %d client connections open (max-connections)",
+                        len(self.connections))
+            self._reject(503, f"too many connections (max-connections {limit})")
+            return
+        self.connections.add(self)
+        # A new connection has header_timeout to send its first head.
+        self._since = now = self.loop.time()
+        self._arm(now + self.header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._broken:
             return
-        if self._active is None:
-            self._idle_since = self.loop.time()
+        if self._sniffing:
+            self._sniffing = False
+            if data[:1] == b"\x16":  # a TLS handshake record
+                self._start_tls(data)
+            else:
+                self._fail(400, "this port speaks HTTPS (TLS): use an https:// URL")
+            return
+        upgrading = self._upgrading
+        if upgrading is not None:
+            # Bytes after an upgrade request belong to the tunnel, if there will be one.
+            upgrading.tunnel_data += data
+            if len(upgrading.tunnel_data) > HIGH_WATER:
+                self._pause_reading()
+            return
+        if self._phase is _IDLE:
+            self._phase = _HEAD
+            self._since = self.loop.time()
+        self._head_started = True
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            # Upgrades are not offered: the request was served as plain HTTP.
+        except HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:] if exc.args else b"")
             return
         except HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
-                self._reject_head_too_large()
+            refusal = exc.__context__
+            if isinstance(refusal, Refusal):
+                self._fail(refusal.status, refusal.message)
             else:
-                self._reject(400, f"invalid HTTP request: {exc}")
+                self._fail(400, f"invalid HTTP request: {exc}")
             return
-        if self._in_head:
+        phase = self._phase
+        if phase is _HEAD:
             # The parser gathers a header line whole before calling on_header:
             # count raw bytes too, so one endless line is refused as well.
             # The first read may hold bytes before the head began: allow slack.
             self._raw_head += len(data)
             if self._raw_head > 2 * MAX_HEAD_BYTES:
-                self._reject_head_too_large()
+                self._fail(431, head_too_large())
+                return
+            self._arm(self._since + self.header_timeout)
+        elif phase is _BODY:
+            self._arm(self._since + self.body_timeout)
 
     def eof_received(self) -> bool:
         return False
@@ -198,33 +266,53 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._raw_head = 0
         self._in_head = True
         self._expect = False
+        self._length = None
+        self._chunked = False
+        if self._phase is not _HEAD:
+            self._phase = _HEAD
+            self._since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise Refusal(431, head_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise _HeadTooLarge()
+            raise Refusal(431, head_too_large())
+        headers = self._headers
+        if self.max_headers is not None and len(headers) >= self.max_headers:
+            raise Refusal(431, f"more than {self.max_headers} header fields (max-headers)")
         name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
-        self._headers.append((name, value))
+        if name == b"expect":
+            if value.lower() == b"100-continue":
+                self._expect = True
+        elif name == b"content-length":
+            self._length = value
+        elif name == b"transfer-encoding":
+            self._chunked = True
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
         method = parser.get_method().decode("ascii")
+        if method == "CONNECT":
+            raise Refusal(405, "CONNECT is not supported: this is a reverse proxy")
         url = self._url
+        headers = self._headers
+        asterisk = False
         if url[:1] == b"/":
             raw_path, _, query = url.partition(b"?")
             raw_path = raw_path.partition(b"#")[0]
+        elif url == b"*":
+            if method != "OPTIONS":
+                raise Refusal(400, "the request target * is only for OPTIONS")
+            raw_path, query, asterisk = b"*", b"", True
         else:
-            parsed = parse_url(url)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
+            raw_path, query, headers = absolute_form(url, headers)
         path = raw_path.decode("utf-8", "replace")
         if "%" in path:
             path = unquote(path)
@@ -235,17 +323,37 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "http_version": version,
             "server": self.server,
             "client": self.client,
-            "scheme": "http",
+            "scheme": self.scheme,
             "method": method,
             "root_path": self.root_path,
             "path": self.root_path + path if self.root_path else path,
             "raw_path": raw_path,
             "query_string": query,
-            "headers": self._headers,
+            "headers": headers,
             "state": self.app_state.copy(),
         }
-        keep_alive = version != "1.0" and parser.should_keep_alive()
-        exchange = _Exchange(scope, keep_alive, self._expect, method == "HEAD")
+        # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
+        exchange = Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
+        exchange.asterisk = asterisk
+        if parser.should_upgrade():
+            exchange.upgrade = True
+            exchange.keep_alive = False
+            exchange.tunnel_data = bytearray()
+            scope["extensions"] = {TUNNEL_EXTENSION: {}}
+        if self._length is not None and self.max_body is not None:
+            try:
+                declared = int(self._length)
+            except ValueError:
+                declared = 0  # the parser refuses a bad Content-Length itself
+            if declared > self.max_body:
+                raise Refusal(413, f"request body of {declared} bytes is larger than "
+                                    f"{self.max_body} (max-body-bytes)")
+        if not exchange.upgrade and (self._chunked or (self._length is not None
+                                                       and self._length.strip() != b"0")):
+            self._phase = _BODY
+            self._since = self.loop.time()
+        else:
+            self._phase = _BUSY
         self._parsing = exchange
         if self._active is None:
             self._start(exchange)
@@ -258,12 +366,22 @@ class LeanHTTPProtocol(asyncio.Protocol):
         exchange = self._parsing
         if exchange is None or exchange.complete:
             return
+        exchange.received += len(body)
+        if self.max_body is not None and exchange.received > self.max_body:
+            raise Refusal(413, f"request body larger than {self.max_body} bytes (max-body-bytes)")
+        self._since = self.loop.time()
         exchange.body += body
         if len(exchange.body) > HIGH_WATER:
             self._pause_reading()
         exchange.wake()
 
     def on_message_complete(self) -> None:
+        if self._active is None and not self._pipeline:
+            # Answered before its body ended (OPTIONS *, an early error): idle now.
+            self._phase = _IDLE
+            self._since = self.loop.time()
+        else:
+            self._phase = _BUSY
         exchange = self._parsing
         if exchange is None:
             return
@@ -272,13 +390,21 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     # -- serving ---------------------------------------------------------
 
-    def _start(self, exchange: _Exchange) -> None:
+    def _start(self, exchange: Exchange) -> None:
         self._active = exchange
+        if exchange.asterisk:
+            # OPTIONS * asks about the server itself (RFC 9110 9.3.7): answered here.
+            exchange.started = True
+            exchange.status = 200
+            exchange.headers = [(b"allow", _ALLOW)]
+            self.transport.write(response_head(exchange, b"", False, self._must_close()))
+            self._finish(exchange)
+            return
         task = self.loop.create_task(self._run(exchange))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, exchange: _Exchange) -> None:
+    async def _run(self, exchange: Exchange) -> None:
         receive = self._receiver(exchange)
         send = self._sender(exchange)
         try:
@@ -308,12 +434,14 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 log.error("the ASGI app returned without completing its response")
                 self._close()
 
-    def _receiver(self, exchange: _Exchange):
+    def _receiver(self, exchange: Exchange):
         async def receive() -> dict:
             if exchange.expect_continue:
                 exchange.expect_continue = False
                 if not self._closing and not exchange.started:
                     self.transport.write(_CONTINUE)
+                    # The client waited for this before sending: the body's clock starts now.
+                    self._since = self.loop.time()
             while not exchange.disconnected and not exchange.complete:
                 more = exchange.more_body
                 if exchange.body or more is False:
@@ -333,12 +461,17 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
         return receive
 
-    def _sender(self, exchange: _Exchange):
+    def _sender(self, exchange: Exchange):
         async def send(message: dict) -> None:
-            if exchange.disconnected or self._closing:
-                return
             kind = message["type"]
+            if exchange.disconnected or self._closing:
+                if kind == TUNNEL_EXTENSION:
+                    message["peer"].transport.close()
+                return
             if not exchange.started:
+                if kind == TUNNEL_EXTENSION:
+                    await self._tunnel(exchange, message)
+                    return
                 if kind != "http.response.start":
                     raise RuntimeError(f"expected http.response.start, got {kind!r}")
                 exchange.started = True
@@ -352,10 +485,16 @@ class LeanHTTPProtocol(asyncio.Protocol):
                 raise RuntimeError(f"expected http.response.body, got {kind!r}")
             body = message.get("body", b"")
             more = message.get("more_body", False)
-            if exchange.status:
-                data = self._head(exchange, body, more)
-            else:
-                data = self._frame(exchange, body, more)
+            try:
+                if exchange.status:
+                    close = self._closing or (self._deferred is not None and not self._pipeline)
+                    data = response_head(exchange, body, more, close)
+                else:
+                    data = frame_body(exchange, body, more)
+            except BodyLengthError:
+                # Cut the connection so the client cannot take a wrong body for a whole one.
+                self._close()
+                raise
             if data:
                 self.transport.write(data)
             if not more:
@@ -365,86 +504,103 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
         return send
 
-    def _head(self, exchange: _Exchange, body: bytes, more: bool) -> bytes:
-        """The response head, framed for what the app declared, and the first body bytes."""
-        status = exchange.status
-        exchange.status = 0
-        parts = [_STATUS.get(status) or _status_line(status)]
-        length = None
-        chunked = False
-        for name, value in exchange.headers:
-            if name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-                continue
-            elif name == b"connection" and b"close" in value.lower():
-                exchange.keep_alive = False
-                continue
-            parts.append(b"%b: %b\r\n" % (name, value))
-        no_body = exchange.head_only or status in _NO_BODY_STATUS or status < 200
-        if length is not None:
-            try:
-                exchange.remaining = int(length)
-            except ValueError:
-                raise RuntimeError(f"bad content-length {length[:40]!r} in the response") from None
-        elif chunked or (more and not no_body):
-            if exchange.scope["http_version"] == "1.1":
-                exchange.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-            else:
-                exchange.keep_alive = False
-        elif not no_body:
-            parts.append(b"content-length: %d\r\n" % len(body))
-            exchange.remaining = len(body)
-        if not exchange.keep_alive or self._closing:
-            exchange.keep_alive = False
-            parts.append(b"connection: close\r\n")
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        # Each part is one line: any other count means a CR or LF in a header
-        # name or value, which would let the app's input split the response.
-        if head.count(b"\n") != len(parts):
-            raise RuntimeError("a response header name or value contains a line break")
-        if no_body:
-            exchange.remaining = None
-            exchange.chunked = False
-            return head
-        return head + self._frame(exchange, body, more)
+    def _must_close(self) -> bool:
+        """Whether the connection closes after the response being written, whatever it says."""
+        return self._closing or (self._deferred is not None and not self._pipeline)
 
-    def _frame(self, exchange: _Exchange, body: bytes, more: bool) -> bytes:
-        if exchange.head_only:
-            return b""
-        if exchange.chunked:
-            if body:
-                data = b"%x\r\n%b\r\n" % (len(body), body)
-                return data if more else data + _CHUNK_END
-            return b"" if more else _CHUNK_END
-        remaining = exchange.remaining
-        if remaining is not None:
-            remaining -= len(body)
-            if remaining < 0 or (not more and remaining):
-                # The app broke its own Content-Length: cut the connection so the
-                # client cannot take a wrong body for a whole one.
-                self._close()
-                raise RuntimeError("response body does not match its Content-Length")
-            exchange.remaining = remaining
-        return body
-
-    def _finish(self, exchange: _Exchange) -> None:
+    def _finish(self, exchange: Exchange) -> None:
         exchange.complete = True
         exchange.wake()
         self.server_state.total_requests += 1
         if not exchange.keep_alive:
-            self._close()
+            if self._deferred is not None and not self._pipeline and not self._closing:
+                self._reject(*self._deferred)
+            else:
+                self._close()
             return
         if self._closing:
             return
         self._active = None
-        self._idle_since = self.loop.time()
         if self._pipeline:
             self._start(self._pipeline.popleft())
+        elif self._deferred is not None:
+            self._reject(*self._deferred)
+            return
+        elif self._phase is _BUSY:
+            self._phase = _IDLE
+            self._since = self.loop.time()
         self._resume_reading()
+
+    async def _tunnel(self, exchange: Exchange, message: dict) -> None:
+        """Write the 101 head and relay bytes both ways until the tunnel closes."""
+        if not exchange.upgrade or message.get("status") != 101:
+            raise RuntimeError("katyusha.tunnel needs an upgrade request and status 101")
+        exchange.started = True
+        parts = [STATUS[101], b"connection: upgrade\r\n"]
+        for name, value in message.get("headers") or ():
+            if name != b"connection" and name != b"content-length" and name != b"transfer-encoding":
+                parts.append(b"%b: %b\r\n" % (name, value))
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != len(parts):
+            message["peer"].transport.close()
+            raise RuntimeError("a response header name or value contains a line break")
+        pending = bytes(exchange.tunnel_data or b"")
+        exchange.tunnel_data = None
+        self._upgrading = None
+        self._phase = _TUNNEL
+        self.transport.write(head)
+        transport = self.transport
+        self._closing = True  # nothing but the tunnel writes to this connection now
+        try:
+            await splice(transport, pending, message["peer"],
+                         idle_timeout=self.limits.upgrade_idle_timeout,
+                         paused=(self.write_paused, self.read_paused))
+        finally:
+            exchange.complete = True
+            self.server_state.total_requests += 1
+            self.connections.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _start_tls(self, first: bytes) -> None:
+        """Hand the connection to a TLS protocol wrapping a fresh HTTP one; ``first`` starts the handshake."""
+        self.connections.discard(self)
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        inner = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
+        waiter = self.loop.create_future()
+        # A failed handshake closes the connection; nobody awaits the waiter.
+        waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
+        tls = tls_protocol()(self.loop, inner, self.tls, waiter, server_side=True,
+                            ssl_handshake_timeout=self.header_timeout)
+        transport = self.transport
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        view = memoryview(first)
+        while view:
+            buffer = tls.get_buffer(len(view))
+            size = min(len(buffer), len(view))
+            buffer[:size] = view[:size]
+            tls.buffer_updated(size)
+            view = view[size:]
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request's head: keep what follows for the tunnel."""
+        exchange = self._parsing
+        if exchange is None or not exchange.upgrade:
+            self._fail(400, "invalid HTTP request: unexpected upgrade")
+            return
+        exchange.more_body = False
+        exchange.wake()
+        exchange.tunnel_data += rest
+        self._upgrading = exchange
+        self._phase = _BUSY
+        if len(exchange.tunnel_data) > HIGH_WATER:
+            self._pause_reading()
 
     # -- flow control, timers, errors -------------------------------------
 
@@ -454,9 +610,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.read_paused and not self._closing:
+        if self.read_paused and not self._closing and not self._broken:
             self.read_paused = False
             self.transport.resume_reading()
+            if self._phase is _BODY or self._phase is _HEAD:
+                # Time spent paused was ours, not the client's.
+                self._since = self.loop.time()
 
     async def _wait_drain(self) -> None:
         if self._closing:
@@ -471,32 +630,95 @@ class LeanHTTPProtocol(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _arm(self, due: float) -> None:
+        """Make sure the timer fires by ``due``."""
+        timer = self._timer
+        if timer is None or self._timer_at > due:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
+
     def _on_timer(self) -> None:
         self._timer = None
         if self._closing:
             return
         now = self.loop.time()
-        due = self._idle_since + self.keep_alive_timeout
-        if self._active is None and due <= now:
-            self._close()
+        phase = self._phase
+        if phase is _IDLE:
+            due = self._since + self.keepalive_timeout
+        elif phase is _HEAD:
+            due = self._since + self.header_timeout
+        elif phase is _BODY:
+            due = self._since + self.body_timeout
+        else:
+            # Busy: the app's own timeouts apply; look again later.
+            due = now + min(self.keepalive_timeout, self.header_timeout)
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
             return
-        self._timer = self.loop.call_at(max(due, now + 1.0), self._on_timer)
+        if self.read_paused and phase is not _IDLE:
+            # We stopped reading: the client is not late.
+            self._since = now
+            due = now + (self.header_timeout if phase is _HEAD else self.body_timeout)
+        if due > now:
+            self._timer = self.loop.call_at(due, self._on_timer)
+            self._timer_at = due
+            return
+        if phase is _IDLE:
+            self._close()
+        elif phase is _HEAD:
+            if self._head_started:
+                self._fail(408, f"request head not received within {self.header_timeout:g}s "
+                                "(header-timeout)")
+            else:
+                self._close()
+        else:
+            self._fail(408, f"no request body bytes for {self.body_timeout:g}s (body-timeout)")
 
-    def _reject_head_too_large(self) -> None:
-        self._reject(431, f"request head (URL and headers) larger than {MAX_HEAD_BYTES} bytes")
+    def _fail(self, status: int, message: str) -> None:
+        """The client's byte stream cannot be served further: answer ``status`` in turn, then close.
+
+        A request whose body was cut is dropped (its app sees a disconnect);
+        requests before it are answered first.
+        """
+        self._broken = True
+        self._phase = _BUSY
+        parsing = self._parsing
+        if parsing is not None and parsing.more_body is True and not parsing.complete:
+            parsing.keep_alive = False
+            if parsing is self._active:
+                if parsing.started:
+                    self._close()
+                    return
+                parsing.disconnected = True
+                parsing.wake()
+                self._active = None
+            else:
+                try:
+                    self._pipeline.remove(parsing)
+                except ValueError:
+                    pass
+        active = self._active
+        if (active is not None and not active.complete) or self._pipeline:
+            self._deferred = (status, message)
+            if not self.read_paused and not self._closing:
+                self.read_paused = True
+                self.transport.pause_reading()
+            return
+        self._reject(status, message)
 
     def _reject(self, status: int, message: str) -> None:
-        exchange = self._active
-        if exchange is None or not exchange.started:
-            body = message.encode("ascii", "replace")
-            self.transport.write(
-                _STATUS[status]
-                + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"connection: close\r\n\r\n%b" % (len(body), body)
-            )
+        body = message.encode("ascii", "replace")
+        self.transport.write(
+            STATUS[status]
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%b" % (len(body), body)
+        )
         # Closing with unread request bytes would reset the connection and the
         # client could lose the answer: stop sending, drop what still comes, close later.
         self._closing = True
+        self._broken = True
         if self.transport.can_write_eof():
             self.transport.write_eof()
         if self.read_paused:
@@ -511,8 +733,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Called by uvicorn on graceful shutdown: close when idle, else after the response."""
+        if self._phase is _TUNNEL:
+            return  # an upgraded connection ends when its tunnel does (or at the shutdown timeout)
         exchange = self._active
         if exchange is None or exchange.complete:
             self._close()
         else:
             exchange.keep_alive = False
+
+

@@ -196,6 +196,8 @@ class DataApp:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
                 await lifespan(receive, send, self.on_startup, self.on_shutdown)
+            elif scope["type"] == "websocket":
+                await _refuse_websocket(scope, receive, send)
             return
         headers = scope["headers"]
         router = self.router
@@ -328,6 +330,24 @@ class DataApp:
             )
         except OSError:  # pragma: no cover - the client is gone
             pass
+
+
+async def _refuse_websocket(scope, receive, send) -> None:
+    """A WebSocket under ``http-server: uvicorn``: 501 saying which server relays them.
+
+    katyusha relays upgrades as bytes (katyusha.http.tunnel) on its own HTTP
+    server only; uvicorn's would make us speak WebSocket frames on both sides.
+    """
+    await receive()  # websocket.connect
+    if "websocket.http.response" in scope.get("extensions", {}):
+        body = (b'{"error":"WebSocket upgrades are relayed with http-server: lean '
+                b'(the default), not uvicorn","status":501}')
+        await send({"type": "websocket.http.response.start", "status": 501,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1011})
 
 
 def _header(headers, wanted: bytes) -> bytes | None:

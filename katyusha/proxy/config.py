@@ -33,6 +33,8 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import DEFAULT_POLICY
 from katyusha.core.service import ServiceSettings
+from katyusha.http import tls
+from katyusha.http.limits import EDGE_SETTINGS, EdgeFields
 from katyusha.kubernetes.refs import (
     Port,
     ServiceRef,
@@ -57,8 +59,12 @@ ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
-    """Every setting of ``katyusha serve``; field docs are in docs/katyusha.md."""
+class ProxyConfig(EdgeFields):
+    """Every setting of ``katyusha serve``; field docs are in docs/katyusha.md.
+
+    The data port's limits, timeouts and TLS files are the fields of
+    :class:`~katyusha.http.limits.EdgeFields`, shared with nonna.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -336,6 +342,8 @@ SETTINGS: tuple[Setting, ...] = (
              "with kubernetes-subset: katyusha's admin Service, whose ready pods are the replicas"),
     _setting("kubernetes-pod-name", "kubernetes_pod_name", parse_pod_name,
              "with kubernetes-subset: this replica's pod name (unset: $POD_NAME)"),
+    # The data port's limits, timeouts and TLS (katyusha.http.limits, shared with nonna).
+    *(_setting(key, field_name, parse, doc) for key, (field_name, parse, doc) in EDGE_SETTINGS.items()),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
@@ -361,6 +369,7 @@ def validate(raw: Mapping[str, object]) -> ProxyConfig:
                                                   values.get("kubernetes_port"), values.get("kubernetes_admin_port"))
     config = ProxyConfig(**values)
     check_discovery(config)
+    tls.check(config)
     return config
 
 

@@ -1,9 +1,12 @@
 """One katyusha process assembled: services, discovery, data and admin apps, background work, shutdown.
 
-Graceful shutdown (SIGTERM): the proxy stops admitting nothing new on its
-own, answers what is queued (dispatched while pods remain, 503 once none is
-ready), lets requests in flight finish within ``shutdown-timeout``, then the
-servers stop and the process exits 0.
+Graceful shutdown (SIGTERM, see :func:`katyusha.serving.serve`): ``/healthz``
+answers 503 at once; for ``drain-grace`` seconds new connections are still
+accepted and served (so a balancer or Kubernetes in front stops sending
+first); then the data listener closes, idle connections close, and what is
+queued is answered (dispatched while pods remain, 503 once none is ready)
+and requests in flight finish, within ``shutdown-timeout``; then the servers
+stop and the process exits 0.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import random
 import sys
 
 from katyusha import serving
-from katyusha.http import PoolSet
+from katyusha.http import PoolSet, tls
 from katyusha.http.server import LeanHTTPProtocol
 from katyusha.proxy.admin import AdminApp
 from katyusha.proxy.app import DataApp
@@ -37,9 +40,20 @@ ROLE = "katyusha"
 DATA_HTTP = {"lean": LeanHTTPProtocol, "uvicorn": "httptools"}
 
 
-def data_http(config: ProxyConfig):
-    """The ``http`` argument of uvicorn for the data port, from the ``http-server`` setting."""
+def data_http(config: ProxyConfig, context=None):
+    """The ``http`` argument of uvicorn for the data port, from ``http-server``, the limits, TLS."""
+    if config.http_server == "lean":
+        return LeanHTTPProtocol.with_limits(config.limits, context)
     return DATA_HTTP[config.http_server]
+
+
+def data_app(config: ProxyConfig, app, sock) -> serving.App:
+    """The data port's :class:`serving.App`: protocol, limits and TLS from ``config``."""
+    context = tls.server_context(config.tls_cert, config.tls_key)
+    return serving.App(app, sock, http=data_http(config, context), tls=context,
+                       keepalive_timeout=config.keepalive_timeout,
+                       limit_concurrency=(config.max_connections or None
+                                          if config.http_server == "uvicorn" else None))
 
 
 class Proxy:
@@ -48,7 +62,9 @@ class Proxy:
     def __init__(self, config: ProxyConfig, *, admin_notes: dict | None = None):
         self.config = config
         self.pools = PoolSet(
-            max_idle=config.upstream_connections, connect_timeout=config.connect_timeout
+            max_idle=config.upstream_connections, connect_timeout=config.connect_timeout,
+            max_head=config.max_response_head_bytes,
+            tls=tls.upstream_context(config.upstream_ca, config.upstream_tls_verify),
         )
         self.side_pools = PoolSet(max_idle=4, connect_timeout=config.connect_timeout)
         self.services = [
@@ -93,6 +109,10 @@ class Proxy:
         self.prober.start()
         for source in self.sources:
             await source.open()
+
+    def drain(self) -> None:
+        """Shutdown began: ``/healthz`` answers 503 from now on."""
+        self.draining = True
 
     async def stop(self) -> None:
         """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.
@@ -147,9 +167,10 @@ def run_single(config: ProxyConfig) -> int:
         return 1
     proxy = Proxy(config)
     return serving.run(
-        [serving.App(proxy.data, data_sock, http=data_http(config)),
-         serving.App(proxy.admin, admin_sock)],
+        [data_app(config, proxy.data, data_sock), serving.App(proxy.admin, admin_sock)],
         role=ROLE,
+        on_drain=proxy.drain,
+        drain_grace=config.drain_grace,
         on_stop=proxy.stop,
         graceful_timeout=config.shutdown_timeout,
         log_level=config.log_level,

@@ -75,7 +75,7 @@ def parse_pod(key: str, raw: object) -> PodSpec:
         raise ConfigError(key, f'each pod is "URL,name=..,node=..,admin=..,concurrency=.." or a mapping, got {raw!r}')
     if "url" not in values:
         raise ConfigError(key, f"pod {raw!r}: the url field is required")
-    url = parse_url(f"{key}.url", values["url"])
+    url = parse_url(f"{key}.url", values["url"], ("http", "https"))
     if urlsplit(url).path not in ("", "/") or urlsplit(url).query:
         raise ConfigError(f"{key}.url", f"must be an origin (http://host:port) with no path, got {url!r}")
     name = values.get("name") or urlsplit(url).netloc

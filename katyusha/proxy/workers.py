@@ -37,7 +37,7 @@ from katyusha.http import PoolSet, UpstreamError
 from katyusha.proxy.admin import METRICS_TYPE, AdminApp
 from katyusha.proxy.asgi import read_body, respond, respond_json
 from katyusha.proxy.config import ProxyConfig
-from katyusha.proxy.runtime import ROLE, Proxy, bind, data_http
+from katyusha.proxy.runtime import ROLE, Proxy, bind, data_app
 
 
 class _HideReadyLine:
@@ -73,9 +73,10 @@ def _run_child(config: ProxyConfig, index: int, data_sock, admin_sock) -> int:
 
     proxy.data.on_startup = on_startup
     return serving.run(
-        [serving.App(proxy.data, data_sock, http=data_http(config)),
-         serving.App(proxy.admin, admin_sock)],
+        [data_app(config, proxy.data, data_sock), serving.App(proxy.admin, admin_sock)],
         role=f"{ROLE}-worker",
+        on_drain=proxy.drain,
+        drain_grace=config.drain_grace,
         on_stop=proxy.stop,
         graceful_timeout=config.shutdown_timeout,
         log_level=config.log_level,
@@ -110,17 +111,22 @@ def run_workers(config: ProxyConfig) -> int:
     proxy = Proxy(config, admin_notes={"worker": 0, "workers": config.threads})
     admin = FanOutAdmin(proxy.admin, peers, proxy.side_pools)
 
-    async def on_stop() -> None:
+    def on_drain() -> None:
+        # The workers drain alongside: each counts its own drain-grace from now.
+        proxy.drain()
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+
+    async def on_stop() -> None:
         await proxy.stop()
         await asyncio.to_thread(_reap, children, config.shutdown_timeout + 5)
 
     status = serving.run(
-        [serving.App(proxy.data, data_sock, http=data_http(config)),
-         serving.App(admin, admin_sock)],
+        [data_app(config, proxy.data, data_sock), serving.App(admin, admin_sock)],
         role=ROLE,
+        on_drain=on_drain,
+        drain_grace=config.drain_grace,
         on_stop=on_stop,
         graceful_timeout=config.shutdown_timeout,
         log_level=config.log_level,
