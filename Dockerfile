@@ -1,4 +1,6 @@
-# The image of the compose fleet: katyusha, nonna and sim-backend in one venv.
+# The image of the compose fleet and of the Kubernetes manifests: katyusha
+# (with its control plane and `python -m katyusha.kubernetes`), nonna and
+# sim-backend in one venv, with the placement and kubernetes extras.
 # The project and its dependencies come from a wheelhouse built on the host
 # (`make wheelhouse`), so the build needs no network. BASE_IMAGE is any image
 # with Python 3.11 and its venv module: python:3.11-slim by default, a local
@@ -25,7 +27,8 @@ COPY build/wheelhouse/katyusha/SHA256SUMS /opt/katyusha-wheels/katyusha.sha256
 RUN --mount=type=bind,source=build/wheelhouse/katyusha,target=/wheels \
     cd /wheels && sha256sum --quiet --check /opt/katyusha-wheels/katyusha.sha256 \
  && pip install --no-index --no-cache-dir --disable-pip-version-check --no-deps /wheels/*.whl \
- && katyusha --help >/dev/null && nonna --help >/dev/null && sim-backend --help >/dev/null
+ && katyusha --help >/dev/null && nonna --help >/dev/null && sim-backend --help >/dev/null \
+ && python -c "import katyusha.control.plane, katyusha.kubernetes.discovery"
 
 USER 65534:65534
 CMD ["katyusha", "--help"]

@@ -72,7 +72,7 @@ compose-deps:
 
 wheelhouse: $(WHEELHOUSE)
 
-$(WHEELHOUSE): pyproject.toml $(SOURCES) | $(STAMP)
+$(WHEELHOUSE): pyproject.toml $(SOURCES) deploy/containers/wheelhouse.sh | $(STAMP)
 	deploy/containers/wheelhouse.sh $(BIN)/python
 	touch $@
 

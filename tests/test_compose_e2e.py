@@ -3,10 +3,14 @@
 Run by ``make compose-test`` (a step of .ci/run), which installs podman,
 runc and debootstrap, makes the local base and Prometheus images once and
 builds the wheelhouse, then sets KATYUSHA_COMPOSE_TEST=1; plain ``make test``
-skips this file. One compose project, with a name and host ports of its own,
-is built, brought up with the ``monitoring`` profile, checked and taken down.
-The test's traffic goes to 127.0.0.1 only; the containers talk among
-themselves on the network podman-compose makes for the project.
+skips this file. The image is built once; the committed compose
+file runs as one compose project (a name and host ports of its own, the
+``monitoring`` profile), is checked, also through its control plane, and
+taken down; then an autoscaled fleet file, written out by ``katyusha fleet
+compose`` into a temporary folder, runs as a second project from the same
+image and scales from zero. The test's traffic goes to 127.0.0.1 only; the
+containers talk among themselves on the network podman-compose makes for
+each project.
 
 podman 4.3 runs healthchecks only from systemd timers, and podman-compose
 skips ``condition: service_healthy`` on it: the test runs each container's
@@ -32,6 +36,7 @@ import yaml
 
 from katyusha.fleet import compose
 from katyusha.fleet.spec import load_spec
+from tests.procs import script
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("KATYUSHA_COMPOSE_TEST") != "1",
@@ -41,26 +46,24 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parent.parent
 PODMAN_COMPOSE = str(Path(sys.executable).parent / "podman-compose")
 IMAGE = "localhost/katyusha:compose-test"
-PROFILE = ("--profile", "monitoring")
 PHASES: list[tuple[str, float]] = []
 
-# Run inside a pod's sim-backend container (its admin port is not published):
-# walk the pod to a state along the legal path and wait until it is there.
-MOVE_AND_WAIT = """
-import json, sys, time, urllib.request as u
-url, target = "http://127.0.0.1:9002/state", sys.argv[1]
-body = json.dumps({"state": target, "path": "auto"}).encode()
-u.urlopen(u.Request(url, body, {"Content-Type": "application/json"}, method="PUT"), timeout=5)
-deadline = time.monotonic() + 60
-while True:
-    doc = json.load(u.urlopen(url, timeout=5))
-    if doc["state"] == target and doc.get("transition") is None and not doc.get("walk"):
-        print(json.dumps(doc))
-        break
-    if time.monotonic() > deadline:
-        sys.exit(f"still {doc['state']} after 60 s, wanted {target}")
-    time.sleep(0.1)
+# A fleet at zero: two slots the autoscaler wakes on demand, with a short cold start
+# (0.25 s pull + 0.25 s start from null) so the test stays quick.
+AUTOSCALED_FLEET = """
+nodes: 1
+pods: 2
+runner: {poll_interval_s: 0.2}
+defaults: {service_time: "const:5ms", concurrency: 4, image_size_mb: 10, pull_mbps: 40, start_s: 0.25}
+autoscale: true
+autoscaler:
+  stable-window: 6s
+  scale-to-zero-grace-period: 2s
+  tick-interval: 0.5s
+  initial-scale: 0
+  allow-zero-initial-scale: true
 """
+COLD_START_S = 0.5
 
 
 def admin_call(method: str, url: str, body: dict | None = None, timeout: float = 30) -> dict:
@@ -94,19 +97,23 @@ def phase(name: str):
 
 
 class ComposeFleet:
-    """One compose project of the committed docker-compose.yml, driven with podman-compose."""
+    """One compose project of a generated compose file, driven with podman-compose."""
 
-    def __init__(self):
+    def __init__(self, compose_file: Path, profile: tuple[str, ...] = (), label: str = "fleet"):
+        self.compose_file = compose_file
+        self.label = label  # in the phases' names
+        self.profile = profile
         self.project = f"katyusha-test-{os.getpid()}-{secrets.token_hex(3)}"
-        self.port, self.admin_port, self.prometheus_port = _free_port(), _free_port(), _free_port()
+        self.port, self.admin_port = _free_port(), _free_port()
+        self.control_port, self.prometheus_port = _free_port(), _free_port()
         self.env = dict(
             os.environ,
             KATYUSHA_PORT=str(self.port), KATYUSHA_ADMIN_PORT=str(self.admin_port),
-            PROMETHEUS_PORT=str(self.prometheus_port), KATYUSHA_IMAGE=IMAGE,
+            CONTROL_PORT=str(self.control_port), PROMETHEUS_PORT=str(self.prometheus_port), KATYUSHA_IMAGE=IMAGE,
             BASE_IMAGE=os.environ.get("BASE_IMAGE", "localhost/katyusha-base:bookworm"),
             PROMETHEUS_IMAGE=os.environ.get("PROMETHEUS_IMAGE", "localhost/katyusha-prometheus:local"),
         )  # fmt: skip
-        self.services = yaml.safe_load((ROOT / compose.COMPOSE_FILE).read_text())["services"]
+        self.services = yaml.safe_load(compose_file.read_text())["services"]
         self.down_done = False
         self.containers_at_start: dict[str, str] = {}
 
@@ -118,6 +125,10 @@ class ComposeFleet:
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
 
+    @property
+    def control(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
     def run(self, argv: list[str], timeout: float, *, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run(argv, cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
@@ -125,8 +136,9 @@ class ComposeFleet:
                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")  # fmt: skip
         return done
 
-    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return self.run([PODMAN_COMPOSE, "-p", self.project, *PROFILE, *args], timeout)
+    def compose(self, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+        argv = [PODMAN_COMPOSE, "-f", str(self.compose_file), "-p", self.project, *self.profile, *args]
+        return self.run(argv, timeout, check=check)
 
     def podman(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(["podman", *args], timeout, check=check)
@@ -137,22 +149,26 @@ class ComposeFleet:
                           "--format", "json").stdout  # fmt: skip
         return {c["Labels"]["com.docker.compose.service"]: c["Names"][0] for c in json.loads(out or "[]")}
 
-    def image_id(self) -> str | None:
-        done = self.podman("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False)
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    def move(self, service: str, state: str) -> dict:
-        container = self.containers()[service]
-        done = self.podman("exec", container, "python", "-c", MOVE_AND_WAIT, state, timeout=90)
-        return json.loads(done.stdout)
+    def up(self, *args: str) -> None:
+        """``up -d``, then every container's healthcheck until each has passed."""
+        with phase(f"up {self.label}"):
+            self.compose("up", "-d", *args)
+        with phase(f"healthy {self.label}"):
+            self.containers_at_start = wait_healthy(self, timeout=120)
 
     def remove_leftovers(self) -> None:
         """After a failure: whatever of the project is still there goes."""
         if not self.down_done:
-            self.run([PODMAN_COMPOSE, "-p", self.project, *PROFILE, "down", "-t", "5"], 120, check=False)
+            self.compose("down", "-t", "5", timeout=120, check=False)
         for container in self.containers().values():
             self.podman("rm", "-f", container, check=False)
         self.podman("network", "rm", "-f", f"{self.project}_default", check=False)
+
+
+def image_id() -> str | None:
+    done = subprocess.run(["podman", "image", "inspect", "--format", "{{.Id}}", IMAGE],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def wait_healthy(fleet: ComposeFleet, timeout: float) -> dict[str, str]:
@@ -172,24 +188,46 @@ def wait_healthy(fleet: ComposeFleet, timeout: float) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    fleet = ComposeFleet()
-    old_image = fleet.image_id()
+def image():
+    """The fleet's image, built from the committed compose file (its one building service)."""
+    old_image = image_id()
     try:
         with phase("build"):
-            fleet.compose("build")
-        new_image = fleet.image_id()
+            ComposeFleet(ROOT / compose.COMPOSE_FILE).compose("build")
+        new_image = image_id()
         if old_image and old_image != new_image:
             # The last run's image, now untagged: ours to remove (it fails harmlessly if still used).
-            fleet.podman("rmi", old_image, check=False)
-        with phase("up"):
-            fleet.compose("up", "-d")
-        with phase("healthy"):
-            fleet.containers_at_start = wait_healthy(fleet, timeout=120)
+            subprocess.run(["podman", "rmi", old_image], capture_output=True, timeout=60)
+        yield IMAGE
+    finally:
+        print("\ncompose-test phases: " + ", ".join(f"{n} {t:.1f} s" for n, t in PHASES), flush=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(image):
+    """The committed compose file, with the monitoring profile: the default fleet and its control plane."""
+    fleet = ComposeFleet(ROOT / compose.COMPOSE_FILE, ("--profile", "monitoring"))
+    try:
+        fleet.up()
         yield fleet
     finally:
         fleet.remove_leftovers()
-        print("\ncompose-test phases: " + ", ".join(f"{n} {t:.1f} s" for n, t in PHASES), flush=True)
+
+
+@pytest.fixture(scope="module")
+def autoscaled(image, tmp_path_factory):
+    """An autoscaled fleet file made into a compose project by `katyusha fleet compose`, from the same image."""
+    folder = tmp_path_factory.mktemp("autoscaled")
+    (folder / "fleet.yaml").write_text(AUTOSCALED_FLEET)
+    made = subprocess.run([script("katyusha"), "fleet", "compose", "--fleet", str(folder / "fleet.yaml"),
+                           "--dir", str(folder)], capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    fleet = ComposeFleet(folder / compose.COMPOSE_FILE, label="autoscaled")
+    try:
+        fleet.up("--no-build")  # the image is built; this folder holds no build context
+        yield fleet
+    finally:
+        fleet.remove_leftovers()
 
 
 class Load:
@@ -301,34 +339,55 @@ def test_prometheus_scrapes_every_process(fleet):
     assert {t: h for t, h in health.items() if h != "up"} == {}
 
 
-def test_a_pod_goes_cold_and_back_to_warm_with_no_failed_request(fleet):
-    # TODO(control plane): once the control-plane service is in the compose fleet, make these
-    # two moves with `katyusha fleet pod pod-2 state cold|warm` pointed at it. Until then the
-    # test does what `katyusha fleet pod` does: drain through katyusha's admin API, move the
-    # sim-backend through its own, and add the pod back.
-    entry = {"name": "pod-2", "url": "http://pod-2-nonna:8080", "node": "node-2",
-             "admin": "http://pod-2-nonna:9090", "concurrency": 1}  # fmt: skip
+def fleet_cli(*args: str) -> subprocess.CompletedProcess:
+    """``katyusha fleet ...`` on the host, as a user steers the compose fleet."""
+    return subprocess.run([script("katyusha"), "fleet", *args], capture_output=True, text=True, timeout=180)
+
+
+def in_set(fleet: ComposeFleet) -> set[str]:
+    return {row["name"] for row in admin_call("GET", f"{fleet.admin}/pods")["pods"]}
+
+
+def test_fleet_status_through_the_control_plane(fleet):
+    # The control container found every process by service name, and the host's CLI reads it.
+    status = fleet_cli("status", "--control", fleet.control, "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    live = json.loads(status.stdout)
+    pods = {pod.name for pod in load_spec().pods}
+    assert {p["name"] for p in live["pods"] if p["state"] in ("warm", "active")} == pods
+    [replica] = live["replicas"]
+    assert replica["name"] == "katyusha" and {row["name"] for row in replica["pods"]} == pods
+
+
+def test_a_pod_goes_cold_and_back_to_warm_through_the_control_plane_with_no_failed_request(fleet):
     with phase("cold-and-warm"), Load(fleet.url) as load:
         time.sleep(1.0)
-        assert admin_call("DELETE", f"{fleet.admin}/pods/pod-2")["drained"]
-        drained = time.monotonic()
-        assert fleet.move("pod-2-sim", "cold")["state"] == "cold"
-        assert "pod-2" not in {row["name"] for row in admin_call("GET", f"{fleet.admin}/pods")["pods"]}
-        assert fleet.move("pod-2-sim", "warm")["state"] == "warm"
+        cold = fleet_cli("pod", "pod-2", "state", "cold", "--control", fleet.control)
+        out = time.monotonic()
+        between = in_set(fleet)
+        time.sleep(1.0)
+        back = time.monotonic()
+        warm = fleet_cli("pod", "pod-2", "state", "warm", "--control", fleet.control)
         readded = time.monotonic()
-        admin_call("PUT", f"{fleet.admin}/pods", {"pods": [entry], "replace": False})
-        deadline = time.monotonic() + 20
+        deadline = readded + 20
         while not any(pod == "pod-2" and sent > readded for sent, _, _, pod in load.answers):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+    assert cold.returncode == 0, cold.stdout + cold.stderr
+    assert "pod-2: drained and removed from katyusha" in cold.stdout and "pod-2: now cold" in cold.stdout
+    assert cold.stdout.index("drained") < cold.stdout.index("now cold")
+    assert between == {"pod-1", "pod-3", "pod-4"}
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    assert "pod-2: now warm" in warm.stdout and "pod-2: added to katyusha" in warm.stdout
     assert load.errors == []
     served = [(sent, answered, pod) for sent, answered, status, pod in load.answers if status == 200]
     assert len(served) == len(load.answers) > 50
-    while_out = [(sent, pod) for sent, answered, pod in served if drained < sent and answered < readded]
+    while_out = [pod for sent, answered, pod in served if out < sent and answered < back]
     assert len(while_out) > 20
-    assert {pod for _, pod in while_out} == {"pod-1", "pod-3", "pod-4"}, "a pod served while it was out"
+    assert set(while_out) == {"pod-1", "pod-3", "pod-4"}, "a pod served while it was out"
     assert any(pod == "pod-2" and sent > readded for sent, _, pod in served), "pod-2 never served again"
+    assert in_set(fleet) == {"pod-1", "pod-2", "pod-3", "pod-4"}
 
 
 def test_down_stops_every_container_with_status_0_and_removes_the_network(fleet):
@@ -346,3 +405,37 @@ def test_down_stops_every_container_with_status_0_and_removes_the_network(fleet)
     assert fleet.containers() == {}
     network = fleet.podman("network", "exists", f"{fleet.project}_default", check=False)
     assert network.returncode == 1
+
+
+def test_a_request_to_a_fleet_at_zero_is_answered_once_a_pod_starts(autoscaled):
+    view = admin_call("GET", f"{autoscaled.control}/autoscaler")
+    assert view["pods"]["serving"] == 0 and in_set(autoscaled) == set()
+    with phase("scale-from-zero"):
+        started = time.monotonic()
+        # katyusha holds them at zero and tells the control container (--demand-url), which wakes a pod.
+        results = _get(autoscaled.url, 8, threads=8)
+        took = time.monotonic() - started
+    assert [status for status, _ in results] == [200] * 8
+    assert {pod for _, pod in results} <= {"pod-1", "pod-2"}
+    assert took >= COLD_START_S * 0.6, took  # they waited for a real cold start
+    view = admin_call("GET", f"{autoscaled.control}/autoscaler")
+    assert view["cold_starts"]["total"] >= 1 and view["pods"]["serving"] >= 1, view
+    assert {pod for _, pod in results} <= in_set(autoscaled)
+
+
+def test_the_image_runs_the_kubernetes_control_plane(image):
+    # deploy/kubernetes runs `python -m katyusha.kubernetes control` from this image.
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["podman", "run", "--rm", "--network", "none", *argv], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    with phase("kubernetes"):
+        helped = run(IMAGE, "python", "-m", "katyusha.kubernetes", "--help")
+        # As in a pod with no service account mounted: everything imports, and it says what is missing.
+        started = run("--env", "KUBERNETES_SERVICE_HOST=10.0.0.1", "--env", "KUBERNETES_SERVICE_PORT=443", IMAGE,
+                      "python", "-m", "katyusha.kubernetes", "control", "--namespace=t", "--identity=x",
+                      "--katyusha=katyusha-admin:admin", "--scale=default=hello:hello")  # fmt: skip
+    assert helped.returncode == 0 and "control" in helped.stdout, helped.stderr
+    assert started.returncode == 1, started.stderr
+    assert "cannot configure the Kubernetes client from the service account" in started.stderr
+    assert "Traceback" not in started.stderr

@@ -1,9 +1,10 @@
 """docker-compose.yml is the default fleet, generated, and runnable as written.
 
-The committed compose file and its Prometheus scrape config must be what
-``katyusha fleet compose`` writes for the shipped fleet file, and each
-process must get the flags the local runner (`make fleet`) gives it. The
-compose fleet in real containers is tests/test_compose_e2e.py.
+The committed compose file, its Prometheus scrape config and the control
+plane's fleet and processes files must be what ``katyusha fleet compose``
+writes for the shipped fleet file, and each process must get the flags the
+local runner (`make fleet`) gives it. The compose fleet in real containers
+is tests/test_compose_e2e.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from katyusha.control.processes import StaticProcesses
 from katyusha.fleet import compose
 from katyusha.fleet.runner import Fleet
 from katyusha.fleet.spec import build_spec, load_spec
@@ -39,7 +41,8 @@ def _normal(argv: list[str]) -> list[str]:
 
 
 def test_committed_files_are_what_the_generator_writes():
-    texts = compose.render(load_spec())
+    texts = compose.render()
+    assert set(texts) == {compose.COMPOSE_FILE, compose.PROMETHEUS_FILE, compose.FLEET_FILE, compose.PROCESSES_FILE}
     for name, text in texts.items():
         assert (ROOT / name).read_text() == text, f"{name} is stale: run `katyusha fleet compose`"
 
@@ -48,13 +51,15 @@ def test_check_flag_finds_a_stale_file(tmp_path):
     cli = [script("katyusha"), "fleet", "compose", "--dir", str(tmp_path)]
     run = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert "wrote docker-compose.yml" in run.stdout
+    assert "wrote docker-compose.yml" in run.stdout and f"wrote {compose.PROCESSES_FILE}" in run.stdout
     assert subprocess.run([*cli, "--check"], capture_output=True, timeout=60).returncode == 0
-    path = tmp_path / compose.PROMETHEUS_FILE
-    path.write_text(path.read_text().replace("pod-4", "pod-9"))
+    for name in (compose.PROMETHEUS_FILE, compose.PROCESSES_FILE):
+        path = tmp_path / name
+        path.write_text(path.read_text().replace("pod-4", "pod-9"))
     check = subprocess.run([*cli, "--check"], capture_output=True, text=True, timeout=60)
     assert check.returncode == 1
     assert compose.PROMETHEUS_FILE in check.stderr and "katyusha fleet compose" in check.stderr
+    assert compose.PROCESSES_FILE in check.stderr and compose.COMPOSE_FILE not in check.stderr
 
 
 def test_every_process_gets_the_flags_the_local_runner_gives_it():
@@ -78,7 +83,49 @@ def test_every_process_gets_the_flags_the_local_runner_gives_it():
     assert [arg for arg, pod in zip(command, is_pod, strict=True) if pod] == pod_flags
     rest = [arg for arg, pod in zip(command, is_pod, strict=True) if not pod]
     assert _normal(rest) == _normal(fleet._katyusha_argv(k.data, k.admin))
-    assert len(services) == 2 * len(spec.pods) + spec.katyusha.replicas + 1  # + prometheus
+    assert len(services) == 2 * len(spec.pods) + spec.katyusha.replicas + 2  # + control, prometheus
+
+
+def test_an_autoscaled_fleets_katyusha_gets_the_runners_flags_with_the_control_services_demand_url():
+    spec = build_spec({"autoscale": True}, {})
+    command = compose.compose_document(spec)["services"]["katyusha"]["command"]
+    # Every slot starts null: none is in katyusha's set; the control plane adds what it wakes.
+    assert "--pod" not in command
+    runner = Fleet(spec)._katyusha_argv(8080, 9080)
+    at = runner.index("--demand-url") + 1
+    runner[at] = "http://control:9070/demand"
+    assert _normal(command) == _normal(runner)
+
+
+def test_the_control_plane_reads_the_generated_files_and_finds_every_process_by_service_name():
+    services = committed(compose.COMPOSE_FILE)["services"]
+    control = services["control"]
+    # The two files are mounted where its command reads them.
+    mounts = dict(volume.removeprefix("./").removesuffix(":ro").split(":") for volume in control["volumes"])
+    assert mounts == {compose.FLEET_FILE: "/etc/katyusha/fleet.yaml", compose.PROCESSES_FILE: "/etc/katyusha/processes.yaml"}
+    command = control["command"]
+    assert command[:2] == ["katyusha", "control"]
+    assert command[command.index("--fleet") + 1] == mounts[compose.FLEET_FILE]
+    assert command[command.index("--processes") + 1] == mounts[compose.PROCESSES_FILE]
+    # The mounted fleet file is the shipped one; the processes file is valid for it, as
+    # `katyusha control` reads it, and names the services and ports of the compose file.
+    assert load_spec(ROOT / compose.FLEET_FILE) == load_spec()
+    processes = StaticProcesses(committed(compose.PROCESSES_FILE), load_spec().pods)
+    katyusha = services["katyusha"]["command"]
+    for pod in processes.pods():
+        sim, nonna = services[f"{pod.name}-sim"]["command"], services[f"{pod.name}-nonna"]["command"]
+        assert pod.sim_admin == f"http://{pod.name}-sim:{_flag(sim, '--admin-port')}"
+        assert pod.nonna_url == f"http://{pod.name}-nonna:{_flag(nonna, '--port')}"
+        assert pod.nonna_admin == f"http://{pod.name}-nonna:{_flag(nonna, '--admin-port')}"
+        # The URL katyusha starts with is the one the control plane writes: no pod is registered twice.
+        assert any(flag.startswith(f"{pod.nonna_url},name={pod.name},") for flag in katyusha)
+    [balancer] = processes.balancers()
+    assert (balancer.name, balancer.admin) == ("katyusha", f"http://katyusha:{_flag(katyusha, '--admin-port')}")
+    assert control["depends_on"] == {"katyusha": {"condition": "service_healthy"}}
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
 
 
 def test_one_service_builds_the_image_the_others_use():
@@ -107,14 +154,16 @@ def test_every_service_has_a_healthcheck_on_its_admin_port():
     assert services["katyusha"]["healthcheck"]["test"][-1] == "http://127.0.0.1:9080/healthz"
 
 
-def test_only_katyusha_and_prometheus_publish_ports_on_loopback_by_default():
+def test_only_katyusha_control_and_prometheus_publish_ports_admin_ports_on_loopback_only():
     services = committed(compose.COMPOSE_FILE)["services"]
     published = {name: s["ports"] for name, s in services.items() if "ports" in s}
-    assert set(published) == {"katyusha", "prometheus"}
+    assert set(published) == {"katyusha", "control", "prometheus"}
     assert published["katyusha"] == [
         "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_PORT:-8080}:8080",
-        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_ADMIN_PORT:-9080}:9080",
+        "127.0.0.1:${KATYUSHA_ADMIN_PORT:-9080}:9080",
     ]
+    # Admin APIs move pods and take no token yet: loopback, whatever BIND_ADDRESS says.
+    assert published["control"] == ["127.0.0.1:${CONTROL_PORT:-9070}:9070"]
     assert published["prometheus"] == ["${BIND_ADDRESS:-127.0.0.1}:${PROMETHEUS_PORT:-9090}:9090"]
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert all("profiles" not in s for name, s in services.items() if name != "prometheus")
@@ -139,19 +188,17 @@ def test_pods_that_start_out_of_service_are_left_out_of_katyushas_set():
 
 
 def test_fleets_compose_cannot_run_are_refused():
-    with pytest.raises(compose.ComposeError, match="no control plane"):
-        compose.compose_document(build_spec({"autoscale": True}, {}))
     with pytest.raises(compose.ComposeError, match="katyusha.args"):
         compose.compose_document(build_spec({"katyusha": {"args": ["--request-timeout", "soon"]}}, {}))
 
 
 def test_the_command_names_a_bad_fleet_file(tmp_path):
     bad = tmp_path / "fleet.yaml"
-    bad.write_text("autoscale: true\n")
+    bad.write_text("katyusha: {args: [--request-timeout, soon]}\n")
     cli = [script("katyusha"), "fleet", "compose", "--fleet", str(bad), "--dir", str(tmp_path)]
     run = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
-    assert str(bad) in run.stderr and "no control plane" in run.stderr
+    assert str(bad) in run.stderr and "katyusha.args" in run.stderr
     assert not (tmp_path / compose.COMPOSE_FILE).exists()
 
 
@@ -196,12 +243,17 @@ def test_every_replica_is_a_service_with_its_own_host_ports_and_scrape_target():
     services = compose.compose_document(spec)["services"]
     assert services["katyusha"]["ports"] == [
         "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_PORT:-7000}:8080",
-        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_ADMIN_PORT:-8000}:9080",
+        "127.0.0.1:${KATYUSHA_ADMIN_PORT:-8000}:9080",
     ]
     assert services["katyusha-1"]["ports"] == [
         "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_PORT_1:-7001}:8080",
-        "${BIND_ADDRESS:-127.0.0.1}:${KATYUSHA_ADMIN_PORT_1:-8001}:9080",
+        "127.0.0.1:${KATYUSHA_ADMIN_PORT_1:-8001}:9080",
     ]
     assert services["katyusha-1"]["command"] == services["katyusha"]["command"]
     jobs = {job["job_name"]: job for job in compose.prometheus_document(spec)["scrape_configs"]}
     assert jobs["katyusha"]["static_configs"] == [{"targets": ["katyusha:9080", "katyusha-1:9080"]}]
+    # The control plane writes both replicas' sets and waits for both.
+    replicas = compose.processes_document(spec)["katyusha"]
+    assert [(r["name"], r["admin"]) for r in replicas] == [("katyusha", "http://katyusha:9080"),
+                                                           ("katyusha-1", "http://katyusha-1:9080")]  # fmt: skip
+    assert set(services["control"]["depends_on"]) == {"katyusha", "katyusha-1"}

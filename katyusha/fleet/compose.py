@@ -1,21 +1,26 @@
 """``katyusha fleet compose``: the fleet file as a compose file, one container per process.
 
-:func:`render` turns a :class:`~katyusha.fleet.spec.FleetSpec` into the text of
-``docker-compose.yml`` and of the Prometheus scrape config its ``monitoring``
-profile mounts (``deploy/prometheus/compose.yml``). The repository's copies are
-generated from the shipped default fleet file, and a test checks they are
-unchanged, so ``docker compose up`` and ``make fleet`` run the same fleet: the
-same pods, nodes and settings, with the flags the local runner gives each process.
+:func:`render` turns a fleet file into the text of ``docker-compose.yml``, of
+the Prometheus scrape config its ``monitoring`` profile mounts
+(``deploy/prometheus/compose.yml``) and of the control plane's two files
+(below). The repository's copies are generated from the shipped default
+fleet file, and a test checks they are unchanged, so ``docker compose up``
+and ``make fleet`` run the same fleet: the same pods, nodes and settings,
+with the flags the local runner gives each process, and a control plane.
+
+The control plane is one more service, ``control`` (``katyusha control``),
+given the fleet file and a processes file naming every other service; both
+are generated here too (``deploy/containers/fleet.yaml``, a copy of the fleet
+file, and ``deploy/containers/processes.yaml``) and mounted read-only, so the
+four generated files never drift apart.
 
 Inside the compose network every process has fixed ports (see :data:`PORTS`)
-and is reached by its service name; only katyusha (and Prometheus) publish
-ports on the host, bound to 127.0.0.1 unless ``BIND_ADDRESS`` says otherwise.
-Every service has a healthcheck that asks its admin port whether the process
-serves (not whether its pod is warm: a cold pod's containers are healthy).
-
-The fleet has no control plane in containers yet; a fleet file with the
-autoscaler on is refused (:class:`ComposeError`). Its service belongs in
-:func:`control_plane_service`, the one place to add it.
+and is reached by its service name; only katyusha, the control plane (and
+Prometheus) publish ports on the host. Data ports are bound to 127.0.0.1
+unless ``BIND_ADDRESS`` says otherwise; admin ports, which move pods and
+take no token yet, to 127.0.0.1 always (:data:`ADMIN_BIND`). Every service
+has a healthcheck that asks its admin port whether the process serves (not
+whether its pod is warm: a cold pod's containers are healthy).
 """
 
 from __future__ import annotations
@@ -26,15 +31,23 @@ from pathlib import Path
 import yaml
 
 from katyusha.core.errors import ConfigError
-from katyusha.fleet.spec import FleetSpec, PodSpec
+from katyusha.fleet.spec import FleetSpec, PodSpec, default_fleet_path, load_spec
 
+DEFAULT_SOURCE = "katyusha/fleet/default.yaml"
 COMPOSE_FILE = "docker-compose.yml"
 PROMETHEUS_FILE = "deploy/prometheus/compose.yml"
+FLEET_FILE = "deploy/containers/fleet.yaml"
+PROCESSES_FILE = "deploy/containers/processes.yaml"
+# Where the control service finds them (mounted read-only).
+MOUNT_DIR = "/etc/katyusha"
 PROJECT = "katyusha"
 IMAGE = "${KATYUSHA_IMAGE:-katyusha:local}"
 BASE_IMAGE = "${BASE_IMAGE:-python:3.11-slim}"
 PROMETHEUS_IMAGE = "${PROMETHEUS_IMAGE:-prom/prometheus:v2.42.0}"
 BIND = "${BIND_ADDRESS:-127.0.0.1}"
+# Admin ports move pods and read the fleet, and take no token yet (see admin_token):
+# they are published on loopback only, whatever BIND_ADDRESS says.
+ADMIN_BIND = "127.0.0.1"
 SCRAPE_INTERVAL = "5s"
 # Room on top of katyusha's own drain (shutdown-timeout) before the engine sends SIGKILL.
 STOP_MARGIN_S = 10
@@ -44,11 +57,17 @@ STOP_MARGIN_S = 10
 class Ports:
     """The fixed ports of one kind of process inside its container."""
 
-    data: int
+    data: int | None  # None: the process has only an admin port
     admin: int
 
 
-PORTS = {"sim-backend": Ports(9001, 9002), "nonna": Ports(8080, 9090), "katyusha": Ports(8080, 9080)}
+CONTROL = "control"  # the control plane's service name and role
+PORTS = {
+    "sim-backend": Ports(9001, 9002), "nonna": Ports(8080, 9090), "katyusha": Ports(8080, 9080),
+    CONTROL: Ports(None, 9070),
+}  # fmt: skip
+# The control plane's host port when the fleet file leaves autoscaler.admin-port kernel-chosen (0).
+CONTROL_HOST_PORT = 9070
 PROMETHEUS_PORT = 9090
 
 # Health = the process answers on its admin port. /state and /stats answer 200
@@ -117,22 +136,28 @@ def _process(command: list[str], role: str, pod: PodSpec, health_url: str) -> di
     }
 
 
-def pod_flag(pod: PodSpec) -> str:
-    """katyusha's ``--pod`` value for one pod: what the runner PUTs on /pods (docs/katyusha.md)."""
+def _nonna_urls(pod: PodSpec) -> tuple[str, str]:
+    """The data and admin URLs of a pod's nonna inside the compose network."""
     nonna = PORTS["nonna"]
-    return (
-        f"{_url(nonna_name(pod), nonna.data)},name={pod.name},node={pod.node},"
-        f"admin={_url(nonna_name(pod), nonna.admin)},concurrency={pod.params.concurrency}"
-    )
+    return _url(nonna_name(pod), nonna.data), _url(nonna_name(pod), nonna.admin)
+
+
+def pod_flag(pod: PodSpec) -> str:
+    """katyusha's ``--pod`` value for one pod: what the control plane PUTs on /pods (docs/katyusha.md)."""
+    data, admin = _nonna_urls(pod)
+    return f"{data},name={pod.name},node={pod.node},admin={admin},concurrency={pod.params.concurrency}"
 
 
 def _katyusha(spec: FleetSpec, replica: int) -> dict:
     k, ports = spec.katyusha, PORTS["katyusha"]
-    # Pods that start warm serve from the start; the others are out of katyusha's set, as with the runner.
+    # Pods that start warm serve from the start; the others (null, cold, warmdisk: an autoscaled
+    # fleet's slots among them) stay out of katyusha's set until the control plane adds them.
     serving = [pod for pod in spec.pods if pod.params.state == "warm"]
+    demand = _url(CONTROL, PORTS[CONTROL].admin, "/demand")
     command = [
         "katyusha", "serve", "--host", "0.0.0.0", "--port", str(ports.data), "--admin-port", str(ports.admin),
-        "--policy", k.policy, *(arg for pod in serving for arg in ("--pod", pod_flag(pod))), *k.args,
+        "--policy", k.policy, *(["--demand-url", demand] if spec.autoscaler.enabled else []),
+        *(arg for pod in serving for arg in ("--pod", pod_flag(pod))), *k.args,
     ]  # fmt: skip
     data, admin = k.ports(replica)
     suffix = "" if replica == 0 else f"_{replica}"
@@ -143,7 +168,7 @@ def _katyusha(spec: FleetSpec, replica: int) -> dict:
         "labels": {"io.katyusha.role": "katyusha", "io.katyusha.replica": str(replica)},
         "ports": [
             f"{BIND}:${{KATYUSHA_PORT{suffix}:-{data}}}:{ports.data}",
-            f"{BIND}:${{KATYUSHA_ADMIN_PORT{suffix}:-{admin}}}:{ports.admin}",
+            f"{ADMIN_BIND}:${{KATYUSHA_ADMIN_PORT{suffix}:-{admin}}}:{ports.admin}",
         ],
         "healthcheck": _healthcheck(_url("127.0.0.1", ports.admin, "/healthz")),
         "stop_grace_period": f"{int(drain_seconds(command[2:]) + STOP_MARGIN_S)}s",
@@ -172,20 +197,65 @@ def drain_seconds(serve_args: list[str]) -> float:
 
 
 def control_plane_service(spec: FleetSpec) -> dict[str, dict]:
-    """The control plane's service(s), when the fleet has one; none yet.
+    """The control plane's service: ``katyusha control`` on the generated fleet and processes files.
 
-    An autoscaled fleet needs a control plane container that attaches to the
-    pods and replicas by service name; until it exists such a fleet is refused
-    rather than written as a frozen fleet. Raises ComposeError.
-
-    Adding it: return ``{"control": {...}}`` (the image, its command with
-    every replica's and pod's admin URL by service name, a healthcheck on its
-    admin port, ``depends_on`` katyusha), give :func:`_katyusha` its
-    ``--demand-url``, and add its admin port to :func:`prometheus_document`.
+    It attaches to every replica and pod by service name (:func:`processes_document`),
+    keeps katyusha's sets in step with the pods' states, autoscales when the
+    fleet file says so (katyusha then POSTs its demand to it), and serves the
+    admin API ``katyusha fleet status|pod --control URL`` use, published on
+    loopback at ``CONTROL_PORT`` (default: the fleet file's
+    ``autoscaler.admin-port``, or 9070 when that is 0).
     """
-    if spec.autoscaler.enabled:
-        raise ComposeError("the compose fleet has no control plane yet: autoscaling runs only with `katyusha fleet up`")
-    return {}
+    port = PORTS[CONTROL].admin
+    host_port = spec.autoscaler.admin_port or CONTROL_HOST_PORT
+    command = [
+        "katyusha", "control", "--fleet", _mounted(FLEET_FILE), "--processes", _mounted(PROCESSES_FILE),
+        "--host", "0.0.0.0", "--admin-port", str(port),
+    ]  # fmt: skip
+    return {CONTROL: {
+        "image": IMAGE,
+        "pull_policy": "never",
+        "command": command,
+        "labels": {"io.katyusha.role": CONTROL},
+        "volumes": [f"./{name}:{_mounted(name)}:ro" for name in (FLEET_FILE, PROCESSES_FILE)],
+        "ports": [f"{ADMIN_BIND}:${{CONTROL_PORT:-{host_port}}}:{port}"],
+        "healthcheck": _healthcheck(_url("127.0.0.1", port, "/healthz")),
+        # katyusha waits for the pods; the control plane for katyusha (it fills a replica's set when it can).
+        "depends_on": {katyusha_name(i): {"condition": "service_healthy"} for i in range(spec.katyusha.replicas)},
+    }}  # fmt: skip
+
+
+def _mounted(name: str) -> str:
+    return f"{MOUNT_DIR}/{Path(name).name}"
+
+
+def processes_document(spec: FleetSpec) -> dict:
+    """The control plane's processes file (katyusha.control.processes): every process by service name."""
+    k, sim = PORTS["katyusha"], PORTS["sim-backend"]
+    replicas = [katyusha_name(i) for i in range(spec.katyusha.replicas)]
+    pods = []
+    for pod in spec.pods:
+        data, admin = _nonna_urls(pod)
+        pods.append({"name": pod.name, "sim": {"data": _url(sim_name(pod), sim.data), "admin": _url(sim_name(pod), sim.admin)},
+                     "nonna": {"data": data, "admin": admin}})  # fmt: skip
+    return {
+        "katyusha": [{"name": name, "data": _url(name, k.data), "admin": _url(name, k.admin)} for name in replicas],
+        "pods": pods,
+    }
+
+
+def admin_token(document: dict) -> dict:
+    """TOKEN: the one place the admin token goes into the compose file; today ``document`` unchanged.
+
+    Once every process takes ``--admin-token-file`` (being added, not yet on
+    main), this adds a top-level secret (``secrets: {admin-token: {file:
+    ...}}``, its file generated next to the others and kept out of git), lists
+    it under each fleet service's ``secrets``, and appends
+    ``--admin-token-file /run/secrets/admin-token`` to each command (katyusha,
+    nonna, sim-backend, control); the healthchecks and the scrape config then
+    send it too, unless ``/healthz`` and ``/metrics`` stay open.
+    """
+    return document
 
 
 def _prometheus() -> dict:
@@ -223,7 +293,7 @@ def compose_document(spec: FleetSpec) -> dict:
     build = {"context": ".", "dockerfile": "Dockerfile", "args": {"BASE_IMAGE": BASE_IMAGE}}
     services[first] = {"image": IMAGE, "build": build, **{k: v for k, v in services[first].items()
                                                          if k not in ("image", "pull_policy")}}
-    return {"name": PROJECT, "services": services}
+    return admin_token({"name": PROJECT, "services": services})
 
 
 def prometheus_document(spec: FleetSpec) -> dict:
@@ -235,6 +305,8 @@ def prometheus_document(spec: FleetSpec) -> dict:
         "scrape_configs": [
             # katyusha's series carry the pod they are about in their own `pod` label.
             {"job_name": "katyusha", "static_configs": [{"targets": replicas}]},
+            # The autoscaler's series (none while it is off: an empty page, still `up`).
+            {"job_name": CONTROL, "static_configs": [{"targets": [f"{CONTROL}:{PORTS[CONTROL].admin}"]}]},
             {"job_name": "nonna", "static_configs": [
                 {"targets": [f"{nonna_name(pod)}:{nonna.admin}"], "labels": {"pod": pod.name, "node": pod.node}}
                 for pod in spec.pods
@@ -250,24 +322,42 @@ def prometheus_document(spec: FleetSpec) -> dict:
 
 _COMPOSE_HEADER = """\
 # The local fleet in containers: the same fleet as `make fleet` ({source}),
-# one container per process. Generated by `katyusha fleet compose`; edit the
-# fleet file and regenerate, not this file (a test checks they agree).
+# one container per process, and its control plane. Generated by `katyusha fleet
+# compose` with {fleet_file} and {processes_file}; edit the fleet
+# file and regenerate, not these files (a test checks they agree).
 #
 #   make wheelhouse                 # the image installs the project from wheels built here
 #   docker compose up --build -d    # or: podman-compose up --build -d
 #   curl http://127.0.0.1:8080/     # katyusha; its admin port (/pods, /metrics) is 9080
+#   katyusha fleet status --control http://127.0.0.1:{control}
+#   katyusha fleet pod pod-2 state cold --control http://127.0.0.1:{control}
 #   docker compose --profile monitoring up -d    # plus Prometheus on 127.0.0.1:9090
 #
-# Variables: KATYUSHA_PORT, KATYUSHA_ADMIN_PORT, PROMETHEUS_PORT (host ports),
-# BIND_ADDRESS (127.0.0.1), BASE_IMAGE (python:3.11-slim), KATYUSHA_IMAGE,
-# PROMETHEUS_IMAGE. Inside the network: sim-backend {sim.data} (admin {sim.admin}),
-# nonna {nonna.data} (admin {nonna.admin}), katyusha {k.data} (admin {k.admin}). See docs/containers.md.
+# Variables: KATYUSHA_PORT, KATYUSHA_ADMIN_PORT, CONTROL_PORT, PROMETHEUS_PORT (host
+# ports), BIND_ADDRESS (127.0.0.1; admin ports stay on 127.0.0.1), BASE_IMAGE
+# (python:3.11-slim), KATYUSHA_IMAGE, PROMETHEUS_IMAGE. Inside the network:
+# sim-backend {sim.data} (admin {sim.admin}), nonna {nonna.data} (admin {nonna.admin}),
+# katyusha {k.data} (admin {k.admin}), control (admin {c.admin}). See docs/containers.md.
 
 """
 
 _PROMETHEUS_HEADER = """\
 # Prometheus scrape config of the compose fleet's `monitoring` profile: every
-# katyusha, nonna and sim-backend container by service name. Generated by
+# katyusha, control, nonna and sim-backend container by service name. Generated
+# by `katyusha fleet compose` from {source}; regenerate, do not edit.
+
+"""
+
+_FLEET_HEADER = """\
+# The compose fleet's fleet file, mounted read-only into its `control` service:
+# a copy of {source}. Generated by `katyusha fleet compose`; edit the
+# source and regenerate, not this copy.
+
+"""
+
+_PROCESSES_HEADER = """\
+# Where the compose fleet's processes answer, by service name: the `control`
+# service's `katyusha control --processes` file (docs/fleet.md). Generated by
 # `katyusha fleet compose` from {source}; regenerate, do not edit.
 
 """
@@ -278,12 +368,24 @@ def _dump(document: dict) -> str:
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=110)
 
 
-def render(spec: FleetSpec, source: str = "katyusha/fleet/default.yaml") -> dict[str, str]:
-    """File path (relative to the repository) -> text, for both generated files. Raises ComposeError."""
-    ports = {"sim": PORTS["sim-backend"], "nonna": PORTS["nonna"], "k": PORTS["katyusha"]}
+def render(fleet: str | Path | None = None) -> dict[str, str]:
+    """File path (relative to the repository) -> text, for every generated file of fleet file ``fleet``.
+
+    ``fleet`` None is the shipped default. Raises ConfigError (a bad fleet
+    file), ComposeError (one compose cannot run), OSError (cannot read it).
+    """
+    path = Path(fleet) if fleet is not None else default_fleet_path()
+    source = str(fleet) if fleet is not None else DEFAULT_SOURCE
+    spec = load_spec(path)
+    fleet_text = path.read_text()
+    ports = {"sim": PORTS["sim-backend"], "nonna": PORTS["nonna"], "k": PORTS["katyusha"], "c": PORTS[CONTROL]}
+    header = _COMPOSE_HEADER.format(source=source, fleet_file=FLEET_FILE, processes_file=PROCESSES_FILE,
+                                    control=spec.autoscaler.admin_port or CONTROL_HOST_PORT, **ports)  # fmt: skip
     return {
-        COMPOSE_FILE: _COMPOSE_HEADER.format(source=source, **ports) + _dump(compose_document(spec)),
+        COMPOSE_FILE: header + _dump(compose_document(spec)),
         PROMETHEUS_FILE: _PROMETHEUS_HEADER.format(source=source) + _dump(prometheus_document(spec)),
+        FLEET_FILE: _FLEET_HEADER.format(source=source) + fleet_text,
+        PROCESSES_FILE: _PROCESSES_HEADER.format(source=source) + _dump(processes_document(spec)),
     }
 
 
@@ -297,18 +399,17 @@ def main(argv: list[str]) -> int:
     import argparse
     import sys
 
-    from katyusha.fleet.spec import load_spec
-
     p = argparse.ArgumentParser(
         prog="katyusha fleet compose",
-        description=f"Write {COMPOSE_FILE} and {PROMETHEUS_FILE} for a fleet file (one container a process).",
+        description=f"Write {COMPOSE_FILE} and, beside it, {PROMETHEUS_FILE}, {FLEET_FILE} and "
+        f"{PROCESSES_FILE} for a fleet file (one container a process, and a control plane).",
     )
     p.add_argument("--fleet", metavar="FILE", help="fleet file (YAML); default: the one shipped with katyusha")
     p.add_argument("--dir", default=".", help="the repository root to write under (default: .)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a file differs")
     args = p.parse_args(argv)
     try:
-        texts = render(load_spec(args.fleet), source=args.fleet or "katyusha/fleet/default.yaml")
+        texts = render(args.fleet)
     except (ConfigError, ComposeError) as exc:
         sys.stderr.write(f"katyusha fleet compose: {args.fleet or '(built-in default)'}: {exc}\n")
         return 2
@@ -325,6 +426,7 @@ def main(argv: list[str]) -> int:
         if not args.check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+            path.chmod(0o644)  # mounted into containers that run as nobody, whatever the umask
     if args.check:
         for name in stale:
             sys.stderr.write(f"katyusha fleet compose: {name} differs from the fleet file; run `katyusha fleet compose`\n")
