@@ -119,6 +119,8 @@ class Fleet:
             "--service-time", params.service_time, "--speed", f"{params.speed:g}",
             "--image-size-mb", f"{params.image_size_mb:g}", "--pull-mbps", f"{params.pull_mbps:g}",
             "--start-s", f"{params.start_s:g}",
+            # The emulated app is sim-backend's default: its argv stays what `katyusha fleet compose` writes.
+            *(["--app", params.app] if params.app != "emulated" else []),
         ]  # fmt: skip
 
     def _nonna_argv(self, run: PodRun, port: int, admin: int) -> list[str]:

@@ -29,6 +29,7 @@ from katyusha.core.podstate import WALK_TARGETS, PodState, in_order
 from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 from katyusha.fleet.fields import mapping, number, text, whole
 from katyusha.fleet.topology import DEFAULT_SERVICE, derived_nodes, parse_nodes, parse_services
+from sim_backend.config import APPS
 
 # States a pod can be started in (and moved to); "active" is reached by serving, not chosen.
 INITIAL_STATES = tuple(state.value for state in in_order(WALK_TARGETS))
@@ -46,6 +47,8 @@ class PodParams:
     pull_mbps: float = 100.0
     start_s: float = 1.0
     state: str = PodState.WARM.value
+    # The application the pod's sim-backend runs (its --app): the emulated one, or a real one such as sentiment.
+    app: str = "emulated"
 
 
 @dataclass(frozen=True)
@@ -389,10 +392,11 @@ def _params(base: PodParams, raw: Any, where: str, *, flag: bool = False) -> Pod
             written = text(value, k)
             parse_service_time(written, key=k)
             values[name] = written
-        elif name == "state":
+        elif name in ("state", "app"):
+            allowed = INITIAL_STATES if name == "state" else APPS
             written = text(value, k)
-            if written not in INITIAL_STATES:
-                raise ConfigError(k, f"{written!r} is not one of {', '.join(INITIAL_STATES)}")
+            if written not in allowed:
+                raise ConfigError(k, f"{written!r} is not one of {', '.join(allowed)}")
             values[name] = written
         elif name in ("concurrency", "queue_depth"):
             values[name] = whole(value, k, low=0)
