@@ -194,12 +194,16 @@ class Pool:
             conn = await self._connect(stream)
         else:
             self.reuses += 1
+        # Set once the request went out on a kept-alive connection: if that
+        # connection then closes unanswered, the upstream may have got it.
+        written = False
         try:
             # Awaited here rather than in a coroutine of the connection: one
             # frame less to resume on every response.
             waiter = conn.start(
                 head, fixed, start_pump if stream is not None else None, timeout, head_only
             )
+            written = True
             try:
                 return await waiter
             except asyncio.CancelledError:
@@ -218,9 +222,9 @@ class Pool:
                 "kept-alive connection closed before any response byte; body already consumed",
                 origin=self.origin,
             )
-        conn = await self._connect(stream)
-        replay = list(stream.kept) if stream is not None else None
         try:
+            conn = await self._connect(stream)
+            replay = list(stream.kept) if stream is not None else None
             return await conn.exchange(
                 head,
                 fixed,
@@ -230,6 +234,7 @@ class Pool:
             )
         except ConnectFailed as exc:
             exc.retryable = stream is None or not stream.started
+            exc.sent_nothing = exc.sent_nothing and not written
             raise
 
     async def close(self) -> None:
@@ -314,12 +319,14 @@ class Pool:
                 f"no connection within {self.connect_timeout:g}s",
                 origin=self.origin,
                 retryable=stream is None or not stream.started,
+                sent_nothing=True,
             ) from None
         except OSError as exc:
             raise ConnectFailed(
                 f"cannot connect: {exc.strerror or exc}",
                 origin=self.origin,
                 retryable=stream is None or not stream.started,
+                sent_nothing=True,
             ) from None
         return conn
 
