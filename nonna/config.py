@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from katyusha import config_values as values
+from katyusha.admintoken import check_exposure, resolve_token
 from katyusha.core.errors import ConfigError
 
 ENV_PREFIX = "NONNA_"
@@ -39,6 +40,9 @@ class NonnaConfig:
     timeout: float = 30.0
     upstream_health: str | None = None
     stats_period: float = 2.0
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+    admin_allow_open: bool = False
 
     @property
     def effective_queue_depth(self) -> int | None:
@@ -92,6 +96,17 @@ def parse_name(key: str, raw: object) -> str:
     return raw.strip()
 
 
+def parse_optional_text(key: str, raw: object) -> str | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError(_flag(key), f"must be a string, got {raw!r}")
+    return raw.strip()
+
+
+parse_bool = _with_flag(values.parse_bool)
+
+
 def parse_optional_depth(key: str, raw: object) -> int | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
@@ -113,6 +128,11 @@ SETTINGS: dict[str, tuple[str, Callable[[str, object], Any], str]] = {
     "upstream-health": ("upstream_health", parse_optional_url,
                         "URL whose 2xx makes /healthz 200 (default: a TCP connect to the upstream)"),
     "stats-period": ("stats_period", parse_duration, "length of a /stats reporting period"),
+    "admin-token": ("admin_token", parse_optional_text,
+                    "bearer token mutating admin requests must carry (prefer --admin-token-file)"),
+    "admin-token-file": ("admin_token_file", parse_optional_text, "file holding the admin token"),
+    "admin-allow-open": ("admin_allow_open", parse_bool,
+                         "true: serve the admin port on a non-loopback --host with no token"),
 }
 
 
@@ -138,7 +158,12 @@ def validate(raw: Mapping[str, object], source: Mapping[str, str] | None = None)
             if named is None:
                 raise
             raise ConfigError(f"{named} ({exc.key})", str(exc).split(": ", 1)[1]) from None
-    return NonnaConfig(**values)
+    config = NonnaConfig(**values)
+    token = resolve_token(config.admin_token, config.admin_token_file, token_key="--admin-token",
+                          file_key="--admin-token-file")
+    check_exposure(config.host, token, config.admin_allow_open, host_key="--host", token_key="--admin-token",
+                   file_key="--admin-token-file", allow_key="--admin-allow-open")
+    return replace(config, admin_token=token)
 
 
 def load_yaml(path: str) -> dict[str, object]:
