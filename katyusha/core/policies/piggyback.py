@@ -11,32 +11,93 @@ import random
 from collections.abc import Sequence
 
 from katyusha.core.errors import ConfigError
-from katyusha.core.loadtable import LoadTable, PodEntry
+from katyusha.core.loadtable import SPEED_MEMORY_S, LoadTable, PodEntry
 from katyusha.core.policies.base import Policy
 
 
 class JoinShortestQueue(Policy):
-    """The candidate with the least estimated load; ties broken at random."""
+    """The candidate with the least estimated load; ties broken at random.
+
+    A pod with no fresh report (no nonna in front of it, or none lately) is
+    ranked by what katyusha sees of it: its load (its in-flight count) weighed
+    by its speed, ``speed * (load + 1) - 1``, where ``speed`` is its latency
+    when sent a request with none other of ours in flight (``idle_latency_ms``)
+    over the candidates' median. Speeds within ``same_speed`` (1.5) of the
+    median count as 1: pods of one speed are ranked by load alone, and only a
+    pod clearly slower (or faster) weighs differently, so a pod four times
+    slower gets a request only when the others hold three or more each. A speed
+    not measured for 5 s counts as 1 (the pod is measured again). Pods that
+    report are ranked by their estimated load, as before: nonna's report and
+    per-pod capacity already hold requests back from a slow pod.
+    """
 
     name = "jsq-piggyback"
 
+    def __init__(self, *, rng: random.Random, table: LoadTable, same_speed: float = 1.5,
+                 median_every_s: float = 0.1):
+        if not isinstance(same_speed, int | float) or not same_speed >= 1:
+            raise ConfigError("same_speed", f"must be a number >= 1, got {same_speed!r}")
+        super().__init__(rng=rng, table=table)
+        self.same_speed = float(same_speed)
+        self.median_every_s = float(median_every_s)
+        self._median: float | None = None
+        self._median_at = -float("inf")
+        self._median_of: Sequence[PodEntry] | None = None
+
+    def median_speed_ms(self, candidates: Sequence[PodEntry], now: float) -> float | None:
+        """The median of the candidates' recent own-speed estimates (refreshed every ``median_every_s``)."""
+        if candidates is not self._median_of or now - self._median_at >= self.median_every_s:
+            known = sorted(speed for entry in candidates if (speed := _speed(entry, now)) is not None)
+            self._median = _median(known) if known else None
+            self._median_at = now
+            self._median_of = candidates
+        return self._median
+
     def pick(self, candidates: Sequence[PodEntry], now: float) -> PodEntry:
-        estimate = self.table.estimated_load
-        best = candidates[0]
-        best_load = estimate(best, now)
+        table = self.table
+        estimate = table.estimated_load
+        stale_after = table.stale_after_s
+        median: float | None = -1.0  # not looked up yet
+        best: PodEntry | None = None
+        best_key = best_load = 0.0
         ties: list[PodEntry] | None = None
-        for index in range(1, len(candidates)):
-            entry = candidates[index]
+        for entry in candidates:
             load = estimate(entry, now)
-            if load < best_load:
-                best, best_load, ties = entry, load, None
-            elif load == best_load:
+            key = load
+            reported_at = entry.reported_at
+            if reported_at is None or now - reported_at > stale_after:
+                speed = _speed(entry, now)
+                if speed is not None:
+                    if median == -1.0:
+                        median = self.median_speed_ms(candidates, now)
+                    if median:
+                        ratio = speed / median
+                        if ratio > self.same_speed or ratio * self.same_speed < 1.0:
+                            key = ratio * (load + 1.0) - 1.0
+            if best is None or key < best_key or (key == best_key and load < best_load):
+                best, best_key, best_load, ties = entry, key, load, None
+            elif key == best_key and load == best_load:
                 if ties is None:
                     ties = [best]
                 ties.append(entry)
+        assert best is not None
         if ties is None:
             return best
         return ties[self.rng.randrange(len(ties))]
+
+
+def _speed(entry: PodEntry, now: float) -> float | None:
+    speed = entry.idle_latency_ms
+    if speed is None or now - entry.idle_latency_at > SPEED_MEMORY_S:
+        return None
+    return speed
+
+
+def _median(values: list[float]) -> float:
+    middle = len(values) // 2
+    if len(values) % 2:
+        return values[middle]
+    return (values[middle - 1] + values[middle]) / 2.0
 
 
 class ShortestExpectedDelay(Policy):
