@@ -142,12 +142,7 @@ class ShortestExpectedDelay(Policy):
     def fallback_app_ms(self, candidates: Sequence[PodEntry]) -> float:
         """App time assumed for a pod that has reported none: the fleet median, or the prior."""
         known = sorted(e.app_ewma_ms for e in candidates if e.app_ewma_ms is not None)
-        if not known:
-            return self.prior_app_ms
-        middle = len(known) // 2
-        if len(known) % 2:
-            return known[middle]
-        return (known[middle - 1] + known[middle]) / 2.0
+        return _median(known) if known else self.prior_app_ms
 
     def expected_delay(self, entry: PodEntry, now: float, app_ms: float) -> float:
         """Expected time (ms) for a new request sent to ``entry`` if its app time is ``app_ms``."""
