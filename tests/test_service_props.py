@@ -39,7 +39,9 @@ class ServiceMachine(RuleBasedStateMachine):
         try:
             self.tickets.append(self.s.offer(self._tick(), priority=priority, idempotent=idempotent))
         except QueueFull:
-            assert self.s.queue.waiting == 8
+            # Full: its max length, or more when admitted tickets that lost their pod were
+            # put back in front (they are never dropped for it).
+            assert self.s.queue.waiting >= 8
 
     @precondition(lambda self: self.tickets)
     @rule(data=st.data())

@@ -152,6 +152,9 @@ class PodHealth:
         self.settings = settings or HealthSettings()
         self._pods: dict[Hashable, PodState] = {}
         self.events: list[HealthEvent] = []
+        # Bumped whenever a pod's state (and so perhaps the next deadline) changes:
+        # a driver re-arms its timer only then.
+        self.version = 0
 
     # -- membership --------------------------------------------------------
 
@@ -159,6 +162,7 @@ class PodHealth:
         """A pod joined (or its address changed): it serves, with no history."""
         probe = self._probe_of(name, url, admin)
         pod = self._pods[key] = PodState(name, (url, admin), probe, active=probe.kind == "http")
+        self.version += 1
         if pod.active:
             pod.next_probe = now + self.settings.interval
         return pod
@@ -253,6 +257,7 @@ class PodHealth:
             pod.level = max(0, pod.level - int((now - pod.returned_at) // settings.base_ejection))
         pod.level += 1
         pod.ejections += 1
+        self.version += 1
         pod.state = EJECTED
         pod.cause = OUTLIER
         pod.ejected_until = now + min(settings.base_ejection * pod.level, settings.max_ejection)
@@ -275,6 +280,7 @@ class PodHealth:
         return out < allowed
 
     def _take_out(self, pod: PodState, now: float, cause: str, why: str) -> None:
+        self.version += 1
         pod.state = PROBING
         pod.cause = cause
         pod.successes = 0
@@ -331,6 +337,7 @@ class PodHealth:
         if pod.successes < settings.rise:
             pod.next_probe = now + settings.down_interval
             return False
+        self.version += 1
         pod.state = OK
         pod.consecutive = 0
         pod.check_failures = 0

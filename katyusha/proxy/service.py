@@ -40,6 +40,7 @@ class LiveService:
         self.stats = ProxyStats()
         self.on_demand: Callable[[], None] | None = None
         self.on_health: Callable[[], None] | None = None
+        self._health_seen = -1
         # Set on shutdown: a change that leaves no pod answers the waiting at once.
         self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -108,21 +109,25 @@ class LiveService:
 
     # -- health --------------------------------------------------------------
 
-    def health_changed(self) -> None:
-        """A try failed or a pod answered 5xx (or a probe answered): wake, log and re-arm."""
+    def health_changed(self, rearm: bool = False) -> None:
+        """A try failed or a pod answered 5xx (or a probe answered): wake, log, and re-arm the
+        health timer when a pod's state changed (or ``rearm``)."""
         core = self.core
         admitted = core.take_admitted()
         if admitted:
             _wake(admitted)
-        for event in core.take_health_events():
-            log_health_event(self.name, event, self.now())
-        if self.on_health is not None:
+        if core.health.events:
+            for event in core.take_health_events():
+                log_health_event(self.name, event, self.now())
+        version = core.health.version
+        if self.on_health is not None and (rearm or version != self._health_seen):
+            self._health_seen = version
             self.on_health()
 
     def probe_result(self, entry: PodEntry, ok: bool, why: str) -> None:
         """A probe of ``entry`` answered: the core decides; a returning pod's tickets are woken."""
         _wake(self.core.probe_result(entry, self.now(), ok, why))
-        self.health_changed()
+        self.health_changed(rearm=True)
 
     # -- membership ----------------------------------------------------------
 
