@@ -295,7 +295,8 @@ class DataApp:
         """The next try's handle; waits first while no pod is ready (the core requeued the ticket).
 
         None when the ticket expired meanwhile (answered here). The client is not
-        watched in this wait: its body was read already, and the deadline bounds it.
+        watched in this wait (part of its body is held for the replay); the
+        request's deadline bounds it.
         """
         while (handle := live.dispatch(ticket, self.loop.time())) is None:
             try:
