@@ -253,8 +253,10 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None) -> 
     out["recovery"] = recovery
     if baseline_p99 and recovery:
         worst = max(r["p99_ms"] for r in recovery)
+        middle = sorted(r["p99_ms"] for r in recovery)[len(recovery) // 2]
         out["recovery_worst_p99_ms"] = worst
         out["recovery_worst_vs_baseline"] = round(worst / baseline_p99, 2)
+        out["recovery_median_vs_baseline"] = round(middle / baseline_p99, 2)
     return out
 
 
