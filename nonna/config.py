@@ -96,14 +96,7 @@ def parse_name(key: str, raw: object) -> str:
     return raw.strip()
 
 
-def parse_optional_text(key: str, raw: object) -> str | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    if not isinstance(raw, str):
-        raise ConfigError(_flag(key), f"must be a string, got {raw!r}")
-    return raw.strip()
-
-
+parse_optional_text = _with_flag(values.parse_optional_text)
 parse_bool = _with_flag(values.parse_bool)
 
 

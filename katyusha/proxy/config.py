@@ -24,6 +24,7 @@ from katyusha.config_values import (
     parse_bool,
     parse_host,
     parse_non_negative_float,
+    parse_optional_text,
     parse_optional_url,
     parse_positive_float,
     parse_seconds,
@@ -231,14 +232,6 @@ def parse_optional_path(key: str, raw: object) -> str | None:
         return None
     if not isinstance(raw, str) or not raw.strip().startswith("/") or any(c.isspace() for c in raw.strip()):
         raise ConfigError(key, f"must be a path starting with '/', got {raw!r}")
-    return raw.strip()
-
-
-def parse_optional_text(key: str, raw: object) -> str | None:
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        return None
-    if not isinstance(raw, str):
-        raise ConfigError(key, f"must be a string, got {raw!r}")
     return raw.strip()
 
 
