@@ -31,6 +31,9 @@ class Sample:
     latency_ms: float     # from the scheduled send time to the end of the response
     status: int           # HTTP status, 0 for a connection error, -1 for a timeout
     pod: str = ""         # Nonna-Pod when the response carried it
+    cause: str = ""       # no answer: "refused" (no connection), "reset" (closed after the request
+                          # was sent), "connect-error", "timeout"; "" when a response came
+    maybe_executed: bool | None = None  # the Katyusha-Maybe-Executed header, when present
 
 
 @dataclass
@@ -115,20 +118,27 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes,
 
 async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: float,
                         timeout_s: float = 10.0, seed: int = 1, path: str = "/",
-                        headers: dict[str, str] | None = None) -> RunResult:
-    """Send GETs at Poisson arrivals of ``rate``/s for ``duration_s``, spread round robin
-    over ``urls`` (several balancer replicas); every request is recorded.
+                        headers: dict[str, str] | None = None, method: str = "GET",
+                        body: bytes = b"") -> RunResult:
+    """Send requests (``method``, with ``body``) at Poisson arrivals of ``rate``/s for
+    ``duration_s``, spread round robin over ``urls`` (several balancer replicas); every
+    request is recorded, with why it got no answer when it got none.
 
-    The schedule never waits for answers: a slow system gets the same arrivals.
+    The schedule never waits for answers: a slow system gets the same arrivals. A
+    request whose kept-alive connection turns out closed before any answer is sent once
+    more on a fresh connection, as HTTP clients do, for GET and HEAD only.
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration_s must be positive")
     targets = [urls] if isinstance(urls, str) else list(urls)
     parts = [urlsplit(u) for u in targets]
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    if body or method in ("POST", "PUT", "PATCH"):
+        extra += f"Content-Length: {len(body)}\r\n"
     request = [
-        (f"GET {path} HTTP/1.1\r\nHost: {p.netloc}\r\n{extra}\r\n").encode() for p in parts
+        (f"{method} {path} HTTP/1.1\r\nHost: {p.netloc}\r\n{extra}\r\n").encode() + body for p in parts
     ]
+    replay_stale = method in ("GET", "HEAD")
     idle: list[list[_Conn]] = [[] for _ in targets]
     rng = random.Random(seed)
     result = RunResult(rate=rate, duration_s=duration_s)
@@ -138,38 +148,48 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
     async def one(index: int, scheduled: float) -> None:
         part = parts[index]
         conn = idle[index].pop() if idle[index] else None
-        status, pod = 0, ""
+        status, pod, cause, maybe = 0, "", "", None
         try:
             async with asyncio.timeout(timeout_s - (loop.time() - start - scheduled)):
                 for attempt in (0, 1):
+                    reused = conn is not None
                     if conn is None:
-                        reader, writer = await asyncio.open_connection(part.hostname, part.port)
+                        cause = "connect-error"
+                        try:
+                            reader, writer = await asyncio.open_connection(part.hostname, part.port)
+                        except ConnectionRefusedError:
+                            cause = "refused"
+                            raise
                         conn = _Conn(reader, writer)
+                    cause = "reset"
                     try:
                         conn.writer.write(request[index])
                         status, resp_headers, keep = await _read_response(conn.reader)
+                        cause = ""
                         break
                     except (asyncio.IncompleteReadError, ConnectionError):
-                        # A kept-alive connection the server had closed: one fresh try.
                         conn.writer.close()
                         conn = None
-                        if attempt:
+                        # A kept-alive connection the server had closed: one fresh try.
+                        if attempt or not reused or not replay_stale:
                             raise
                 pod = resp_headers.get(b"nonna-pod", b"").decode()
+                flag = resp_headers.get(b"katyusha-maybe-executed")
+                maybe = None if flag is None else flag == b"true"
                 if keep:
                     idle[index].append(conn)
                 else:
                     conn.writer.close()
                 conn = None
         except TimeoutError:
-            status = -1
+            status, cause = -1, "timeout"
         except (OSError, asyncio.IncompleteReadError, ValueError):
             status = 0
         finally:
             if conn is not None:
                 conn.writer.close()
         latency = (loop.time() - start - scheduled) * 1000
-        result.samples.append(Sample(scheduled, latency, status, pod))
+        result.samples.append(Sample(scheduled, latency, status, pod, cause, maybe))
 
     tasks = set()
     t = rng.expovariate(rate)

@@ -129,6 +129,15 @@ def parse_optional_url(key: str, raw: object) -> str | None:
     return parse_url(key, raw)
 
 
+def parse_optional_text(key: str, raw: object) -> str | None:
+    """A string (stripped), or None when empty or absent."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str):
+        raise ConfigError(key, f"must be a string, got {raw!r}")
+    return raw.strip()
+
+
 def parse_host(key: str, raw: object) -> str:
     if not isinstance(raw, str) or not raw.strip() or any(c.isspace() for c in raw.strip()):
         raise ConfigError(key, f"must be a host name or address, got {raw!r}")

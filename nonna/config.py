@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from katyusha import config_values as values
+from katyusha.admintoken import check_exposure, resolve_token
 from katyusha.core.errors import ConfigError
 from katyusha.http import tls
 from katyusha.http.limits import EDGE_SETTINGS, EdgeFields
@@ -44,6 +45,9 @@ class NonnaConfig(EdgeFields):
     upstream_health: str | None = None
     stats_period: float = 2.0
     shutdown_timeout: float | None = None  # resolved by effective_shutdown_timeout
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+    admin_allow_open: bool = False
 
     @property
     def effective_queue_depth(self) -> int | None:
@@ -108,6 +112,10 @@ def parse_name(key: str, raw: object) -> str:
     return raw.strip()
 
 
+parse_optional_text = _with_flag(values.parse_optional_text)
+parse_bool = _with_flag(values.parse_bool)
+
+
 def parse_optional_depth(key: str, raw: object) -> int | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
@@ -135,6 +143,11 @@ SETTINGS: dict[str, tuple[str, Callable[[str, object], Any], str]] = {
     # The data port's limits, timeouts and TLS (katyusha.http.limits, shared with katyusha).
     **{key: (field_name, _with_flag(parse), doc)
        for key, (field_name, parse, doc) in EDGE_SETTINGS.items()},
+    "admin-token": ("admin_token", parse_optional_text,
+                    "bearer token mutating admin requests must carry (prefer --admin-token-file)"),
+    "admin-token-file": ("admin_token_file", parse_optional_text, "file holding the admin token"),
+    "admin-allow-open": ("admin_allow_open", parse_bool,
+                         "true: serve the admin port on a non-loopback --host with no token"),
 }
 
 
@@ -165,7 +178,11 @@ def validate(raw: Mapping[str, object], source: Mapping[str, str] | None = None)
         tls.check(config)
     except ConfigError as exc:
         raise ConfigError(_flag(exc.key), str(exc).split(": ", 1)[1]) from None
-    return config
+    token = resolve_token(config.admin_token, config.admin_token_file, token_key="--admin-token",
+                          file_key="--admin-token-file")
+    check_exposure(config.host, token, config.admin_allow_open, host_key="--host", token_key="--admin-token",
+                   file_key="--admin-token-file", allow_key="--admin-allow-open")
+    return replace(config, admin_token=token)
 
 
 def load_yaml(path: str) -> dict[str, object]:

@@ -17,19 +17,24 @@ import time
 from collections import deque
 
 from katyusha.core import protocol
-from katyusha.core.errors import KatyushaError, QueueFull
+from katyusha.core.errors import DeadlineExceeded, KatyushaError, QueueFull
+from katyusha.core.forwarding import strip_nonna
 from katyusha.core.sidecar import Piggyback, Report, Sidecar, Ticket
 from katyusha.deadline_timer import DeadlineTimer
 from katyusha.http import Pool, UpstreamError, forward, tls
-from katyusha.http.errors import ConnectFailed, ResponseAborted
+from katyusha.http.errors import ResponseAborted, UpstreamTimeout
 from nonna.config import NonnaConfig
 from nonna.health import HealthCheck
 from nonna.metrics import Metrics
 
 log = logging.getLogger("nonna")
 
-# The application never got the request: a balancer may send it to another pod.
-_UNREACHABLE = [(protocol.ERROR.encode(), protocol.UPSTREAM_UNREACHABLE.encode())]
+# Why nonna answered itself (Nonna-Error, docs/protocol.md): a balancer in front
+# may send a request the app never got to another pod whatever its method.
+_ERROR = protocol.ERROR.encode()
+_MARK = {name: [(_ERROR, name.encode())] for name in (
+    protocol.UPSTREAM_UNREACHABLE, protocol.UPSTREAM_FAILED, protocol.UPSTREAM_TIMEOUT,
+    protocol.QUEUE_FULL, protocol.QUEUE_TIMEOUT)}
 # Bodies read while a request waits are kept so the disconnect stays visible;
 # past this much, waiting stops watching rather than hold more in memory.
 _WATCH_LIMIT = 1 << 20
@@ -79,6 +84,21 @@ class ClientReceive:
             self._buffer.append(message)
             self._buffered += len(message.get("body", b""))
         await asyncio.Event().wait()  # stop reading; never report a disconnect
+
+
+def error_marker(exc: KatyushaError) -> str | None:
+    """The ``Nonna-Error`` value of nonna's answer to ``exc`` (None: a plain error, e.g. a bad header).
+
+    ``upstream-unreachable`` only when the app provably never got the
+    request; a broken or timed-out exchange may have run it.
+    """
+    if isinstance(exc, UpstreamTimeout):
+        return protocol.UPSTREAM_UNREACHABLE if exc.sent_nothing else protocol.UPSTREAM_TIMEOUT
+    if isinstance(exc, UpstreamError):
+        return protocol.UPSTREAM_UNREACHABLE if exc.sent_nothing else protocol.UPSTREAM_FAILED
+    if isinstance(exc, DeadlineExceeded):
+        return protocol.QUEUE_TIMEOUT
+    return None
 
 
 def _body_expected(headers) -> bool:
@@ -161,7 +181,8 @@ class Nonna:
         try:
             ticket = sidecar.offer(now)
         except QueueFull as exc:
-            await self._answer_error(send, exc.status_hint, str(exc), sidecar.report(None, now))
+            await self._answer_error(send, exc.status_hint, str(exc), sidecar.report(None, now),
+                                     _MARK[protocol.QUEUE_FULL])
             return
         client = ClientReceive(receive, scope["headers"])
         if not ticket.admitted:
@@ -172,7 +193,8 @@ class Nonna:
             if not admitted:
                 error = sidecar.expired_error()
                 await self._answer_error(send, error.status_hint, str(error),
-                                         sidecar.report(ticket, time.monotonic()))
+                                         sidecar.report(ticket, time.monotonic()),
+                                         _MARK[protocol.QUEUE_TIMEOUT])
                 return
 
         piggyback = self.piggyback
@@ -184,6 +206,11 @@ class Nonna:
             return piggyback.response(report, headers)
 
         finished = False
+        headers = scope["headers"]
+        kept = strip_nonna(headers)
+        if kept is not headers:
+            # A client's Nonna-* headers are not for the app (an echo must not pass for a report).
+            scope = dict(scope, headers=kept)
         try:
             budget = sidecar.start(ticket, time.monotonic())
             result = await forward(scope, client, send, self.pool, on_response_head=on_head,
@@ -194,8 +221,7 @@ class Nonna:
             self._wake(sidecar.finish(ticket, now))
             finished = True
             await self._answer_error(send, exc.status_hint, self._upstream_message(exc),
-                                     sidecar.report(ticket, now),
-                                     _UNREACHABLE if isinstance(exc, ConnectFailed) else ())
+                                     sidecar.report(ticket, now), _MARK.get(error_marker(exc), ()))
             return
         except ResponseAborted as exc:
             self._observe(exc.result.status, ticket, heads)

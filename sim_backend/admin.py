@@ -2,7 +2,8 @@
 
 Errors are JSON ``{"error": "..."}`` with the status the core's error carries:
 400 for a malformed body, 409 for a transition the table or the pod's
-current activity refuses.
+current activity refuses. With ``--admin-token`` set, ``PUT /state`` and
+``PUT /speed`` need ``Authorization: Bearer <token>`` (401 otherwise).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from katyusha.admintoken import AdminGuard
 from katyusha.core.errors import BadInput, KatyushaError
 from katyusha.core.podstate import PodState
 from sim_backend.metrics import exposition, make_registry
@@ -64,7 +66,8 @@ def _parse_state_body(body: dict) -> tuple[PodState, str, bool]:
     return target, path, wait
 
 
-def build_admin_app(pod: Pod, monitor: Monitor) -> Starlette:
+def build_admin_app(pod: Pod, monitor: Monitor, token: str | None = None) -> AdminGuard:
+    """The admin ASGI app of ``pod``; mutating requests need ``token`` when one is given."""
     registry = make_registry(pod, monitor)
 
     async def get_state(request: Request) -> Response:
@@ -154,7 +157,7 @@ def build_admin_app(pod: Pod, monitor: Monitor) -> Starlette:
             await monitor.stop()
             await pod.close()
 
-    return Starlette(
+    return AdminGuard(Starlette(
         routes=[
             Route("/state", get_state, methods=["GET"]),
             Route("/state", put_state, methods=["PUT"]),
@@ -166,4 +169,4 @@ def build_admin_app(pod: Pod, monitor: Monitor) -> Starlette:
             Route("/speed", put_speed, methods=["PUT"]),
         ],
         lifespan=lifespan,
-    )
+    ), token)

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     monitor = Monitor(pod, period_s=settings.monitor_period, window_s=settings.monitor_window)
     apps = [
         App(DataApp(pod), data_sock),
-        App(build_admin_app(pod, monitor), admin_sock),
+        App(build_admin_app(pod, monitor, settings.admin_token), admin_sock),
     ]
     return run(apps, role=ROLE, graceful_timeout=5.0)
 

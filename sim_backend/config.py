@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from katyusha.admintoken import check_exposure, resolve_token
 from katyusha.config_values import read_yaml_mapping
 from katyusha.core.distributions import Distribution, parse_service_time
 from katyusha.core.errors import ConfigError
@@ -96,6 +97,13 @@ def _state(value: Any, key: str) -> PodState:
     return state
 
 
+def _optional_text(value: Any, key: str) -> str | None:
+    text = str(value).strip()
+    if isinstance(value, bool | dict | list):
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    return text or None
+
+
 def _service_time(value: Any, key: str) -> Distribution:
     return parse_service_time(str(value), key=key)
 
@@ -160,6 +168,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("slow-schedule", _slow, None, "periodic slowdown, e.g. period=10s,duration=3s,factor=0.25"),
     Option("monitor-period", _positive, 2.0, "seconds between CPU/RAM samples"),
     Option("monitor-window", _positive, 120.0, "seconds of samples GET /monitor keeps"),
+    Option("admin-token", _optional_text, None, "bearer token PUT /state and PUT /speed must carry "
+           "(prefer --admin-token-file)"),
+    Option("admin-token-file", _optional_text, None, "file holding the admin token"),
+    Option("admin-allow-open", _bool, False, "serve the admin port on a non-loopback --host with no token",
+           True),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
@@ -184,6 +197,9 @@ class Settings:
     slow_schedule: SlowSchedule | None = None
     monitor_period: float = 2.0
     monitor_window: float = 120.0
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+    admin_allow_open: bool = False
     config: str | None = None
 
     @property
@@ -238,4 +254,10 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     for attr, value in args.items():
         opt = _BY_NAME[attr.replace("_", "-")]
         values[attr] = opt.parse(value, f"--{opt.name}")
+    token = resolve_token(values.get("admin_token"), values.get("admin_token_file"),
+                          token_key="--admin-token", file_key="--admin-token-file")
+    values["admin_token"] = token
+    check_exposure(values.get("host", Settings.host), token, values.get("admin_allow_open", False),
+                   host_key="--host", token_key="--admin-token", file_key="--admin-token-file",
+                   allow_key="--admin-allow-open")
     return Settings(config=config_path, **values)

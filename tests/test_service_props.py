@@ -39,8 +39,8 @@ class ServiceMachine(RuleBasedStateMachine):
         try:
             self.tickets.append(self.s.offer(self._tick(), priority=priority, idempotent=idempotent))
         except QueueFull:
-            # Full for new arrivals; a requeued ticket (admitted, then its pod left)
-            # keeps its place and may stand beyond the bound.
+            # Full: its max length, or more when admitted tickets that lost their pod were
+            # put back in front (they are never dropped for it).
             assert self.s.queue.waiting >= 8
 
     @precondition(lambda self: self.tickets)
@@ -57,18 +57,22 @@ class ServiceMachine(RuleBasedStateMachine):
             self.entries.add(handle.entry)
 
     @precondition(lambda self: self.handles)
-    @rule(data=st.data(), concurrency=st.sampled_from([None, 0, 1, 2]))
-    def head(self, data, concurrency):
+    @rule(data=st.data(), concurrency=st.sampled_from([None, 0, 1, 2]), status=st.sampled_from([200, 500]))
+    def head(self, data, concurrency, status):
         handle = data.draw(st.sampled_from(self.handles))
-        handle.on_head(self._tick(), Feedback(0, 1, concurrency, None, 1.0, None, None), 200)
+        handle.on_head(self._tick(), Feedback(0, 1, concurrency, None, 1.0, None, None), status)
+        self._admitted(self.s.take_admitted())
 
     @precondition(lambda self: self.handles)
-    @rule(data=st.data(), retryable=st.booleans())
-    def failure(self, data, retryable):
+    @rule(data=st.data(), retryable=st.booleans(), sent_nothing=st.booleans())
+    def failure(self, data, retryable, sent_nothing):
         handle = data.draw(st.sampled_from(self.handles))
-        again = handle.on_failure(self._tick(), retryable)
+        again = handle.on_failure(self._tick(), retryable, sent_nothing=sent_nothing)
+        self._admitted(self.s.take_admitted())
         if again:
-            assert handle.ticket.state is ADMITTED and self.s.table.ready()
+            # May be sent again: it still holds its slot (with no pod ready, the next
+            # dispatch puts it back to wait for one).
+            assert handle.ticket.state is ADMITTED
 
     @precondition(lambda self: self.tickets)
     @rule(data=st.data())
@@ -87,6 +91,12 @@ class ServiceMachine(RuleBasedStateMachine):
     def remove(self, name):
         result = self.s.change_pods(PodChange(remove=(name,)), self._tick())
         self._admitted(result.admitted)
+
+    @rule(healthy=st.booleans())
+    def probes(self, healthy):
+        now = self._tick()
+        for entry, _ in self.s.health_due(now):
+            self._admitted(self.s.probe_result(entry, now, healthy))
 
     @rule(step=st.floats(0.0, 3.0))
     def time_passes(self, step):

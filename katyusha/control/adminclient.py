@@ -10,6 +10,10 @@ whose ``status`` is 0 when nothing answered.
 katyusha's pod-set calls take a ``service``: the query parameter
 ``service=NAME`` is sent only when one is given, so a katyusha that runs one
 service (its default) is addressed exactly as before services existed.
+
+With a ``token`` (the fleet's admin token, katyusha.admintoken) every call
+carries ``Authorization: Bearer <token>``, which every process's admin port
+asks of mutating requests.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from urllib.parse import quote
 
 import httpx
 
+from katyusha.admintoken import bearer
 from katyusha.core.actuation import WalkAnswer
 from katyusha.core.podstate import PodState
 
@@ -45,13 +50,13 @@ def _service(service: str | None) -> dict[str, str]:
 class AdminClient:
     """Async JSON calls to admin ports; one per control plane (or per CLI command). Close with :meth:`aclose`."""
 
-    def __init__(self, timeout: float = 5.0):
+    def __init__(self, timeout: float = 5.0, token: str | None = None):
         self.timeout = timeout
         self._http = httpx.AsyncClient(
             timeout=timeout,
             trust_env=False,
             limits=httpx.Limits(max_keepalive_connections=64, keepalive_expiry=2.0),
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **bearer(token)},
         )
 
     async def aclose(self) -> None:

@@ -14,6 +14,9 @@ Routes::
     GET  /autoscaler              the autoscaler's view (404 when it is off)
     GET  /placement               nodes, services, the last wake and retirement (404 when off)
     GET  /metrics                 Prometheus text (the autoscaler's series)
+
+With the plane's admin token set, PUT and POST need ``Authorization: Bearer
+<token>`` (401 otherwise; katyusha.admintoken); reads stay open.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from katyusha.admintoken import AdminGuard
 from katyusha.control.autoscaler import UnknownService
 from katyusha.control.membership import MoveFailed
 from katyusha.core.errors import BadInput, KatyushaError
@@ -71,8 +75,8 @@ def parse_move(body: dict) -> tuple[PodState, float]:
     return target, float(timeout)
 
 
-def build_app(plane) -> Starlette:
-    """The admin app of ``plane`` (a katyusha.control.plane.ControlPlane)."""
+def build_app(plane) -> AdminGuard:
+    """The admin app of ``plane`` (a katyusha.control.plane.ControlPlane), behind its admin token."""
 
     async def healthz(request: Request) -> Response:
         if not plane.started:
@@ -133,7 +137,7 @@ def build_app(plane) -> Starlette:
     async def not_allowed(request: Request, exc: Exception) -> Response:
         return _error(405, f"method {request.method} not allowed on {request.url.path}")
 
-    return Starlette(
+    return AdminGuard(Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/fleet", fleet, methods=["GET"]),
@@ -144,4 +148,4 @@ def build_app(plane) -> Starlette:
             Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
-    )
+    ), getattr(plane, "token", None))

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--autoscale", action="store_true", default=None, help="run the autoscaler (as the fleet "
                    "file's autoscaler.enabled)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--admin-token", metavar="TOKEN", help="the fleet's admin token: asked of mutating "
+                   "requests to this API and sent to every process (prefer --admin-token-file)")
+    p.add_argument("--admin-token-file", metavar="FILE", help="file holding the admin token")
+    p.add_argument("--admin-allow-open", action="store_true",
+                   help="serve the admin port on a non-loopback --host with no token")
     return p
 
 
@@ -54,6 +59,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    from katyusha.admintoken import check_exposure, resolve_token
     from katyusha.control.plane import ControlPlane
     from katyusha.control.processes import StaticProcesses
     from katyusha.fleet.spec import load_spec
@@ -61,6 +67,14 @@ def main(argv: list[str]) -> int:
     source = args.fleet or "(built-in default fleet)"
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         sys.stderr.write(f"katyusha control: --admin-port: must be a port from 0 to 65535, got {args.admin_port}\n")
+        return 2
+    try:
+        token = resolve_token(args.admin_token, args.admin_token_file, token_key="--admin-token",
+                              file_key="--admin-token-file")
+        check_exposure(args.host, token, args.admin_allow_open, host_key="--host", token_key="--admin-token",
+                       file_key="--admin-token-file", allow_key="--admin-allow-open")
+    except ConfigError as exc:
+        sys.stderr.write(f"katyusha control: {exc}\n")
         return 2
     try:
         spec = load_spec(args.fleet, {"autoscale": True} if args.autoscale else {})
@@ -77,7 +91,7 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(f"katyusha control: {prefix}{exc}\n")
         return 2
     try:
-        plane = ControlPlane(spec, processes, host=args.host, admin_port=args.admin_port)
+        plane = ControlPlane(spec, processes, host=args.host, admin_port=args.admin_port, token=token)
     except OSError as exc:
         sys.stderr.write(f"katyusha control: {exc}\n")
         return 1

@@ -52,14 +52,17 @@ class ControlPlane:
     """One fleet's control plane; see the module doc. ``start()``, ``stop()``, ``poke()``."""
 
     def __init__(self, spec, processes: Processes, *, host: str = "127.0.0.1", admin_port: int | None = None,
-                 log_line: Callable[[str], None] | None = None):
-        """``spec`` is the fleet's FleetSpec. Binds the admin port now (raises OSError when it cannot listen)."""
+                 log_line: Callable[[str], None] | None = None, token: str | None = None):
+        """``spec`` is the fleet's FleetSpec; ``token`` the fleet's admin token (its API asks it of
+        mutating requests, its client sends it to every process). Binds the admin port now (raises
+        OSError when it cannot listen)."""
         from katyusha.control.api import build_app
 
         self.spec = spec
         self.processes = processes
         self.log_line = log_line or log.info
-        self.client = AdminClient()
+        self.token = token
+        self.client = AdminClient(token=token)
         self.writer = MembershipWriter(self.client, processes.balancers, drain_s=DRAIN_S)
         self.cold = ColdStarts()
         self.actuator: FleetActuator | None = None

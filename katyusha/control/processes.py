@@ -30,7 +30,8 @@ from katyusha.control.membership import BalancerRef, PodAddress
 from katyusha.core.errors import ConfigError
 
 # Keys of a state file that a processes file may carry; only the addresses are read.
-_TOP_KEYS = {"katyusha", "pods", "url", "policy", "runner_pid", "fleet_file", "topology", "autoscaler", "control"}
+_TOP_KEYS = {"katyusha", "pods", "url", "policy", "runner_pid", "fleet_file", "topology", "autoscaler", "control",
+             "admin_token_file"}
 _PROCESS_KEYS = {"name", "role", "data", "admin", "pid", "restarts"}
 _POD_KEYS = {"name", "node", "group", "params", "sim", "nonna"}
 

@@ -39,7 +39,6 @@ _NONNA_PREFIX = protocol.NONNA_PREFIX.encode()
 
 # nonna's error marker (docs/protocol.md, "Error responses").
 _ERROR_HEADER = protocol.ERROR.encode()
-_UPSTREAM_UNREACHABLE = protocol.UPSTREAM_UNREACHABLE.encode()
 
 
 def upstream_unreachable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
@@ -47,13 +46,24 @@ def upstream_unreachable(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
     ``headers`` are (lower-case name, value) byte pairs. Never raises.
     """
+    return nonna_error(headers) == protocol.UPSTREAM_UNREACHABLE
+
+
+def nonna_error(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The ``Nonna-Error`` value of a response (lower case, e.g. ``upstream-unreachable``), or None.
+
+    ``headers`` are (lower-case name, value) byte pairs. Never raises; a value
+    that is not short ASCII is treated as absent.
+    """
     try:
         for name, value in headers:
             if name == _ERROR_HEADER:
-                return value.strip().lower() == _UPSTREAM_UNREACHABLE
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return False
+                if len(value) > 64:
+                    return None
+                return value.strip().lower().decode("ascii")
+    except (TypeError, ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return None
 
 
 @dataclass(frozen=True, slots=True)

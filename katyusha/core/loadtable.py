@@ -30,6 +30,9 @@ from katyusha.core.feedback import Feedback
 # What one recent failure weighs in estimated_load: a pod whose app is down
 # answers at once, and without this would look like the idlest pod of all.
 FAILURE_LOAD = 4
+# How long a pod's own-speed estimate (idle_latency_ms) is trusted without a new
+# sample: a pod shunned for being slow is measured again after this long.
+SPEED_MEMORY_S = 5.0
 
 
 class PodEntry:
@@ -48,6 +51,8 @@ class PodEntry:
         "reported_state",
         "dispatched_since_report",
         "latency_ewma_ms",
+        "idle_latency_ms",
+        "idle_latency_at",
         "app_ewma_ms",
         "requests",
         "failures",
@@ -68,6 +73,10 @@ class PodEntry:
         self.reported_state: str | None = None
         self.dispatched_since_report = 0
         self.latency_ewma_ms: float | None = None
+        # Latency of requests sent while the pod had none of ours: its own speed, as
+        # katyusha sees it with no report (no queue of ours in it).
+        self.idle_latency_ms: float | None = None
+        self.idle_latency_at = 0.0
         self.app_ewma_ms: float | None = None
         self.requests = 0
         self.failures = 0
@@ -201,11 +210,15 @@ class LoadTable:
                 listener(entry)
 
     def record_response(
-        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
+        self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None,
+        alone: bool = False,
     ) -> None:
         """A response head came back from ``entry`` after ``latency_s``, with the pod's report if any.
 
-        ``in_flight`` is left alone: the request ends later (:meth:`on_end`).
+        ``alone``: the request was sent while the pod had no other of ours in
+        flight, so its latency is the pod's speed (``idle_latency_ms``, weighted
+        like app times). ``in_flight`` is left alone: the request ends later
+        (:meth:`on_end`).
         """
         entry.consecutive_failures = 0
         alpha = self.ewma_alpha
@@ -214,6 +227,12 @@ class LoadTable:
             entry.latency_ewma_ms = latency_ms
         else:
             entry.latency_ewma_ms += alpha * (latency_ms - entry.latency_ewma_ms)
+        if alone:
+            if entry.idle_latency_ms is None or now - entry.idle_latency_at > SPEED_MEMORY_S:
+                entry.idle_latency_ms = latency_ms
+            else:
+                entry.idle_latency_ms += self.app_alpha * (latency_ms - entry.idle_latency_ms)
+            entry.idle_latency_at = now
         if feedback is None:
             # This request is no longer on its way to the pod.
             if entry.dispatched_since_report > 0:
@@ -337,6 +356,7 @@ class LoadTable:
             "report_age_s": None if entry.reported_at is None else round(now - entry.reported_at, 6),
             "dispatched_since_report": entry.dispatched_since_report,
             "latency_ewma_ms": entry.latency_ewma_ms,
+            "idle_latency_ms": entry.idle_latency_ms,
             "app_ewma_ms": entry.app_ewma_ms,
             "requests": entry.requests,
             "failures": entry.failures,

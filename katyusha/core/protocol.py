@@ -12,10 +12,17 @@ NODE = "nonna-node"
 STATE = "nonna-state"
 SERVER_TIMING = "server-timing"
 REQUEST_ID = "x-request-id"
-# On nonna's own 502/504 when its app could not be reached before any response byte:
-# katyusha may then retry an idempotent request on another pod.
+# On nonna's own error answers, why it answered itself (docs/protocol.md):
 ERROR = "nonna-error"
+# the app was never reached (connection refused or never made): safe to send elsewhere;
 UPSTREAM_UNREACHABLE = "upstream-unreachable"
+# the app's connection broke before its response head: it may have run the request;
+UPSTREAM_FAILED = "upstream-failed"
+# no response head from the app within the timeout: it may have run the request;
+UPSTREAM_TIMEOUT = "upstream-timeout"
+# nonna's L2 queue was full, or a request waited in it past the timeout: the app never saw it.
+QUEUE_FULL = "queue-full"
+QUEUE_TIMEOUT = "queue-timeout"
 
 # Server-Timing metric names.
 TIMING_NONNA_QUEUE = "nonna-queue"

@@ -8,7 +8,7 @@ proxy, a simulator) does the I/O and calls it. A request's life::
     # ticket.admitted, or wait until a call below returns it (wake it then)
     handle = service.dispatch(ticket, now)   # None: no pod is ready, the ticket waits again
     handle.on_head(now, feedback, status)    # the response head came back
-    handle.on_failure(now, retryable)        # or: no response; True means dispatch again
+    handle.on_failure(now, retryable, sent_nothing=...)  # or: no response; True: dispatch again
     service.end(ticket, now)                 # the request ended (also: handle.done(now))
 
 ``end`` and ``done`` are the one exit of a request whatever happened (it was
@@ -17,7 +17,18 @@ try, if any, and give the L1 slot back, once. Each try counts one request
 in ``PodEntry.in_flight`` from ``dispatch`` until it ends (``on_failure``,
 ``end``/``done``), exactly once however many times and in whatever order the
 driver calls them. Retries are further dispatches of the same ticket, which
-avoid the pods it already failed on.
+avoid the pods it already failed on. A try that provably sent nothing (the
+pod refused, or its nonna could not reach its app) is retried whatever the
+method; one that may have reached the app only for an idempotent request; both
+within the service's retry budget (:mod:`katyusha.core.retrybudget`).
+``ticket.maybe_executed`` tells the driver whether a failed request may have
+run on some pod.
+
+Pod health (:mod:`katyusha.core.health`) decides which pods are in the ready
+set: every response and failure feeds it, and the driver runs the probes
+:meth:`ServiceBalancer.health_due` names and reports them with
+:meth:`ServiceBalancer.probe_result`, which returns the tickets a pod's return
+lets in.
 
 Calls that can let waiting tickets in (``end``, ``change_pods``) return them;
 the driver wakes each. Deadlines are data: the driver keeps one timer at
@@ -37,12 +48,14 @@ from dataclasses import dataclass, replace
 from katyusha.core.capacity import PodCapacity
 from katyusha.core.errors import DeadlineExceeded, KatyushaError, NoReadyPod
 from katyusha.core.feedback import Feedback
+from katyusha.core.health import HealthEvent, HealthSettings, PodHealth, Probe
 from katyusha.core.loadtable import LoadTable, PodEntry
 from katyusha.core.membership import ChangeResult, PodChange, PodSpec
 from katyusha.core.picktrace import PickTrace
 from katyusha.core.policies import DEFAULT_POLICY, make_policy
 from katyusha.core.queue import ADMITTED, WAITING, L1Queue, Ticket
 from katyusha.core.responsepool import ResponsePool
+from katyusha.core.retrybudget import RetryBudget
 
 # Dispatch states: sent, response head seen, ended (counted out).
 _OPEN = 0
@@ -56,8 +69,11 @@ class ServiceSettings:
 
     ``l1_limit`` None: no L1 limit. ``capacity_factor`` 0: no per-pod
     capacity (it is off whatever the factor when ``l1_limit`` is None).
-    ``retries``: extra tries of an idempotent request on another pod.
-    ``trace_picks``: how many picks ``/trace`` keeps (0: none).
+    ``retries``: extra tries of a request on another pod (see the module
+    docstring for which failures are retried), within ``retry_budget`` (a
+    share of requests) plus ``retry_budget_min`` retries a second.
+    ``trace_picks``: how many picks ``/trace`` keeps (0: none). ``health``:
+    probes, active checks and outlier ejection.
     """
 
     name: str = "default"
@@ -69,20 +85,26 @@ class ServiceSettings:
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
+    retry_budget: float = 0.2
+    retry_budget_min: float = 10.0
     priority_classes: int = 1
     trace_picks: int = 0
+    health: HealthSettings = HealthSettings()
 
 
 class ServiceTicket(Ticket):
     """A request's place in the L1 queue, and what its tries so far have taught."""
 
-    __slots__ = ("tries_left", "tried", "dispatch")
+    __slots__ = ("tries_left", "tried", "dispatch", "idempotent", "maybe_executed")
 
     def __init__(self, payload, enqueued_at: float, deadline: float, priority: int):
         super().__init__(payload, enqueued_at, deadline, priority)
         self.tries_left = 0
         self.tried: list[PodEntry] | None = None
         self.dispatch: Dispatch | None = None
+        self.idempotent = True
+        # A try failed in a way that may have reached the app.
+        self.maybe_executed = False
 
     @property
     def l1_wait(self) -> float:
@@ -94,7 +116,7 @@ class ServiceTicket(Ticket):
 class Dispatch:
     """One try of a request on one pod: the per-request handle (see the module docstring)."""
 
-    __slots__ = ("service", "ticket", "entry", "sent_at", "state")
+    __slots__ = ("service", "ticket", "entry", "sent_at", "state", "alone")
 
     def __init__(self, service: ServiceBalancer, ticket: ServiceTicket, entry: PodEntry, sent_at: float):
         self.service = service
@@ -102,35 +124,50 @@ class Dispatch:
         self.entry = entry
         self.sent_at = sent_at
         self.state = _OPEN
+        # The pod had no other request of ours: this one's latency is the pod's speed.
+        self.alone = entry.in_flight == 1
 
-    def on_head(self, now: float, feedback: Feedback | None, status: int) -> float:
-        """The pod's response head: feeds the table, the policy and the response pool once.
+    def on_head(self, now: float, feedback: Feedback | None, status: int, pod_error: str | None = None) -> float:
+        """The pod's response head: feeds the table, the policy, the response pool and health once.
 
-        Returns the latency (seconds since dispatch). The request stays
-        counted until it ends. A second call, or one after the try ended,
-        records nothing.
+        ``pod_error`` is the response's ``Nonna-Error`` (nonna's own answers
+        name why). Returns the latency (seconds since dispatch). The request
+        stays counted until it ends. A second call, or one after the try
+        ended, records nothing.
         """
         if self.state is _OPEN:
             self.state = _HEAD
-            self.service._headed(self, now, feedback, status)
+            self.service._headed(self, now, feedback, status, pod_error)
         return now - self.sent_at
 
-    def on_failure(self, now: float, retryable: bool = False) -> bool:
+    def on_failure(self, now: float, retryable: bool = False, *, sent_nothing: bool = False) -> bool:
         """The try got no response (or broke off): end it; True when the ticket may be dispatched again.
 
-        A failure before the head is recorded against the pod. True only
-        when ``retryable`` (nothing reached the client, the body can be sent
-        again), no head was seen, the request has tries left, still holds its
-        slot and a pod is ready; the pod is then avoided by the next
-        dispatch. Calling it again, or after the try ended, returns False.
+        ``sent_nothing``: the pod provably never got the request (refused,
+        nonna's ``upstream-unreachable``); it then leaves the ready set at
+        once. Otherwise the request may have run there
+        (``ticket.maybe_executed``). A failure before the head is recorded
+        against the pod. True only when ``retryable`` (nothing reached the
+        client, the body can be sent again), no head was seen, the request has
+        tries left and still holds its slot, it is idempotent or nothing was
+        sent, and the retry budget allows; the pod is then avoided by the next
+        dispatch (which may find no ready pod: the ticket then waits for one).
+        Calling it again, or after the try ended, returns False.
         """
         if self.state is _ENDED:
             return False
         headed = self.state is _HEAD
-        self.service._end_try(self, now)
+        service = self.service
+        service._end_try(self, now)
+        if headed:
+            return False
         ticket = self.ticket
-        if (not retryable or headed or ticket.tries_left <= 0 or ticket.state is not ADMITTED
-                or not self.service.table.ready()):
+        if not sent_nothing:
+            ticket.maybe_executed = True
+        if service.health.failure(self.entry, now, sent_nothing):
+            service._health_changed(self.entry, now)
+        if (not retryable or ticket.tries_left <= 0 or ticket.state is not ADMITTED
+                or not (sent_nothing or ticket.idempotent) or not service.budget.allow(now)):
             return False
         ticket.tries_left -= 1
         if ticket.tried is None:
@@ -179,6 +216,11 @@ class ServiceBalancer:
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
         self.capacity = PodCapacity(factor, learn=settings.uses_feedback)
+        self.health = PodHealth(settings.health)
+        self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
+        # Tickets a change of health let in where no caller could take them (the driver's
+        # next health call returns them).
+        self._admitted: list[ServiceTicket] = []
         self.specs: dict[str, PodSpec] = {}
         self.on_idle = on_idle
         self.trace = (PickTrace(settings.name, settings.trace_picks, self.policy, self.table)
@@ -192,14 +234,16 @@ class ServiceBalancer:
     def offer(self, now: float, *, priority: int = 0, idempotent: bool = True) -> ServiceTicket:
         """Offer one request to the L1 queue; returns its ticket (``ticket.admitted`` or waiting).
 
-        An ``idempotent`` request may be tried ``retries`` more times on
-        other pods. Raises QueueFull (503) when the queue is full, BadInput
-        (400) for a priority out of range.
+        A request may be tried ``retries`` more times on other pods; one that
+        is not ``idempotent`` only after tries that sent nothing. Raises
+        QueueFull (503) when the queue is full, BadInput (400) for a priority
+        out of range.
         """
-        ticket = self.queue.offer(None, now, priority=priority)
-        if idempotent:
-            ticket.tries_left = self.settings.retries
-        return ticket  # type: ignore[return-value]
+        ticket: ServiceTicket = self.queue.offer(None, now, priority=priority)  # type: ignore[assignment]
+        self.budget.on_request(now)
+        ticket.tries_left = self.settings.retries
+        ticket.idempotent = idempotent
+        return ticket
 
     @property
     def needs_pods(self) -> bool:
@@ -256,6 +300,8 @@ class ServiceBalancer:
             admitted = []
         if self.capacity.stale:
             admitted += self._resync(now)
+        if self._admitted:
+            admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
 
     def next_deadline(self) -> float | None:
@@ -284,10 +330,13 @@ class ServiceBalancer:
 
     # -- the handle's calls --------------------------------------------------
 
-    def _headed(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int) -> None:
+    def _headed(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int,
+                pod_error: str | None) -> None:
         entry = handle.entry
+        if self.health.response(entry, now, status, pod_error):
+            self._health_changed(entry, now)
         latency = now - handle.sent_at
-        self.table.record_response(entry, now, latency, feedback)
+        self.table.record_response(entry, now, latency, feedback, handle.alone)
         self.policy.observe(entry, now, latency, feedback)
         pool = self.pool
         if pool is not None:
@@ -347,14 +396,21 @@ class ServiceBalancer:
             else:
                 self._remove(entry, result)
         for spec in change.upsert:
-            self._register(spec)
+            self._register(spec, now)
         result.admitted = self._resync(now)
         return result
 
-    def _register(self, spec: PodSpec) -> None:
+    def _register(self, spec: PodSpec, now: float) -> None:
         table = self.table
-        new = table.get(spec.name) is None
-        entry = table.upsert(spec.name, spec.url, spec.node, ready=True)
+        entry = table.get(spec.name)
+        new = entry is None
+        if new:
+            entry = table.upsert(spec.name, spec.url, spec.node, ready=True)
+            self.health.add(entry, spec.name, spec.url, spec.admin, now)
+        else:
+            # A pod given again keeps its health verdict, unless it moved (a new address starts afresh).
+            self.health.readdress(entry, spec.name, spec.url, spec.admin, now)
+            table.upsert(spec.name, spec.url, spec.node, ready=self.health.serving(entry))
         old = self.specs.get(spec.name)
         if spec.concurrency is None and old is not None and old.concurrency is not None:
             spec = replace(spec, concurrency=old.concurrency)
@@ -365,6 +421,7 @@ class ServiceBalancer:
         self.table.remove(entry.name)
         self.specs.pop(entry.name, None)
         self.capacity.forget(entry)
+        self.health.remove(entry)
         if entry.in_flight > 0:
             self._leaving.add(entry)
         result.removed.append(entry)
@@ -384,6 +441,36 @@ class ServiceBalancer:
         elif queue.held:
             admitted += queue.unhold(now)
         return admitted  # type: ignore[return-value]
+
+    # -- health --------------------------------------------------------------
+
+    def _health_changed(self, entry: PodEntry, now: float) -> None:
+        """A pod's health verdict flipped: the ready set, capacities and the L1 limit follow."""
+        self.table.set_ready(entry.name, self.health.serving(entry))
+        self._admitted += self._resync(now)
+
+    def health_due(self, now: float) -> list[tuple[PodEntry, Probe]]:
+        """The probes to run now, each with the pod it is for (give both back to :meth:`probe_result`)."""
+        return self.health.due(now)  # type: ignore[return-value]
+
+    def probe_result(self, entry: PodEntry, now: float, ok: bool, why: str = "") -> list[ServiceTicket]:
+        """A probe of ``entry`` succeeded (``ok``) or failed; returns the tickets a pod's return let in."""
+        if self.health.probe_result(entry, now, ok, why):
+            self._health_changed(entry, now)
+        return self.take_admitted()
+
+    def take_admitted(self) -> list[ServiceTicket]:
+        """Tickets let in by health changes on the request path, not yet handed to the driver."""
+        admitted, self._admitted = self._admitted, []
+        return admitted
+
+    def next_health_deadline(self) -> float | None:
+        """When :meth:`health_due` next has a probe to start or an ejection to end (the driver's timer)."""
+        return self.health.next_deadline()
+
+    def take_health_events(self) -> list[HealthEvent]:
+        """Health changes since the last call (for log lines; counts are in :meth:`pod_row`)."""
+        return self.health.take_events()
 
     # -- views ---------------------------------------------------------------
 
@@ -425,6 +512,7 @@ class ServiceBalancer:
         row["admin"] = spec.admin if spec is not None else None
         row["concurrency"] = spec.concurrency if spec is not None else None
         row["capacity"] = self.capacity.caps.get(entry)
+        row.update(self.health.row(entry, now))
         return row
 
     def state(self, now: float) -> dict:
@@ -435,5 +523,6 @@ class ServiceBalancer:
             "pod_capacity_factor": self.capacity.factor,
             "queue": self.queue_counters(),
             "ready_pods": len(self.table.ready()),
+            "retry_budget": self.budget.state(),
             "pods": [self.pod_row(entry, now) for entry in self.table.pods()],
         }

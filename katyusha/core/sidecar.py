@@ -267,15 +267,17 @@ class Piggyback:
     def response(self, report: Report, upstream: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """The application's headers with the piggyback added.
 
-        The application's own ``Server-Timing`` values come first, ours after
-        them, all in one header.
+        Any ``Nonna-*`` header the application sent is dropped first: a
+        balancer believes a report only from nonna. The application's own
+        ``Server-Timing`` values come first, ours after them, all in one header.
         """
         out = []
         timings = []
         for item in upstream:
-            if item[0] == _SERVER_TIMING:
+            name = item[0]
+            if name == _SERVER_TIMING:
                 timings.append(item[1])
-            else:
+            elif not name.startswith(_NONNA_PREFIX):
                 out.append(item)
         timings.append(self.timing(report))
         out.append((_SERVER_TIMING, b", ".join(timings)))
@@ -362,6 +364,7 @@ _NODE = protocol.NODE.encode()
 _SERVER_TIMING = protocol.SERVER_TIMING.encode()
 _TIMING_QUEUE = protocol.TIMING_NONNA_QUEUE.encode()
 _TIMING_APP = protocol.TIMING_APP.encode()
+_NONNA_PREFIX = protocol.NONNA_PREFIX.encode()
 
 
 def _whole(value: object) -> bool:

@@ -60,6 +60,12 @@ def _up_parser() -> argparse.ArgumentParser:
     runner.add_argument("--stop-timeout", type=float, dest="stop_timeout_s", help="seconds a process may take to stop")
     runner.add_argument("--no-restart", action="store_false", dest="restart", default=None,
                         help="do not restart a process that dies")  # fmt: skip
+    admin = p.add_argument_group("admin token")
+    admin.add_argument("--admin-token-file", metavar="FILE",
+                       help="one admin token for every process and the control plane: mutating admin "
+                       "requests then need 'Authorization: Bearer <token>' (see docs/reliability.md)")
+    admin.add_argument("--admin-allow-open", action="store_true",
+                       help="let admin ports listen on a non-loopback --host with no token")
     return p
 
 
@@ -100,9 +106,19 @@ def up(argv: list[str]) -> int:
         return 2
     from pathlib import Path
 
+    from katyusha.admintoken import check_exposure, resolve_token
     from katyusha.fleet.runner import run_fleet
 
-    return run_fleet(spec, Path(args.state_file) if args.state_file else None, source=source)
+    token_file = str(Path(args.admin_token_file).resolve()) if args.admin_token_file else None
+    try:
+        token = resolve_token(None, token_file, file_key="--admin-token-file")
+        check_exposure(spec.host, token, args.admin_allow_open, host_key="--host", token_key="--admin-token-file",
+                       file_key="--admin-token-file", allow_key="--admin-allow-open")
+    except ConfigError as exc:
+        sys.stderr.write(f"katyusha fleet: {exc}\n")
+        return 2
+    return run_fleet(spec, Path(args.state_file) if args.state_file else None, source=source,
+                     token_file=token_file, token=token, allow_open=args.admin_allow_open)
 
 
 def _finder(p: argparse.ArgumentParser) -> None:
@@ -110,6 +126,8 @@ def _finder(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="katyusha port the fleet was started with (finds its state file)")
     p.add_argument("--control", metavar="URL",
                    help="the control plane's admin URL (instead of finding the fleet by its state file)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="the fleet's admin token (default: the file its state file names, if any)")
 
 
 def _control_and_document(args) -> tuple[str | None, dict | None]:
@@ -121,12 +139,20 @@ def _control_and_document(args) -> tuple[str | None, dict | None]:
     return control.get("admin"), document
 
 
-async def _live_view(control: str | None, document: dict | None) -> dict:
+def _token(args, document: dict | None) -> str | None:
+    """The admin token: ``--admin-token-file``, else the file the state file names. Raises ConfigError."""
+    from katyusha.admintoken import resolve_token
+
+    path = args.admin_token_file or (document or {}).get("admin_token_file")
+    return resolve_token(None, path, file_key="--admin-token-file")
+
+
+async def _live_view(control: str | None, document: dict | None, token: str | None = None) -> dict:
     """The fleet's live view from its control plane, or read directly from the processes when none answers."""
     from katyusha.control.adminclient import AdminClient, AdminError
     from katyusha.control.fleetview import collect
 
-    async with AdminClient() as client:
+    async with AdminClient(token=token) as client:
         if control is not None:
             try:
                 return await client.get_json(control + "/fleet", timeout=30.0)
@@ -149,8 +175,9 @@ def status(argv: list[str]) -> int:
     from katyusha.fleet.statustext import nodes_text, status_text
 
     try:
-        live = asyncio.run(_live_view(*_control_and_document(args)))
-    except statefile.NoFleet as exc:
+        control, document = _control_and_document(args)
+        live = asyncio.run(_live_view(control, document, _token(args, document)))
+    except (statefile.NoFleet, ConfigError) as exc:
         sys.stderr.write(f"katyusha fleet status: {exc}\n")
         return 1
     if args.json:
@@ -161,12 +188,13 @@ def status(argv: list[str]) -> int:
     return 1 if down else 0
 
 
-async def _move(control: str, name: str, target: str, timeout: float) -> tuple[int, dict | str]:
+async def _move(control: str, name: str, target: str, timeout: float,
+                token: str | None = None) -> tuple[int, dict | str]:
     from urllib.parse import quote
 
     from katyusha.control.adminclient import AdminClient
 
-    async with AdminClient() as client:
+    async with AdminClient(token=token) as client:
         return await client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
                                  {"state": target, "timeout": timeout}, timeout=timeout + 30.0)  # fmt: skip
 
@@ -192,11 +220,12 @@ def pod(argv: list[str]) -> int:
         sys.stderr.write(f"katyusha fleet pod: state {args.target!r} is not one of {', '.join(INITIAL_STATES)}\n")
         return 2
     try:
-        control, _ = _control_and_document(args)
+        control, document = _control_and_document(args)
         if control is None:
             raise statefile.NoFleet("this fleet records no control plane (give --control URL)")
-        status_code, payload = asyncio.run(_move(control, args.name, args.target, args.timeout))
-    except (statefile.NoFleet, AdminError) as exc:
+        status_code, payload = asyncio.run(_move(control, args.name, args.target, args.timeout,
+                                                 _token(args, document)))
+    except (statefile.NoFleet, AdminError, ConfigError) as exc:
         sys.stderr.write(f"katyusha fleet pod: {exc}\n")
         return 1
     answer = payload if isinstance(payload, dict) else {"error": str(payload)}

@@ -75,10 +75,15 @@ class RunnerProcesses:
 class Fleet:
     """A running local fleet; :meth:`run` returns the exit status."""
 
-    def __init__(self, spec: FleetSpec, state_path: Path | None = None, *, source: str = ""):
-        """Raises OSError when the control plane's admin port cannot be bound."""
+    def __init__(self, spec: FleetSpec, state_path: Path | None = None, *, source: str = "",
+                 token_file: str | None = None, token: str | None = None, allow_open: bool = False):
+        """``token_file``/``token``: one admin token for every process of the fleet and its control
+        plane (katyusha.admintoken); ``allow_open``: admin ports on a non-loopback host without one.
+        Raises OSError when the control plane's admin port cannot be bound."""
         self.spec = spec
         self.source = source
+        self.token_file = token_file
+        self.allow_open = allow_open
         self.state_path = state_path
         self.stopping = asyncio.Event()
         self.force = False
@@ -88,7 +93,7 @@ class Fleet:
         self._tasks: list[asyncio.Task] = []
         self._build()
         # Bound now, so katyusha is started with its demand URL.
-        self.control = ControlPlane(spec, RunnerProcesses(self), host=spec.host, log_line=self.log)
+        self.control = ControlPlane(spec, RunnerProcesses(self), host=spec.host, log_line=self.log, token=token)
 
     def log(self, line: str) -> None:
         sys.stderr.write(line + "\n")
@@ -121,7 +126,15 @@ class Fleet:
             "--start-s", f"{params.start_s:g}",
             # The emulated app is sim-backend's default: its argv stays what `katyusha fleet compose` writes.
             *(["--app", params.app] if params.app != "emulated" else []),
+            "--start-s", f"{params.start_s:g}", *self._admin_args(flag_only=True),
         ]  # fmt: skip
+
+    def _admin_args(self, flag_only: bool = False) -> list[str]:
+        """The admin-token flags every child gets (sim-backend's --admin-allow-open takes no value)."""
+        args = ["--admin-token-file", self.token_file] if self.token_file else []
+        if self.allow_open:
+            args += ["--admin-allow-open"] if flag_only else ["--admin-allow-open", "true"]
+        return args
 
     def _nonna_argv(self, run: PodRun, port: int, admin: int) -> list[str]:
         params = run.spec.params
@@ -131,7 +144,7 @@ class Fleet:
             "--upstream", str(run.sim.data_url),
             "--upstream-health", f"{run.sim.admin_url}/healthz",
             "--concurrency", str(params.concurrency), "--queue-depth", str(params.queue_depth),
-            "--pod", run.spec.name, "--node", run.spec.node,
+            "--pod", run.spec.name, "--node", run.spec.node, *self._admin_args(),
         ]  # fmt: skip
 
     def _katyusha_argv(self, port: int, admin: int) -> list[str]:
@@ -140,7 +153,7 @@ class Fleet:
             console_script("katyusha"), "serve", "--host", self.spec.host,
             "--port", str(port), "--admin-port", str(admin), "--policy", k.policy,
             *(["--demand-url", self.control.demand_url] if self.spec.autoscaler.enabled else []),
-            *k.args,
+            *self._admin_args(), *k.args,
         ]  # fmt: skip
 
     # The life of the fleet.
@@ -325,6 +338,8 @@ class Fleet:
             ],
             "topology": self.spec.topology(),
             "control": {"admin": self.control.admin_url},
+            # Where the token is, never the token: status and pod read it from there.
+            "admin_token_file": self.token_file,
             "autoscaler": None
             if not self.spec.autoscaler.enabled
             else {"admin": self.control.admin_url, "settings": self.spec.autoscaler.to_json()},
@@ -378,13 +393,15 @@ def _status(status: int | None) -> str:
     return f"status {status}"
 
 
-def run_fleet(spec: FleetSpec, state_path: Path | None = None, source: str = "") -> int:
+def run_fleet(spec: FleetSpec, state_path: Path | None = None, source: str = "", *,
+              token_file: str | None = None, token: str | None = None, allow_open: bool = False) -> int:
     """Run the fleet until a stop signal; return the exit status (0 after a clean stop).
 
     ``state_path`` None: the default path for katyusha's port (see statefile).
     """
     try:
-        fleet = Fleet(spec, state_path, source=source)
+        fleet = Fleet(spec, state_path, source=source, token_file=token_file, token=token,
+                      allow_open=allow_open)
     except OSError as exc:
         sys.stderr.write(f"katyusha fleet: could not start the fleet: {exc}\n")
         return 1

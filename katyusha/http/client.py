@@ -212,6 +212,9 @@ class Pool:
             conn = await self._connect(stream)
         else:
             self.reuses += 1
+        # Set once the request went out on a kept-alive connection: if that
+        # connection then closes unanswered, the upstream may have got it.
+        written = False
         try:
             # Awaited here rather than in a coroutine of the connection: one
             # frame less to resume on every response.
@@ -219,6 +222,7 @@ class Pool:
                 head, fixed, start_pump if stream is not None else None, timeout, head_only,
                 upgrade,
             )
+            written = True
             try:
                 return await waiter
             except asyncio.CancelledError:
@@ -237,9 +241,9 @@ class Pool:
                 "kept-alive connection closed before any response byte; body already consumed",
                 origin=self.origin,
             )
-        conn = await self._connect(stream)
-        replay = list(stream.kept) if stream is not None else None
         try:
+            conn = await self._connect(stream)
+            replay = list(stream.kept) if stream is not None else None
             return await conn.exchange(
                 head,
                 fixed,
@@ -250,6 +254,7 @@ class Pool:
             )
         except ConnectFailed as exc:
             exc.retryable = stream is None or not stream.started
+            exc.sent_nothing = exc.sent_nothing and not written
             raise
 
     async def close(self) -> None:
@@ -337,6 +342,7 @@ class Pool:
                 f"no connection within {self.connect_timeout:g}s",
                 origin=self.origin,
                 retryable=stream is None or not stream.started,
+                sent_nothing=True,
             ) from None
         except ssl.SSLError as exc:
             raise ConnectFailed(
@@ -349,6 +355,7 @@ class Pool:
                 f"cannot connect: {exc.strerror or exc}",
                 origin=self.origin,
                 retryable=stream is None or not stream.started,
+                sent_nothing=True,
             ) from None
         return conn
 

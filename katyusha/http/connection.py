@@ -384,7 +384,8 @@ class Connection(asyncio.Protocol):
         if self.closed or self.transport.is_closing():
             if self.reused:
                 raise Stale()
-            raise ConnectFailed("connection closed before the request was sent", origin=self.origin)
+            raise ConnectFailed("connection closed before the request was sent", origin=self.origin,
+                                sent_nothing=True)
         self._active = True
         self._got_bytes = False
         self._head_only = head_only

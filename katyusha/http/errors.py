@@ -1,9 +1,12 @@
 """Failures of an upstream exchange, classified for the caller's retry decision.
 
 Every error says which HTTP status the edge should answer (``status_hint``:
-502 or 504) and whether sending the same request again, to this or another
-upstream, is safe (``retryable``): only when the upstream cannot have started
-acting on the request and its body can still be sent again.
+502 or 504), whether the same request can be sent again, to this or another
+upstream (``retryable``: its body can still be sent and nothing went
+downstream), and whether the upstream provably never got it
+(``sent_nothing``: the connection was refused or never made, or closed before
+the request was written). A retryable error that did not send nothing may
+have been acted on: only an idempotent request may be sent again then.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ class UpstreamError(KatyushaError):
 
     status_hint = 502
 
-    def __init__(self, message: str, *, origin: str = "", retryable: bool = False):
+    def __init__(self, message: str, *, origin: str = "", retryable: bool = False,
+                 sent_nothing: bool = False):
         super().__init__(f"{origin}: {message}" if origin else message)
         self.origin = origin
         self.retryable = retryable
+        self.sent_nothing = sent_nothing
 
 
 class ConnectFailed(UpstreamError):

@@ -15,6 +15,9 @@ naming it when unknown)::
     GET    /demand              {"waiting", "in_flight", "ready_pods"} (+ "services" without service=)
     GET    /pool                response pool summary (outoushuugou)
     GET    /trace               the last trace-picks picks (all services without service=)
+
+With ``admin-token`` set, PUT, POST and DELETE need ``Authorization: Bearer
+<token>`` (401 otherwise, katyusha.admintoken); reads stay open.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import math
 from urllib.parse import parse_qs, unquote
 
+from katyusha.admintoken import AdminGuard
 from katyusha.core.errors import BadInput, ConfigError, KatyushaError
 from katyusha.proxy.asgi import TEXT, lifespan, read_body, respond, respond_json
 from katyusha.proxy.config import PodSpec, ProxyConfig, parse_pod
@@ -94,8 +98,12 @@ class AdminApp:
         self.registry = registry
         self.notes = notes or {}
         self.draining = draining
+        self._guarded = AdminGuard(self._serve, config.admin_token)
 
     async def __call__(self, scope, receive, send) -> None:
+        await self._guarded(scope, receive, send)
+
+    async def _serve(self, scope, receive, send) -> None:
         if scope["type"] == "lifespan":
             await lifespan(receive, send)
             return

@@ -6,7 +6,8 @@ none), offer it to the service's L1 queue and wait while its ticket waits
 response head, a failure and the end to the core's per-request handle. Every
 decision (admission, expiry, the pod, retry or not, counts) is the core's
 (:mod:`katyusha.core.service`); here is I/O: sockets, futures, headers.
-Every request gets an answer.
+Every request gets an answer; every answer katyusha writes itself says
+whether the request may have run on a pod (``Katyusha-Maybe-Executed``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import logging
 import os
 from itertools import count
 
+from katyusha.core import protocol
 from katyusha.core.errors import KatyushaError
-from katyusha.core.feedback import parse_feedback, upstream_unreachable
+from katyusha.core.feedback import nonna_error, parse_feedback
+from katyusha.core.forwarding import Forwarding
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
 from katyusha.core.queue import parse_priority
 from katyusha.core.routing import Router
@@ -37,6 +40,9 @@ _NONNA = NONNA_PREFIX.encode()
 _SERVER_TIMING = b"server-timing"
 _HOST = b"host"
 _NO_POD = ""
+MAYBE_EXECUTED = b"katyusha-maybe-executed"
+_UNREACHABLE = protocol.UPSTREAM_UNREACHABLE
+_APP_FAILED = protocol.UPSTREAM_FAILED
 # Bodies up to this size are kept so a retry can send them again.
 _REPLAY_LIMIT = 64 * 1024
 
@@ -112,13 +118,22 @@ class _Head:
 
     def __call__(self, status: int, headers: list) -> list:
         handle = self.handle
-        if status >= 502 and upstream_unreachable(headers):
-            # The pod's nonna never reached its app: a failed connect to this
-            # pod (counted on it, retried elsewhere), not an answer to relay.
-            raise ConnectFailed("nonna cannot reach the pod's app (Nonna-Error: "
-                                "upstream-unreachable)", origin=handle.entry.url, retryable=True)
+        pod_error = None
+        if status >= 500:
+            pod_error = nonna_error(headers)
+            if pod_error == _UNREACHABLE:
+                # The pod's nonna never reached its app: a failed connect to this
+                # pod (it leaves the ready set; any method is retried elsewhere).
+                raise ConnectFailed("nonna cannot reach the pod's app (Nonna-Error: "
+                                    "upstream-unreachable)", origin=handle.entry.url, retryable=True,
+                                    sent_nothing=True)
+            if pod_error == _APP_FAILED:
+                # The app's connection broke before its answer: it may have run the
+                # request, so only an idempotent one is sent elsewhere.
+                raise UpstreamError("the pod's app closed its connection before answering (Nonna-Error: "
+                                "upstream-failed)", origin=handle.entry.url, retryable=True)
         feedback = parse_feedback(headers) if self.uses_feedback else None
-        self.stats.upstream_latency.observe(handle.on_head(self.loop.time(), feedback, status))
+        self.stats.upstream_latency.observe(handle.on_head(self.loop.time(), feedback, status, pod_error))
         out = []
         has_id = False
         keep_nonna = self.keep_nonna
@@ -153,6 +168,7 @@ class DataApp:
         header = config.priority_header
         self.priority_header = header.encode() if header else None
         self.priority_classes = config.priority_classes
+        self.forwarding = Forwarding(config.trusted_proxies)
         # Requests that matched no service.
         self.unrouted = ProxyStats()
         self._ids = count(1)
@@ -245,7 +261,7 @@ class DataApp:
         l1_wait = ticket.l1_wait
         stats.l1_wait.observe(l1_wait)
         head = _Head(self, stats, request_id, b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0))
-        extra = self._upstream_headers(scope, request_id, given)
+        upstream_scope = self._upstream_scope(scope, request_id, given)
         if ticket.tries_left and _has_body(scope["headers"]):
             receive = ReplayableReceive(receive, _REPLAY_LIMIT)
         while True:
@@ -253,25 +269,45 @@ class DataApp:
             entry = handle.entry
             try:
                 result = await forward(
-                    scope, receive, send, self.pools.get(entry.url),
-                    extra_request_headers=extra, on_response_head=head,
-                    timeout=self.upstream_timeout,
+                    upstream_scope, receive, send, self.pools.get(entry.url),
+                    on_response_head=head, timeout=self.upstream_timeout,
                 )
             except UpstreamError as exc:
                 stats.failure(entry.name, type(exc).__name__)
-                if handle.on_failure(loop.time(), exc.retryable):
+                again = handle.on_failure(loop.time(), exc.retryable, sent_nothing=exc.sent_nothing)
+                live.health_changed()
+                if again:
                     stats.retries += 1
-                    handle = live.dispatch(ticket, loop.time())
+                    handle = await self._redispatch(live, ticket, send, request_id)
                     if handle is not None:
                         continue
+                    return
                 await self._error(stats, send, exc.status_hint, f"pod {entry.name}: {exc}",
-                                  request_id, entry.name)
+                                  request_id, entry.name, maybe_executed=ticket.maybe_executed)
                 return
             except ResponseAborted:
                 stats.failure(entry.name, "aborted")
                 raise
+            if result.status >= 500:
+                live.health_changed()
             stats.response(result.status, entry.name)
             return
+
+    async def _redispatch(self, live: LiveService, ticket, send, request_id: bytes) -> Dispatch | None:
+        """The next try's handle; waits first while no pod is ready (the core requeued the ticket).
+
+        None when the ticket expired meanwhile (answered here). The client is not
+        watched in this wait (part of its body is held for the replay); the
+        request's deadline bounds it.
+        """
+        while (handle := live.dispatch(ticket, self.loop.time())) is None:
+            try:
+                await ticket.payload
+            except KatyushaError as exc:
+                await self._error(live.stats, send, exc.status_hint, str(exc), request_id,
+                                  maybe_executed=ticket.maybe_executed)
+                return None
+        return handle
 
     async def _admitted(self, live: LiveService, ticket, queued: QueuedReceive, send,
                         request_id: bytes) -> bool:
@@ -295,18 +331,14 @@ class DataApp:
             return False
         return True
 
-    def _upstream_headers(self, scope, request_id: bytes, given: bool) -> list:
-        extra = []
-        if not given:
-            extra.append((_REQUEST_ID, request_id))
+    def _upstream_scope(self, scope, request_id: bytes, given: bool) -> dict:
+        """The scope forwarded to pods: its headers rewritten (forwarding and trust, katyusha.core.forwarding)."""
         client = scope.get("client")
-        if client:
-            extra.append((b"x-forwarded-for", client[0].encode()))
-        extra.append((b"x-forwarded-proto", scope.get("scheme", "http").encode()))
-        host = _header(scope["headers"], _HOST)
-        if host is not None:
-            extra.append((b"x-forwarded-host", host))
-        return extra
+        headers = self.forwarding.rewrite(scope["headers"], client[0] if client else None,
+                                          scope.get("scheme", "http"))
+        if not given:
+            headers.append((_REQUEST_ID, request_id))
+        return {**scope, "headers": headers}
 
     async def _no_service(self, scope, send, request_id: bytes) -> None:
         host = (_header(scope["headers"], _HOST) or b"").decode("latin-1")
@@ -315,18 +347,21 @@ class DataApp:
         try:
             await respond_json(send, 404, {
                 "error": f"no service answers host {host!r} and path {path!r}",
-                "status": 404, "host": host, "path": path,
-            }, [(_REQUEST_ID, request_id)])
+                "status": 404, "host": host, "path": path, "maybe_executed": False,
+            }, [(_REQUEST_ID, request_id), (MAYBE_EXECUTED, b"false")])
         except OSError:  # pragma: no cover - the client is gone
             pass
 
     async def _error(self, stats: ProxyStats, send, status: int, message: str, request_id: bytes,
-                     pod: str = _NO_POD):
+                     pod: str = _NO_POD, *, maybe_executed: bool = False):
+        """katyusha's own answer; ``maybe_executed``: a failed try may have run the request on a pod."""
         stats.response(status, pod)
+        if maybe_executed:
+            message += "; the request may have been executed: a try failed after it reached a pod"
         try:
             await respond_json(
-                send, status, {"error": message, "status": status},
-                [(_REQUEST_ID, request_id)],
+                send, status, {"error": message, "status": status, "maybe_executed": maybe_executed},
+                [(_REQUEST_ID, request_id), (MAYBE_EXECUTED, b"true" if maybe_executed else b"false")],
             )
         except OSError:  # pragma: no cover - the client is gone
             pass

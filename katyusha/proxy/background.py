@@ -1,8 +1,10 @@
-"""Work katyusha does off the request path: demand notifications and prequal's load probes.
+"""Work katyusha does off the request path: demand notifications, prequal's load probes, health probes.
 
-Both talk to control-plane or admin endpoints through the project's HTTP
+All talk to control-plane, admin or pod endpoints through the project's HTTP
 client, never block a request, and are bounded: at most one demand POST per
-``min_interval`` and one probe in flight per pod.
+``min_interval`` and one probe of each kind in flight per pod. What to probe
+and when is the core's decision (katyusha.core.health); the
+:class:`HealthChecker` only runs the probes and reports their results.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from katyusha.core.health import Probe
+from katyusha.deadline_timer import DeadlineTimer
 from katyusha.http import PoolSet, UpstreamError
 from katyusha.proxy.service import LiveService
 
@@ -38,9 +42,13 @@ class DemandNotifier:
 
     def __init__(
         self, url: str, demand: Callable[[], dict], pools: PoolSet, *,
-        min_interval: float = 0.1, timeout: float = 2.0,
+        min_interval: float = 0.1, timeout: float = 2.0, token: str | None = None,
     ):
         self.origin, self.path = _origin_and_path(url)
+        # The fleet's admin token, for a control plane that asks for one.
+        self.headers = [(b"content-type", b"application/json")]
+        if token:
+            self.headers.append((b"authorization", b"Bearer " + token.encode()))
         self.demand = demand
         self.pools = pools
         self.min_interval = min_interval
@@ -72,10 +80,7 @@ class DemandNotifier:
         body = json.dumps(self.demand()).encode()
         try:
             pool = self.pools.get(self.origin)
-            response = await pool.request(
-                b"POST", self.path, [(b"content-type", b"application/json")], body,
-                timeout=self.timeout,
-            )
+            response = await pool.request(b"POST", self.path, self.headers, body, timeout=self.timeout)
             async with response:
                 await response.read()
             self.sent += 1
@@ -170,6 +175,77 @@ class Prober:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+class HealthChecker:
+    """Runs the health probes each service's core asks for, and reports their results.
+
+    One timer per service follows ``core.next_health_deadline()``; when it
+    fires, every probe ``core.health_due(now)`` names is started as its own
+    task, bounded by ``timeout``: nonna's admin ``/healthz`` or the pod's
+    health path (a 2xx answer is healthy), or a TCP connect.
+    """
+
+    def __init__(self, services: list[LiveService], pools: PoolSet, *, timeout: float):
+        self.services = services
+        self.pools = pools
+        self.timeout = timeout
+        self.probes = 0
+        self._timers: list[DeadlineTimer] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for live in self.services:
+            timer = DeadlineTimer(live.core.next_health_deadline,
+                                  lambda now, live=live: self._due(live, now), clock=loop.time)
+            live.on_health = timer.follow
+            self._timers.append(timer)
+            timer.follow()
+
+    def _due(self, live: LiveService, now: float) -> None:
+        for entry, probe in live.core.health_due(now):
+            task = asyncio.get_running_loop().create_task(self._probe(live, entry, probe))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, live: LiveService, entry, probe: Probe) -> None:
+        ok, why = await self.check(probe)
+        self.probes += 1
+        live.probe_result(entry, ok, why)
+
+    async def check(self, probe: Probe) -> tuple[bool, str]:
+        """``(healthy, why)`` of one probe; never raises."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                if probe.kind == "tcp":
+                    parts = urlsplit(probe.url)
+                    _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+                    return True, "accepts connections"
+                origin, path = _origin_and_path(probe.url)
+                response = await self.pools.get(origin).request(b"GET", path, [], None,
+                                                                timeout=self.timeout)
+                async with response:
+                    await response.read()
+                status = response.status
+                return 200 <= status < 300, f"GET {probe.url} answered {status}"
+        except TimeoutError:
+            return False, f"{probe.url}: no answer within {self.timeout:g}s"
+        except (UpstreamError, ValueError, OSError) as exc:
+            return False, f"{probe.url}: {exc}"
+
+    async def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for live in self.services:
+            live.on_health = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _count(stats: dict, key: str) -> int:

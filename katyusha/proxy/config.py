@@ -16,20 +16,24 @@ import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from katyusha.admintoken import check_exposure, resolve_token
 from katyusha.config_values import (
     int_in_range,
     parse_bool,
     parse_host,
     parse_non_negative_float,
+    parse_optional_text,
     parse_optional_url,
     parse_positive_float,
     parse_seconds,
     read_yaml_mapping,
 )
 from katyusha.core.errors import ConfigError
+from katyusha.core.forwarding import parse_trusted_proxies
+from katyusha.core.health import HealthSettings
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import DEFAULT_POLICY
 from katyusha.core.service import ServiceSettings
@@ -105,6 +109,22 @@ class ProxyConfig(EdgeFields):
     kubernetes_subset: bool = False
     kubernetes_peers: ServiceRef | None = None
     kubernetes_pod_name: str | None = None
+    trusted_proxies: tuple = ()
+    health_path: str | None = None
+    health_interval: float = 2.0
+    health_down_interval: float = 0.5
+    health_timeout: float = 1.0
+    health_rise: int = 2
+    health_fall: int = 3
+    outlier_consecutive_failures: int = 5
+    outlier_base_ejection_time: float = 30.0
+    outlier_max_ejection_time: float = 300.0
+    max_ejection_percent: float = 10.0
+    retry_budget: float = 0.2
+    retry_budget_min: float = 10.0
+    admin_token: str | None = None
+    admin_token_file: str | None = None
+    admin_allow_open: bool = False
 
     @property
     def l1_limit(self) -> int | None:
@@ -150,6 +170,16 @@ class ProxyConfig(EdgeFields):
         names = [spec.name for spec in self.service_specs]
         return DEFAULT_SERVICE if DEFAULT_SERVICE in names else names[0]
 
+    @property
+    def health(self) -> HealthSettings:
+        """Probes, active checks and outlier ejection (every service alike). Raises ConfigError naming the key."""
+        return HealthSettings(
+            path=self.health_path, interval=self.health_interval, down_interval=self.health_down_interval,
+            timeout=self.health_timeout, rise=self.health_rise, fall=self.health_fall,
+            consecutive=self.outlier_consecutive_failures, base_ejection=self.outlier_base_ejection_time,
+            max_ejection=self.outlier_max_ejection_time, max_ejection_percent=self.max_ejection_percent,
+        )
+
     def service_settings(self, spec: ServiceSpec) -> ServiceSettings:
         """What ``spec`` decides with: its own keys, else the global ones, with the switches applied."""
         limit = self.l1_limit
@@ -170,8 +200,11 @@ class ProxyConfig(EdgeFields):
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,
+            retry_budget=self.retry_budget,
+            retry_budget_min=self.retry_budget_min,
             priority_classes=self.priority_classes if self.priority_header else 1,
             trace_picks=self.trace_picks,
+            health=self.health,
         )
 
     def to_json(self) -> dict:
@@ -183,6 +216,9 @@ class ProxyConfig(EdgeFields):
         for key in ("kubernetes-service", "kubernetes-peers"):
             ref = getattr(self, BY_KEY[key].field)
             out[key] = ref.to_json() if ref is not None else None
+        out["trusted-proxies"] = [str(network) for network in self.trusted_proxies]
+        # The token itself is never shown, only whether one is in force.
+        out["admin-token"] = "(set)" if self.admin_token else None
         out["effective"] = {
             "l1_limit": self.l1_limit,
             "policy": self.effective_policy,
@@ -247,6 +283,22 @@ def parse_optional_path(key: str, raw: object) -> str | None:
     if not isinstance(raw, str):
         raise ConfigError(key, f"must be a file path, got {raw!r}")
     return raw.strip()
+
+
+def parse_url_path(key: str, raw: object) -> str | None:
+    """A URL path starting with '/' (health-path), or None when empty."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if not isinstance(raw, str) or not raw.strip().startswith("/") or any(c.isspace() for c in raw.strip()):
+        raise ConfigError(key, f"must be a path starting with '/', got {raw!r}")
+    return raw.strip()
+
+
+def parse_percent(key: str, raw: object) -> float:
+    value = parse_non_negative_float(key, raw)
+    if value > 100:
+        raise ConfigError(key, f"must be a number from 0 to 100, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -344,6 +396,39 @@ SETTINGS: tuple[Setting, ...] = (
              "with kubernetes-subset: this replica's pod name (unset: $POD_NAME)"),
     # The data port's limits, timeouts and TLS (katyusha.http.limits, shared with nonna).
     *(_setting(key, field_name, parse, doc) for key, (field_name, parse, doc) in EDGE_SETTINGS.items()),
+    # Forwarding and trust (docs/reliability.md).
+    _setting("trusted-proxies", "trusted_proxies", parse_trusted_proxies,
+             "CIDR blocks of proxies whose X-Forwarded-*/Forwarded chains are kept and appended to"),
+    # Pod health: probes, active checks, outlier ejection (docs/reliability.md).
+    _setting("health-path", "health_path", parse_url_path,
+             "path probed on pods with no nonna admin URL (and checked every health-interval); unset: TCP"),
+    _setting("health-interval", "health_interval", parse_seconds,
+             "seconds between active checks of a serving pod (with health-path)"),
+    _setting("health-down-interval", "health_down_interval", parse_seconds,
+             "seconds between probes of a pod out of the ready set"),
+    _setting("health-timeout", "health_timeout", parse_seconds, "longest wait for one probe's answer"),
+    _setting("health-rise", "health_rise", int_in_range(1, 100),
+             "probes in a row that must succeed before a pod is back in the ready set"),
+    _setting("health-fall", "health_fall", int_in_range(1, 100),
+             "active checks in a row that must fail before a serving pod leaves the ready set"),
+    _setting("outlier-consecutive-failures", "outlier_consecutive_failures", int_in_range(0, 1000),
+             "5xx answers or failed tries in a row that eject a pod (0: no ejection)"),
+    _setting("outlier-base-ejection-time", "outlier_base_ejection_time", parse_seconds,
+             "a pod's first ejection lasts this long, its n-th n times as long"),
+    _setting("outlier-max-ejection-time", "outlier_max_ejection_time", parse_seconds,
+             "the longest one ejection lasts"),
+    _setting("max-ejection-percent", "max_ejection_percent", parse_percent,
+             "most of a service's pods ejected at once, in percent (at least one, never the last)"),
+    _setting("retry-budget", "retry_budget", parse_non_negative_float,
+             "retries may add at most this share of the requests of the last 10 s"),
+    _setting("retry-budget-min", "retry_budget_min", parse_non_negative_float,
+             "retries a second allowed whatever the share (so a quiet service can retry)"),
+    # Admin tokens (docs/reliability.md).
+    _setting("admin-token", "admin_token", parse_optional_text,
+             "bearer token mutating admin requests must carry (prefer admin-token-file)"),
+    _setting("admin-token-file", "admin_token_file", parse_optional_text, "file holding the admin token"),
+    _setting("admin-allow-open", "admin_allow_open", parse_bool,
+             "true: serve the admin port on a non-loopback host with no token"),
 )
 BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
@@ -370,7 +455,10 @@ def validate(raw: Mapping[str, object]) -> ProxyConfig:
     config = ProxyConfig(**values)
     check_discovery(config)
     tls.check(config)
-    return config
+    config.health  # noqa: B018 - validates the health settings together, naming the key
+    token = resolve_token(config.admin_token, config.admin_token_file)
+    check_exposure(config.host, token, config.admin_allow_open)
+    return replace(config, admin_token=token)
 
 
 def check_discovery(config: ProxyConfig) -> None:

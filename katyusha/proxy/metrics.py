@@ -134,7 +134,25 @@ def _state_metrics(states: list[tuple[str, dict]]) -> Iterator:
     in_flight = GaugeMetricFamily(
         "katyusha_pod_in_flight", "katyusha's own requests in flight to each pod, bodies included.",
         labels=["service", "pod"])
+    # Pod health (katyusha.core.health): counts kept per pod by the core.
+    healthy = GaugeMetricFamily(
+        "katyusha_pod_ready", "1 while the pod is in the ready set (healthy, not ejected).",
+        labels=["service", "pod"])
+    health_counts = [
+        (CounterMetricFamily(name, doc, labels=["service", "pod"]), key)
+        for name, key, doc in (
+            ("katyusha_pod_ejections", "ejections",
+             "Times the pod was ejected for consecutive failures (outlier detection)."),
+            ("katyusha_pod_downs", "downs",
+             "Times the pod left the ready set as unreachable or failing its health checks."),
+            ("katyusha_pod_returns", "returns", "Times the pod came back to the ready set after probes."),
+        )
+    ]
+    budget = CounterMetricFamily(
+        "katyusha_retry_budget_exhausted", "Retries not made because the retry budget was spent.",
+        labels=["service"])
     for service, state in states:
+        budget.add_metric([service], state.get("retry_budget", {}).get("exhausted_total", 0))
         queue = state["queue"]
         waiting.add_metric([service], queue["waiting"])
         active.add_metric([service], queue["active"])
@@ -144,7 +162,11 @@ def _state_metrics(states: list[tuple[str, dict]]) -> Iterator:
         for row in state["pods"]:
             load.add_metric([service, row["name"]], row["estimated_load"])
             in_flight.add_metric([service, row["name"]], row["in_flight"])
-    yield from (waiting, active, *(family for family, _ in counters), ready, load, in_flight)
+            healthy.add_metric([service, row["name"]], 1 if row["ready"] else 0)
+            for family, key in health_counts:
+                family.add_metric([service, row["name"]], row.get(key, 0))
+    yield from (waiting, active, *(family for family, _ in counters), ready, load, in_flight, healthy,
+                *(family for family, _ in health_counts), budget)
 
 
 def make_registry(views: Callable[[], Iterable[ServiceView]]) -> CollectorRegistry:

@@ -19,7 +19,7 @@ from katyusha.http import PoolSet, tls
 from katyusha.http.server import LeanHTTPProtocol
 from katyusha.proxy.admin import AdminApp
 from katyusha.proxy.app import DataApp
-from katyusha.proxy.background import DemandNotifier, Prober
+from katyusha.proxy.background import DemandNotifier, HealthChecker, Prober
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.discovery import (
     Membership,
@@ -81,10 +81,12 @@ class Proxy:
         self.notifiers: list[DemandNotifier] = []
         if config.demand_url:
             for live in self.services:
-                notifier = DemandNotifier(config.demand_url, self._demand_view(live), self.side_pools)
+                notifier = DemandNotifier(config.demand_url, self._demand_view(live), self.side_pools,
+                                          token=config.admin_token)
                 live.on_demand = notifier
                 self.notifiers.append(notifier)
         self.prober = Prober(self.services, self.side_pools, rate=config.probe_rate)
+        self.health = HealthChecker(self.services, self.side_pools, timeout=config.health_timeout)
         self.draining = False
         self.data = DataApp(
             config, self.services, self.pools, on_startup=self.startup, on_shutdown=self.close,
@@ -113,6 +115,7 @@ class Proxy:
     def drain(self) -> None:
         """Shutdown began: ``/healthz`` answers 503 from now on."""
         self.draining = True
+        self.health.start()
 
     async def stop(self) -> None:
         """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.
@@ -132,6 +135,7 @@ class Proxy:
 
     async def close(self) -> None:
         await self.prober.close()
+        await self.health.close()
         for notifier in self.notifiers:
             await notifier.close()
         for source in self.sources:

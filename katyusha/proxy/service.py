@@ -6,12 +6,16 @@ asyncio: a waiting ticket gets a future (its ``payload``), resolved when a
 call returns the ticket as admitted, or failed with the error ``expire``
 gives; one timer follows ``next_deadline()``; a removed pod's drain is an
 event the core's ``on_idle`` sets. ``on_demand`` is called whenever a
-request waits because no pod is ready.
+request waits because no pod is ready. After anything that may change a pod's
+health, :meth:`LiveService.health_changed` wakes the tickets a returning pod
+let in, logs the core's health events and re-arms the health timer
+(``on_health``, set by katyusha.proxy.background.HealthChecker).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable
 
@@ -20,6 +24,8 @@ from katyusha.core.membership import ChangeResult, PodChange
 from katyusha.core.queue import ADMITTED
 from katyusha.core.service import Dispatch, ServiceBalancer, ServiceSettings, ServiceTicket
 from katyusha.proxy.metrics import ProxyStats
+
+log = logging.getLogger("katyusha")
 
 
 class LiveService:
@@ -33,6 +39,8 @@ class LiveService:
         self.core = ServiceBalancer(settings, rng=rng, on_idle=self._on_idle)
         self.stats = ProxyStats()
         self.on_demand: Callable[[], None] | None = None
+        self.on_health: Callable[[], None] | None = None
+        self._health_seen = -1
         # Set on shutdown: a change that leaves no pod answers the waiting at once.
         self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,12 +107,36 @@ class LiveService:
             self._arm_timer()
         return len(failed)
 
+    # -- health --------------------------------------------------------------
+
+    def health_changed(self, rearm: bool = False) -> None:
+        """A try failed or a pod answered 5xx (or a probe answered): wake, log, and re-arm the
+        health timer when a pod's state changed (or ``rearm``)."""
+        core = self.core
+        admitted = core.take_admitted()
+        if admitted:
+            _wake(admitted)
+        if core.health.events:
+            for event in core.take_health_events():
+                log_health_event(self.name, event, self.now())
+        version = core.health.version
+        if self.on_health is not None and (rearm or version != self._health_seen):
+            self._health_seen = version
+            self.on_health()
+
+    def probe_result(self, entry: PodEntry, ok: bool, why: str) -> None:
+        """A probe of ``entry`` answered: the core decides; a returning pod's tickets are woken."""
+        _wake(self.core.probe_result(entry, self.now(), ok, why))
+        self.health_changed(rearm=True)
+
     # -- membership ----------------------------------------------------------
 
     def apply(self, change: PodChange) -> ChangeResult:
         """``core.change_pods``; the tickets it admits are woken."""
         result = self.core.change_pods(change, _loop_time())
         _wake(result.admitted)
+        if self.on_health is not None:
+            self.on_health()  # new pods may have checks to schedule
         if self.stopping and not self.core.table.ready():
             self.fail_waiting("katyusha is shutting down and no pod is ready")
         return result
@@ -150,6 +182,21 @@ class LiveService:
             "draining_pods": [entry.name for entry in core.draining()],
             "queue": core.queue_counters(),
         }
+
+
+def log_health_event(service: str, event, now: float) -> None:
+    """One log line per change of a pod's health (the metrics count them too)."""
+    if event.what == "ejected":
+        log.warning("katyusha: service %s: pod %s ejected for %.1fs: %s", service, event.pod,
+                    event.until - event.at, event.why)
+    elif event.what == "down":
+        log.warning("katyusha: service %s: pod %s left the ready set: %s; probing it", service,
+                    event.pod, event.why)
+    elif event.what == "back":
+        log.warning("katyusha: service %s: pod %s is back in the ready set: %s", service, event.pod,
+                    event.why)
+    else:
+        log.warning("katyusha: service %s: pod %s not ejected: %s", service, event.pod, event.why)
 
 
 def _loop_time() -> float:

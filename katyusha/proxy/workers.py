@@ -165,11 +165,12 @@ class FanOutAdmin:
         self.pools = pools
         self.timeout = timeout
 
-    async def _peer(self, url: str, method: bytes, target: bytes, body: bytes | None = None):
+    async def _peer(self, url: str, method: bytes, target: bytes, body: bytes | None = None,
+                    auth: list | None = None):
         """(status, body bytes) from one worker's private admin; (502, message) when it fails."""
         try:
             response = await self.pools.get(url).request(
-                method, target, [(b"content-type", b"application/json")] if body else [],
+                method, target, ([(b"content-type", b"application/json")] if body else []) + (auth or []),
                 body, timeout=self.timeout,
             )
             async with response:
@@ -199,9 +200,11 @@ class FanOutAdmin:
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         method = scope["method"].encode()
+        # The admin token goes on to the workers, which check it too.
+        auth = [item for item in scope["headers"] if item[0] == b"authorization"]
         results = await asyncio.gather(
             self._local(scope, body),
-            *(self._peer(url, method, target, body or None) for url in self.peers),
+            *(self._peer(url, method, target, body or None, auth) for url in self.peers),
         )
         return [(status, _json(data)) for status, data in results]
 

@@ -1,0 +1,145 @@
+"""Forwarding headers and trust: what the app learns about the client, and whose Nonna-* is believed.
+
+The rules in the core (katyusha.core.forwarding), then end to end through real
+katyusha and nonna processes in front of an app that echoes what it got.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+
+import pytest
+
+from katyusha.core.errors import ConfigError
+from katyusha.core.forwarding import Forwarding, parse_trusted_proxies
+from tests.katyusha_fleet import admin, katyusha
+from tests.procs import Proc, script
+
+SPOOFED = [(b"host", b"shop.example"), (b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"7.7.7.7"),
+           (b"x-real-ip", b"6.6.6.6"), (b"forwarded", b"for=6.6.6.6"), (b"x-forwarded-proto", b"https"),
+           (b"x-forwarded-host", b"evil.example"), (b"nonna-error", b"upstream-unreachable"),
+           (b"via", b"1.0 corp-proxy")]
+
+
+def as_dict(headers) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+def test_an_untrusted_client_s_chain_is_replaced_and_its_real_ip_and_nonna_headers_dropped():
+    got = as_dict(Forwarding(parse_trusted_proxies("trusted-proxies", ["10.0.0.0/8"])).rewrite(
+        SPOOFED, "203.0.113.9", "http"))
+    assert got[b"x-forwarded-for"] == [b"203.0.113.9"]
+    assert got[b"x-forwarded-proto"] == [b"http"]
+    assert got[b"x-forwarded-host"] == [b"shop.example"]
+    assert got[b"forwarded"] == [b"for=203.0.113.9;proto=http;host=shop.example"]
+    assert b"x-real-ip" not in got and b"nonna-error" not in got
+    assert got[b"host"] == [b"shop.example"]
+    assert got[b"via"] == [b"1.0 corp-proxy, 1.1 katyusha"]
+
+
+def test_a_trusted_proxy_s_chain_is_appended_to_as_one_header():
+    forwarding = Forwarding(parse_trusted_proxies("trusted-proxies", "10.0.0.0/8, ::1"))
+    got = as_dict(forwarding.rewrite(SPOOFED, "10.1.2.3", "https"))
+    assert got[b"x-forwarded-for"] == [b"6.6.6.6, 7.7.7.7, 10.1.2.3"]
+    assert got[b"x-forwarded-proto"] == [b"https"]  # what the trusted proxy saw
+    assert got[b"x-forwarded-host"] == [b"evil.example"]
+    assert got[b"forwarded"] == [b"for=6.6.6.6, for=10.1.2.3;proto=https;host=shop.example"]
+    assert got[b"x-real-ip"] == [b"6.6.6.6"]
+    assert b"nonna-error" not in got  # never from a client, trusted or not
+    v6 = as_dict(forwarding.rewrite([(b"host", b"a:8080")], "::1", "http"))
+    assert v6[b"forwarded"] == [b'for="[::1]";proto=http;host="a:8080"']
+
+
+def test_https_scheme_is_forwarded_as_https():
+    got = as_dict(Forwarding().rewrite([(b"host", b"h")], "1.2.3.4", "https"))
+    assert got[b"x-forwarded-proto"] == [b"https"]
+
+
+@pytest.mark.parametrize("raw", [["10.0.0.0/33"], "not-an-ip", [{"a": 1}]])
+def test_bad_trusted_proxies_name_the_entry(raw):
+    with pytest.raises(ConfigError) as info:
+        parse_trusted_proxies("trusted-proxies", raw)
+    assert info.value.key.startswith("trusted-proxies")
+
+
+@pytest.fixture(scope="module")
+def echo_app():
+    app = Proc([sys.executable, "-m", "tests.plain_app", "--name", "echo"])
+    yield app
+    app.kill()
+
+
+def fetch(url: str, headers: dict[str, str]) -> tuple[dict, dict]:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return json.loads(reply.read()), {k.lower(): v for k, v in reply.headers.items()}
+
+
+def echoed(doc: dict) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in doc["headers"]:
+        out.setdefault(name, []).append(value)
+    return out
+
+
+SPOOF = {"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6", "Forwarded": "for=6.6.6.6",
+         "Nonna-Error": "upstream-unreachable", "Nonna-Queue-Length": "999", "Host": "shop.example"}
+
+
+def test_spoofed_forwarding_headers_from_an_untrusted_client_are_replaced(echo_app):
+    with katyusha("--pod", f"{echo_app.url},name=echo") as proxy:
+        doc, _ = fetch(proxy.url + "/echo", SPOOF)
+        got = echoed(doc)
+        assert got["x-forwarded-for"] == ["127.0.0.1"]
+        assert got["forwarded"] == ["for=127.0.0.1;proto=http;host=shop.example"]
+        assert got["host"] == ["shop.example"] and got["x-forwarded-host"] == ["shop.example"]
+        assert got["via"] == ["1.1 katyusha"]
+        assert "x-real-ip" not in got
+        assert not [name for name in got if name.startswith("nonna-")]
+        # The client's Nonna-Error did not count as a failure of the pod.
+        _, state = admin(proxy, "GET", "/pods")
+        row = state["pods"][0]
+        assert (row["failures"], row["health"], row["reported_queue"]) == (0, "ok", None)
+
+
+def test_a_trusted_proxy_s_chain_is_appended(echo_app):
+    with katyusha("--pod", f"{echo_app.url},name=echo", "--trusted-proxies", "127.0.0.0/8") as proxy:
+        doc, _ = fetch(proxy.url + "/echo", SPOOF)
+        got = echoed(doc)
+        assert got["x-forwarded-for"] == ["6.6.6.6, 127.0.0.1"]
+        assert got["forwarded"] == ["for=6.6.6.6, for=127.0.0.1;proto=http;host=shop.example"]
+        assert got["x-real-ip"] == ["6.6.6.6"]
+        assert not [name for name in got if name.startswith("nonna-")]
+
+
+def test_nonna_drops_a_client_s_nonna_headers_and_the_app_s_own(echo_app):
+    nonna = Proc([script("nonna"), "--port", "0", "--admin-port", "0", "--upstream", echo_app.url,
+                  "--pod", "pod-7", "--concurrency", "4"])
+    try:
+        # Straight to nonna: the client's Nonna-* never reach the app.
+        doc, headers = fetch(nonna.url + "/echo", {**SPOOF, "X-Send-Nonna": "1"})
+        assert not [name for name in echoed(doc) if name.startswith("nonna-")]
+        # The app answered with Nonna-* headers of its own: nonna dropped them for its report.
+        assert headers["nonna-pod"] == "pod-7" and "nonna-error" not in headers
+        assert headers["nonna-queue-length"] == "0" and headers["nonna-in-flight"] != "999"
+        # Through katyusha: the app's fake report neither marks the pod down nor fills the table.
+        with katyusha("--pod", f"{nonna.url},name=pod-7,admin={nonna.admin}") as proxy:
+            for _ in range(3):
+                fetch(proxy.url + "/echo", {"X-Send-Nonna": "1"})
+            _, state = admin(proxy, "GET", "/pods")
+            row = state["pods"][0]
+            assert (row["failures"], row["health"], row["reported_queue"]) == (0, "ok", 0)
+    finally:
+        nonna.terminate()
+        nonna.kill()
+
+
+def test_without_nonna_katyusha_still_strips_what_the_app_says_as_nonna_from_clients(echo_app):
+    with katyusha("--pod", f"{echo_app.url},name=echo") as proxy:
+        _, headers = fetch(proxy.url + "/echo", {"X-Send-Nonna": "1"})
+        assert not [name for name in headers if name.startswith("nonna-")]
