@@ -109,13 +109,13 @@ class Proxy:
 
     async def startup(self) -> None:
         self.prober.start()
+        self.health.start()
         for source in self.sources:
             await source.open()
 
     def drain(self) -> None:
         """Shutdown began: ``/healthz`` answers 503 from now on."""
         self.draining = True
-        self.health.start()
 
     async def stop(self) -> None:
         """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.
