@@ -44,7 +44,7 @@ class Environment:
         """Run events in time order up to and including ``until`` (None: until none is left).
 
         ``stop`` is asked after each event; True ends the run there. ``now``
-        ends at ``until`` when the run reached it.
+        ends at ``until`` when events remain after it, else at the last event.
         """
         heap = self._heap
         pop = heapq.heappop
@@ -58,7 +58,7 @@ class Environment:
                 count += 1
                 if stop is not None and stop():
                     return
-            if until is not None and self.now < until:
+            if heap and until is not None and self.now < until:
                 self.now = until
         finally:
             self.events += count

@@ -118,6 +118,7 @@ class SimService:
         self.next_front = 0
         self.created = 0
         self.autoscaled = False
+        self.arriving = True
 
 
 class Front:
@@ -194,9 +195,10 @@ class Request:
     """One request on its way: where it is, and t1 (arrival at katyusha) to t4 (end of service)."""
 
     __slots__ = ("front", "ticket", "handle", "pod", "work", "t1", "t2", "t3", "t4", "l2", "feedback", "status",
-                 "error")
+                 "error", "number")
 
-    def __init__(self, front: Front, work: float, now: float):
+    def __init__(self, front: Front, work: float, now: float, number: int):
+        self.number = number
         self.front = front
         self.work = work
         self.t1 = now
@@ -250,7 +252,8 @@ class Simulation:
         self.controller: ScaleController | None = None
         self.decisions = 0
         self._hooks: list[tuple[float, Callable]] = []
-        self.wall_events = 0
+        # Set to a list to journal what the balancers were told and answered (tests replay it live).
+        self.journal: list | None = None
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -274,6 +277,7 @@ class Simulation:
                                               ready={name: self.current(self.services[name]) for name in configs})
             self.tick_interval = min(config.tick_interval for config in configs.values())
             self.env.at(self.env.now, self._tick)
+        self.arriving = len(self.services)
         for svc in self.services.values():
             self._next_arrival(svc)
         self.env.at(self.env.now, self._sample)
@@ -290,30 +294,36 @@ class Simulation:
     # -- requests ---------------------------------------------------------------------------------
 
     def _next_arrival(self, svc: SimService) -> None:
+        if not self._schedule_arrival(svc):
+            svc.arriving = False
+            self.arriving -= 1
+
+    def _schedule_arrival(self, svc: SimService) -> bool:
         workload = svc.spec.workload
         if workload.requests is not None and svc.arrivals >= workload.requests:
-            return
+            return False
         horizon = self.scenario.duration
         if workload.kind == "trace":
             if svc.trace_index >= len(workload.times):
-                return
+                return False
             when = workload.times[svc.trace_index]
             svc.trace_index += 1
-            if when <= horizon:
-                self.env.at(when, self._arrive, svc)
-            return
+            if when > horizon:
+                return False
+            self.env.at(when, self._arrive, svc)
+            return True
         peak = workload.peak_rate
         if peak <= 0:
-            return
+            return False
         rng = svc.arrival_rng
         t = self.env.now
         while True:
             t += rng.expovariate(peak)
             if t > horizon:
-                return
+                return False
             if workload.kind == "poisson" or rng.random() * peak <= workload.rate_at(t):
                 self.env.at(t, self._arrive, svc)
-                return
+                return True
 
     def _arrive(self, svc: SimService) -> None:
         svc.arrivals += 1
@@ -322,7 +332,7 @@ class Simulation:
         fronts = svc.fronts
         front = fronts[svc.next_front]
         svc.next_front = (svc.next_front + 1) % len(fronts)
-        request = Request(front, svc.spec.service_time.sample(svc.work_rng), now)
+        request = Request(front, svc.spec.service_time.sample(svc.work_rng), now, svc.arrivals)
         self.recorder.arrivals[svc.name] += 1
         balancer = front.balancer
         try:
@@ -333,6 +343,8 @@ class Simulation:
         self.open += 1
         ticket.payload = request
         request.ticket = ticket
+        if self.journal is not None:
+            self.journal.append(("offer", request.number, now))
         if ticket.state == "admitted":
             self._dispatch(ticket)
         else:
@@ -352,6 +364,8 @@ class Simulation:
         request.handle = handle
         request.t2 = now
         pod = request.pod = self.pods[handle.entry.name]
+        if self.journal is not None:
+            self.journal.append(("pick", request.number, now, pod.name))
         delay = self.latency[(front.region, pod.node.region)]
         if delay:
             self.env.at(now + delay, self._at_pod, request)
@@ -418,6 +432,8 @@ class Simulation:
         handle = request.handle
         handle.on_head(now, request.feedback, request.status, request.error)
         admitted = handle.done(now)
+        if self.journal is not None:
+            self.journal.append(("head", request.number, now, request.feedback, request.status, request.error))
         self.open -= 1
         drop = None if request.status == 200 else ("l2-full" if request.error == QUEUE_FULL else "l2-timeout")
         self._record(request, request.status, drop)
@@ -642,6 +658,8 @@ class Simulation:
     def _join(self, pod: SimPod) -> None:
         pod.joined = True
         change = PodChange(upsert=(pod.spec,), source="sim")
+        if self.journal is not None:
+            self.journal.append(("change", self.env.now, change))
         for front in pod.service.fronts:
             for ticket in front.balancer.change_pods(change, self.env.now).admitted:
                 self._dispatch(ticket)
@@ -650,6 +668,8 @@ class Simulation:
         """Take ``pod`` out of every replica's set; True when some replica still has requests on it."""
         pod.joined = False
         change = PodChange(remove=(pod.name,), source="sim")
+        if self.journal is not None:
+            self.journal.append(("change", self.env.now, change))
         waiting = 0
         for front in pod.service.fronts:
             result = front.balancer.change_pods(change, self.env.now)
@@ -779,7 +799,8 @@ class Simulation:
     # -- running -----------------------------------------------------------------------------------
 
     def _running(self) -> bool:
-        return self.env.now < self._end
+        """Whether periodic work (ticks, samples) goes on: until the end, or until no request is left to come or end."""
+        return self.env.now < self._end and (self.arriving > 0 or self.open > 0)
 
     def run(self) -> dict:
         """Run the scenario: arrivals until ``duration``, then until every request ended (at most ``drain`` more)."""
@@ -793,7 +814,7 @@ class Simulation:
             bar = tqdm(total=round(scenario.duration), unit="sim s", leave=False)
         step = max(1.0, scenario.duration / 200)
         t = 0.0
-        while t < scenario.duration:
+        while t < scenario.duration and self.env.peek() is not None:
             t = min(t + step, scenario.duration)
             self.env.run(until=t)
             if bar is not None:
