@@ -241,9 +241,10 @@ class Simulation:
         else:
             self.scheduler = PodAtATimeScheduler(random.Random(f"{seed}:placement"))
         self.profile = Profile()
+        config = scenario.proxy_config(settings)
         for index in range(scenario.replicas):
             for name, svc in self.services.items():
-                service_settings = scenario.service_settings(name, settings)
+                service_settings = scenario.service_settings(name, config=config)
                 front = Front(index, scenario.katyusha_region, svc, None)  # type: ignore[arg-type]
                 front.balancer = ServiceBalancer(service_settings, rng=random.Random(f"{seed}:policy:{index}:{name}"),
                                                  on_idle=self._idle)
@@ -284,7 +285,7 @@ class Simulation:
 
     def _place_initial(self, svc: SimService, count: int) -> None:
         """``count`` pods of ``svc`` placed by the scheduler, warm and serving at the start."""
-        for node in self._placements(svc, count):
+        for node in self._placements([(svc, count)])[svc.name]:
             pod = self._new_pod(svc, node, WARM)
             self.phases.settle(pod.name, WARM)
             self.busy[pod.name] = pod.running
@@ -518,8 +519,17 @@ class Simulation:
         commands = controller.tick(now, demand, rps, current)
         for name in controller.units:
             self._record_decision(self.services[name], current[name], demand[name].ready_pods)
+        wakes = []
         for command in commands:
-            self.scale_to(self.services[command.service], command.count)
+            svc = self.services[command.service]
+            difference = command.count - current[command.service]
+            if difference > 0:
+                wakes.append((svc, difference))
+            else:
+                self.scale_to(svc, command.count)
+        if wakes:
+            # One min-cost flow over every service's pending pods of this tick (the batch).
+            self._wake(wakes)
         if self._running():
             self.env.at(now + self.tick_interval, self._tick)
 
@@ -537,7 +547,7 @@ class Simulation:
         """Wake or retire pods so that ``count`` of ``svc`` are asked for (the live actuator's rule)."""
         difference = count - self.current(svc)
         if difference > 0:
-            self._wake(svc, difference)
+            self._wake([(svc, difference)])
         elif difference < 0:
             serving = [pod for pod in svc.pods if self.phases.of(pod.name) is Phase.SERVING]
             views = [SlotView(pod.name, pod.node.name, svc.name, pod.state, busy=True) for pod in serving]
@@ -551,15 +561,23 @@ class Simulation:
                 pod.move = PodMove(pod.name, self.scenario.retire_to, self.env.now, timeout_s=DRAIN_TIMEOUT_S * 2)
                 self._drive(pod)
 
-    def _placements(self, svc: SimService, count: int) -> list[SimNode]:
+    def _placements(self, wanted: list[tuple[SimService, int]]) -> dict[str, list[SimNode]]:
+        """Nodes for ``count`` new pods of each service, by the scenario's scheduler in one batch."""
         cluster = Cluster(tuple(node.model() for node in self.nodes), tuple(self.busy.values()))
-        placement = self.scheduler.schedule(cluster, [svc.fleet.pending(count)])
-        return [self.node_by_name[node] for node in placement.assignments.values()]
+        placement = self.scheduler.schedule(cluster, [svc.fleet.pending(count) for svc, count in wanted])
+        out: dict[str, list[SimNode]] = {svc.name: [] for svc, _ in wanted}
+        for pending, node in placement.assignments.items():
+            out[pending.rsplit("/", 1)[0]].append(self.node_by_name[node])
+        return out
 
-    def _wake(self, svc: SimService, count: int) -> None:
-        nodes = self._placements(svc, count)
-        if not nodes:
-            return
+    def _wake(self, wanted: list[tuple[SimService, int]]) -> None:
+        placed = self._placements(wanted)
+        for svc, _ in wanted:
+            nodes = placed[svc.name]
+            if nodes:
+                self._wake_on(svc, nodes)
+
+    def _wake_on(self, svc: SimService, nodes: list[SimNode]) -> None:
         free = [SlotView(pod.name, pod.node.name, svc.name, pod.state) for pod in svc.pods
                 if self.phases.of(pod.name) is Phase.FREE]
         assignments = {f"{svc.name}/pending-{i}": node.name for i, node in enumerate(nodes)}

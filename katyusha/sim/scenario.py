@@ -143,15 +143,23 @@ class Scenario:
     record_requests: bool = True
     base: Path | None = None
 
-    def service_settings(self, service: str, settings: Mapping[str, Any] | None = None) -> ServiceSettings:
-        """What one service's balancer decides with: ``settings`` (default: the scenario's) as ``katyusha serve`` reads them."""
-        from katyusha.proxy.config import ServiceSpec, validate
+    def proxy_config(self, settings: Mapping[str, Any] | None = None):
+        """``settings`` (default: the scenario's) read as ``katyusha serve`` reads its keys."""
+        from katyusha.proxy.config import validate
 
         raw = dict(self.settings if settings is None else settings)
         try:
-            config = validate(raw)
+            return validate(raw)
         except ConfigError as exc:
             raise ConfigError(f"katyusha.settings.{exc.key}", str(exc)[len(exc.key) + 2:]) from None
+
+    def service_settings(self, service: str, settings: Mapping[str, Any] | None = None,
+                         config=None) -> ServiceSettings:
+        """What one service's balancer decides with: the settings as ``katyusha serve`` applies them."""
+        from katyusha.proxy.config import ServiceSpec
+
+        if config is None:
+            config = self.proxy_config(settings)
         return config.service_settings(ServiceSpec(name=service))
 
     def kpa(self, service: Service) -> KPAConfig:
@@ -268,8 +276,8 @@ def parse(document: Any, *, base: Path | None = None, seed: int | None = None) -
     values["record_requests"] = _bool(record.get("requests", True), "record.requests")
     scenario = Scenario(**values)
     # Validate the settings now, so a bad key fails before the run, naming its path.
+    scenario.proxy_config()
     for service in services:
-        scenario.service_settings(service.name)
         scenario.kpa(service)
     return scenario
 
