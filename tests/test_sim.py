@@ -282,7 +282,7 @@ def test_a_trace_file_is_read_relative_to_the_scenario(tmp_path):
 # -- outputs ---------------------------------------------------------------------------------------------------
 
 
-def busy_scenario():
+def busy_scenario(interval="2s"):
     nodes = [{"name": "edge", "count": 3, "region": "edge", "registry-mbps": 40, "max-pods": 6},
              {"name": "cloud", "count": 3, "images": ["api"]}]
     services = [
@@ -292,7 +292,8 @@ def busy_scenario():
          "workload": {"kind": "step", "steps": [{"at": 0, "rate": 20}, {"at": "10s", "rate": 150}]}},
     ]
     return scenario(services, nodes=nodes, duration=40, regions={"latency": [
-        {"from": "edge", "to": "cloud", "one-way": "5ms"}]}, autoscaler={"stable-window": "6s"})
+        {"from": "edge", "to": "cloud", "one-way": "5ms"}]}, autoscaler={"stable-window": "6s"},
+        record={"interval": interval})
 
 
 def test_same_scenario_and_seed_give_byte_identical_outputs(tmp_path):
@@ -308,7 +309,7 @@ def test_same_scenario_and_seed_give_byte_identical_outputs(tmp_path):
     api = summary["services"]["api"]
     assert api["requests"] > 1000 and api["cold_starts"] >= 1 and api["p99_ms"] >= api["p50_ms"]
     nodes_rows = (tmp_path / "a" / "nodes.csv").read_text().splitlines()
-    assert nodes_rows[0] == "t,node,region,cpu_cores,ram_mb,pods"
+    assert nodes_rows[0] == "t,node,region,cpu_cores,ram_mb,serving_pods"
     times = sorted({float(line.split(",")[0]) for line in nodes_rows[1:]})
     assert times[:3] == [0.0, 2.0, 4.0]
 
@@ -337,3 +338,23 @@ def test_the_cli_names_a_bad_field(tmp_path, capsys):
     path.write_text("nodes: [{name: n, cpu: -1}]\nservices: [{name: s}]\n", encoding="utf-8")
     assert main(["sim", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "nodes[0].cpu" in capsys.readouterr().err
+
+
+def test_node_use_is_sim_backends_modelled_use_summed_over_the_nodes_pods():
+    from sim_backend.monitor import Profile, modelled
+
+    sim = Simulation(busy_scenario("1s"))
+    expected = {}
+
+    def look(s):
+        for node in s.nodes:
+            uses = [modelled(pod, Profile()) for pod in node.pods]
+            expected[node.name] = (sum(u["cpu_cores"] for u in uses), sum(u["ram_mb"] for u in uses))
+
+    sim.at(3.0, look)
+    sim.run()
+    got = {row[1]: (row[3], row[4]) for row in sim.recorder.rows["nodes"] if row[0] == 3.0}
+    assert set(got) == set(expected)
+    for name, (cpu, ram) in expected.items():
+        assert got[name][0] == pytest.approx(cpu) and got[name][1] == pytest.approx(ram), name
+    assert any(cpu > 0 for cpu, _ in expected.values())

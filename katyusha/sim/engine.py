@@ -41,6 +41,7 @@ from katyusha.core.actuation import (
     WalkAnswer,
 )
 from katyusha.core.actuation import Walk as WalkCommand
+from katyusha.core.autoscaler_config import RPS
 from katyusha.core.errors import DeadlineExceeded, IllegalTransition, QueueFull
 from katyusha.core.feedback import Feedback
 from katyusha.core.fleetplan import ServiceSpec, SlotView, choose_retirements, map_to_slots
@@ -74,7 +75,7 @@ class SimNode:
     """One machine: capacity, region, the images on its disk, its pods."""
 
     __slots__ = ("name", "group", "region", "cpu_m", "ram_mib", "max_pods", "static_images", "disk",
-                 "registry_mbps", "speed", "pods", "_model")
+                 "registry_mbps", "speed", "pods", "_model", "serving", "in_flight")
 
     def __init__(self, name: str, group, ):
         self.name = name
@@ -89,6 +90,9 @@ class SimNode:
         self.speed = group.speed
         self.pods: list[SimPod] = []
         self._model: Node | None = None
+        # For the node-use samples: pods warm or active here, and requests executing on them.
+        self.serving = 0
+        self.in_flight = 0
 
     def has_image(self, image: str) -> bool:
         return image in self.static_images or self.disk[image] > 0
@@ -241,6 +245,8 @@ class Simulation:
         else:
             self.scheduler = PodAtATimeScheduler(random.Random(f"{seed}:placement"))
         self.profile = Profile()
+        # Pods with a timed step under way (an ordered set: samples add them up in a fixed order).
+        self.transit: dict[SimPod, None] = {}
         config = scenario.proxy_config(settings)
         for index in range(scenario.replicas):
             for name, svc in self.services.items():
@@ -401,6 +407,7 @@ class Simulation:
             return
         request.t3 = now
         pod.lifecycle.request_started(now)
+        pod.node.in_flight += 1
         self.env.at(now + request.work / pod.speed, self._finish, request)
 
     def _finish(self, request: Request) -> None:
@@ -408,6 +415,7 @@ class Simulation:
         now = self.env.now
         request.t4 = now
         pod.lifecycle.request_finished(now)
+        pod.node.in_flight -= 1
         sidecar = pod.sidecar
         ticket = request.l2
         report = sidecar.head(ticket, now)
@@ -511,9 +519,10 @@ class Simulation:
             svc = self.services[name]
             demand[name] = self._demand(svc)
             total = 0.0
-            for pod in svc.pods:
-                if pod.joined:
-                    total += pod.sidecar.close_period(now).requests_per_second
+            if controller.configs[name].metric == RPS:  # what the live loop reads from nonna's /stats
+                for pod in svc.pods:
+                    if pod.joined:
+                        total += pod.sidecar.close_period(now).requests_per_second
             rps[name] = total
             current[name] = self.current(svc)
         commands = controller.tick(now, demand, rps, current)
@@ -603,6 +612,8 @@ class Simulation:
         self.pods[pod.name] = pod
         svc.pods.append(pod)
         node.pods.append(pod)
+        if state in SERVING:
+            node.serving += 1
         if state in IMAGE_ON_DISK:
             self._disk(node, svc.spec.image, +1)
         self.recorder.row("pods", (self.env.now, pod.name, svc.name, node.name, "", state.value))
@@ -707,7 +718,12 @@ class Simulation:
 
     def _states(self, pod: SimPod) -> None:
         """Record the pod's state if it changed (active counts as warm: requests decide between them)."""
-        state = pod.lifecycle.machine.state
+        machine = pod.lifecycle.machine
+        if machine.transition is not None:
+            self.transit[pod] = None
+        else:
+            self.transit.pop(pod, None)
+        state = machine.state
         if state is ACTIVE:
             state = WARM
         last = pod.last_state
@@ -720,9 +736,12 @@ class Simulation:
             self._disk(pod.node, image, +1 if state in IMAGE_ON_DISK else -1)
         if state in SERVING and last not in SERVING:
             pod.serving_since = now
-        elif last in SERVING and state not in SERVING and pod.serving_since is not None:
-            pod.pod_seconds += now - pod.serving_since
-            pod.serving_since = None
+            pod.node.serving += 1
+        elif last in SERVING and state not in SERVING:
+            pod.node.serving -= 1
+            if pod.serving_since is not None:
+                pod.pod_seconds += now - pod.serving_since
+                pod.serving_since = None
         self.recorder.row("pods", (now, pod.name, pod.service.name, pod.node.name, last.value, state.value))
 
     def _disk(self, node: SimNode, image: str, change: int) -> None:
@@ -777,6 +796,9 @@ class Simulation:
 
     def _rehome(self, pod: SimPod, node: SimNode) -> None:
         pod.node.pods.remove(pod)
+        if pod.last_state in SERVING:
+            pod.node.serving -= 1
+            node.serving += 1
         pod.node = node
         node.pods.append(pod)
         spec = pod.service.spec
@@ -797,20 +819,27 @@ class Simulation:
     # -- node use -----------------------------------------------------------------------------------
 
     def _sample(self, _=None) -> None:
+        """Every node's modelled CPU and RAM use (sim_backend's Profile), one row a node."""
         now = self.env.now
         profile = self.profile
+        moving: dict[SimNode, list[float]] = {}
+        for pod in self.transit:
+            use = modelled(pod, profile)
+            sums = moving.setdefault(pod.node, [0.0, 0.0])
+            sums[0] += use["cpu_cores"]
+            sums[1] += use["ram_mb"]
+        idle_cpu, idle_ram = profile.idle_cpu_cores, profile.idle_ram_mb
+        request_cpu, request_ram = profile.request_cpu_cores, profile.request_ram_mb
         row = self.recorder.row
         for node in self.nodes:
-            cpu = ram = 0.0
-            pods = 0
-            for pod in node.pods:
-                if pod.last_state is NULL:
-                    continue
-                use = modelled(pod, profile)
-                cpu += use["cpu_cores"]
-                ram += use["ram_mb"]
-                pods += 1
-            row("nodes", (now, node.name, node.region, cpu, ram, pods))
+            # A serving pod uses modelled()'s warm/active figures: idle plus each executing request.
+            cpu = idle_cpu * node.serving + request_cpu * node.in_flight
+            ram = idle_ram * node.serving + request_ram * node.in_flight
+            extra = moving.get(node)
+            if extra is not None:
+                cpu += extra[0]
+                ram += extra[1]
+            row("nodes", (now, node.name, node.region, cpu, ram, node.serving))
         if self._running():
             self.env.at(now + self.scenario.sample_interval, self._sample)
 

@@ -21,7 +21,7 @@ TABLES = {
     "pods": ("t", "pod", "service", "node", "from", "to"),
     "decisions": ("t", "service", "desired", "actual", "ready", "panic", "stable_value", "panic_value", "reason"),
     "placements": ("t", "service", "action", "pod", "node", "from"),
-    "nodes": ("t", "node", "region", "cpu_cores", "ram_mb", "pods"),
+    "nodes": ("t", "node", "region", "cpu_cores", "ram_mb", "serving_pods"),
 }
 
 
