@@ -25,7 +25,7 @@ def compare(scenario: Scenario, policies: list[str], out: Path | None = None, *,
         settings = {**scenario.settings, "policy": policy}
         folder = out / policy if out is not None else None
         summary, sim = run_scenario(scenario, folder, settings=settings, progress=progress)
-        latencies[policy] = [v for values in sim.recorder.latencies.values() for v in values]
+        latencies[policy] = {service: list(values) for service, values in sim.recorder.latencies.items()}
         for service, figures in summary["services"].items():
             rows.append({"policy": policy, "service": service, **{k: figures[k] for k in COLUMNS[2:]}})
     if out is not None:

@@ -18,21 +18,24 @@ def _pyplot():
     return plt
 
 
-def plot_cdf(latencies: dict[str, list[float]], path: Path) -> None:
-    """One latency CDF per label (ms, log x axis)."""
+def plot_cdf(latencies: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """Latency CDFs: one panel per service, one line per label (a policy, or the run), log x axis in ms."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, values in latencies.items():
-        ordered = sorted(values)
-        if not ordered:
-            continue
-        n = len(ordered)
-        ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("fraction of requests")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    services = sorted({service for by_service in latencies.values() for service in by_service})
+    fig, axes = plt.subplots(1, max(1, len(services)), figsize=(5.5 * max(1, len(services)), 4.2), squeeze=False)
+    for ax, service in zip(axes[0], services, strict=False):
+        for label, by_service in latencies.items():
+            ordered = sorted(by_service.get(service, ()))
+            if not ordered:
+                continue
+            n = len(ordered)
+            ax.plot(ordered, [(i + 1) / n for i in range(n)], label=label)
+        ax.set_xscale("log")
+        ax.set_title(service)
+        ax.set_xlabel("latency (ms)")
+        ax.set_ylabel("fraction of requests")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)
@@ -48,7 +51,7 @@ def plot_run(folder: Path, summary: dict) -> None:
             for row in csv.DictReader(handle):
                 if not row["drop"]:
                     latencies[row["service"]].append(float(row["latency_ms"]))
-        plot_cdf(dict(latencies), folder / "latency_cdf.png")
+        plot_cdf({summary.get("policy", "run"): dict(latencies)}, folder / "latency_cdf.png")
     serving: dict[str, list[tuple[float, int]]] = defaultdict(list)
     count: dict[str, int] = defaultdict(int)
     with open(folder / "pods.csv", encoding="utf-8") as handle:
@@ -58,7 +61,9 @@ def plot_run(folder: Path, summary: dict) -> None:
                 count[row["service"]] += 1 if now else -1
                 serving[row["service"]].append((float(row["t"]), count[row["service"]]))
     fig, ax = plt.subplots(figsize=(7, 4))
+    end = float(summary.get("simulated_s", 0.0))
     for service, points in serving.items():
+        points = [*points, (max(end, points[-1][0]), points[-1][1])]
         ax.step([0.0] + [t for t, _ in points], [0] + [c for _, c in points], where="post", label=service)
     ax.set_xlabel("simulated time (s)")
     ax.set_ylabel("serving pods")
