@@ -76,6 +76,7 @@ def run(nodes: int, services: int, pods_per_service: int, requests: int) -> dict
         "drops": sum(s["drops"] for s in summary["services"].values()),
         "pods": len(sim.pods),
         "pods_serving_at_end": peak,
+        "peak_serving_pods": summary["peak_serving_pods"],
         "nodes": nodes,
         "services": services,
         "max_scale": pods_per_service,
@@ -104,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {**main_case, "simfaas_requests_per_s": round(SIMFAAS_REQUESTS_PER_S),
               "ratio": round(main_case["requests_per_s"] / SIMFAAS_REQUESTS_PER_S, 2), "growth": growth}
     out = sys.stdout
-    out.write(f"{main_case['requests']:,} requests, {main_case['pods']:,} pods created on {main_case['nodes']:,} "
+    out.write(f"{main_case['requests']:,} requests, {main_case['pods']:,} pods created "
+              f"({main_case['peak_serving_pods']:,} serving at the peak) on {main_case['nodes']:,} "
               f"nodes, {main_case['simulated_s']:.0f} simulated s: {main_case['wall_s']:.1f} s of wall time, "
               f"{main_case['requests_per_s']:,} requests/s "
               f"(SimFaaS's published example: {SIMFAAS_REQUESTS_PER_S:,.0f}/s; ratio {report['ratio']})\n")

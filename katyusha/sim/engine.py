@@ -248,6 +248,7 @@ class Simulation:
         self.profile = Profile()
         # Pods with a timed step under way (an ordered set: samples add them up in a fixed order).
         self.transit: dict[SimPod, None] = {}
+        self.serving = self.peak_serving = 0
         config = scenario.proxy_config(settings)
         for index in range(scenario.replicas):
             for name, svc in self.services.items():
@@ -615,6 +616,8 @@ class Simulation:
         node.pods.append(pod)
         if state in SERVING:
             node.serving += 1
+            self.serving += 1
+            self.peak_serving = max(self.peak_serving, self.serving)
         if state in IMAGE_ON_DISK:
             self._disk(node, svc.spec.image, +1)
         self.recorder.row("pods", (self.env.now, pod.name, svc.name, node.name, "", state.value))
@@ -738,8 +741,12 @@ class Simulation:
         if state in SERVING and last not in SERVING:
             pod.serving_since = now
             pod.node.serving += 1
+            self.serving += 1
+            if self.serving > self.peak_serving:
+                self.peak_serving = self.serving
         elif last in SERVING and state not in SERVING:
             pod.node.serving -= 1
+            self.serving -= 1
             if pod.serving_since is not None:
                 pod.pod_seconds += now - pod.serving_since
                 pod.serving_since = None
@@ -915,6 +922,7 @@ class Simulation:
             "simulated_s": round(now, 6),
             "nodes": len(self.nodes),
             "pods": len(self.pods),
+            "peak_serving_pods": self.peak_serving,
             "events": self.env.events,
             "autoscaler_decisions": self.decisions,
             "unfinished": self.open,
