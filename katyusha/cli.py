@@ -1,4 +1,4 @@
-"""The ``katyusha`` console script: ``katyusha serve``, ``fleet ...``, ``control`` and ``batch``."""
+"""The ``katyusha`` console script: ``katyusha serve``, ``fleet ...``, ``control``, ``batch`` and ``sim``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ commands:
   fleet     run and steer a local fleet (katyusha fleet up|status|pod)
   control   run a fleet's control plane on its own, attached to running processes
   batch     send every record of a table or CSV file through katyusha to a service
+  sim       run a scenario on simulated time: the same core objects, a thousand nodes (docs/simulator.md)
 
 run `katyusha COMMAND --help` for the flags of one command.
 """
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from katyusha.batch.cli import main as batch_main
 
         return batch_main(rest)
+    if command == "sim":
+        from katyusha.sim.cli import main as sim_main
+
+        return sim_main(rest)
     sys.stderr.write(f"katyusha: unknown command {command!r}\n\n{USAGE}")
     return 2
 
