@@ -379,6 +379,7 @@ class Fleet:
             text += f"state file: {self.state_path}\n"
         text += f"control plane: {self.control.admin_url} (GET /fleet, PUT /pods/NAME/state"
         text += ", GET /autoscaler, /placement, /metrics)\n" if self.spec.autoscaler.enabled else ")\n"
+        text += f"dashboard: {self.control.admin_url}/dashboard (one replica's: {self.replicas[0].admin_url}/dashboard)\n"
         text += "stop with Ctrl-C (or SIGTERM)\n"
         return text
 
