@@ -259,37 +259,15 @@ def every_policy_ratio(by_load: dict) -> dict:
 
 
 def plot(figures: dict, latencies: dict, out_dir: Path) -> list[str]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG (pip install -e '.[bench]')")
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """One latency-CDF PNG per scenario (a panel per load), through benchmarks.plots."""
+    from benchmarks import plots
+
     written = []
     for scenario, by_load in latencies.items():
-        fig, axes = plt.subplots(1, len(by_load), figsize=(7 * len(by_load), 5), squeeze=False)
-        for ax, (load, by_system) in zip(axes[0], by_load.items(), strict=True):
-            for system, values in by_system.items():
-                if not values:
-                    continue
-                n = len(values)
-                ys = [(i + 1) / n for i in range(n)]
-                style = "-" if system.startswith("katyusha") else "--"
-                ax.plot(values, ys, style, label=system, linewidth=1.2)
-            ax.set_xscale("log")
-            ax.set_ylim(0.9, 1.0005)
-            ax.set_xlabel("latency (ms, log)")
-            ax.set_ylabel("CDF (tail from 0.9)")
-            ax.set_title(f"{scenario} at {load} of capacity")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        path = out_dir / f"lb_quality_{scenario}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(str(path))
+        panels = {f"{load} of capacity": by_system for load, by_system in by_load.items()}
+        path = plots.latency_cdf(out_dir / f"lb_quality_{scenario}.png", panels, title=scenario, tail_from=0.9)
+        if path is not None:
+            written.append(str(path))
     return written
 
 

@@ -60,6 +60,12 @@ def _up_parser() -> argparse.ArgumentParser:
     runner.add_argument("--stop-timeout", type=float, dest="stop_timeout_s", help="seconds a process may take to stop")
     runner.add_argument("--no-restart", action="store_false", dest="restart", default=None,
                         help="do not restart a process that dies")  # fmt: skip
+    monitoring = p.add_argument_group("monitoring")
+    monitoring.add_argument("--prometheus", action="store_true",
+                            help="also run Prometheus (Debian's `prometheus`) scraping every process, with the "
+                            "rules of deploy/prometheus/rules.yml; its URL is in the ready table")
+    monitoring.add_argument("--prometheus-port", type=int, default=0,
+                            help="Prometheus's port with --prometheus (default: a free one)")
     admin = p.add_argument_group("admin token")
     admin.add_argument("--admin-token-file", metavar="FILE",
                        help="one admin token for every process and the control plane: mutating admin "
@@ -117,8 +123,18 @@ def up(argv: list[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"katyusha fleet: {exc}\n")
         return 2
+    prometheus = None
+    if args.prometheus:
+        from katyusha.fleet.prometheus import MISSING, PrometheusServer, find_binary
+
+        binary = find_binary()
+        if binary is None:
+            sys.stderr.write(f"katyusha fleet: {MISSING}\n")
+            return 2
+        prometheus = PrometheusServer(binary, spec.host, args.prometheus_port)
     return run_fleet(spec, Path(args.state_file) if args.state_file else None, source=source,
-                     token_file=token_file, token=token, allow_open=args.admin_allow_open)
+                     token_file=token_file, token=token, allow_open=args.admin_allow_open,
+                     prometheus=prometheus)
 
 
 def _finder(p: argparse.ArgumentParser) -> None:
