@@ -83,12 +83,14 @@ def test_fleet_up_prometheus_scrapes_every_process_and_answers_rate(tmp_path):
     try:
         doc = fleet.wait_ready(60)
         base = re.search(r"^prometheus: (\S+)", fleet.output, re.M).group(1)
-        with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as response:
-            targets = json.loads(response.read())["data"]["activeTargets"]
-        # katyusha, the control plane, and a nonna and a sim-backend per pod.
-        assert len(targets) == 2 + 2 * len(doc["pods"])
-        wait_for(lambda: all(t["health"] == "up" for t in json.loads(urllib.request.urlopen(
-            f"{base}/api/v1/targets", timeout=5).read())["data"]["activeTargets"]), 15, "every target up")
+
+        def targets() -> list:
+            with urllib.request.urlopen(f"{base}/api/v1/targets", timeout=5) as response:
+                return json.loads(response.read())["data"]["activeTargets"]
+
+        # katyusha, the control plane, and a nonna and a sim-backend per pod, every one up.
+        wait_for(lambda: len(targets()) == 2 + 2 * len(doc["pods"]), 15, "every process a target")
+        wait_for(lambda: all(t["health"] == "up" for t in targets()), 15, "every target up")
         deadline = time.monotonic() + 30
         rate = recorded = None
         while time.monotonic() < deadline and not (rate and recorded):

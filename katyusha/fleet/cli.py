@@ -205,14 +205,48 @@ def status(argv: list[str]) -> int:
 
 
 async def _move(control: str, name: str, target: str, timeout: float,
-                token: str | None = None) -> tuple[int, dict | str]:
+                token: str | None = None, sim_admin: str | None = None) -> tuple[int, dict | str]:
+    import asyncio
     from urllib.parse import quote
 
     from katyusha.control.adminclient import AdminClient
 
     async with AdminClient(token=token) as client:
-        return await client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
-                                 {"state": target, "timeout": timeout}, timeout=timeout + 30.0)  # fmt: skip
+        move = asyncio.ensure_future(client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
+                                                 {"state": target, "timeout": timeout}, timeout=timeout + 30.0))  # fmt: skip
+        if sim_admin is not None:
+            await _follow(client, sim_admin, move)
+        return await move
+
+
+async def _follow(client, sim_admin: str, move) -> None:
+    """A progress bar (on a terminal only) of the pod's transitions while ``move`` runs: image pull, start."""
+    import asyncio
+
+    from katyusha.control.adminclient import AdminError
+    from katyusha.progress import bar
+
+    progress = None
+    try:
+        while not move.done():
+            try:
+                transition = (await client.pod_state(sim_admin)).get("transition")
+            except AdminError:
+                transition = None
+            if transition:
+                total = max(transition["ends_at"] - transition["started_at"], 0.0)
+                label = f"{transition['from']} -> {transition['to']}"
+                if progress is None or progress.desc != label:
+                    if progress is not None:
+                        progress.close()
+                    progress = bar(None, label, "s")
+                    progress.total = round(total, 1)
+                progress.n = round(max(total - transition["remaining_s"], 0.0), 1)
+                progress.refresh()
+            await asyncio.wait({move}, timeout=0.2)
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def pod(argv: list[str]) -> int:
@@ -239,8 +273,10 @@ def pod(argv: list[str]) -> int:
         control, document = _control_and_document(args)
         if control is None:
             raise statefile.NoFleet("this fleet records no control plane (give --control URL)")
+        sim_admin = next((p["sim"].get("admin") for p in (document or {}).get("pods", [])
+                          if p["name"] == args.name), None)  # fmt: skip
         status_code, payload = asyncio.run(_move(control, args.name, args.target, args.timeout,
-                                                 _token(args, document)))
+                                                 _token(args, document), sim_admin))
     except (statefile.NoFleet, AdminError, ConfigError) as exc:
         sys.stderr.write(f"katyusha fleet pod: {exc}\n")
         return 1
