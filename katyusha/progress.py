@@ -12,7 +12,12 @@ import sys
 from tqdm import tqdm
 
 
-def bar(total: int | None, desc: str, unit: str = "it", *, leave: bool = False) -> tqdm:
+def bar(total: float | None, desc: str, unit: str = "it", *, leave: bool = False,
+        bar_format: str | None = None) -> tqdm:
     """A tqdm bar on stderr, drawn only on a terminal."""
     return tqdm(total=total, desc=desc, unit=unit, disable=None, file=sys.stderr, leave=leave,
-                dynamic_ncols=True, smoothing=0.1)
+                dynamic_ncols=True, smoothing=0.1, bar_format=bar_format)
+
+
+# A bar of seconds with a known end (a pod's transition): no rate, which means nothing there.
+SECONDS = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s"

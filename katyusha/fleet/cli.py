@@ -224,9 +224,10 @@ async def _follow(client, sim_admin: str, move) -> None:
     import asyncio
 
     from katyusha.control.adminclient import AdminError
-    from katyusha.progress import bar
+    from katyusha.progress import SECONDS, bar
 
     progress = None
+    shown = None
     try:
         while not move.done():
             try:
@@ -236,17 +237,21 @@ async def _follow(client, sim_admin: str, move) -> None:
             if transition:
                 total = max(transition["ends_at"] - transition["started_at"], 0.0)
                 label = f"{transition['from']} -> {transition['to']}"
-                if progress is None or progress.desc != label:
-                    if progress is not None:
-                        progress.close()
-                    progress = bar(None, label, "s")
-                    progress.total = round(total, 1)
+                if progress is None or shown != label:
+                    _finish(progress)
+                    progress, shown = bar(round(total, 1), label, "s", leave=True, bar_format=SECONDS), label
                 progress.n = round(max(total - transition["remaining_s"], 0.0), 1)
                 progress.refresh()
             await asyncio.wait({move}, timeout=0.2)
     finally:
-        if progress is not None:
-            progress.close()
+        _finish(progress)
+
+
+def _finish(progress) -> None:
+    """Close a transition's bar at its end: the transition is over once the next one or the answer came."""
+    if progress is not None:
+        progress.n = progress.total or progress.n
+        progress.close()
 
 
 def pod(argv: list[str]) -> int:
