@@ -5,7 +5,7 @@ this module in order: the fleet page lists every pod with its state, its
 numbers move under load, a pod moved to cold by `katyusha fleet pod` shows
 cold and gets no traffic, the page's "warm" button (with the token) brings it
 back, katyusha's own page survives a katyusha restart. With
-KATYUSHA_DOCS_SCREENSHOTS=1 the screenshots are written to docs/images/.
+DOCS_SCREENSHOTS=1 the screenshots are written to docs/images/.
 
 Chromium comes from `make system-deps`; without it the module is skipped,
 except under CI=true, where a missing browser fails.
@@ -168,7 +168,7 @@ def test_rate_and_latency_change_under_load_within_3s(fleet, browser):
         first = page.inner_text("[data-testid=requests]")
         page.wait_for_timeout(1500)
         assert page.inner_text("[data-testid=requests]") != first, "the total stopped moving under load"
-        if os.environ.get("KATYUSHA_DOCS_SCREENSHOTS"):
+        if os.environ.get("DOCS_SCREENSHOTS"):
             DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
             page.wait_for_timeout(3000)
             page.screenshot(path=str(DOCS_IMAGES / "dashboard-fleet.png"), full_page=True)
@@ -221,7 +221,7 @@ def test_katyusha_page_lists_pods_and_survives_a_katyusha_restart(fleet, browser
     assert doc["kind"] == "katyusha"
     fleet.pids.add(get_json(fleet.doc["control"]["admin"] + "/fleet")["fleet"]["katyusha"][0]["pid"])
     wait_for(lambda: re.search(r"pod-\d", page.inner_text("main")), 10, "pods listed after the restart")
-    if os.environ.get("KATYUSHA_DOCS_SCREENSHOTS"):
+    if os.environ.get("DOCS_SCREENSHOTS"):
         page.screenshot(path=str(DOCS_IMAGES / "dashboard-katyusha.png"), full_page=True)
     # While katyusha was down the polls failed (resource errors); no script error happened.
     assert not [e for e in errors if "Failed to load resource" not in e and "ERR_" not in e]
