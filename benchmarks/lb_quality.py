@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks import loadgen, peers
 from katyusha.procs import Proc, exit_on_signals, script
+from katyusha.progress import bar
 
 KATYUSHA_POLICIES = ("round-robin", "least-in-flight", "p2c", "jsq-piggyback",
                      "sed-piggyback", "peak-ewma", "prequal")
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {}
     latencies: dict = {}
     ratios: dict = {}
+    progress = bar(None, "lb_quality", "run")
     for scenario in scenarios():
         if args.scenario and scenario.name not in args.scenario:
             continue
@@ -344,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     with make() as urls:
                         summary, values = measure(urls, pods, rate, duration, timeout_s)
                     figures[scenario.name][key]["systems"][name] = summary
+                    progress.update(1)
                     latencies[scenario.name][key][name] = values
                     print(f"  {name:30s} p50 {summary['p50_ms']:8.1f}  p99 {summary['p99_ms']:8.1f}"
                           f"  p99.9 {summary['p999_ms']:8.1f} ms  errors {summary['errors']:.4f}"
@@ -351,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = compare(figures[scenario.name], default_policy)
         if ratio is not None:
             ratios[scenario.name] = ratio
+    progress.close()
     pngs = plot(figures, latencies, Path(args.png))
     print(f"\ndefault policy: {default_policy}")
     for name, r in ratios.items():

@@ -22,11 +22,13 @@ async def _probe_pod(client: AdminClient, pod: dict) -> dict:
     # Any answer from nonna's health means it runs; 200 means its app is ready too.
     health = await client.health(nonna["admin"]) if nonna.get("admin") else None
     try:
-        state = (await client.pod_state(sim["admin"])).get("state") if sim.get("admin") else None
+        doc = await client.pod_state(sim["admin"]) if sim.get("admin") else {}
     except AdminError:
-        state = None
+        doc = {}
+    state = doc.get("state")
     return {"name": pod["name"], "node": pod["node"], "state": state, "sim_up": state is not None,
-            "nonna_up": health is not None, "nonna_ready": health == 200}  # fmt: skip
+            "nonna_up": health is not None, "nonna_ready": health == 200,
+            "transition": doc.get("transition")}  # fmt: skip
 
 
 async def _table(client: AdminClient, replica: dict) -> dict:

@@ -1,9 +1,9 @@
 """The control plane's side of the dashboard: the fleet's live view plus every replica's and pod's numbers.
 
 ``GET /dashboard/data`` on the control plane answers :func:`fleet_data`: the
-fleet view (katyusha.control.fleetview: pod states, load tables, nodes), each
-pod's transition with its expected end and its monitor's CPU/RAM (from
-sim-backend ``GET /state`` and ``/monitor``), the autoscaler's view with its
+fleet view (katyusha.control.fleetview: pod states with the transition under way and
+its expected end, load tables, nodes), each pod's CPU/RAM from its monitor
+(sim-backend ``GET /monitor``), the autoscaler's view with its
 last decision and reason per service, the last placements, and each
 katyusha replica's own ``/dashboard/data``. A process that does not answer
 shows as down; the page keeps polling.
@@ -25,19 +25,10 @@ async def _get(client: AdminClient, url: str) -> Any:
         return None
 
 
-async def _pod_extra(client: AdminClient, pod: dict) -> dict:
+async def _monitor(client: AdminClient, pod: dict) -> dict:
     admin = (pod.get("sim") or {}).get("admin")
-    if not admin:
-        return {}
-    state, monitor = await asyncio.gather(_get(client, admin + "/state"), _get(client, admin + "/monitor"))
-    extra: dict[str, Any] = {}
-    if isinstance(state, dict):
-        extra["transition"] = state.get("transition")
-        extra["sim_in_flight"] = state.get("in_flight")
-        extra["counters"] = state.get("counters")
-    if isinstance(monitor, dict):
-        extra["monitor"] = monitor.get("current")
-    return extra
+    monitor = await _get(client, admin + "/monitor") if admin else None
+    return {"monitor": monitor.get("current")} if isinstance(monitor, dict) else {}
 
 
 async def fleet_data(plane) -> dict:
@@ -46,7 +37,7 @@ async def fleet_data(plane) -> dict:
     live = await plane.fleet_view()
     document = live["fleet"]
     extras, replicas = await asyncio.gather(
-        asyncio.gather(*(_pod_extra(client, pod) for pod in document["pods"])),
+        asyncio.gather(*(_monitor(client, pod) for pod in document["pods"])),
         asyncio.gather(*(_get(client, r["admin"] + "/dashboard/data") for r in document["katyusha"] if r.get("admin"))),
     )
     pod_services = (live["fleet"].get("topology") or {}).get("pod_services", {})
