@@ -15,6 +15,7 @@ from katyusha.dashboard.samples import DEFAULT_WINDOW_S, ServiceSamples
 
 PERIOD_S = 1.0
 SERIES_S = 180  # seconds of history each /dashboard/data answer carries
+RATE_S = 3  # the rates shown as figures (service and pods alike) are means over this many seconds
 
 
 class DashboardFeed:
@@ -76,17 +77,17 @@ class DashboardFeed:
                 "reported_in_flight": row.get("reported_in_flight"),
                 "reported_state": row.get("reported_state"),
                 "latency_ewma_ms": row.get("latency_ewma_ms"), "estimated_load": row.get("estimated_load"),
-                "rps": round(samples.pod_rps(name), 2), "requests": requests.get(name, 0),
+                "rps": round(samples.pod_rps(name, RATE_S), 2), "requests": requests.get(name, 0),
                 "failures": row.get("failures"),
             })  # fmt: skip
         # A pod being drained has left the table but still answers what it holds.
         for name in sorted(draining - {p["name"] for p in pods}):
-            pods.append({"name": name, "draining": True, "ready": False, "rps": round(samples.pod_rps(name), 2)})
+            pods.append({"name": name, "draining": True, "ready": False, "rps": round(samples.pod_rps(name, RATE_S), 2)})
         queue = state["queue"]
         return {
             "name": live.name, "policy": state["policy"], "ready_pods": state["ready_pods"],
             "queue": queue, "l1_waiting": queue.get("waiting"), "l1_active": queue.get("active"),
-            "rps": _round(samples.recent("rps", 3)), "p50_ms": _round(samples.recent("p50_ms", 5)),
+            "rps": _round(samples.recent("rps", RATE_S)), "p50_ms": _round(samples.recent("p50_ms", 5)),
             "p99_ms": _round(samples.recent("p99_ms", 5)), "errors_by_status": errors,
             "requests": sum(requests.values()), "pods": pods, "series": samples.series(SERIES_S),
         }  # fmt: skip

@@ -108,9 +108,10 @@ class ServiceSamples:
             "p99_ms": [None if p.p99_ms is None else round(p.p99_ms, 3) for p in points],
         }
 
-    def pod_rps(self, pod: str) -> float:
-        """Requests per second ``pod`` answered over the last point (0 when none)."""
-        return self.points[-1].pod_rps.get(pod, 0.0) if self.points else 0.0
+    def pod_rps(self, pod: str, seconds: int = 3) -> float:
+        """Requests per second ``pod`` answered, the mean of the last ``seconds`` points (0 when none)."""
+        points = list(self.points)[-seconds:]
+        return sum(p.pod_rps.get(pod, 0.0) for p in points) / len(points) if points else 0.0
 
     def recent(self, field: str, seconds: int = 5) -> float | None:
         """The mean of ``field`` over the last ``seconds`` points that have it (None when none)."""
