@@ -44,3 +44,15 @@ def test_the_ring_keeps_only_its_window():
         samples.add(float(second), {(200, "p"): second * 5}, [0] * (len(LATENCY_BUCKETS) + 1))
     assert len(samples.points) == 3 and samples.series()["t"] == [7.0, 8.0, 9.0]
     assert samples.recent("rps", 3) == pytest.approx(5.0)
+
+
+def test_the_page_is_self_contained():
+    """No CDN, no external script, style, font or image: the page works with no network."""
+    import re
+
+    from katyusha.dashboard import page
+
+    html = page().decode()
+    assert "<script src" not in html and "<link rel=\"stylesheet\"" not in html
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", html)
+    assert "@import" not in html and "url(http" not in html

@@ -50,10 +50,10 @@ class DashboardFeed:
                 await self._task
             self._task = None
 
-    def data(self) -> dict:
-        """``GET /dashboard/data``: every service with its series, queue and pods."""
+    def data(self, only: str | None = None) -> dict:
+        """``GET /dashboard/data``: every service (or the one named ``only``) with its series, queue and pods."""
         return {"kind": "katyusha", "at": time.time(), "period_s": PERIOD_S,
-                "services": [self.service(live) for live in self.services]}  # fmt: skip
+                "services": [self.service(live) for live in self.services if only in (None, live.name)]}  # fmt: skip
 
     def service(self, live) -> dict:
         samples = self.samples[live.name]

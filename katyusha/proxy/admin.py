@@ -16,7 +16,7 @@ naming it when unknown)::
     GET    /pool                response pool summary (outoushuugou)
     GET    /trace               the last trace-picks picks (all services without service=)
     GET    /dashboard           the live dashboard page (HTML, katyusha.dashboard)
-    GET    /dashboard/data      what the page polls: per service rps, p50/p99, queue, pods
+    GET    /dashboard/data      what the page polls: per service rps, p50/p99, queue, pods (one with service=)
 
 With ``admin-token`` set, PUT, POST and DELETE need ``Authorization: Bearer
 <token>`` (401 otherwise, katyusha.admintoken); reads stay open.
@@ -147,7 +147,8 @@ class AdminApp:
         elif path in ("/dashboard", "/dashboard/") and method == "GET" and self.dashboard is not None:
             await respond(send, 200, page(), PAGE_TYPE)
         elif path == "/dashboard/data" and method == "GET" and self.dashboard is not None:
-            await respond_json(send, 200, self.dashboard.data())
+            only = None if selected is None else self.membership.service(selected).name  # 404 when unknown
+            await respond_json(send, 200, self.dashboard.data(only))
         elif path == "/pods":
             await self._pods(scope, receive, send, method, selected)
         elif path.startswith("/pods/"):
