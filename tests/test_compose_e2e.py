@@ -340,8 +340,9 @@ def test_prometheus_scrapes_every_process(fleet):
 
 
 def fleet_cli(*args: str) -> subprocess.CompletedProcess:
-    """``katyusha fleet ...`` on the host, as a user steers the compose fleet."""
-    return subprocess.run([script("katyusha"), "fleet", *args], capture_output=True, text=True, timeout=180)
+    """``katyusha fleet ...`` on the host with the compose fleet's admin token, as a user steers it."""
+    token = ["--admin-token-file", str(ROOT / compose.TOKEN_FILE)]
+    return subprocess.run([script("katyusha"), "fleet", *args, *token], capture_output=True, text=True, timeout=180)
 
 
 def in_set(fleet: ComposeFleet) -> set[str]:

@@ -63,10 +63,14 @@ def test_check_flag_finds_a_stale_file(tmp_path):
     assert compose.PROCESSES_FILE in check.stderr and compose.COMPOSE_FILE not in check.stderr
 
 
+SECRET = f"/run/secrets/{compose.TOKEN_SECRET}"
+
+
 def test_every_process_gets_the_flags_the_local_runner_gives_it():
     spec = load_spec()
     services = committed(compose.COMPOSE_FILE)["services"]
-    fleet = Fleet(spec)
+    # The runner given the secret's path passes the same token flag the compose file does.
+    fleet = Fleet(spec, token_file=SECRET)
     sim, nonna, k = compose.PORTS["sim-backend"], compose.PORTS["nonna"], compose.PORTS["katyusha"]
     pod_flags = []
     for run in fleet.pods:
@@ -92,7 +96,7 @@ def test_an_autoscaled_fleets_katyusha_gets_the_runners_flags_with_the_control_s
     command = compose.compose_document(spec)["services"]["katyusha"]["command"]
     # Every slot starts null: none is in katyusha's set; the control plane adds what it wakes.
     assert "--pod" not in command
-    runner = Fleet(spec)._katyusha_argv(8080, 9080)
+    runner = Fleet(spec, token_file=SECRET)._katyusha_argv(8080, 9080)
     at = runner.index("--demand-url") + 1
     runner[at] = "http://control:9070/demand"
     assert _normal(command) == _normal(runner)
@@ -127,6 +131,28 @@ def test_the_control_plane_reads_the_generated_files_and_finds_every_process_by_
 
 def _flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
+
+
+def test_every_fleet_process_reads_the_admin_token_from_the_secret():
+    # In a container the admin ports listen on 0.0.0.0, which no process starts on without a token.
+    document = committed(compose.COMPOSE_FILE)
+    assert document["secrets"] == {compose.TOKEN_SECRET: {"file": f"./{compose.TOKEN_FILE}"}}
+    for name, service in document["services"].items():
+        if name == "prometheus":
+            assert "secrets" not in service
+            continue
+        assert service["secrets"] == [compose.TOKEN_SECRET], name
+        assert service["command"][-2:] == ["--admin-token-file", SECRET], name
+    assert (ROOT / compose.TOKEN_FILE).read_text().strip()
+
+
+def test_a_new_folder_gets_a_token_of_its_own(tmp_path):
+    made = subprocess.run([script("katyusha"), "fleet", "compose", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = (tmp_path / compose.TOKEN_FILE).read_text().strip()
+    assert len(token) >= 24 and token != (ROOT / compose.TOKEN_FILE).read_text().strip()
+    assert (tmp_path / compose.TOKEN_FILE).stat().st_mode & 0o004  # the containers' user reads it
 
 
 def test_one_service_builds_the_image_the_others_use():
@@ -258,3 +284,10 @@ def test_every_replica_is_a_service_with_its_own_host_ports_and_scrape_target():
     assert [(r["name"], r["admin"]) for r in replicas] == [("katyusha", "http://katyusha:9080"),
                                                            ("katyusha-1", "http://katyusha-1:9080")]  # fmt: skip
     assert set(services["control"]["depends_on"]) == {"katyusha", "katyusha-1"}
+
+
+def test_a_pods_app_reaches_its_container():
+    # examples/sentiment-fleet.yaml runs the sentiment app: its containers must run it too.
+    spec = load_spec(str(ROOT / "examples" / "sentiment-fleet.yaml"))
+    commands = [s["command"] for name, s in compose.compose_document(spec)["services"].items() if name.endswith("-sim")]
+    assert commands and all(c[c.index("--app") + 1] == "sentiment" for c in commands)

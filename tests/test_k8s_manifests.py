@@ -176,14 +176,27 @@ def objects(kind: str) -> dict[str, dict]:
     return {doc["metadata"]["name"]: doc for _, doc in manifest_documents() if doc["kind"] == kind}
 
 
-def test_katyusha_follows_the_hello_service_and_shares_it_with_its_peers():
+def mounted_token(container: dict, argv: list[str], folder) -> list[str]:
+    """``argv`` with the admin token file the Secret's volume holds written under ``folder``."""
+    flag = next(arg for arg in argv if arg.startswith("--admin-token-file="))
+    path = flag.partition("=")[2]
+    mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    assert mount["name"] == "admin-token" and mount.get("readOnly")
+    secret = objects("Secret")["katyusha-admin-token"]
+    token = folder / "token"
+    token.write_text(secret["stringData"][path.rsplit("/", 1)[1]])
+    return [f"--admin-token-file={token}" if arg == flag else arg for arg in argv]
+
+
+def test_katyusha_follows_the_hello_service_and_shares_it_with_its_peers(tmp_path):
     from katyusha.kubernetes.refs import ServiceRef
     from katyusha.proxy import cli
     from katyusha.proxy.config import load
 
     container = deployments()["katyusha"]["spec"]["template"]["spec"]["containers"][0]
     env = container_environment(container, "katyusha-5d8f7-x2x9k")
-    argv = expanded(container["args"], env)
+    # The admin port listens on 0.0.0.0: katyusha starts only with the token the Secret mounts.
+    argv = mounted_token(container, expanded(container["args"], env), tmp_path)
     assert argv[:2] == ["katyusha", "serve"]
     config = load(flags=cli.flags_from_args(cli.build_parser().parse_args(argv[2:])), environ=env)
     # The namespace and the replica's name come from the downward API.

@@ -39,6 +39,10 @@ COMPOSE_FILE = "docker-compose.yml"
 PROMETHEUS_FILE = "deploy/prometheus/compose.yml"
 RULES_FILE = "deploy/prometheus/rules.yml"  # a copy of katyusha/fleet/prometheus-rules.yml
 FLEET_FILE = "deploy/containers/fleet.yaml"
+# The admin token every process of the compose fleet asks of mutating admin requests.
+TOKEN_FILE = "deploy/compose/admin-token"
+TOKEN_SECRET = "admin-token"
+TOKEN_ROLES = ("katyusha", "nonna", "sim-backend", "control")
 PROCESSES_FILE = "deploy/containers/processes.yaml"
 # Where the control service finds them (mounted read-only).
 MOUNT_DIR = "/etc/katyusha"
@@ -47,8 +51,8 @@ IMAGE = "${KATYUSHA_IMAGE:-katyusha:local}"
 BASE_IMAGE = "${BASE_IMAGE:-python:3.11-slim}"
 PROMETHEUS_IMAGE = "${PROMETHEUS_IMAGE:-prom/prometheus:v2.42.0}"
 BIND = "${BIND_ADDRESS:-127.0.0.1}"
-# Admin ports move pods and read the fleet, and take no token yet (see admin_token):
-# they are published on loopback only, whatever BIND_ADDRESS says.
+# Admin ports move pods and read the fleet; they ask for the token (see admin_token)
+# and are published on loopback only, whatever BIND_ADDRESS says.
 ADMIN_BIND = "127.0.0.1"
 SCRAPE_INTERVAL = "5s"
 # Room on top of katyusha's own drain (shutdown-timeout) before the engine sends SIGKILL.
@@ -110,6 +114,7 @@ def _sim(pod: PodSpec) -> dict:
         "--pod", pod.name, "--node", pod.node, "--state", p.state,
         "--service-time", p.service_time, "--speed", f"{p.speed:g}",
         "--image-size-mb", f"{p.image_size_mb:g}", "--pull-mbps", f"{p.pull_mbps:g}", "--start-s", f"{p.start_s:g}",
+        *(["--app", p.app] if p.app != "emulated" else []),
     ]  # fmt: skip
     return _process(command, "sim-backend", pod, _url("127.0.0.1", ports.admin, "/state"))
 
@@ -190,7 +195,9 @@ def drain_seconds(serve_args: list[str]) -> float:
     from katyusha.proxy import cli, config
 
     try:
-        args = cli.build_parser().parse_args(serve_args)
+        # The token comes with admin_token(); only the drain is read here, so the admin port's
+        # exposure check (0.0.0.0 without a token) is not this function's question.
+        args = cli.build_parser().parse_args([*serve_args, "--admin-allow-open", "true"])
         return config.load(flags=cli.flags_from_args(args), environ={}).shutdown_timeout
     except ConfigError as exc:
         raise ComposeError(f"katyusha.args: {exc}") from None
@@ -247,16 +254,21 @@ def processes_document(spec: FleetSpec) -> dict:
 
 
 def admin_token(document: dict) -> dict:
-    """TOKEN: the one place the admin token goes into the compose file; today ``document`` unchanged.
+    """Give every fleet process (katyusha, nonna, sim-backend, control) the admin token.
 
-    Once every process takes ``--admin-token-file`` (being added, not yet on
-    main), this adds a top-level secret (``secrets: {admin-token: {file:
-    ...}}``, its file generated next to the others and kept out of git), lists
-    it under each fleet service's ``secrets``, and appends
-    ``--admin-token-file /run/secrets/admin-token`` to each command (katyusha,
-    nonna, sim-backend, control); the healthchecks and the scrape config then
-    send it too, unless ``/healthz`` and ``/metrics`` stay open.
+    Inside a container the admin ports listen on 0.0.0.0, which no process
+    accepts without a token (docs/reliability.md), so the compose file carries
+    one as a secret: ``TOKEN_FILE`` (a placeholder in the repository; replace
+    it) mounted at ``/run/secrets/admin-token`` and passed with
+    ``--admin-token-file``. Healthchecks and Prometheus read ``/healthz``,
+    ``/state``, ``/stats`` and ``/metrics``, which stay open.
     """
+    for service in document["services"].values():
+        if service.get("labels", {}).get("io.katyusha.role") not in TOKEN_ROLES:
+            continue
+        service["command"] = [*service["command"], "--admin-token-file", f"/run/secrets/{TOKEN_SECRET}"]
+        service["secrets"] = [TOKEN_SECRET]
+    document["secrets"] = {TOKEN_SECRET: {"file": f"./{TOKEN_FILE}"}}
     return document
 
 
@@ -432,6 +444,15 @@ def main(argv: list[str]) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             path.chmod(0o644)  # mounted into containers that run as nobody, whatever the umask
+    token = Path(args.dir) / TOKEN_FILE
+    if not args.check and not token.exists():
+        # A fresh token for a new folder; the repository's own is a placeholder to replace.
+        import secrets
+
+        token.parent.mkdir(parents=True, exist_ok=True)
+        token.write_text(secrets.token_urlsafe(24) + "\n")
+        token.chmod(0o644)  # read by the containers' user (nobody) through the secret's bind mount
+        stale.append(TOKEN_FILE)
     if args.check:
         for name in stale:
             sys.stderr.write(f"katyusha fleet compose: {name} differs from the fleet file; run `katyusha fleet compose`\n")

@@ -130,7 +130,7 @@ class Fleet:
             "--start-s", f"{params.start_s:g}",
             # The emulated app is sim-backend's default: its argv stays what `katyusha fleet compose` writes.
             *(["--app", params.app] if params.app != "emulated" else []),
-            "--start-s", f"{params.start_s:g}", *self._admin_args(flag_only=True),
+            *self._admin_args(flag_only=True),
         ]  # fmt: skip
 
     def _admin_args(self, flag_only: bool = False) -> list[str]:

@@ -111,6 +111,7 @@ class Proxy:
 
     async def startup(self) -> None:
         self.prober.start()
+        self.health.start()
         self.dashboard.start()
         for source in self.sources:
             await source.open()
@@ -118,7 +119,6 @@ class Proxy:
     def drain(self) -> None:
         """Shutdown began: ``/healthz`` answers 503 from now on."""
         self.draining = True
-        self.health.start()
 
     async def stop(self) -> None:
         """Answer what is queued and let in-flight requests finish, within ``shutdown-timeout``.
