@@ -33,6 +33,8 @@ async def _probe_pod(client: AdminClient, pod: dict) -> dict:
 
 async def _table(client: AdminClient, replica: dict) -> dict:
     entry: dict[str, Any] = {"name": replica["name"], "admin": replica["admin"]}
+    if not replica.get("admin"):  # not running now (the runner is restarting it)
+        return {**entry, "up": False, "error": "not running", "pods": []}
     try:
         table = await client.pod_table(replica["admin"])
     except AdminError as exc:

@@ -31,6 +31,10 @@ async def _monitor(client: AdminClient, pod: dict) -> dict:
     return {"monitor": monitor.get("current")} if isinstance(monitor, dict) else {}
 
 
+async def _replica_data(client: AdminClient, replica: dict) -> Any:
+    return await _get(client, replica["admin"] + "/dashboard/data") if replica.get("admin") else None
+
+
 async def fleet_data(plane) -> dict:
     """The control plane's ``/dashboard/data`` (see the module doc)."""
     client: AdminClient = plane.client
@@ -38,15 +42,19 @@ async def fleet_data(plane) -> dict:
     document = live["fleet"]
     extras, replicas = await asyncio.gather(
         asyncio.gather(*(_monitor(client, pod) for pod in document["pods"])),
-        asyncio.gather(*(_get(client, r["admin"] + "/dashboard/data") for r in document["katyusha"] if r.get("admin"))),
+        asyncio.gather(*(_replica_data(client, r) for r in document["katyusha"])),
     )
     pod_services = (live["fleet"].get("topology") or {}).get("pod_services", {})
     traffic: dict[str, dict[str, float]] = {}
     for data in replicas:
         for service in (data or {}).get("services", []):
             for row in service.get("pods", []):
-                seen = traffic.setdefault(row["name"], {"rps": 0.0, "in_flight": 0, "in_sets": 0, "draining": False})
+                seen = traffic.setdefault(row["name"], {"rps": 0.0, "in_flight": 0, "in_sets": 0, "draining": False,
+                                                        "queue": None})
                 seen["rps"] += row.get("rps") or 0.0
+                # nonna's queue as the freshest report any replica holds shows it (the largest).
+                if row.get("reported_queue") is not None:
+                    seen["queue"] = max(seen["queue"] or 0, row["reported_queue"])
                 seen["in_flight"] += row.get("in_flight") or 0
                 seen["in_sets"] += 0 if row.get("draining") else 1
                 seen["draining"] = seen["draining"] or bool(row.get("draining"))
@@ -57,6 +65,7 @@ async def fleet_data(plane) -> dict:
             **probe, **extra, "service": pod_services.get(pod["name"]),
             "rps": round(seen.get("rps", 0.0), 2), "in_flight": seen.get("in_flight", 0),
             "in_sets": seen.get("in_sets", 0), "draining": seen.get("draining", False),
+            "reported_queue": seen.get("queue"),
             "restarts": (pod.get("sim") or {}).get("restarts", 0) + (pod.get("nonna") or {}).get("restarts", 0),
         })  # fmt: skip
     measured = {}
@@ -71,7 +80,7 @@ async def fleet_data(plane) -> dict:
         "token_required": plane.token is not None,
         "pods": pods, "nodes": nodes,
         "replicas": [{"name": r["name"], "admin": r.get("admin"), "up": data is not None, "data": data}
-                     for r, data in zip(document["katyusha"], replicas, strict=False)],
+                     for r, data in zip(document["katyusha"], replicas, strict=True)],
         "autoscaler": live.get("autoscaler"), "placement": live.get("placement"),
     }  # fmt: skip
 
