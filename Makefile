@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
+.PHONY: test test-deps system-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ test-deps:
 	@if command -v nginx >/dev/null || test -x /usr/sbin/nginx; then :; else \
 	  apt-get update && apt-get install -y --no-install-recommends nginx; fi
 	@command -v curl >/dev/null || apt-get install -y --no-install-recommends curl
+
+# What the dashboard's browser tests and `katyusha fleet up --prometheus` need from
+# Debian: chromium (driven by Playwright from the `test` extra, never a downloaded
+# browser) and Prometheus's server and promtool. apt-get update only when the
+# install fails (an old or missing package list).
+SYSTEM_DEBS := chromium prometheus
+system-deps:
+	@if command -v chromium >/dev/null && command -v prometheus >/dev/null && command -v promtool >/dev/null; then \
+	  echo "chromium, prometheus present"; else \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(SYSTEM_DEBS) >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSTEM_DEBS) >/dev/null; }; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check katyusha nonna sim_backend tests benchmarks

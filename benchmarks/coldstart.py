@@ -166,10 +166,22 @@ class PodSampler:
         self.samples: list[dict] = []
 
     async def run(self, stop: asyncio.Event) -> None:
+        from katyusha.progress import bar
+
+        # On a terminal: pods serving against desired as the autoscaler moves.
+        progress = bar(None, "pods serving", "pod", bar_format="{desc}: {postfix} [{elapsed}]")
+        try:
+            await self._sample(stop, progress)
+        finally:
+            progress.close()
+
+    async def _sample(self, stop: asyncio.Event, progress) -> None:
         while not stop.is_set():
             try:
                 view = await asyncio.to_thread(get_json, self.url, 2.0)
                 pods = view.get("pods") or {}
+                progress.set_postfix_str(f"{pods.get('serving', 0)} serving, {pods.get('waking', 0)} starting, "
+                                         f"{view.get('desired', 0)} desired")
                 self.samples.append({
                     "t": round(time.monotonic() - self.origin, 3),
                     "serving": pods.get("serving", 0),

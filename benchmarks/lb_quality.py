@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks import loadgen, peers
 from katyusha.procs import Proc, exit_on_signals, script
+from katyusha.progress import bar
 
 KATYUSHA_POLICIES = ("round-robin", "least-in-flight", "p2c", "jsq-piggyback",
                      "sed-piggyback", "peak-ewma", "prequal")
@@ -259,37 +260,15 @@ def every_policy_ratio(by_load: dict) -> dict:
 
 
 def plot(figures: dict, latencies: dict, out_dir: Path) -> list[str]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no PNG (pip install -e '.[bench]')")
-        return []
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """One latency-CDF PNG per scenario (a panel per load), through benchmarks.plots."""
+    from benchmarks import plots
+
     written = []
     for scenario, by_load in latencies.items():
-        fig, axes = plt.subplots(1, len(by_load), figsize=(7 * len(by_load), 5), squeeze=False)
-        for ax, (load, by_system) in zip(axes[0], by_load.items(), strict=True):
-            for system, values in by_system.items():
-                if not values:
-                    continue
-                n = len(values)
-                ys = [(i + 1) / n for i in range(n)]
-                style = "-" if system.startswith("katyusha") else "--"
-                ax.plot(values, ys, style, label=system, linewidth=1.2)
-            ax.set_xscale("log")
-            ax.set_ylim(0.9, 1.0005)
-            ax.set_xlabel("latency (ms, log)")
-            ax.set_ylabel("CDF (tail from 0.9)")
-            ax.set_title(f"{scenario} at {load} of capacity")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
-        path = out_dir / f"lb_quality_{scenario}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(str(path))
+        panels = {f"{load} of capacity": by_system for load, by_system in by_load.items()}
+        path = plots.latency_cdf(out_dir / f"lb_quality_{scenario}.png", panels, title=scenario, tail_from=0.9)
+        if path is not None:
+            written.append(str(path))
     return written
 
 
@@ -346,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict = {}
     latencies: dict = {}
     ratios: dict = {}
+    progress = bar(None, "lb_quality", "run")
     for scenario in scenarios():
         if args.scenario and scenario.name not in args.scenario:
             continue
@@ -366,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                     with make() as urls:
                         summary, values = measure(urls, pods, rate, duration, timeout_s)
                     figures[scenario.name][key]["systems"][name] = summary
+                    progress.update(1)
                     latencies[scenario.name][key][name] = values
                     print(f"  {name:30s} p50 {summary['p50_ms']:8.1f}  p99 {summary['p99_ms']:8.1f}"
                           f"  p99.9 {summary['p999_ms']:8.1f} ms  errors {summary['errors']:.4f}"
@@ -373,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = compare(figures[scenario.name], default_policy)
         if ratio is not None:
             ratios[scenario.name] = ratio
+    progress.close()
     pngs = plot(figures, latencies, Path(args.png))
     print(f"\ndefault policy: {default_policy}")
     for name, r in ratios.items():

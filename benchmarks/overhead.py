@@ -32,6 +32,7 @@ from pathlib import Path
 from benchmarks import peers, wrk
 from benchmarks.hashsink import pattern, pattern_sha256
 from katyusha.procs import Proc, exit_on_signals, script
+from katyusha.progress import bar
 
 CONNECTIONS = (32, 256)
 BODY_MB = 100
@@ -82,6 +83,7 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
         name: {c: [] for c in CONNECTIONS} for name in systems
     }
     names = list(systems)
+    progress = bar(rounds * len(names), "overhead", "system")
     for round_no in range(rounds):
         # Alternate the order so no system always runs on a warmer or cooler machine.
         order = names[round_no % len(names):] + names[: round_no % len(names)]
@@ -97,6 +99,8 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
                     print(f"  round {round_no + 1} {name:12s} c={conns:<4d} "
                           f"{result.rps:9.0f} req/s p50 {result.p50_ms:7.2f} ms "
                           f"p99 {result.p99_ms:7.2f} ms errors {result.errors}", flush=True)
+            progress.update(1)
+    progress.close()
     table = {}
     # On a shared machine the rounds differ more than the systems within one
     # round: the ratio of each round, then the median, is the steadier figure.
@@ -288,7 +292,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+        for png in write_plots(args.json, table):
+            print(f"wrote {png}")
     return 0
+
+
+def write_plots(json_path: str, table: dict) -> list:
+    """Throughput and p99 per system and connection count, as PNGs beside the JSON."""
+    from benchmarks import plots
+
+    def by_connections(field: str) -> dict:
+        return {f"{conns} conns": {name: rows[conns][field] for name, rows in table.items() if conns in rows}
+                for conns in next(iter(table.values()))}  # fmt: skip
+
+    written = [
+        plots.bars(plots.beside(json_path, "throughput"), by_connections("rps"),
+                   title="proxy throughput (wrk, nginx backend)", ylabel="requests per second"),
+        plots.bars(plots.beside(json_path, "p99"), by_connections("p99_ms"),
+                   title="p99 latency (wrk)", ylabel="p99 latency (ms)"),
+    ]
+    return [path for path in written if path is not None]
 
 
 if __name__ == "__main__":

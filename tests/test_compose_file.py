@@ -42,7 +42,8 @@ def _normal(argv: list[str]) -> list[str]:
 
 def test_committed_files_are_what_the_generator_writes():
     texts = compose.render()
-    assert set(texts) == {compose.COMPOSE_FILE, compose.PROMETHEUS_FILE, compose.FLEET_FILE, compose.PROCESSES_FILE}
+    assert set(texts) == {compose.COMPOSE_FILE, compose.PROMETHEUS_FILE, compose.RULES_FILE, compose.FLEET_FILE,
+                          compose.PROCESSES_FILE}
     for name, text in texts.items():
         assert (ROOT / name).read_text() == text, f"{name} is stale: run `katyusha fleet compose`"
 

@@ -14,6 +14,8 @@ Routes::
     GET  /autoscaler              the autoscaler's view (404 when it is off)
     GET  /placement               nodes, services, the last wake and retirement (404 when off)
     GET  /metrics                 Prometheus text (the autoscaler's series)
+    GET  /dashboard               the fleet's live dashboard page (HTML, katyusha.dashboard)
+    GET  /dashboard/data          what the page polls (katyusha.dashboard.fleet)
 
 With the plane's admin token set, PUT and POST need ``Authorization: Bearer
 <token>`` (401 otherwise; katyusha.admintoken); reads stay open.
@@ -36,6 +38,8 @@ from katyusha.control.membership import MoveFailed
 from katyusha.core.errors import BadInput, KatyushaError
 from katyusha.core.podstate import WALK_TARGETS, PodState, names
 from katyusha.core.scaling import ScaleTo, service_label
+from katyusha.dashboard import page
+from katyusha.dashboard.fleet import Cached, fleet_data
 
 DEFAULT_MOVE_TIMEOUT_S = 120.0
 MAX_MOVE_TIMEOUT_S = 3600.0
@@ -131,6 +135,14 @@ def build_app(plane) -> AdminGuard:
     async def metrics(request: Request) -> Response:
         return Response(plane.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def dashboard(request: Request) -> Response:
+        return Response(page(), media_type="text/html; charset=utf-8")
+
+    snapshot = Cached(lambda: fleet_data(plane))
+
+    async def dashboard_data(request: Request) -> Response:
+        return JSONResponse(await snapshot.get())
+
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(404, f"no route {request.method} {request.url.path}")
 
@@ -146,6 +158,8 @@ def build_app(plane) -> AdminGuard:
             Route("/autoscaler", autoscaler, methods=["GET"]),
             Route("/placement", placement, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/dashboard", dashboard, methods=["GET"]),
+            Route("/dashboard/data", dashboard_data, methods=["GET"]),
         ],
         exception_handlers={404: not_found, 405: not_allowed},
     ), getattr(plane, "token", None))

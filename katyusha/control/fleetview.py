@@ -22,15 +22,19 @@ async def _probe_pod(client: AdminClient, pod: dict) -> dict:
     # Any answer from nonna's health means it runs; 200 means its app is ready too.
     health = await client.health(nonna["admin"]) if nonna.get("admin") else None
     try:
-        state = (await client.pod_state(sim["admin"])).get("state") if sim.get("admin") else None
+        doc = await client.pod_state(sim["admin"]) if sim.get("admin") else {}
     except AdminError:
-        state = None
+        doc = {}
+    state = doc.get("state")
     return {"name": pod["name"], "node": pod["node"], "state": state, "sim_up": state is not None,
-            "nonna_up": health is not None, "nonna_ready": health == 200}  # fmt: skip
+            "nonna_up": health is not None, "nonna_ready": health == 200,
+            "transition": doc.get("transition")}  # fmt: skip
 
 
 async def _table(client: AdminClient, replica: dict) -> dict:
     entry: dict[str, Any] = {"name": replica["name"], "admin": replica["admin"]}
+    if not replica.get("admin"):  # not running now (the runner is restarting it)
+        return {**entry, "up": False, "error": "not running", "pods": []}
     try:
         table = await client.pod_table(replica["admin"])
     except AdminError as exc:

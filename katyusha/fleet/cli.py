@@ -60,6 +60,12 @@ def _up_parser() -> argparse.ArgumentParser:
     runner.add_argument("--stop-timeout", type=float, dest="stop_timeout_s", help="seconds a process may take to stop")
     runner.add_argument("--no-restart", action="store_false", dest="restart", default=None,
                         help="do not restart a process that dies")  # fmt: skip
+    monitoring = p.add_argument_group("monitoring")
+    monitoring.add_argument("--prometheus", action="store_true",
+                            help="also run Prometheus (Debian's `prometheus`) scraping every process, with the "
+                            "rules of deploy/prometheus/rules.yml; its URL is in the ready table")
+    monitoring.add_argument("--prometheus-port", type=int, default=0,
+                            help="Prometheus's port with --prometheus (default: a free one)")
     admin = p.add_argument_group("admin token")
     admin.add_argument("--admin-token-file", metavar="FILE",
                        help="one admin token for every process and the control plane: mutating admin "
@@ -117,8 +123,18 @@ def up(argv: list[str]) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"katyusha fleet: {exc}\n")
         return 2
+    prometheus = None
+    if args.prometheus:
+        from katyusha.fleet.prometheus import MISSING, PrometheusServer, find_binary
+
+        binary = find_binary()
+        if binary is None:
+            sys.stderr.write(f"katyusha fleet: {MISSING}\n")
+            return 2
+        prometheus = PrometheusServer(binary, spec.host, args.prometheus_port)
     return run_fleet(spec, Path(args.state_file) if args.state_file else None, source=source,
-                     token_file=token_file, token=token, allow_open=args.admin_allow_open)
+                     token_file=token_file, token=token, allow_open=args.admin_allow_open,
+                     prometheus=prometheus)
 
 
 def _finder(p: argparse.ArgumentParser) -> None:
@@ -189,14 +205,53 @@ def status(argv: list[str]) -> int:
 
 
 async def _move(control: str, name: str, target: str, timeout: float,
-                token: str | None = None) -> tuple[int, dict | str]:
+                token: str | None = None, sim_admin: str | None = None) -> tuple[int, dict | str]:
+    import asyncio
     from urllib.parse import quote
 
     from katyusha.control.adminclient import AdminClient
 
     async with AdminClient(token=token) as client:
-        return await client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
-                                 {"state": target, "timeout": timeout}, timeout=timeout + 30.0)  # fmt: skip
+        move = asyncio.ensure_future(client.call("PUT", f"{control}/pods/{quote(name, safe='')}/state",
+                                                 {"state": target, "timeout": timeout}, timeout=timeout + 30.0))  # fmt: skip
+        if sim_admin is not None:
+            await _follow(client, sim_admin, move)
+        return await move
+
+
+async def _follow(client, sim_admin: str, move) -> None:
+    """A progress bar (on a terminal only) of the pod's transitions while ``move`` runs: image pull, start."""
+    import asyncio
+
+    from katyusha.control.adminclient import AdminError
+    from katyusha.progress import SECONDS, bar
+
+    progress = None
+    shown = None
+    try:
+        while not move.done():
+            try:
+                transition = (await client.pod_state(sim_admin)).get("transition")
+            except AdminError:
+                transition = None
+            if transition:
+                total = max(transition["ends_at"] - transition["started_at"], 0.0)
+                label = f"{transition['from']} -> {transition['to']}"
+                if progress is None or shown != label:
+                    _finish(progress)
+                    progress, shown = bar(round(total, 1), label, "s", leave=True, bar_format=SECONDS), label
+                progress.n = round(max(total - transition["remaining_s"], 0.0), 1)
+                progress.refresh()
+            await asyncio.wait({move}, timeout=0.2)
+    finally:
+        _finish(progress)
+
+
+def _finish(progress) -> None:
+    """Close a transition's bar at its end: the transition is over once the next one or the answer came."""
+    if progress is not None:
+        progress.n = progress.total or progress.n
+        progress.close()
 
 
 def pod(argv: list[str]) -> int:
@@ -223,8 +278,10 @@ def pod(argv: list[str]) -> int:
         control, document = _control_and_document(args)
         if control is None:
             raise statefile.NoFleet("this fleet records no control plane (give --control URL)")
+        sim_admin = next((p["sim"].get("admin") for p in (document or {}).get("pods", [])
+                          if p["name"] == args.name), None)  # fmt: skip
         status_code, payload = asyncio.run(_move(control, args.name, args.target, args.timeout,
-                                                 _token(args, document)))
+                                                 _token(args, document), sim_admin))
     except (statefile.NoFleet, AdminError, ConfigError) as exc:
         sys.stderr.write(f"katyusha fleet pod: {exc}\n")
         return 1

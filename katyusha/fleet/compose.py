@@ -31,11 +31,13 @@ from pathlib import Path
 import yaml
 
 from katyusha.core.errors import ConfigError
+from katyusha.fleet.prometheus import rules_text
 from katyusha.fleet.spec import FleetSpec, PodSpec, default_fleet_path, load_spec
 
 DEFAULT_SOURCE = "katyusha/fleet/default.yaml"
 COMPOSE_FILE = "docker-compose.yml"
 PROMETHEUS_FILE = "deploy/prometheus/compose.yml"
+RULES_FILE = "deploy/prometheus/rules.yml"  # a copy of katyusha/fleet/prometheus-rules.yml
 FLEET_FILE = "deploy/containers/fleet.yaml"
 # The admin token every process of the compose fleet asks of mutating admin requests.
 TOKEN_FILE = "deploy/compose/admin-token"
@@ -279,7 +281,8 @@ def _prometheus() -> dict:
             "--storage.tsdb.path=/prometheus",
             f"--web.listen-address=:{PROMETHEUS_PORT}",
         ],
-        "volumes": [f"./{PROMETHEUS_FILE}:/etc/prometheus/{Path(PROMETHEUS_FILE).name}:ro"],
+        "volumes": [f"./{PROMETHEUS_FILE}:/etc/prometheus/{Path(PROMETHEUS_FILE).name}:ro",
+                    f"./{RULES_FILE}:/etc/prometheus/{Path(RULES_FILE).name}:ro"],
         "ports": [f"{BIND}:${{PROMETHEUS_PORT:-{PROMETHEUS_PORT}}}:{PROMETHEUS_PORT}"],
         "healthcheck": {
             # promtool is in both images; `check healthy` is not in Debian's 2.42, an instant query is.
@@ -314,6 +317,7 @@ def prometheus_document(spec: FleetSpec) -> dict:
     replicas = [f"{katyusha_name(i)}:{k.admin}" for i in range(spec.katyusha.replicas)]
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [Path(RULES_FILE).name],
         "scrape_configs": [
             # katyusha's series carry the pod they are about in their own `pod` label.
             {"job_name": "katyusha", "static_configs": [{"targets": replicas}]},
@@ -396,6 +400,7 @@ def render(fleet: str | Path | None = None) -> dict[str, str]:
     return {
         COMPOSE_FILE: header + _dump(compose_document(spec)),
         PROMETHEUS_FILE: _PROMETHEUS_HEADER.format(source=source) + _dump(prometheus_document(spec)),
+        RULES_FILE: rules_text(),
         FLEET_FILE: _FLEET_HEADER.format(source=source) + fleet_text,
         PROCESSES_FILE: _PROCESSES_HEADER.format(source=source) + _dump(processes_document(spec)),
     }

@@ -31,6 +31,7 @@ from katyusha.fleet import statefile
 from katyusha.fleet.children import Child, ChildFailed, console_script
 from katyusha.fleet.spec import INITIAL_STATES, FleetSpec, PodSpec
 from katyusha.fleet.table import render
+from katyusha.progress import bar
 
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)
 
@@ -76,8 +77,10 @@ class Fleet:
     """A running local fleet; :meth:`run` returns the exit status."""
 
     def __init__(self, spec: FleetSpec, state_path: Path | None = None, *, source: str = "",
-                 token_file: str | None = None, token: str | None = None, allow_open: bool = False):
-        """``token_file``/``token``: one admin token for every process of the fleet and its control
+                 token_file: str | None = None, token: str | None = None, allow_open: bool = False,
+                 prometheus=None):
+        """``prometheus``: a katyusha.fleet.prometheus.PrometheusServer to start once the fleet is
+        ready (``--prometheus``). ``token_file``/``token``: one admin token for every process of the fleet and its control
         plane (katyusha.admintoken); ``allow_open``: admin ports on a non-loopback host without one.
         Raises OSError when the control plane's admin port cannot be bound."""
         self.spec = spec
@@ -85,6 +88,7 @@ class Fleet:
         self.token_file = token_file
         self.allow_open = allow_open
         self.state_path = state_path
+        self.prometheus = prometheus
         self.stopping = asyncio.Event()
         self.force = False
         self._stop_asked_at: float | None = None
@@ -176,6 +180,12 @@ class Fleet:
                     self._tasks.append(asyncio.create_task(self._supervise(child)))
                 await self._wait_ready()
                 self._write_state()
+                if self.prometheus is not None:
+                    try:
+                        await self.prometheus.start(self.state_document())
+                    except OSError as exc:
+                        self.log(f"katyusha fleet: could not start prometheus: {exc}")
+                        return 1
                 sys.stdout.write(self.ready_table())
                 sys.stdout.flush()
                 await self.stopping.wait()
@@ -209,7 +219,13 @@ class Fleet:
     async def _start_group(self, children: list[Child], timeout: float) -> None:
         if self.stopping.is_set():
             raise ChildFailed("stopped while starting")
-        results = await asyncio.gather(*(c.start(timeout) for c in children), return_exceptions=True)
+        with bar(len(children), f"starting {children[0].role if children else ''}", "proc") as progress:
+
+            async def start(child: Child) -> None:
+                await child.start(timeout)
+                progress.update(1)
+
+            results = await asyncio.gather(*(start(c) for c in children), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -275,12 +291,16 @@ class Fleet:
                 await pod.nonna.stop(self.spec.runner.stop_timeout_s)
         self.control.poke()
         self._write_state()
+        if self.prometheus is not None:
+            await self.prometheus.update(self.state_document())
         return True
 
     # Stopping.
 
     async def _stop_all(self) -> None:
         self.stopping.set()
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         await self.control.stop()
         for task in self._tasks:
             task.cancel()
@@ -379,6 +399,9 @@ class Fleet:
             text += f"state file: {self.state_path}\n"
         text += f"control plane: {self.control.admin_url} (GET /fleet, PUT /pods/NAME/state"
         text += ", GET /autoscaler, /placement, /metrics)\n" if self.spec.autoscaler.enabled else ")\n"
+        if self.prometheus is not None and self.prometheus.proc is not None:
+            text += f"prometheus: {self.prometheus.url} (config {self.prometheus.config})\n"
+        text += f"dashboard: {self.control.admin_url}/dashboard (one replica's: {self.replicas[0].admin_url}/dashboard)\n"
         text += "stop with Ctrl-C (or SIGTERM)\n"
         return text
 
@@ -394,14 +417,15 @@ def _status(status: int | None) -> str:
 
 
 def run_fleet(spec: FleetSpec, state_path: Path | None = None, source: str = "", *,
-              token_file: str | None = None, token: str | None = None, allow_open: bool = False) -> int:
+              token_file: str | None = None, token: str | None = None, allow_open: bool = False,
+              prometheus=None) -> int:
     """Run the fleet until a stop signal; return the exit status (0 after a clean stop).
 
     ``state_path`` None: the default path for katyusha's port (see statefile).
     """
     try:
         fleet = Fleet(spec, state_path, source=source, token_file=token_file, token=token,
-                      allow_open=allow_open)
+                      allow_open=allow_open, prometheus=prometheus)
     except OSError as exc:
         sys.stderr.write(f"katyusha fleet: could not start the fleet: {exc}\n")
         return 1

@@ -15,6 +15,8 @@ naming it when unknown)::
     GET    /demand              {"waiting", "in_flight", "ready_pods"} (+ "services" without service=)
     GET    /pool                response pool summary (outoushuugou)
     GET    /trace               the last trace-picks picks (all services without service=)
+    GET    /dashboard           the live dashboard page (HTML, katyusha.dashboard)
+    GET    /dashboard/data      what the page polls: per service rps, p50/p99, queue, pods (one with service=)
 
 With ``admin-token`` set, PUT, POST and DELETE need ``Authorization: Bearer
 <token>`` (401 otherwise, katyusha.admintoken); reads stay open.
@@ -28,6 +30,7 @@ from urllib.parse import parse_qs, unquote
 
 from katyusha.admintoken import AdminGuard
 from katyusha.core.errors import BadInput, ConfigError, KatyushaError
+from katyusha.dashboard import PAGE_TYPE, page
 from katyusha.proxy.asgi import TEXT, lifespan, read_body, respond, respond_json
 from katyusha.proxy.config import PodSpec, ProxyConfig, parse_pod
 from katyusha.proxy.discovery import Membership, PushSource
@@ -91,13 +94,14 @@ class AdminApp:
     """Raw ASGI app of the admin port for one katyusha process."""
 
     def __init__(self, config: ProxyConfig, membership: Membership, push: PushSource, registry,
-                 notes: dict | None = None, *, draining=lambda: False):
+                 notes: dict | None = None, *, draining=lambda: False, dashboard=None):
         self.config = config
         self.membership = membership
         self.push = push
         self.registry = registry
         self.notes = notes or {}
         self.draining = draining
+        self.dashboard = dashboard  # katyusha.dashboard.feed.DashboardFeed, or None: no dashboard
         self._guarded = AdminGuard(self._serve, config.admin_token)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -140,6 +144,11 @@ class AdminApp:
             summary = pool.summary(live.now()) if pool is not None else None
             await respond_json(send, 200, {"service": live.name, "enabled": pool is not None,
                                            "summary": summary})
+        elif path in ("/dashboard", "/dashboard/") and method == "GET" and self.dashboard is not None:
+            await respond(send, 200, page(), PAGE_TYPE)
+        elif path == "/dashboard/data" and method == "GET" and self.dashboard is not None:
+            only = None if selected is None else self.membership.service(selected).name  # 404 when unknown
+            await respond_json(send, 200, self.dashboard.data(only))
         elif path == "/pods":
             await self._pods(scope, receive, send, method, selected)
         elif path.startswith("/pods/"):

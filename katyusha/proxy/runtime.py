@@ -15,6 +15,7 @@ import random
 import sys
 
 from katyusha import serving
+from katyusha.dashboard.feed import DashboardFeed
 from katyusha.http import PoolSet, tls
 from katyusha.http.server import LeanHTTPProtocol
 from katyusha.proxy.admin import AdminApp
@@ -92,8 +93,9 @@ class Proxy:
             config, self.services, self.pools, on_startup=self.startup, on_shutdown=self.close,
         )
         self.registry = make_registry(self._metric_views)
+        self.dashboard = DashboardFeed(self.services)
         self.admin = AdminApp(config, self.membership, self.push, self.registry, admin_notes,
-                              draining=lambda: self.draining)
+                              draining=lambda: self.draining, dashboard=self.dashboard)
 
     def _demand_view(self, live: LiveService):
         def view() -> dict:
@@ -110,6 +112,7 @@ class Proxy:
     async def startup(self) -> None:
         self.prober.start()
         self.health.start()
+        self.dashboard.start()
         for source in self.sources:
             await source.open()
 
@@ -134,6 +137,7 @@ class Proxy:
                 live.fail_waiting("katyusha is shutting down")
 
     async def close(self) -> None:
+        await self.dashboard.close()
         await self.prober.close()
         await self.health.close()
         for notifier in self.notifiers:
