@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 venv: $(STAMP)
 
-test: $(STAMP) test-deps
+test: $(STAMP) test-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # What the tests need from Debian: PostgreSQL's server binaries for
