@@ -118,7 +118,9 @@ class _Head:
         self.uses_feedback = app.uses_feedback
         self.loop = app.loop
 
-    def __call__(self, status: int, headers: list) -> list:
+    def __call__(self, status: int, headers: list, raw: bool = False) -> list:
+        """The headers to send downstream. ``raw``: ``headers`` still hold the hop-by-hop ones
+        (the fast path drops them here, in the same pass)."""
         handle = self.handle
         pod_error = None
         if status >= 500:
@@ -142,6 +144,11 @@ class _Head:
         for item in headers:
             name = item[0]
             if name.startswith(_NONNA) and not keep_nonna:
+                continue
+            if raw and name in _HOP_RESPONSE:
+                if name == b"connection" and item[1] not in _PLAIN_CONNECTION:
+                    # It names other headers to drop: the general filter first.
+                    return self(status, response_headers(headers))
                 continue
             if name == _REQUEST_ID:
                 has_id = True
@@ -325,12 +332,12 @@ class DataApp:
                         l1_wait = ticket.l1_wait
                         stats.l1_wait.observe(l1_wait)
                         head = _Head(self, stats, state.request_id,
-                                     b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0))
+                                     b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                                     if l1_wait else _NO_WAIT)
                         head.handle = handle
                         try:
                             state.server.respond(state.exchange, status,
-                                                 head(status, response_headers(response.headers)),
-                                                 body)
+                                                 head(status, response.headers, True), body)
                             stats.response(status, handle.entry.name)
                         finally:
                             live.end(ticket)
@@ -521,6 +528,9 @@ class _Continue:
             app._done()
 
 
+_HOP_RESPONSE = frozenset(name.encode() for name in protocol.HOP_BY_HOP)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+_NO_WAIT = b"katyusha-queue;dur=0.000"
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
 
