@@ -257,6 +257,29 @@ class Pool:
             exc.sent_nothing = exc.sent_nothing and not written
             raise
 
+    def start(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *,
+              timeout: float | None = None) -> asyncio.Future | None:
+        """Send a body-less request on an idle connection, without a coroutine.
+
+        Returns a future that gets the :class:`Response` once its head
+        arrived, or fails with :class:`Stale` (the kept-alive connection was
+        closed unanswered: send it again with :meth:`request`) or an
+        UpstreamError; None when no idle connection is at hand (use
+        :meth:`request`). Raises BadInput as :meth:`request` does.
+        """
+        if self._closed or not self._idle:
+            return None
+        head, _ = self._head(method, target, headers, None, False)
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        try:
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD")
+        except (Stale, UpstreamError):
+            return None
+        self.reuses += 1
+        return waiter
+
     async def close(self) -> None:
         """Close idle connections; busy ones close when their exchange ends."""
         self._closed = True

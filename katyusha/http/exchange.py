@@ -57,7 +57,7 @@ class Exchange:
     __slots__ = (
         "scope", "body", "more_body", "waiter", "expect_continue", "keep_alive", "head_only",
         "started", "complete", "disconnected", "status", "headers", "chunked", "remaining",
-        "received", "upgrade", "tunnel_data", "asterisk",
+        "received", "upgrade", "tunnel_data", "asterisk", "has_body",
     )
 
     def __init__(self, scope: dict, keep_alive: bool, expect_continue: bool, head_only: bool):
@@ -80,6 +80,7 @@ class Exchange:
         self.upgrade = False
         self.tunnel_data: bytearray | None = None
         self.asterisk = False
+        self.has_body = False
 
     def wake(self) -> None:
         waiter = self.waiter

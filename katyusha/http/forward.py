@@ -112,7 +112,8 @@ def request_headers(headers: Iterable[tuple[bytes, bytes]], extra: Iterable = ()
     return out
 
 
-def _response_headers(headers: Headers) -> Headers:
+def response_headers(headers: Headers) -> Headers:
+    """A response's headers to send on: hop-by-hop ones and those named in Connection removed."""
     return _without_hop_by_hop(headers, _HOP_RESPONSE)
 
 
@@ -254,9 +255,24 @@ async def forward(
         if exc.retryable and read_body:
             exc.retryable = isinstance(receive, ReplayableReceive) and receive.intact
         raise
+    return await _relay(response, receive, send, on_response_head, read_body, body, counter)
 
+
+async def relay_response(response, receive: Receive, send: Send, *,
+                         on_response_head: Callable[[int, Headers], Headers] | None = None
+                         ) -> ForwardResult:
+    """What :func:`forward` does once the pod's head arrived, for a request without a body.
+
+    For a caller that sent the request itself (``Pool.take_idle`` and
+    ``Connection.start``); raises as :func:`forward` does.
+    """
+    return await _relay(response, receive, send, on_response_head, False, None, [0])
+
+
+async def _relay(response, receive: Receive, send: Send, on_response_head, read_body: bool, body,
+                 counter: list[int]) -> ForwardResult:
     status = response.status
-    out_headers = _response_headers(response.headers)
+    out_headers = response_headers(response.headers)
     if on_response_head is not None:
         try:
             out_headers = on_response_head(status, out_headers)

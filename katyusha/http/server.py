@@ -96,7 +96,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
-        "_config", "_sniffing", "__weakref__",
+        "_config", "_sniffing", "_fast", "__weakref__",
     )
 
     @classmethod
@@ -116,6 +116,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         # Global.
         self._config = config
         self.app = config.loaded_app
+        # An app may take body-less requests without a task (see _start and respond).
+        self._fast = getattr(self.app, "fast", None)
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.connections = server_state.connections
@@ -350,6 +352,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
                                     f"{self.max_body} (max-body-bytes)")
         if not exchange.upgrade and (self._chunked or (self._length is not None
                                                        and self._length.strip() != b"0")):
+            exchange.has_body = True
             self._phase = _BODY
             self._since = self.loop.time()
         else:
@@ -400,15 +403,46 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.transport.write(response_head(exchange, b"", False, self._must_close()))
             self._finish(exchange)
             return
-        task = self.loop.create_task(self._run(exchange))
+        fast = self._fast
+        if fast is not None and not exchange.has_body and not exchange.upgrade and fast(exchange, self):
+            return
+        self.spawn(exchange, self.app)
+
+    # -- the app's fast path: a body-less request without a task ----------
+
+    def spawn(self, exchange: Exchange, app) -> None:
+        """Run ``app(scope, receive, send)`` for ``exchange`` in a task, as any request is run.
+
+        The app's ``fast(exchange, server)`` (when it has one) is offered each
+        body-less request first; it returns False to leave it to the task, or
+        True after it took it: it then answers with :meth:`respond` or hands
+        it on with this method.
+        """
+        task = self.loop.create_task(self._run(exchange, app))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, exchange: Exchange) -> None:
+    def respond(self, exchange: Exchange, status: int, headers: list, body: bytes) -> None:
+        """A whole response in one write, as ``send`` of its start and its one body message."""
+        if exchange.disconnected or self._closing or exchange.started:
+            return
+        exchange.started = True
+        exchange.status = status
+        exchange.headers = headers
+        try:
+            data = response_head(exchange, body, False, self._must_close())
+        except RuntimeError as exc:  # a bad header or length from the pod: as the task path does
+            log.error("exception in the ASGI app", exc_info=exc)
+            self._close()
+            return
+        self.transport.write(data)
+        self._finish(exchange)
+
+    async def _run(self, exchange: Exchange, app) -> None:
         receive = self._receiver(exchange)
         send = self._sender(exchange)
         try:
-            await self.app(exchange.scope, receive, send)
+            await app(exchange.scope, receive, send)
         except BaseException as exc:
             if isinstance(exc, ResponseAborted):
                 log.warning("%s", exc)

@@ -26,7 +26,9 @@ from katyusha.core.queue import parse_priority
 from katyusha.core.routing import Router
 from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
+from katyusha.http.connection import Stale
 from katyusha.http.errors import ConnectFailed, ResponseAborted
+from katyusha.http.forward import relay_response, request_headers, response_headers
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.metrics import ProxyStats
@@ -116,7 +118,9 @@ class _Head:
         self.uses_feedback = app.uses_feedback
         self.loop = app.loop
 
-    def __call__(self, status: int, headers: list) -> list:
+    def __call__(self, status: int, headers: list, raw: bool = False) -> list:
+        """The headers to send downstream. ``raw``: ``headers`` still hold the hop-by-hop ones
+        (the fast path drops them here, in the same pass)."""
         handle = self.handle
         pod_error = None
         if status >= 500:
@@ -140,6 +144,11 @@ class _Head:
         for item in headers:
             name = item[0]
             if name.startswith(_NONNA) and not keep_nonna:
+                continue
+            if raw and name in _HOP_RESPONSE:
+                if name == b"connection" and item[1] not in _PLAIN_CONNECTION:
+                    # It names other headers to drop: the general filter first.
+                    return self(status, response_headers(headers))
                 continue
             if name == _REQUEST_ID:
                 has_id = True
@@ -246,12 +255,110 @@ class DataApp:
         if self.in_progress == 0:
             self._idle.set()
 
-    async def _serve(self, live: LiveService, scope, receive, send, ticket, request_id, given) -> None:
+    # -- the fast path: a body-less request without a task until the pod answers --
+
+    def fast(self, exchange, server) -> bool:
+        """Take a body-less request from katyusha's HTTP server without a task (see LeanHTTPProtocol.spawn).
+
+        The same steps as :meth:`__call__`: when the ticket is admitted at
+        once, a pod is picked and an idle connection to it is at hand, the
+        request goes out from here and :meth:`_fast_head` answers from the
+        connection's callback; anything else (waiting, a new connection, an
+        error, a streamed or failed response) goes on in a task, in the same
+        code as the ASGI path. False leaves the request to ``__call__``.
+        """
+        if self.priority_header is not None:
+            return False
+        scope = exchange.scope
+        headers = scope["headers"]
+        router = self.router
+        live = router.only or router.match(_header(headers, _HOST), scope["path"])
+        if live is None:
+            return False
+        loop = self.loop
+        now = loop.time()
+        try:
+            ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
+        except KatyushaError:
+            return False  # the ASGI path offers again and answers the refusal
+        request_id, given = self._request_id(headers)
+        self.in_progress += 1
+        handle = live.dispatch(ticket, now) if ticket.admitted else None
+        if handle is None:
+            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, None, None))
+            return True
+        try:
+            upstream_headers = self._upstream_headers(scope, request_id, given)
+            target = scope["raw_path"]
+            query = scope["query_string"]
+            if query:
+                target = target + b"?" + query
+            method = _METHODS.get(scope["method"]) or scope["method"].encode()
+            waiter = self.pools.get(handle.entry.url).start(
+                method, target, request_headers(upstream_headers), timeout=self.upstream_timeout)
+        except Exception:  # BadInput and the like: the ASGI path answers them
+            waiter = None
+        if waiter is None:
+            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
+            return True
+        waiter.add_done_callback(_FastHead(self, live, ticket, request_id, given, handle, exchange,
+                                           server))
+        return True
+
+    def _fast_answer(self, state: _FastHead, waiter: asyncio.Future) -> None:
+        """The pod's head came back on the fast path: answer a whole response, hand on the rest."""
+        live = state.live
+        handle = state.handle
+        if waiter.cancelled():
+            pending: object = None
+        else:
+            pending = waiter.exception()
+            if isinstance(pending, Stale):
+                self.pools.get(handle.entry.url).stale_retries += 1
+                pending = None  # sent again through Pool.request
+            elif pending is None:
+                response = waiter.result()
+                status = response.status
+                pending = response
+                if response.complete and 200 <= status < 500:
+                    try:
+                        body = response.take()
+                    except UpstreamError as exc:
+                        response.release()
+                        pending = exc
+                    else:
+                        ticket = state.ticket
+                        stats = live.stats
+                        l1_wait = ticket.l1_wait
+                        stats.l1_wait.observe(l1_wait)
+                        head = _Head(self, stats, state.request_id,
+                                     b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                                     if l1_wait else _NO_WAIT)
+                        head.handle = handle
+                        try:
+                            state.server.respond(state.exchange, status,
+                                                 head(status, response.headers, True), body)
+                            stats.response(status, handle.entry.name)
+                        finally:
+                            live.end(ticket)
+                            self._done()
+                        return
+        state.server.spawn(state.exchange, _Continue(self, live, state.ticket, state.request_id,
+                                                     state.given, handle, pending))
+
+    async def _serve(self, live: LiveService, scope, receive, send, ticket, request_id, given,
+                     handle: Dispatch | None = None, pending: object = None) -> None:
+        """Serve an offered request: wait for admission and a pod, forward, retry, answer.
+
+        ``handle``: the try already dispatched (the fast path's); ``pending``:
+        what that try already got, a Response or an UpstreamError.
+        """
         loop = self.loop
         stats = live.stats
         # Admitted, then a pod: the ticket waits (again, when the last pod
         # left since its admission) until a core call wakes or expires it.
-        handle = live.dispatch(ticket, loop.time()) if ticket.admitted else None
+        if handle is None and ticket.admitted:
+            handle = live.dispatch(ticket, loop.time())
         while handle is None:
             if not isinstance(receive, QueuedReceive):
                 receive = QueuedReceive(receive, _has_body(scope["headers"]))
@@ -268,10 +375,16 @@ class DataApp:
             head.handle = handle
             entry = handle.entry
             try:
-                result = await forward(
-                    upstream_scope, receive, send, self.pools.get(entry.url),
-                    on_response_head=head, timeout=self.upstream_timeout,
-                )
+                if pending is not None:
+                    got, pending = pending, None
+                    if isinstance(got, BaseException):
+                        raise got
+                    result = await relay_response(got, receive, send, on_response_head=head)
+                else:
+                    result = await forward(
+                        upstream_scope, receive, send, self.pools.get(entry.url),
+                        on_response_head=head, timeout=self.upstream_timeout,
+                    )
             except UpstreamError as exc:
                 stats.failure(entry.name, type(exc).__name__)
                 again = handle.on_failure(loop.time(), exc.retryable, sent_nothing=exc.sent_nothing)
@@ -333,12 +446,15 @@ class DataApp:
 
     def _upstream_scope(self, scope, request_id: bytes, given: bool) -> dict:
         """The scope forwarded to pods: its headers rewritten (forwarding and trust, katyusha.core.forwarding)."""
+        return {**scope, "headers": self._upstream_headers(scope, request_id, given)}
+
+    def _upstream_headers(self, scope, request_id: bytes, given: bool) -> list:
         client = scope.get("client")
         headers = self.forwarding.rewrite(scope["headers"], client[0] if client else None,
                                           scope.get("scheme", "http"))
         if not given:
             headers.append((_REQUEST_ID, request_id))
-        return {**scope, "headers": headers}
+        return headers
 
     async def _no_service(self, scope, send, request_id: bytes) -> None:
         host = (_header(scope["headers"], _HOST) or b"").decode("latin-1")
@@ -365,6 +481,57 @@ class DataApp:
             )
         except OSError:  # pragma: no cover - the client is gone
             pass
+
+
+class _FastHead:
+    """A fast-path request waiting for its pod's head: the connection's future calls it."""
+
+    __slots__ = ("app", "live", "ticket", "request_id", "given", "handle", "exchange", "server")
+
+    def __init__(self, app: DataApp, live: LiveService, ticket, request_id: bytes, given: bool,
+                 handle: Dispatch, exchange, server):
+        self.app = app
+        self.live = live
+        self.ticket = ticket
+        self.request_id = request_id
+        self.given = given
+        self.handle = handle
+        self.exchange = exchange
+        self.server = server
+
+    def __call__(self, waiter: asyncio.Future) -> None:
+        self.app._fast_answer(self, waiter)
+
+
+class _Continue:
+    """The rest of a fast-path request in a task, as an ASGI app: the same code as ``__call__``'s."""
+
+    __slots__ = ("app", "live", "ticket", "request_id", "given", "handle", "pending")
+
+    def __init__(self, app: DataApp, live: LiveService, ticket, request_id: bytes, given: bool,
+                 handle: Dispatch | None, pending: object):
+        self.app = app
+        self.live = live
+        self.ticket = ticket
+        self.request_id = request_id
+        self.given = given
+        self.handle = handle
+        self.pending = pending
+
+    async def __call__(self, scope, receive, send) -> None:
+        app = self.app
+        try:
+            await app._serve(self.live, scope, receive, send, self.ticket, self.request_id,
+                             self.given, self.handle, self.pending)
+        finally:
+            self.live.end(self.ticket)
+            app._done()
+
+
+_HOP_RESPONSE = frozenset(name.encode() for name in protocol.HOP_BY_HOP)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
+_NO_WAIT = b"katyusha-queue;dur=0.000"
+_METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
 
 async def _refuse_websocket(scope, receive, send) -> None:
