@@ -483,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra argument for every `katyusha serve` (repeatable, e.g. "
                              "--katyusha-arg=--pod-capacity-factor=2)")
     parser.add_argument("--no-hedge", action="store_true", help="do not run katyusha with hedging on")
+    parser.add_argument("--hedge-all", action="store_true",
+                        help=f"run katyusha with hedging on in every scenario (default: {HEDGE_SCENARIO} only)")
     parser.add_argument("--load", action="append", type=float,
                         help="share of capacity to run at (repeatable; default 0.7 and 0.9, quick 0.9)")
     parser.add_argument("--markdown-from", metavar="JSON",
@@ -519,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
               f"capacity {scenario.capacity_rps:.0f} req/s", flush=True)
         figures[scenario.name] = {}
         latencies[scenario.name] = {}
-        hedge_policy = default_policy if scenario.name == HEDGE_SCENARIO and not args.no_hedge else None
+        hedge_policy = (default_policy if (scenario.name == HEDGE_SCENARIO or args.hedge_all)
+                        and not args.no_hedge else None)
         with fleet(scenario) as pods:
             chosen = systems(pods, scenario, args.system, policies, tuple(args.katyusha_arg), hedge_policy)
             for load in loads:
