@@ -113,6 +113,8 @@ def test_a_failure_beside_a_running_hedge_is_not_retried_and_end_counts_both_out
     assert hedge.on_failure(0.04, True) is True
     third = s.dispatch(ticket, 0.05)
     assert third is not None and ticket.hedge is None
+    # The retry avoids both pods the pair failed on.
+    assert third.entry is not first.entry and third.entry is not hedge.entry
     s.end(ticket, 0.06)
     assert sum(in_flight(s).values()) == 0
 

@@ -175,6 +175,11 @@ class Dispatch:
         if service.health.failure(self.entry, now, sent_nothing):
             service._health_changed(self.entry, now)
         if other is not None and other.state is not _ENDED:
+            # The other try carries on; a retry after it fails too avoids this pod as well.
+            if ticket.tried is None:
+                ticket.tried = [self.entry]
+            else:
+                ticket.tried.append(self.entry)
             return False
         if (not retryable or ticket.tries_left <= 0 or ticket.state is not ADMITTED
                 or not (sent_nothing or ticket.idempotent) or not service.budget.allow(now)):
