@@ -90,6 +90,8 @@ class SpeedWeightedLoad(Load):
         self.median: float | None = None
         self._median_at = -math.inf
         self._weighed: list[PodEntry] = []
+        self._weighing = False
+        self._stale_after = table.stale_after_s
         self._estimate = table.estimated_load
 
     def refresh(self, now: float) -> list[PodEntry]:
@@ -119,8 +121,13 @@ class SpeedWeightedLoad(Load):
         old = self.median
         forgotten = [entry for entry in self._weighed if _speed(entry, now) is None]
         self._weighed = weighed
-        if middle is None or old is None or abs(middle - old) > 0.1 * old:
+        moved = middle is None or old is None or abs(middle - old) > 0.1 * old
+        if moved:
             self.median = middle
+        # While no pod without a report has a speed, every key is the estimated load.
+        weighing = bool(weighed) and self.median is not None
+        if moved or weighing != self._weighing:
+            self._weighing = weighing
             return weighed + forgotten
         return forgotten
 
@@ -129,8 +136,10 @@ class SpeedWeightedLoad(Load):
 
     def load(self, entry: PodEntry, now: float) -> float:
         load = self._estimate(entry, now)
+        if not self._weighing:
+            return load
         reported_at = entry.reported_at
-        if reported_at is not None and now - reported_at <= self.table.stale_after_s:
+        if reported_at is not None and now - reported_at <= self._stale_after:
             return load
         middle = self.median
         speed = _speed(entry, now)
