@@ -185,6 +185,23 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
             "hedges": service.hedger.sent, "hedges_won": service.hedger.won}
 
 
+def hedging(seconds: float, seeds: int) -> int:
+    """Print p99 / p99.9 and pod requests per request on heavy-tail, with and without hedging."""
+    scenario = next(s for s in scenarios() if s.name == "heavy-tail")
+    chosen = (Setting("defaults"), Setting("hedging on", hedge=True),
+              Setting("peer leastconn", "least-in-flight", 0.0))
+    for load in (0.5, 0.7, 0.9):
+        cells = []
+        for setting in chosen:
+            runs = [simulate(scenario, setting, load=load, seconds=seconds, seed=seed)
+                    for seed in range(1, seeds + 1)]
+            cells.append(f"{setting.name}: p99 {statistics.median(r['p99_ms'] for r in runs):.0f} / "
+                         f"p99.9 {statistics.median(r['p999_ms'] for r in runs):.0f} ms, "
+                         f"{statistics.mean(r['pod_requests_per_request'] for r in runs):.3f} pod req/req")
+        print(f"{int(load * 100)}%  " + "  |  ".join(cells), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tail_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drawn", type=int, default=8)
     parser.add_argument("--load", type=float, default=0.9)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--hedging", action="store_true",
+                        help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
     args = parser.parse_args(argv)
+    if args.hedging:
+        return hedging(args.seconds, args.seeds)
     fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
     table: dict = {}
     for scenario in fleets:
