@@ -185,6 +185,11 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
             "hedges": service.hedger.sent, "hedges_won": service.hedger.won}
 
 
+def _set_wire(seconds: float) -> None:
+    global WIRE_S
+    WIRE_S = seconds
+
+
 def hedging(seconds: float, seeds: int) -> int:
     """Print p99 / p99.9 and pod requests per request on heavy-tail, with and without hedging."""
     scenario = next(s for s in scenarios() if s.name == "heavy-tail")
@@ -209,10 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="runs per scenario and setting (seeds)")
     parser.add_argument("--drawn", type=int, default=8)
     parser.add_argument("--load", type=float, default=0.9)
+    parser.add_argument("--wire-ms", type=float, default=WIRE_S * 1000,
+                        help="one-way delay between katyusha and a pod, proxy work included (default 0.5)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--hedging", action="store_true",
                         help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
     args = parser.parse_args(argv)
+    _set_wire(args.wire_ms / 1000.0)
     if args.hedging:
         return hedging(args.seconds, args.seeds)
     fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
