@@ -131,8 +131,8 @@ class SpeedWeightedLoad(Load):
             return weighed + forgotten
         return forgotten
 
-    def prepare(self, candidates: Sequence[PodEntry], now: float) -> None:
-        self.refresh(now)
+    # No prepare(): the policy calls refresh() once before each pick, scan or index
+    # (JoinShortestQueue.pick), since the index must hear of the keys it moves.
 
     def load(self, entry: PodEntry, now: float) -> float:
         load = self._estimate(entry, now)
