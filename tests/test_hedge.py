@@ -169,3 +169,27 @@ def test_in_flight_counts_stay_exact_whatever_the_order_of_ends(script):
     for ticket, _, _ in open_tickets:
         s.end(ticket, now)
     assert sum(in_flight(s).values()) == 0 and s.queue.active == 0
+
+
+def test_settings_global_and_per_service_with_errors_naming_the_key():
+    from katyusha.proxy import config
+
+    c = config.validate({"hedge": "true", "hedge-delay": "50ms", "hedge-budget": "10%"})
+    hedge = c.service_settings(c.service_specs[0]).hedge
+    assert (hedge.enabled, hedge.delay, hedge.budget) == (True, 0.05, 0.1)
+    assert c.to_json()["hedge-delay"] == 0.05
+    c = config.validate({"hedge-delay": "20ms", "services": [
+        {"name": "a", "hedge": True, "hedge-delay": "auto", "hedge-budget": 0.02},
+        {"name": "b", "path-prefix": "/b"}]})
+    a, b = (c.service_settings(spec).hedge for spec in c.service_specs)
+    assert (a.enabled, a.delay, a.budget) == (True, None, 0.02)
+    assert (b.enabled, b.delay, b.budget) == (False, 0.02, 0.05)
+    # Off while katyusha is a pass-through.
+    c = config.validate({"hedge": True, "ikukantai-enable-katyusha": "false"})
+    assert not c.service_settings(c.service_specs[0]).hedge.enabled
+    for raw, key in (({"hedge-delay": "soon"}, "hedge-delay"), ({"hedge-budget": "150%"}, "hedge-budget"),
+                     ({"hedge-budget": 2}, "hedge-budget"), ({"hedge": "maybe"}, "hedge"),
+                     ({"services": [{"name": "a", "hedge-delay": "x"}]}, "services[0].hedge-delay")):
+        with pytest.raises(ConfigError) as caught:
+            config.validate(raw)
+        assert caught.value.key == key
