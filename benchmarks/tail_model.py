@@ -55,6 +55,7 @@ class Setting:
     policy: str = "jsq-piggyback"
     capacity_factor: float = 1.0
     hedge: bool = False
+    capacity_extra: int = 0
 
 
 SETTINGS = (
@@ -67,6 +68,8 @@ SETTINGS = (
     Setting("sed cap2 hedge", "sed-piggyback", 2.0, True),
     Setting("sed nocap", "sed-piggyback", 0.0),
     Setting("round-robin cap1", "round-robin"),
+    Setting("jsq cap1+1", capacity_extra=1),
+    Setting("sed cap1+1", "sed-piggyback", capacity_extra=1),
     # Models of the peers: a least-connections proxy with no per-pod cap (nginx
     # least_conn, HAProxy leastconn), and one holding requests to the pods'
     # concurrency (HAProxy leastconn with maxconn).
@@ -97,7 +100,8 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
     """p99/p99.9 (ms) and pod requests per request of ``setting`` on ``scenario`` (one replica)."""
     hedge = HedgeSettings(enabled=setting.hedge)
     service = ServiceBalancer(ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
-                                              hedge=hedge), rng=random.Random(seed))
+                                              capacity_extra=setting.capacity_extra, hedge=hedge),
+                              rng=random.Random(seed))
     pods = [_Pod(p.name, p.speed, scenario.concurrency, bool(p.slow_schedule)) for p in scenario.pods]
     service.change_pods(PodChange(upsert=tuple(
         PodSpec(p.name, f"http://{p.name}", "n", None, None) for p in pods)), 0.0)

@@ -193,3 +193,12 @@ def test_settings_global_and_per_service_with_errors_naming_the_key():
         with pytest.raises(ConfigError) as caught:
             config.validate(raw)
         assert caught.value.key == key
+
+
+def test_pod_capacity_extra_lets_a_pod_hold_requests_beyond_its_concurrency():
+    balancer = ServiceBalancer(ServiceSettings(capacity_extra=1), rng=random.Random(1))
+    balancer.change_pods(PodChange(upsert=(
+        PodSpec("pod-0", "http://127.0.0.1:9000", "node-1", None, 1),
+        PodSpec("pod-1", "http://127.0.0.1:9001", "node-1", None, 4))), 0.0)
+    assert {e.name: c for e, c in balancer.capacity.caps.items()} == {"pod-0": 2, "pod-1": 5}
+    assert balancer.queue.limit == 7

@@ -68,7 +68,8 @@ _ENDED = 2
 class ServiceSettings:
     """What one service decides with; every field as in force (switches already applied).
 
-    ``l1_limit`` None: no L1 limit. ``capacity_factor`` 0: no per-pod
+    ``l1_limit`` None: no L1 limit. ``capacity_extra``: requests a pod may
+    hold beyond ``capacity_factor`` x its concurrency. ``capacity_factor`` 0: no per-pod
     capacity (it is off whatever the factor when ``l1_limit`` is None).
     ``retries``: extra tries of a request on another pod (see the module
     docstring for which failures are retried), within ``retry_budget`` (a
@@ -84,6 +85,7 @@ class ServiceSettings:
     queue_length: int = 10_000
     request_timeout: float = 30.0
     capacity_factor: float = 1.0
+    capacity_extra: int = 0
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
@@ -247,7 +249,7 @@ class ServiceBalancer:
         )
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
-        self.capacity = PodCapacity(factor, learn=settings.uses_feedback)
+        self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra)
         self.health = PodHealth(settings.health)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
         self.hedger = Hedger(settings.hedge)

@@ -95,6 +95,7 @@ class ProxyConfig(EdgeFields):
     probe_rate: float = 4.0
     stale_after: float = 2.0
     pod_capacity_factor: float = 1.0
+    pod_capacity_extra: int = 0
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "warning"
@@ -203,6 +204,8 @@ class ProxyConfig(EdgeFields):
                              else spec.request_timeout),
             capacity_factor=(self.pod_capacity_factor if spec.pod_capacity_factor is None
                              else spec.pod_capacity_factor),
+            capacity_extra=(self.pod_capacity_extra if spec.pod_capacity_extra is None
+                            else spec.pod_capacity_extra),
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,
@@ -378,6 +381,8 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("stale-after", "stale_after", parse_seconds, "age after which a pod's report is ignored"),
     _setting("pod-capacity-factor", "pod_capacity_factor", parse_non_negative_float,
              "requests in flight per pod: its concurrency times this (at least 1); 0: no per-pod cap"),
+    _setting("pod-capacity-extra", "pod_capacity_extra", int_in_range(0, 1000),
+             "requests a pod may hold beyond pod-capacity-factor x its concurrency"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),

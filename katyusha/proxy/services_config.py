@@ -158,6 +158,7 @@ class ServiceSpec:
     queue_length: int | None = None
     request_timeout: float | None = None
     pod_capacity_factor: float | None = None
+    pod_capacity_extra: int | None = None
     hedge: bool | None = None
     hedge_delay: float | None | str = "global"  # "global": the global hedge-delay (None is auto)
     hedge_budget: float | None = None
@@ -185,6 +186,7 @@ _OPTIONAL = (
     ("queue-length", "queue_length"),
     ("request-timeout", "request_timeout"),
     ("pod-capacity-factor", "pod_capacity_factor"),
+    ("pod-capacity-extra", "pod_capacity_extra"),
     ("hedge", "hedge"),
     ("hedge-budget", "hedge_budget"),
 )
@@ -194,6 +196,7 @@ _OPTIONAL_PARSERS = {
     "queue-length": int_in_range(0),
     "request-timeout": parse_seconds,
     "pod-capacity-factor": parse_non_negative_float,
+    "pod-capacity-extra": int_in_range(0, 1000),
     "hedge": parse_bool,
     "hedge-budget": parse_hedge_budget,
 }
