@@ -59,6 +59,15 @@ def start(apps_times: list[str]) -> list[Proc]:
     return [plain_app(f"app-{i}", t) for i, t in enumerate(apps_times)]
 
 
+def _started(apps: list[Proc], *args: str) -> Proc:
+    """katyusha in front of ``apps``; the apps are stopped if it does not start."""
+    try:
+        return katyusha(*_pods(apps), *args)
+    except BaseException:
+        stop(*apps)
+        raise
+
+
 def stop(*procs: Proc) -> None:
     for proc in procs:
         proc.terminate()
@@ -66,7 +75,7 @@ def stop(*procs: Proc) -> None:
 
 async def test_a_slow_pod_s_requests_are_answered_by_their_hedge_once_each():
     apps = start(["const:600ms", "const:5ms", "const:5ms"])
-    proxy = katyusha(*_pods(apps), "--policy", "round-robin", "--hedge", "true",
+    proxy = _started(apps, "--policy", "round-robin", "--hedge", "true",
                      "--hedge-delay", "50ms", "--hedge-budget", "1")
     try:
         results = await timed(proxy.url, 30)
@@ -99,7 +108,7 @@ def _settles(proxy: Proc) -> bool:
 
 async def test_the_budget_caps_hedges_and_a_post_is_never_hedged():
     apps = start(["const:80ms", "const:80ms", "const:80ms"])
-    proxy = katyusha(*_pods(apps), "--hedge", "true", "--hedge-delay", "5ms", "--hedge-budget", "10%")
+    proxy = _started(apps, "--hedge", "true", "--hedge-delay", "5ms", "--hedge-budget", "10%")
     try:
         results = await timed(proxy.url, 60, concurrency=2)
         assert [status for status, _, _ in results] == [200] * 60
@@ -118,7 +127,7 @@ async def test_the_budget_caps_hedges_and_a_post_is_never_hedged():
 
 async def test_hedging_is_off_by_default():
     apps = start(["const:60ms", "const:60ms"])
-    proxy = katyusha(*_pods(apps), "--hedge-delay", "1ms")
+    proxy = _started(apps, "--hedge-delay", "1ms")
     try:
         results = await timed(proxy.url, 10)
         assert [status for status, _, _ in results] == [200] * 10
