@@ -116,12 +116,50 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes,
     return status, headers, keep
 
 
+def poisson_schedule(rate: float, duration_s: float, rng: random.Random) -> list[float]:
+    """Send times (s from the start) of Poisson arrivals of ``rate``/s."""
+    times = []
+    t = rng.expovariate(rate)
+    while t < duration_s:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
+def mmpp_schedule(rate: float, duration_s: float, rng: random.Random, *, burst: float = 2.5,
+                  share_high: float = 0.2, mean_high_s: float = 0.5) -> list[float]:
+    """Send times of a two-state Markov-modulated Poisson process averaging ``rate``/s.
+
+    A high state of ``burst`` x ``rate`` for ``share_high`` of the time (stays of
+    mean ``mean_high_s``), a low state making up the rest of the mean.
+    """
+    high = burst * rate
+    low = rate * (1 - burst * share_high) / (1 - share_high)
+    mean_low_s = mean_high_s * (1 - share_high) / share_high
+    times: list[float] = []
+    t = 0.0
+    in_high = rng.random() < share_high
+    while t < duration_s:
+        stay = rng.expovariate(1 / (mean_high_s if in_high else mean_low_s))
+        end = min(duration_s, t + stay)
+        state_rate = high if in_high else low
+        if state_rate > 0:
+            a = t + rng.expovariate(state_rate)
+            while a < end:
+                times.append(a)
+                a += rng.expovariate(state_rate)
+        t = end
+        in_high = not in_high
+    return times
+
+
 async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: float,
                         timeout_s: float = 10.0, seed: int = 1, path: str = "/",
                         headers: dict[str, str] | None = None, method: str = "GET",
-                        body: bytes = b"") -> RunResult:
+                        body: bytes = b"", arrivals: str = "poisson") -> RunResult:
     """Send requests (``method``, with ``body``) at Poisson arrivals of ``rate``/s for
-    ``duration_s``, spread round robin over ``urls`` (several balancer replicas); every
+    ``duration_s``, spread round robin over ``urls`` (several balancer replicas);
+    ``arrivals`` ``mmpp``: bursts of the same mean rate (:func:`mmpp_schedule`). Every
     request is recorded, with why it got no answer when it got none.
 
     The schedule never waits for answers: a slow system gets the same arrivals. A
@@ -192,9 +230,8 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
         result.samples.append(Sample(scheduled, latency, status, pod, cause, maybe))
 
     tasks = set()
-    t = rng.expovariate(rate)
-    i = 0
-    while t < duration_s:
+    make = mmpp_schedule if arrivals == "mmpp" else poisson_schedule
+    for i, t in enumerate(make(rate, duration_s, rng)):
         delay = start + t - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -202,8 +239,6 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
         task = asyncio.create_task(one(i % len(targets), t))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        i += 1
-        t += rng.expovariate(rate)
     if tasks:
         await asyncio.wait(tasks)
     for pool in idle:

@@ -178,13 +178,17 @@ def nginx_proxy(upstreams: Sequence[str], *, balance: str = "", port: int | None
 
 @contextlib.contextmanager
 def haproxy_proxy(upstreams: Sequence[str], *, balance: str = "roundrobin",
-                  port: int | None = None, timeout_s: int = 60) -> Iterator[Running]:
+                  port: int | None = None, timeout_s: int = 60,
+                  maxconn: int | None = None) -> Iterator[Running]:
     """HAProxy with one thread, HTTP mode, connection reuse; ``balance`` as in its
-    ``balance`` keyword (``leastconn``, ``random(2)``, ``roundrobin``)."""
+    ``balance`` keyword (``leastconn``, ``random(2)``, ``roundrobin``); ``maxconn``:
+    each server's ``maxconn`` (HAProxy queues the rest, as its docs advise for
+    servers of a fixed concurrency)."""
     haproxy = require("haproxy")["haproxy"]
     port = port or free_port()
     servers = "\n".join(
-        f"    server s{i} {u.removeprefix('http://')}" for i, u in enumerate(upstreams)
+        f"    server s{i} {u.removeprefix('http://')}{f' maxconn {maxconn}' if maxconn else ''}"
+        for i, u in enumerate(upstreams)
     )
     config = f"""
 global

@@ -18,7 +18,7 @@ from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every benchmark with a command line.
-RUNNABLE = ("overhead", "lb_quality", "policy_micro", "coldstart", "placement",
+RUNNABLE = ("overhead", "lb_quality", "tail_model", "policy_micro", "coldstart", "placement",
             "forward_micro", "loadgen")
 
 

@@ -30,9 +30,12 @@ _UNWATCHED = object()
 class PodCapacity:
     """Capacities, the full pods and the ready pods with room, for one service's load table."""
 
-    def __init__(self, factor: float, *, learn: bool):
-        """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency."""
+    def __init__(self, factor: float, *, learn: bool, extra: int = 0):
+        """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency;
+        ``extra`` requests are allowed beyond ``factor`` x concurrency (one waiting in nonna hides
+        the round trip between two requests from a pod of concurrency 1)."""
         self.factor = float(factor)
+        self.extra = int(extra)
         self.learn = learn
         self.given: dict[PodEntry, int] = {}
         # Pods learning their capacity from reports: the concurrency their
@@ -87,7 +90,7 @@ class PodCapacity:
             return 1 if self.watch.get(entry) is UNPROVEN else None
         if concurrency == 0:
             return None
-        return max(1, int(concurrency * self.factor))
+        return max(1, int(concurrency * self.factor)) + self.extra
 
     def limit(self, configured: int | None, ready: Sequence[PodEntry]) -> int | None:
         """The configured L1 limit, lowered to the ready pods' total capacity when each has one."""

@@ -49,6 +49,7 @@ from katyusha.core.capacity import PodCapacity
 from katyusha.core.errors import DeadlineExceeded, KatyushaError, NoReadyPod
 from katyusha.core.feedback import Feedback
 from katyusha.core.health import HealthEvent, HealthSettings, PodHealth, Probe
+from katyusha.core.hedge import Hedger, HedgeSettings
 from katyusha.core.loadtable import LoadTable, PodEntry
 from katyusha.core.membership import ChangeResult, PodChange, PodSpec
 from katyusha.core.picktrace import PickTrace
@@ -67,13 +68,15 @@ _ENDED = 2
 class ServiceSettings:
     """What one service decides with; every field as in force (switches already applied).
 
-    ``l1_limit`` None: no L1 limit. ``capacity_factor`` 0: no per-pod
+    ``l1_limit`` None: no L1 limit. ``capacity_extra``: requests a pod may
+    hold beyond ``capacity_factor`` x its concurrency. ``capacity_factor`` 0: no per-pod
     capacity (it is off whatever the factor when ``l1_limit`` is None).
     ``retries``: extra tries of a request on another pod (see the module
     docstring for which failures are retried), within ``retry_budget`` (a
     share of requests) plus ``retry_budget_min`` retries a second.
     ``trace_picks``: how many picks ``/trace`` keeps (0: none). ``health``:
-    probes, active checks and outlier ejection.
+    probes, active checks and outlier ejection. ``hedge``: hedged requests
+    (:mod:`katyusha.core.hedge`).
     """
 
     name: str = "default"
@@ -82,6 +85,7 @@ class ServiceSettings:
     queue_length: int = 10_000
     request_timeout: float = 30.0
     capacity_factor: float = 1.0
+    capacity_extra: int = 0
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
@@ -90,18 +94,22 @@ class ServiceSettings:
     priority_classes: int = 1
     trace_picks: int = 0
     health: HealthSettings = HealthSettings()
+    hedge: HedgeSettings = HedgeSettings()
 
 
 class ServiceTicket(Ticket):
     """A request's place in the L1 queue, and what its tries so far have taught."""
 
-    __slots__ = ("tries_left", "tried", "dispatch", "idempotent", "maybe_executed")
+    __slots__ = ("tries_left", "tried", "dispatch", "idempotent", "maybe_executed", "hedge", "hedged")
 
     def __init__(self, payload, enqueued_at: float, deadline: float, priority: int):
         super().__init__(payload, enqueued_at, deadline, priority)
         self.tries_left = 0
         self.tried: list[PodEntry] | None = None
         self.dispatch: Dispatch | None = None
+        # The hedge of the current try (a second try running beside it), and whether one was sent.
+        self.hedge: Dispatch | None = None
+        self.hedged = False
         self.idempotent = True
         # A try failed in a way that may have reached the app.
         self.maybe_executed = False
@@ -152,7 +160,8 @@ class Dispatch:
         tries left and still holds its slot, it is idempotent or nothing was
         sent, and the retry budget allows; the pod is then avoided by the next
         dispatch (which may find no ready pod: the ticket then waits for one).
-        Calling it again, or after the try ended, returns False.
+        Calling it again, or after the try ended, returns False; so does a
+        failure while the other try of a hedged pair is still open (it carries on).
         """
         if self.state is _ENDED:
             return False
@@ -162,10 +171,18 @@ class Dispatch:
         if headed:
             return False
         ticket = self.ticket
+        other = self._other()
         if not sent_nothing:
             ticket.maybe_executed = True
         if service.health.failure(self.entry, now, sent_nothing):
             service._health_changed(self.entry, now)
+        if other is not None and other.state is not _ENDED:
+            # The other try carries on; a retry after it fails too avoids this pod as well.
+            if ticket.tried is None:
+                ticket.tried = [self.entry]
+            else:
+                ticket.tried.append(self.entry)
+            return False
         if (not retryable or ticket.tries_left <= 0 or ticket.state is not ADMITTED
                 or not (sent_nothing or ticket.idempotent) or not service.budget.allow(now)):
             return False
@@ -175,6 +192,23 @@ class Dispatch:
         else:
             ticket.tried.append(self.entry)
         return True
+
+    def abandon(self, now: float) -> None:
+        """The driver cancelled this try (the other try of a hedged pair answered first): end it.
+
+        Counted out like any end, but not held against the pod (it did not fail).
+        Calling it again, or after the try ended, changes nothing.
+        """
+        if self.state is not _ENDED:
+            self.service._end_try(self, now, failed=False)
+
+    def _other(self) -> Dispatch | None:
+        """The other try of this one's hedged pair, if any."""
+        ticket = self.ticket
+        hedge = ticket.hedge
+        if hedge is None:
+            return None
+        return ticket.dispatch if hedge is self else hedge
 
     def done(self, now: float) -> list[ServiceTicket]:
         """The request ended: :meth:`ServiceBalancer.end` of its ticket."""
@@ -215,9 +249,10 @@ class ServiceBalancer:
         )
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
-        self.capacity = PodCapacity(factor, learn=settings.uses_feedback)
+        self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra)
         self.health = PodHealth(settings.health)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
+        self.hedger = Hedger(settings.hedge)
         # Tickets a change of health let in where no caller could take them (the driver's
         # next health call returns them).
         self._admitted: list[ServiceTicket] = []
@@ -241,6 +276,7 @@ class ServiceBalancer:
         """
         ticket: ServiceTicket = self.queue.offer(None, now, priority=priority)  # type: ignore[assignment]
         self.budget.on_request(now)
+        self.hedger.on_request()
         ticket.tries_left = self.settings.retries
         ticket.idempotent = idempotent
         return ticket
@@ -265,6 +301,11 @@ class ServiceBalancer:
         last = ticket.dispatch
         if last is not None and last.state is not _ENDED:
             raise ValueError(f"dispatch while the ticket's last try is still open: {last!r}")
+        hedge = ticket.hedge
+        if hedge is not None:
+            if hedge.state is not _ENDED:
+                raise ValueError(f"dispatch while the ticket's hedge is still open: {hedge!r}")
+            ticket.hedge = None
         ready = self.table.ready()
         if not ready:
             self.queue.hold()
@@ -291,6 +332,9 @@ class ServiceBalancer:
         handle = ticket.dispatch
         if handle is not None and handle.state is not _ENDED:
             self._end_try(handle, now)
+        hedge = ticket.hedge
+        if hedge is not None and hedge.state is not _ENDED:
+            self._end_try(hedge, now)
         state = ticket.state
         if state is ADMITTED:
             admitted = self.queue.release(ticket, now)
@@ -303,6 +347,47 @@ class ServiceBalancer:
         if self._admitted:
             admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
+
+    def hedge_delay(self, method: str, has_body: bool) -> float | None:
+        """Seconds after which a request of this kind is hedged (:meth:`hedge`); None: never.
+
+        None while hedging is off, for a method that is not idempotent or a
+        request with a body, and (delay ``auto``) until the service's latencies
+        are known.
+        """
+        return self.hedger.delay(method, has_body)
+
+    def hedge(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
+        """A second try of the ticket's open try, on another pod, if one is affordable now.
+
+        The first response head of the two wins: the driver calls
+        :meth:`Dispatch.abandon` on the other try and goes on with the winner
+        (its handle is ``ticket.dispatch`` again after :meth:`Dispatch.on_head`).
+        None (no hedge) when the first try has answered or ended, the ticket
+        was hedged already, the service is near capacity or out of hedge budget,
+        or no other ready pod has room.
+        """
+        first = ticket.dispatch
+        hedger = self.hedger
+        if (not hedger.enabled or ticket.hedged or first is None or first.state is not _OPEN
+                or ticket.state is not ADMITTED):
+            return None
+        others = [entry for entry in self.capacity.candidates(self.table.ready())
+                  if entry is not first.entry and entry not in self.capacity.full]
+        if not others:
+            hedger.skipped_no_pod += 1
+            return None
+        queue = self.queue
+        if not hedger.affordable(queue.waiting, queue.active, queue.limit):
+            return None
+        trace = self.trace
+        entry = self.policy.pick(others, now) if trace is None else trace.pick(others, now)
+        self.table.on_dispatch(entry, now)
+        self.capacity.started(entry)
+        handle = ticket.hedge = Dispatch(self, ticket, entry, now)
+        ticket.hedged = True
+        hedger.sent += 1
+        return handle
 
     def next_deadline(self) -> float | None:
         """The earliest deadline among waiting tickets (the driver's one timer), or None."""
@@ -336,6 +421,14 @@ class ServiceBalancer:
         if self.health.response(entry, now, status, pod_error):
             self._health_changed(entry, now)
         latency = now - handle.sent_at
+        ticket = handle.ticket
+        if ticket.hedge is not None:
+            first = ticket.dispatch
+            if ticket.hedge is handle and first.state is not _HEAD:
+                # The hedge answered first: it is the request's try from now on.
+                self.hedger.won += 1
+                ticket.dispatch, ticket.hedge = handle, first
+        self.hedger.observe(latency)
         self.table.record_response(entry, now, latency, feedback, handle.alone)
         self.policy.observe(entry, now, latency, feedback)
         pool = self.pool
@@ -349,10 +442,10 @@ class ServiceBalancer:
                 status=status,
             )
 
-    def _end_try(self, handle: Dispatch, now: float) -> None:
-        """Count the try out once; a try that saw no head is a failure of its pod."""
+    def _end_try(self, handle: Dispatch, now: float, failed: bool = True) -> None:
+        """Count the try out once; a try that saw no head is a failure of its pod (unless not ``failed``)."""
         entry = handle.entry
-        if handle.state is _OPEN:
+        if handle.state is _OPEN and failed:
             self.table.record_failure(entry, now)
         handle.state = _ENDED
         self.table.on_end(entry)
@@ -524,5 +617,6 @@ class ServiceBalancer:
             "queue": self.queue_counters(),
             "ready_pods": len(self.table.ready()),
             "retry_budget": self.budget.state(),
+            "hedge": self.hedger.state(),
             "pods": [self.pod_row(entry, now) for entry in self.table.pods()],
         }

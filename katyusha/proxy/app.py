@@ -31,6 +31,7 @@ from katyusha.http.errors import ConnectFailed, ResponseAborted
 from katyusha.http.forward import relay_response, request_headers, response_headers
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
+from katyusha.proxy.hedging import HedgedForward
 from katyusha.proxy.metrics import ProxyStats
 from katyusha.proxy.service import LiveService
 
@@ -273,8 +274,8 @@ class DataApp:
         headers = scope["headers"]
         router = self.router
         live = router.only or router.match(_header(headers, _HOST), scope["path"])
-        if live is None:
-            return False
+        if live is None or live.core.hedge_delay(scope["method"], False) is not None:
+            return False  # a request that may be hedged needs its task for the hedge's timer
         loop = self.loop
         now = loop.time()
         try:
@@ -369,8 +370,13 @@ class DataApp:
         stats.l1_wait.observe(l1_wait)
         head = _Head(self, stats, request_id, b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0))
         upstream_scope = self._upstream_scope(scope, request_id, given)
-        if ticket.tries_left and _has_body(scope["headers"]):
+        has_body = _has_body(scope["headers"])
+        if ticket.tries_left and has_body:
             receive = ReplayableReceive(receive, _REPLAY_LIMIT)
+        # Hedged requests (katyusha.core.hedge): the pair runs in katyusha.proxy.hedging.
+        delay = live.core.hedge_delay(scope["method"], has_body)
+        hedged = None if delay is None else HedgedForward(live, ticket, delay, self.pools,
+                                                          self.upstream_timeout)
         while True:
             head.handle = handle
             entry = handle.entry
@@ -380,11 +386,17 @@ class DataApp:
                     if isinstance(got, BaseException):
                         raise got
                     result = await relay_response(got, receive, send, on_response_head=head)
-                else:
+                elif hedged is None:
                     result = await forward(
                         upstream_scope, receive, send, self.pools.get(entry.url),
                         on_response_head=head, timeout=self.upstream_timeout,
                     )
+                else:
+                    try:
+                        result = await hedged.forward(handle, head, upstream_scope, receive, send)
+                    finally:
+                        handle = hedged.handle
+                        entry = handle.entry
             except UpstreamError as exc:
                 stats.failure(entry.name, type(exc).__name__)
                 again = handle.on_failure(loop.time(), exc.retryable, sent_nothing=exc.sent_nothing)

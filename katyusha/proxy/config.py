@@ -34,6 +34,7 @@ from katyusha.config_values import (
 from katyusha.core.errors import ConfigError
 from katyusha.core.forwarding import parse_trusted_proxies
 from katyusha.core.health import HealthSettings
+from katyusha.core.hedge import HedgeSettings
 from katyusha.core.membership import PodSpec
 from katyusha.core.policies import DEFAULT_POLICY
 from katyusha.core.service import ServiceSettings
@@ -51,6 +52,8 @@ from katyusha.kubernetes.refs import (
 from katyusha.proxy.services_config import (
     DEFAULT_SERVICE,
     ServiceSpec,
+    parse_hedge_budget,
+    parse_hedge_delay,
     parse_pod,
     parse_pods,
     parse_policy,
@@ -92,6 +95,7 @@ class ProxyConfig(EdgeFields):
     probe_rate: float = 4.0
     stale_after: float = 2.0
     pod_capacity_factor: float = 1.0
+    pod_capacity_extra: int = 0
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "warning"
@@ -122,6 +126,9 @@ class ProxyConfig(EdgeFields):
     max_ejection_percent: float = 10.0
     retry_budget: float = 0.2
     retry_budget_min: float = 10.0
+    hedge: bool = False
+    hedge_delay: float | None = None
+    hedge_budget: float = 0.05
     admin_token: str | None = None
     admin_token_file: str | None = None
     admin_allow_open: bool = False
@@ -197,6 +204,8 @@ class ProxyConfig(EdgeFields):
                              else spec.request_timeout),
             capacity_factor=(self.pod_capacity_factor if spec.pod_capacity_factor is None
                              else spec.pod_capacity_factor),
+            capacity_extra=(self.pod_capacity_extra if spec.pod_capacity_extra is None
+                            else spec.pod_capacity_extra),
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,
@@ -205,6 +214,16 @@ class ProxyConfig(EdgeFields):
             priority_classes=self.priority_classes if self.priority_header else 1,
             trace_picks=self.trace_picks,
             health=self.health,
+            hedge=self.hedge_settings(spec),
+        )
+
+    def hedge_settings(self, spec: ServiceSpec) -> HedgeSettings:
+        """``spec``'s hedging: its own keys, else the global ones; off while katyusha is a pass-through."""
+        enabled = self.hedge if spec.hedge is None else spec.hedge
+        return HedgeSettings(
+            enabled=enabled and self.enable_katyusha,
+            delay=self.hedge_delay if spec.hedge_delay == "global" else spec.hedge_delay,  # type: ignore[arg-type]
+            budget=self.hedge_budget if spec.hedge_budget is None else spec.hedge_budget,
         )
 
     def to_json(self) -> dict:
@@ -216,6 +235,7 @@ class ProxyConfig(EdgeFields):
         for key in ("kubernetes-service", "kubernetes-peers"):
             ref = getattr(self, BY_KEY[key].field)
             out[key] = ref.to_json() if ref is not None else None
+        out["hedge-delay"] = "auto" if self.hedge_delay is None else self.hedge_delay
         out["trusted-proxies"] = [str(network) for network in self.trusted_proxies]
         # The token itself is never shown, only whether one is in force.
         out["admin-token"] = "(set)" if self.admin_token else None
@@ -361,6 +381,8 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("stale-after", "stale_after", parse_seconds, "age after which a pod's report is ignored"),
     _setting("pod-capacity-factor", "pod_capacity_factor", parse_non_negative_float,
              "requests in flight per pod: its concurrency times this (at least 1); 0: no per-pod cap"),
+    _setting("pod-capacity-extra", "pod_capacity_extra", int_in_range(0, 1000),
+             "requests a pod may hold beyond pod-capacity-factor x its concurrency"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),
@@ -423,6 +445,14 @@ SETTINGS: tuple[Setting, ...] = (
              "retries may add at most this share of the requests of the last 10 s"),
     _setting("retry-budget-min", "retry_budget_min", parse_non_negative_float,
              "retries a second allowed whatever the share (so a quiet service can retry)"),
+    # Hedged requests (docs/katyusha.md, katyusha.core.hedge).
+    _setting("hedge", "hedge", parse_bool,
+             "true: an idempotent request with no body that has not answered after hedge-delay "
+             "is sent to a second pod too; the first answer wins"),
+    _setting("hedge-delay", "hedge_delay", parse_hedge_delay,
+             "auto (the service's recent p95 latency) or a duration"),
+    _setting("hedge-budget", "hedge_budget", parse_hedge_budget,
+             "hedges may add at most this share of requests (0.05 or 5%)"),
     # Admin tokens (docs/reliability.md).
     _setting("admin-token", "admin_token", parse_optional_text,
              "bearer token mutating admin requests must carry (prefer admin-token-file)"),

@@ -151,7 +151,17 @@ def _state_metrics(states: list[tuple[str, dict]]) -> Iterator:
     budget = CounterMetricFamily(
         "katyusha_retry_budget_exhausted", "Retries not made because the retry budget was spent.",
         labels=["service"])
+    hedges_sent = CounterMetricFamily(
+        "katyusha_hedges_sent", "Hedged requests: second tries sent to another pod after the hedge delay.",
+        labels=["service"])
+    hedges_won = CounterMetricFamily(
+        "katyusha_hedges_won", "Hedges whose response head came first (the first try was cancelled).",
+        labels=["service"])
     for service, state in states:
+        hedge = state.get("hedge")
+        if hedge is not None:
+            hedges_sent.add_metric([service], hedge["sent_total"])
+            hedges_won.add_metric([service], hedge["won_total"])
         budget.add_metric([service], state.get("retry_budget", {}).get("exhausted_total", 0))
         queue = state["queue"]
         waiting.add_metric([service], queue["waiting"])
@@ -166,7 +176,7 @@ def _state_metrics(states: list[tuple[str, dict]]) -> Iterator:
             for family, key in health_counts:
                 family.add_metric([service, row["name"]], row.get(key, 0))
     yield from (waiting, active, *(family for family, _ in counters), ready, load, in_flight, healthy,
-                *(family for family, _ in health_counts), budget)
+                *(family for family, _ in health_counts), budget, hedges_sent, hedges_won)
 
 
 def make_registry(views: Callable[[], Iterable[ServiceView]]) -> CollectorRegistry:

@@ -11,6 +11,9 @@
         queue-length: 1000                              # else the global ones
         request-timeout: 10s
         pod-capacity-factor: 1
+        hedge: true                 # optional hedging settings, else the global ones
+        hedge-delay: auto
+        hedge-budget: 5%
         pods: [{url: http://127.0.0.1:9101, name: pod-1, node: node-1, concurrency: 1}]
       - name: shop                  # with discovery: kubernetes, its pods from EndpointSlices
         kubernetes: {service: demo/shop, port: http, admin-port: nonna-admin}
@@ -20,6 +23,7 @@ Every error is a ConfigError naming the field path (``services[1].pods[0].url``)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,9 +34,11 @@ import yaml
 
 from katyusha.config_values import (
     int_in_range,
+    parse_bool,
     parse_non_negative_float,
     parse_optional_url,
     parse_seconds,
+    parse_seconds_or_zero,
     parse_url,
 )
 from katyusha.core.errors import ConfigError
@@ -52,6 +58,33 @@ def parse_policy(key: str, raw: object) -> str:
     if not isinstance(raw, str) or raw.strip() not in POLICY_NAMES:
         raise ConfigError(key, f"must be one of {', '.join(POLICY_NAMES)}; got {raw!r}")
     return raw.strip()
+
+
+def parse_hedge_delay(key: str, raw: object) -> float | None:
+    """``auto`` (None: the service's recent p95) or a duration ("50ms", 0.05)."""
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return None
+    try:
+        return parse_seconds_or_zero(key, raw)
+    except ConfigError:
+        raise ConfigError(key, f'must be auto or a duration (e.g. "50ms", 0.05), got {raw!r}') from None
+
+
+def parse_hedge_budget(key: str, raw: object) -> float:
+    """A share of requests: a number from 0 to 1, or a percentage ("5%")."""
+    share: float | None = None
+    if isinstance(raw, str) and raw.strip().endswith("%"):
+        try:
+            share = float(raw.strip()[:-1]) / 100.0
+        except ValueError:
+            share = None
+        if share is None or not math.isfinite(share):
+            raise ConfigError(key, f'must be a share from 0 to 1 or a percentage ("5%"), got {raw!r}')
+    else:
+        share = parse_non_negative_float(key, raw)
+    if not 0 <= share <= 1:
+        raise ConfigError(key, f'must be a share from 0 to 1 or a percentage ("5%"), got {raw!r}')
+    return share
 
 
 def parse_pod(key: str, raw: object) -> PodSpec:
@@ -125,6 +158,10 @@ class ServiceSpec:
     queue_length: int | None = None
     request_timeout: float | None = None
     pod_capacity_factor: float | None = None
+    pod_capacity_extra: int | None = None
+    hedge: bool | None = None
+    hedge_delay: float | None | str = "global"  # "global": the global hedge-delay (None is auto)
+    hedge_budget: float | None = None
     kubernetes: ServiceRef | None = None  # the Kubernetes Service its pods come from (discovery: kubernetes)
 
     def to_json(self) -> dict:
@@ -137,6 +174,8 @@ class ServiceSpec:
             value = getattr(self, field_name)
             if value is not None:
                 out[key] = value
+        if self.hedge_delay != "global":
+            out["hedge-delay"] = "auto" if self.hedge_delay is None else self.hedge_delay
         return out
 
 
@@ -147,6 +186,9 @@ _OPTIONAL = (
     ("queue-length", "queue_length"),
     ("request-timeout", "request_timeout"),
     ("pod-capacity-factor", "pod_capacity_factor"),
+    ("pod-capacity-extra", "pod_capacity_extra"),
+    ("hedge", "hedge"),
+    ("hedge-budget", "hedge_budget"),
 )
 _OPTIONAL_PARSERS = {
     "policy": parse_policy,
@@ -154,8 +196,12 @@ _OPTIONAL_PARSERS = {
     "queue-length": int_in_range(0),
     "request-timeout": parse_seconds,
     "pod-capacity-factor": parse_non_negative_float,
+    "pod-capacity-extra": int_in_range(0, 1000),
+    "hedge": parse_bool,
+    "hedge-budget": parse_hedge_budget,
 }
-_SERVICE_KEYS = ("name", "hosts", "path-prefix", "pods", "kubernetes", *(key for key, _ in _OPTIONAL))
+_SERVICE_KEYS = ("name", "hosts", "path-prefix", "pods", "kubernetes", *(key for key, _ in _OPTIONAL),
+                 "hedge-delay")
 
 
 def parse_service(key: str, raw: object) -> ServiceSpec:
@@ -182,6 +228,8 @@ def parse_service(key: str, raw: object) -> ServiceSpec:
         raise ConfigError(f"{key}.path-prefix", f"must be a path starting with '/', got {prefix!r}")
     options = {field_name: _OPTIONAL_PARSERS[option](f"{key}.{option}", raw[option])
                for option, field_name in _OPTIONAL if raw.get(option) is not None}
+    if raw.get("hedge-delay") is not None:
+        options["hedge_delay"] = parse_hedge_delay(f"{key}.hedge-delay", raw["hedge-delay"])
     pods = parse_pods(f"{key}.pods", raw.get("pods"), indexed=True)
     kubernetes = None
     if raw.get("kubernetes") is not None:

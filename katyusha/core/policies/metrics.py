@@ -20,7 +20,7 @@ import katyusha.core.policies.index as _index
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
-from katyusha.core.loadtable import LoadTable, PodEntry
+from katyusha.core.loadtable import SPEED_MEMORY_S, LoadTable, PodEntry
 
 
 class Load:
@@ -60,6 +60,105 @@ class EstimatedLoad(Load):
 
     def index(self, table: LoadTable):
         return _index.LowestIndex(table, table.estimated_load, timed=True)
+
+
+class SpeedWeightedLoad(Load):
+    """jsq-piggyback's metric: the estimated load, a pod without a fresh report's weighed by its speed.
+
+    A pod with a fresh report is keyed by its estimated load: nonna's report
+    and per-pod capacity already hold requests back from a slow pod. A pod
+    with none (no nonna in front of it, or none lately) is ranked by what
+    katyusha sees of it: its load (its in-flight count) weighed by its speed,
+    ``ratio * (load + 1) - 1``, where ``ratio`` is its latency when sent a
+    request with none other of ours in flight (``idle_latency_ms``) over the
+    median of the ready pods' (refreshed by :meth:`refresh` every
+    ``median_every_s``, moved when it changed by more than a tenth). Ratios within ``same_speed`` of 1 count as 1: pods of
+    one speed are ranked by load alone, and a pod four times slower gets a
+    request only when the others hold three or more each. A speed not measured
+    for ``SPEED_MEMORY_S`` counts as 1 (the pod is measured again). Raises ConfigError for ``same_speed`` below
+    1 or a non-positive ``median_every_s``.
+    """
+
+    def __init__(self, table: LoadTable, *, same_speed: float = 1.5, median_every_s: float = 0.1):
+        if not isinstance(same_speed, int | float) or not same_speed >= 1:
+            raise ConfigError("same_speed", f"must be a number >= 1, got {same_speed!r}")
+        if not isinstance(median_every_s, int | float) or not median_every_s > 0:
+            raise ConfigError("median_every_s", f"must be a positive number, got {median_every_s!r}")
+        self.table = table
+        self.same_speed = float(same_speed)
+        self.median_every_s = float(median_every_s)
+        self.median: float | None = None
+        self._median_at = -math.inf
+        self._weighed: list[PodEntry] = []
+        self._weighing = False
+        self._stale_after = table.stale_after_s
+        self._estimate = table.estimated_load
+
+    def refresh(self, now: float) -> list[PodEntry]:
+        """Recompute the median speed when due; returns the pods whose key that may have changed.
+
+        The median in force moves only when the new one differs from it by more
+        than a tenth, so keys stay put while it jitters; pods whose speed was
+        just forgotten are returned too.
+        """
+        if now - self._median_at < self.median_every_s and now >= self._median_at:
+            return []
+        self._median_at = now
+        table = self.table
+        stale_after = table.stale_after_s
+        known = []
+        weighed = []
+        for entry in table.ready():
+            speed = _speed(entry, now)
+            if speed is None:
+                continue
+            known.append(speed)
+            reported_at = entry.reported_at
+            if reported_at is None or now - reported_at > stale_after:
+                weighed.append(entry)
+        known.sort()
+        middle = median(len(known), known.__getitem__, 0.0) or None
+        old = self.median
+        forgotten = [entry for entry in self._weighed if _speed(entry, now) is None]
+        self._weighed = weighed
+        moved = middle is None or old is None or abs(middle - old) > 0.1 * old
+        if moved:
+            self.median = middle
+        # While no pod without a report has a speed, every key is the estimated load.
+        weighing = bool(weighed) and self.median is not None
+        if moved or weighing != self._weighing:
+            self._weighing = weighing
+            return weighed + forgotten
+        return forgotten
+
+    # No prepare(): the policy calls refresh() once before each pick, scan or index
+    # (JoinShortestQueue.pick), since the index must hear of the keys it moves.
+
+    def load(self, entry: PodEntry, now: float) -> float:
+        load = self._estimate(entry, now)
+        if not self._weighing:
+            return load
+        reported_at = entry.reported_at
+        if reported_at is not None and now - reported_at <= self._stale_after:
+            return load
+        middle = self.median
+        speed = _speed(entry, now)
+        if speed is None or not middle:
+            return load
+        ratio = speed / middle
+        if ratio > self.same_speed or ratio * self.same_speed < 1.0:
+            return ratio * (load + 1.0) - 1.0
+        return load
+
+    def index(self, table: LoadTable):
+        return _index.LowestIndex(table, self.load, timed=True)
+
+
+def _speed(entry: PodEntry, now: float) -> float | None:
+    speed = entry.idle_latency_ms
+    if speed is None or now - entry.idle_latency_at > SPEED_MEMORY_S:
+        return None
+    return speed
 
 
 class ExpectedDelay(Load):

@@ -12,19 +12,40 @@ import random
 from collections.abc import Sequence
 
 from katyusha.core.loadtable import LoadTable, PodEntry
-from katyusha.core.policies.base import MetricPolicy
-from katyusha.core.policies.metrics import EstimatedLoad, ExpectedDelay
+from katyusha.core.policies.base import MetricPolicy, Trace
+from katyusha.core.policies.metrics import ExpectedDelay, SpeedWeightedLoad
 from katyusha.core.policies.selectors import Lowest
 
 
 class JoinShortestQueue(MetricPolicy):
-    """The candidate with the least estimated load; ties broken at random."""
+    """The candidate with the least estimated load, a pod without a fresh report weighed by its speed.
+
+    The metric is :class:`~katyusha.core.policies.metrics.SpeedWeightedLoad`:
+    a pod that reports (nonna) is ranked by its estimated load; one that does
+    not by its in-flight count weighed by its own measured speed over the
+    median pod's, so a slow pod without nonna gets less traffic. Ties broken at
+    random. Before each pick the median is refreshed when due, and the pods
+    whose key it moves are re-keyed in the selector's index (only pods with no
+    fresh report: none in a fleet where every pod reports).
+    """
 
     name = "jsq-piggyback"
 
-    def __init__(self, *, rng: random.Random, table: LoadTable):
-        metric = EstimatedLoad(table)
+    def __init__(self, *, rng: random.Random, table: LoadTable, same_speed: float = 1.5,
+                 median_every_s: float = 0.1):
+        metric = SpeedWeightedLoad(table, same_speed=same_speed, median_every_s=median_every_s)
         super().__init__(rng=rng, table=table, metric=metric, selector=Lowest(metric, rng, table))
+        self._refresh = metric.refresh
+
+    def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
+             ) -> PodEntry:
+        moved = self._refresh(now)
+        if moved:
+            index = self.selector._index
+            if index is not None:
+                for entry in moved:
+                    index.touch(entry)
+        return self.selector.pick(candidates, now, trace)
 
 
 class ShortestExpectedDelay(MetricPolicy):

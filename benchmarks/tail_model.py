@@ -1,0 +1,266 @@
+"""The service balancer on simulated time: katyusha's settings compared on lb_quality's fleets, noise-free.
+
+Run as ``python -m benchmarks.tail_model [--seconds S] [--json PATH]``.
+
+The real benchmark (benchmarks/lb_quality.py) runs processes on a busy
+two-core machine; a run there costs minutes and its p99 moves by tens of
+percent between runs. This drives the same core object the proxy drives,
+``katyusha.core.service.ServiceBalancer`` (L1 queue, per-pod capacity,
+policy, load table, hedging), with a small discrete-event model of the
+fleets of lb_quality.py: pods of a given container concurrency and speed,
+nonna's FIFO L2 queue in front of each, a report on every response, 0.5 ms
+each way on the wire, Poisson or bursty arrivals. A hedge's loser keeps its
+pod busy until its work is done (the model does not credit cancellation).
+Each combination of settings runs the same arrival and service-time draws,
+so differences are the settings'. Two settings model the peers: least
+connections with no cap (nginx ``least_conn``, HAProxy ``leastconn``) and with
+each pod held to its concurrency (HAProxy ``leastconn`` + ``maxconn``).
+Output: p99 and p99.9 per scenario and setting at 90% load, and per setting
+the median over scenarios of its p99 over the better peer model's, on the
+named, tune and held-out sets apart. A model, not a measurement: it guides
+the choice, lb_quality.py judges it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import random
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.lb_quality import (
+    SLOW_DURATION_S,
+    SLOW_PERIOD_S,
+    Scenario,
+    drawn_scenarios,
+    scenarios,
+)
+from benchmarks.loadgen import mmpp_schedule, poisson_schedule
+from katyusha.core.distributions import parse_service_time
+from katyusha.core.feedback import Feedback
+from katyusha.core.hedge import HedgeSettings
+from katyusha.core.membership import PodChange, PodSpec
+from katyusha.core.service import ServiceBalancer, ServiceSettings
+
+WIRE_S = 0.0005
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    policy: str = "jsq-piggyback"
+    capacity_factor: float = 1.0
+    hedge: bool = False
+    capacity_extra: int = 0
+
+
+SETTINGS = (
+    Setting("jsq cap1 (default)"),
+    Setting("jsq cap1 hedge", hedge=True),
+    Setting("jsq cap2", capacity_factor=2.0),
+    Setting("jsq nocap", capacity_factor=0.0),
+    Setting("sed cap1", "sed-piggyback"),
+    Setting("sed cap2", "sed-piggyback", 2.0),
+    Setting("sed cap2 hedge", "sed-piggyback", 2.0, True),
+    Setting("sed nocap", "sed-piggyback", 0.0),
+    Setting("round-robin cap1", "round-robin"),
+    Setting("jsq cap1+1", capacity_extra=1),
+    Setting("sed cap1+1", "sed-piggyback", capacity_extra=1),
+    # Models of the peers: a least-connections proxy with no per-pod cap (nginx
+    # least_conn, HAProxy leastconn), and one holding requests to the pods'
+    # concurrency (HAProxy leastconn with maxconn).
+    Setting("peer leastconn", "least-in-flight", 0.0),
+    Setting("peer leastconn maxconn", "least-in-flight", 1.0),
+)
+
+
+class _Pod:
+    __slots__ = ("name", "speed", "concurrency", "slow", "queue", "running")
+
+    def __init__(self, name: str, speed: float, concurrency: int, slow: bool):
+        self.name = name
+        self.speed = speed
+        self.concurrency = concurrency
+        self.slow = slow
+        self.queue: list = []
+        self.running = 0
+
+    def speed_at(self, now: float) -> float:
+        if self.slow and now % SLOW_PERIOD_S >= SLOW_PERIOD_S - SLOW_DURATION_S:
+            return self.speed * 0.25
+        return self.speed
+
+
+def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds: float = 60.0,
+             seed: int = 1) -> dict:
+    """p99/p99.9 (ms) and pod requests per request of ``setting`` on ``scenario`` (one replica)."""
+    hedge = HedgeSettings(enabled=setting.hedge)
+    service = ServiceBalancer(ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
+                                              capacity_extra=setting.capacity_extra, hedge=hedge),
+                              rng=random.Random(seed))
+    pods = [_Pod(p.name, p.speed, scenario.concurrency, bool(p.slow_schedule)) for p in scenario.pods]
+    service.change_pods(PodChange(upsert=tuple(
+        PodSpec(p.name, f"http://{p.name}", "n", None, None) for p in pods)), 0.0)
+    by_name = {p.name: p for p in pods}
+    distribution = parse_service_time(scenario.service)
+    work_rng = random.Random(seed + 1)
+    rate = load * scenario.capacity_rps
+    schedule = (mmpp_schedule if scenario.arrivals == "mmpp" else poisson_schedule)(
+        rate, seconds, random.Random(seed + 2))
+    events: list = []
+    seq = 0
+
+    def at(when: float, kind: str, data) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (when, seq, kind, data))
+
+    for t in schedule:
+        at(t, "arrive", None)
+    latencies: list[float] = []
+    pod_requests = 0
+    answered: dict = {}  # ticket -> arrival time, while unanswered
+
+    def send(handle, now: float) -> None:
+        nonlocal pod_requests
+        pod_requests += 1
+        at(now + WIRE_S, "reach", handle)
+
+    def dispatch(ticket, now: float) -> None:
+        handle = service.dispatch(ticket, now)
+        if handle is None:
+            return
+        send(handle, now)
+        delay = service.hedge_delay("GET", False)
+        if delay is not None:
+            at(now + delay, "hedge", ticket)
+
+    def start(pod: _Pod, now: float) -> None:
+        handle, reached = pod.queue.pop(0)
+        pod.running += 1
+        at(now + distribution.sample(work_rng) / pod.speed_at(now), "done", (pod, handle, reached, now))
+
+    while events:
+        now, _, kind, data = heapq.heappop(events)
+        if kind == "arrive":
+            ticket = service.offer(now)
+            answered[ticket] = now
+            if ticket.admitted:
+                dispatch(ticket, now)
+        elif kind == "reach":
+            pod = by_name[data.entry.name]
+            pod.queue.append((data, now))
+            if pod.running < pod.concurrency:
+                start(pod, now)
+        elif kind == "done":
+            pod, handle, reached, started = data
+            pod.running -= 1
+            if pod.queue:
+                start(pod, now)
+            report = Feedback(len(pod.queue), pod.running, pod.concurrency, (started - reached) * 1000,
+                              (now - started) * 1000, pod.name, None)
+            at(now + WIRE_S, "head", (handle, report))
+        elif kind == "hedge":
+            ticket = data
+            if ticket in answered:
+                second = service.hedge(ticket, now)
+                if second is not None:
+                    send(second, now)
+        else:  # head
+            handle, report = data
+            ticket = handle.ticket
+            if handle.ended or ticket not in answered:
+                continue  # the loser of a hedged pair: cancelled, its work wasted
+            handle.on_head(now, report, 200)
+            other = ticket.hedge
+            if other is not None and other is not handle:
+                other.abandon(now)
+            latencies.append((now - answered.pop(ticket)) * 1000)
+            for admitted in service.end(ticket, now):
+                dispatch(admitted, now)
+    latencies.sort()
+    n = len(latencies)
+    return {"p99_ms": round(latencies[int(0.99 * n)], 2), "p999_ms": round(latencies[int(0.999 * n)], 2),
+            "requests": n, "pod_requests_per_request": round(pod_requests / max(1, n), 4),
+            "hedges": service.hedger.sent, "hedges_won": service.hedger.won}
+
+
+def _set_wire(seconds: float) -> None:
+    global WIRE_S
+    WIRE_S = seconds
+
+
+def hedging(seconds: float, seeds: int) -> int:
+    """Print p99 / p99.9 and pod requests per request on heavy-tail, with and without hedging."""
+    scenario = next(s for s in scenarios() if s.name == "heavy-tail")
+    chosen = (Setting("defaults"), Setting("hedging on", hedge=True),
+              Setting("peer leastconn", "least-in-flight", 0.0))
+    for load in (0.5, 0.7, 0.9):
+        cells = []
+        for setting in chosen:
+            runs = [simulate(scenario, setting, load=load, seconds=seconds, seed=seed)
+                    for seed in range(1, seeds + 1)]
+            cells.append(f"{setting.name}: p99 {statistics.median(r['p99_ms'] for r in runs):.0f} / "
+                         f"p99.9 {statistics.median(r['p999_ms'] for r in runs):.0f} ms, "
+                         f"{statistics.mean(r['pod_requests_per_request'] for r in runs):.3f} pod req/req")
+        print(f"{int(load * 100)}%  " + "  |  ".join(cells), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tail_model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="simulated seconds per run")
+    parser.add_argument("--seeds", type=int, default=3, help="runs per scenario and setting (seeds)")
+    parser.add_argument("--drawn", type=int, default=8)
+    parser.add_argument("--load", type=float, default=0.9)
+    parser.add_argument("--wire-ms", type=float, default=WIRE_S * 1000,
+                        help="one-way delay between katyusha and a pod, proxy work included (default 0.5)")
+    parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--hedging", action="store_true",
+                        help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
+    args = parser.parse_args(argv)
+    _set_wire(args.wire_ms / 1000.0)
+    if args.hedging:
+        return hedging(args.seconds, args.seeds)
+    fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
+    table: dict = {}
+    for scenario in fleets:
+        table[scenario.name] = {"split": scenario.split}
+        for setting in SETTINGS:
+            runs = [simulate(scenario, setting, load=args.load, seconds=args.seconds, seed=seed)
+                    for seed in range(1, args.seeds + 1)]
+            table[scenario.name][setting.name] = {
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 2),
+                "p999_ms": round(statistics.median(r["p999_ms"] for r in runs), 2),
+                "pod_requests_per_request": round(statistics.mean(r["pod_requests_per_request"] for r in runs), 4),
+            }
+        row = table[scenario.name]
+        print(f"{scenario.name:14s} {scenario.split:8s} " + "  ".join(
+            f"{s.name}: {row[s.name]['p99_ms']:.0f}" for s in SETTINGS), flush=True)
+    summary = {}
+    peer_names = [s.name for s in SETTINGS if s.name.startswith("peer")]
+    for split in ("named", "tune", "heldout"):
+        names = [n for n, row in table.items() if row["split"] == split]
+        if not names:
+            continue
+        summary[split] = {}
+        for setting in SETTINGS:
+            ratios = [table[n][setting.name]["p99_ms"] / min(table[n][p]["p99_ms"] for p in peer_names)
+                      for n in names]
+            summary[split][setting.name] = round(statistics.median(ratios), 3)
+    print("\nmedian over scenarios of p99 / the better peer model's p99, per split:")
+    for split, by_setting in summary.items():
+        print(f"  {split:8s} " + "  ".join(f"{k}: {v:.2f}" for k, v in by_setting.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load": args.load, "seconds": args.seconds, "seeds": args.seeds,
+                                               "scenarios": table, "median_ratio_to_best": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
