@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         parser.add_argument(
             setting.flag, dest=_dest(setting.key), default=None, metavar="VALUE",
-            help=f"{setting.doc} (env {setting.env})",
+            # argparse formats help with %: a doc's own "5%" must not be read as a placeholder.
+            help=f"{setting.doc} (env {setting.env})".replace("%", "%%"),
         )
     return parser
 
