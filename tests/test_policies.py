@@ -458,6 +458,46 @@ def test_index_picks_exactly_what_a_scan_of_every_pod_picks(name):
     assert indexed.selector._index.repairs == 0  # the table announced every change
 
 
+@pytest.mark.parametrize("name", ["jsq-piggyback", "least-in-flight", "sed-piggyback", "p2c"])
+def test_picks_leaving_a_few_pods_out_are_a_scan_s_of_the_rest(name):
+    # pick_except(candidates, ready, excluded, order) must choose, with the
+    # same draws, what pick(candidates) chooses, where candidates are ready
+    # without excluded in any order (the service's open list is in swap-remove
+    # order): jsq and least-in-flight answer from the index, walking past
+    # excluded pods, and must put tied pods in the candidates' order.
+    table = fleet(400)
+    indexed = policy(name, table, seed=5)
+    scanned = policy(name, table, seed=5)
+    rng = random.Random(11)
+    seen = Counter()
+
+    def both(ready, now):
+        share = rng.choice((0.0, 0.01, 0.05, 0.2, 0.5))
+        excluded = {entry for entry in ready if rng.random() < share}
+        if rng.random() < 0.2:  # the lowest pods full: the walk must go past them
+            excluded.update(sorted(ready, key=lambda e: e.in_flight)[:3])
+        excluded.add(table.pods()[rng.randrange(len(table))])  # maybe not ready: ignored
+        candidates = [entry for entry in ready if entry not in excluded]
+        if rng.random() < 0.7:
+            rng.shuffle(candidates)
+            order = {entry: place for place, entry in enumerate(candidates)}
+        else:
+            order = None
+        trace = [] if rng.random() < 0.1 else None
+        a = indexed.pick_except(candidates, ready, excluded, order, now, trace)
+        b = scanned.pick(list(candidates), now)
+        assert a is b, f"step at {now}: pick_except chose {a.name}, scan {b.name}"
+        assert a not in excluded
+        assert trace is None or trace[-1][0] is a or a in [e for e, _ in trace]
+        seen[a.name] += 1
+        return a
+
+    churn(table, indexed, 1500, rng, check=both)
+    assert len(seen) > 100
+    index = getattr(indexed.selector, "_index", None)
+    assert index is None or index.repairs == 0
+
+
 def test_a_load_written_behind_the_tables_back_does_not_draw_every_pick():
     # The index learns of changes from the table's methods. A driver that
     # wrote in_flight itself would leave the chosen pod looking idle; the

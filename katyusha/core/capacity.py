@@ -47,6 +47,8 @@ class PodCapacity:
         self.open: list[PodEntry] = []
         self._pos: dict[PodEntry, int] = {}
         self._ready: set[PodEntry] = set()
+        # The ready list of the last rebuild: open is exactly it without the full pods.
+        self.built_from: Sequence[PodEntry] | None = None
         # Set when a report changed a capacity: the owner calls rebuild().
         self.stale = False
 
@@ -78,8 +80,14 @@ class PodCapacity:
         self.caps = caps
         self.full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
         self._ready = set(ready)
+        self.built_from = ready
         self.open = [entry for entry in ready if entry not in self.full]
         self._pos = {entry: index for index, entry in enumerate(self.open)}
+
+    @property
+    def order(self) -> dict[PodEntry, int]:
+        """Each pod of :attr:`open` to its place in it (kept as pods fill and drain)."""
+        return self._pos
 
     def capacity_of(self, entry: PodEntry) -> int | None:
         """Requests ``entry`` may hold from this process; None when uncapped (unknown or unlimited)."""

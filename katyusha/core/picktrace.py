@@ -32,6 +32,15 @@ class PickTrace:
         self._ring.append((now, tuple(compared), chosen, len(candidates)))
         return chosen
 
+    def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
+                    order: dict[PodEntry, int] | None, now: float) -> PodEntry:
+        """``policy.pick_except(...)`` (the same choice as ``pick(candidates, now)``), recorded."""
+        compared: list[tuple[PodEntry, float]] = []
+        chosen = self.policy.pick_except(  # type: ignore[attr-defined]
+            candidates, ready, excluded, order, now, compared)
+        self._ring.append((now, tuple(compared), chosen, len(candidates)))
+        return chosen
+
     def records(self, now: float) -> list[dict]:
         """The recorded picks, oldest first, as JSON: time, age, service, candidates with loads, choice."""
         return [

@@ -312,12 +312,23 @@ class ServiceBalancer:
             self.queue.requeue(ticket, now)
             return None
         tried = ticket.tried
+        trace = self.trace
+        capacity = self.capacity
         if tried or avoid:
             candidates = self._avoiding(ready, tried or (), avoid)
         else:
-            candidates = self.capacity.candidates(ready)
-        trace = self.trace
-        entry = self.policy.pick(candidates, now) if trace is None else trace.pick(candidates, now)
+            candidates = capacity.candidates(ready)
+            if candidates is capacity.open and capacity.built_from is ready:
+                # Ready pods but the full ones: the policy may serve that from
+                # its index over ready, leaving the full out, rather than scan.
+                entry = (self.policy.pick_except(candidates, ready, capacity.full, capacity.order,
+                                                 now)
+                         if trace is None else
+                         trace.pick_except(candidates, ready, capacity.full, capacity.order, now))
+                candidates = None
+        if candidates is not None:
+            entry = (self.policy.pick(candidates, now) if trace is None
+                     else trace.pick(candidates, now))
         self.table.on_dispatch(entry, now)
         self.capacity.started(entry)
         handle = ticket.dispatch = Dispatch(self, ticket, entry, now)

@@ -45,6 +45,17 @@ class Policy:
         """
         raise NotImplementedError
 
+    def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
+                    order: dict[PodEntry, int] | None, now: float, trace: Trace | None = None
+                    ) -> PodEntry:
+        """:meth:`pick` over ``candidates``: ``ready`` (``table.ready()``) without the pods in ``excluded``.
+
+        ``order`` maps each candidate to its place in ``candidates`` (None:
+        ``ready``'s order). The choice, and the draws, are :meth:`pick`'s; a
+        policy with an index may find it without looking at every candidate.
+        """
+        return self.pick(candidates, now) if trace is None else self.pick(candidates, now, trace)
+
     def observe(
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
     ) -> None:
@@ -65,6 +76,14 @@ class MetricPolicy(Policy):
     def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
              ) -> PodEntry:
         return self.selector.pick(candidates, now, trace)
+
+    def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
+                    order: dict[PodEntry, int] | None, now: float, trace: Trace | None = None
+                    ) -> PodEntry:
+        selector = self.selector
+        if hasattr(selector, "pick_except"):
+            return selector.pick_except(candidates, ready, excluded, order, now, trace)
+        return selector.pick(candidates, now, trace)
 
     def observe(
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None

@@ -78,6 +78,38 @@ class Groups:
             heappop(heap)
         return None
 
+    def lowest_except(self, excluded: set[int], budget: int):
+        """The lowest key with a member not in ``excluded``, and those members, in group order.
+
+        Walks the keys upward, skipping groups whose members are all
+        excluded; None when the groups skipped hold more than ``budget``
+        members (the caller then scans) or every member is excluded. Keys set
+        aside on the way are put back. The list returned may be the group
+        itself (when none of it is excluded): not to be changed.
+        """
+        heap = self._heap
+        groups = self.groups
+        popped = []
+        try:
+            while heap:
+                key = heap[0]
+                group = groups.get(key)
+                if group is None:
+                    heappop(heap)
+                    continue
+                if not excluded.isdisjoint(group):
+                    group = [position for position in group if position not in excluded]
+                if group:
+                    return group, key
+                budget -= len(groups[key])
+                if budget < 0:
+                    return None
+                popped.append(heappop(heap))
+            return None
+        finally:
+            for key in popped:
+                heappush(heap, key)
+
 
 class _Index:
     """What every index shares: tracking which ready pods may have a new key since the last pick."""
@@ -161,6 +193,20 @@ class LowestIndex(_Index):
         self.sync(ready, now)
         key = self._groups.lowest()
         return self._groups.groups[key], key
+
+    def lowest_except(self, ready: list[PodEntry], excluded, now: float, budget: int):
+        """As :meth:`lowest`, over the pods of ``ready`` not in ``excluded``; None past ``budget``.
+
+        The positions returned are those of the lowest key among the pods not
+        excluded, in ``ready``'s order: what a scan of ``ready`` without
+        ``excluded`` would tie. None when the groups walked past (all their
+        pods excluded) hold more than ``budget`` pods, or every pod is
+        excluded: the caller then scans.
+        """
+        self.sync(ready, now)
+        position_of = self._position
+        left_out = {position_of[entry] for entry in excluded if entry in position_of}
+        return self._groups.lowest_except(left_out, budget)
 
     def _rebuild(self, ready: list[PodEntry], now: float) -> None:
         key_of = self._key_of

@@ -39,13 +39,22 @@ class JoinShortestQueue(MetricPolicy):
 
     def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
              ) -> PodEntry:
+        self._refreshed(now)
+        return self.selector.pick(candidates, now, trace)
+
+    def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
+                    order: dict[PodEntry, int] | None, now: float, trace: Trace | None = None
+                    ) -> PodEntry:
+        self._refreshed(now)
+        return self.selector.pick_except(candidates, ready, excluded, order, now, trace)
+
+    def _refreshed(self, now: float) -> None:
         moved = self._refresh(now)
         if moved:
             index = self.selector._index
             if index is not None:
                 for entry in moved:
                     index.touch(entry)
-        return self.selector.pick(candidates, now, trace)
 
 
 class ShortestExpectedDelay(MetricPolicy):

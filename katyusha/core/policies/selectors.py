@@ -25,6 +25,10 @@ _NO_PREPARE = Load.prepare
 # From this many candidates, Lowest answers from an index when the candidates
 # are the table's ready list: below it a scan is cheaper than keeping an index.
 INDEX_FROM = 32
+# Lowest.pick_except serves "ready minus a few" from the index while the
+# excluded pods are at most this share of the ready ones; past it, or when the
+# walk past excluded pods looks at more than this share of the pods, it scans.
+EXCEPT_SHARE = 0.25
 # A trace lists at most this many of the candidates compared, plus the choice.
 TRACE_LIMIT = 8
 
@@ -115,6 +119,55 @@ class Lowest:
         if self._prepare is not None:
             self._prepare(candidates, now)
         return lowest(candidates, self.metric.load, now, self.rng, trace)
+
+    def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
+                    order: dict[PodEntry, int] | None, now: float, trace: Trace | None = None
+                    ) -> PodEntry:
+        """``pick(candidates, now, trace)``, where ``candidates`` are ``ready`` without ``excluded``.
+
+        ``ready`` must be ``table.ready()``; ``excluded`` a set of pods (those
+        not ready are ignored); ``order`` maps each candidate to its place in
+        ``candidates`` (None: they are in ``ready``'s order). While the
+        excluded pods are few (:data:`EXCEPT_SHARE`) the answer comes from
+        the index, walking its keys upward past groups that hold only
+        excluded pods; the lowest group's other pods, put in ``candidates``'
+        order, take the same draw as the scan's ties, so the choice is the
+        scan's. Otherwise, or for a metric whose index cannot leave pods out
+        (sed's median is the candidates'), ``candidates`` are scanned.
+        """
+        count = len(ready)
+        if (self._indexable and self._prepare is None and len(candidates) >= INDEX_FROM
+                and len(excluded) <= EXCEPT_SHARE * count and ready is self.table.ready()):
+            index = self._index
+            if index is None:
+                index = self._index = self.metric.index(self.table)
+                self._indexable = index is not None
+            walk = getattr(index, "lowest_except", None)
+            budget = int(EXCEPT_SHARE * count)
+            for _ in range(3 if walk is not None else 0):
+                found = walk(ready, excluded, now, budget)
+                if found is None:
+                    break
+                ties, value = found
+                if len(ties) > 1:
+                    tied = [ready[p] for p in ties]
+                    if order is not None:
+                        tied.sort(key=order.__getitem__)
+                    chosen = tied[self.rng.randrange(len(tied))]
+                else:
+                    tied = None
+                    chosen = ready[ties[0]]
+                if self.metric.load(chosen, now) != value:
+                    index.repairs += 1
+                    index.touch(chosen)
+                    continue
+                if trace is not None:
+                    shown = tied[:TRACE_LIMIT] if tied is not None else [chosen]
+                    trace.extend((entry, value) for entry in shown)
+                    if chosen not in shown:
+                        trace.append((chosen, value))
+                return chosen
+        return self.pick(candidates, now, trace)
 
 
 class TwoChoices:
