@@ -149,6 +149,7 @@ def test_in_flight_counts_stay_exact_whatever_the_order_of_ends(script):
     s = service(pods=3, concurrency=2, delay=0.01, budget=1.0)
     now = 0.0
     open_tickets = []
+    queued = []  # offered while L1 was full: let in later by the ends, ended with the rest
     for action, flag in script:
         now += 0.01
         if action == 0 or not open_tickets:
@@ -157,6 +158,8 @@ def test_in_flight_counts_stay_exact_whatever_the_order_of_ends(script):
                 first = s.dispatch(ticket, now)
                 hedge = s.hedge(ticket, now) if flag else None
                 open_tickets.append((ticket, first, hedge))
+            else:
+                queued.append(ticket)
             continue
         ticket, first, hedge = open_tickets.pop(0)
         if action == 1 and hedge is not None:
@@ -168,7 +171,7 @@ def test_in_flight_counts_stay_exact_whatever_the_order_of_ends(script):
                 hedge.on_failure(now, not flag)
         s.end(ticket, now)
         s.end(ticket, now)
-    for ticket, _, _ in open_tickets:
+    for ticket in [t for t, _, _ in open_tickets] + queued:
         s.end(ticket, now)
     assert sum(in_flight(s).values()) == 0 and s.queue.active == 0
 
