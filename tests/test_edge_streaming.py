@@ -18,22 +18,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.peers import nginx_static, require
-from tests.edge_servers import CHAINS, start_app, start_chain, stop_all
+from tests.edge_servers import CHAINS, start_chain, stop_all
 from tests.procs import get_json
-
-
-@pytest.fixture(scope="module")
-def app():
-    proc = start_app()
-    yield proc
-    proc.terminate()
-
-
-@pytest.fixture(scope="module", params=CHAINS)
-def chain(request, app):
-    procs = start_chain(request.param, app.url)
-    yield procs[-1]
-    stop_all(procs)
 
 
 def open_stream(url: str, path: str) -> http.client.HTTPResponse:

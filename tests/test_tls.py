@@ -18,7 +18,6 @@ import sys
 import pytest
 import trustme
 
-from tests.edge_servers import start_app
 from tests.procs import Proc, script
 
 
@@ -43,13 +42,6 @@ def pki(tmp_path_factory):
 
 def tls_args(pki) -> list[str]:
     return ["--tls-cert", pki["cert"], "--tls-key", pki["key"]]
-
-
-@pytest.fixture(scope="module")
-def app():
-    proc = start_app()
-    yield proc
-    proc.terminate()
 
 
 @pytest.fixture(scope="module")

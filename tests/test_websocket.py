@@ -17,22 +17,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.edge_servers import CHAINS, start_app, start_chain, stop_all
+from tests.edge_servers import start_chain, stop_all
 from tests.procs import Proc, get_json, script
-
-
-@pytest.fixture(scope="module")
-def app():
-    proc = start_app()
-    yield proc
-    proc.terminate()
-
-
-@pytest.fixture(scope="module", params=CHAINS)
-def chain(request, app):
-    procs = start_chain(request.param, app.url)
-    yield procs[-1]
-    stop_all(procs)
 
 
 def ws_url(proc: Proc, path: str = "/ws") -> str:
