@@ -16,7 +16,10 @@ Tools that start these processes (tests, the fleet runner) parse it with
    connections, so a balancer or Kubernetes in front stops sending first;
 3. the data listener closes and idle connections with it; ``on_stop`` runs
    (katyusha answers what is queued) while requests in flight finish, up to
-   ``graceful_timeout``;
+   ``graceful_timeout``. A data socket inherited from a supervisor
+   (:func:`inherited_socket`) stays open in the supervisor: this process
+   stops accepting, and new connections wait in the accept queue for the
+   next process the supervisor starts on it;
 4. the admin port stops last, so ``/healthz`` says 503 until the end.
 
 A second signal skips what is left of the grace and stops at once.
@@ -73,6 +76,27 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening TCP socket open on descriptor ``fd``, handed down by the process that started this one.
+
+    A supervisor (``katyusha fleet up``) binds a data port once and passes the
+    same socket to every process it starts there: while one process exits and
+    the next starts, connections wait in the socket's accept queue instead of
+    being refused. Raises OSError naming the descriptor when it is not a
+    listening TCP socket.
+    """
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise OSError(exc.errno, f"listen-fd {fd}: not an open socket ({exc.strerror})") from None
+    if (sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6)
+            or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+        sock.detach()
+        raise OSError(0, f"listen-fd {fd}: not a listening TCP socket")
     sock.set_inheritable(True)
     return sock
 

@@ -47,8 +47,11 @@ class Child:
         ports: tuple[int, int] = (0, 0),
         *,
         log: Callable[[str], None] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ):
+        """``pass_fds``: descriptors every incarnation inherits (a listening socket the runner holds)."""
         self.name = name
+        self.pass_fds = pass_fds
         self.role = role
         self.make_argv = make_argv
         self.ports = ports
@@ -104,6 +107,7 @@ class Child:
                 stderr=asyncio.subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                pass_fds=self.pass_fds,
             )
         except OSError as exc:
             raise ChildFailed(f"{self.name}: cannot run {argv[0]}: {exc}") from None

@@ -2,7 +2,12 @@
 
 The runner owns every child process: sim-backends first, then their nonna
 sidecars, then the katyusha replicas. A child that dies is reported and
-restarted. Keeping katyusha's pod sets in step with pod states is the
+restarted. The runner binds each katyusha replica's data port itself, once,
+and hands the listening socket to every katyusha process it starts there
+(``--listen-fd``): while a replica stops (SIGTERM) and its successor starts,
+the port stays open and new connections wait in its accept queue, to be
+served by the successor, instead of being refused. A replica that stopped
+cleanly is started again at once. Keeping katyusha's pod sets in step with pod states is the
 control plane's job (katyusha.control.plane), which the runner runs
 in-process and tells where the processes are (:class:`RunnerProcesses`); the
 same control plane can run on its own (``katyusha control``). With
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict
@@ -32,6 +38,7 @@ from katyusha.fleet.children import Child, ChildFailed, console_script
 from katyusha.fleet.spec import INITIAL_STATES, FleetSpec, PodSpec
 from katyusha.fleet.table import render
 from katyusha.progress import bar
+from katyusha.serving import bind_socket
 
 RESTART_BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)
 
@@ -93,6 +100,8 @@ class Fleet:
         self.force = False
         self._stop_asked_at: float | None = None
         self.replicas: list[Child] = []
+        # One listening socket per replica, bound once for the runner's life (see the module docstring).
+        self.listeners: list[socket.socket] = []
         self.pods: list[PodRun] = []
         self._tasks: list[asyncio.Task] = []
         self._build()
@@ -112,8 +121,20 @@ class Fleet:
             run.nonna = Child(f"{pod.name}/nonna", "nonna", partial(self._nonna_argv, run), pod.ports[2:4], log=self.log)
             self.pods.append(run)
         for i in range(self.spec.katyusha.replicas):
-            ports = self.spec.katyusha.ports(i)
-            self.replicas.append(Child(f"katyusha-{i}", "katyusha", self._katyusha_argv, ports, log=self.log))
+            data, admin = self.spec.katyusha.ports(i)
+            try:
+                sock = bind_socket(self.spec.host, data)
+            except OSError:
+                self.close_listeners()
+                raise
+            self.listeners.append(sock)
+            self.replicas.append(Child(f"katyusha-{i}", "katyusha", partial(self._katyusha_argv, sock),
+                                       (sock.getsockname()[1], admin), log=self.log, pass_fds=(sock.fileno(),)))
+
+    def close_listeners(self) -> None:
+        for sock in self.listeners:
+            sock.close()
+        self.listeners.clear()
 
     def _sim_argv(self, run: PodRun, port: int, admin: int) -> list[str]:
         params = run.spec.params
@@ -151,11 +172,12 @@ class Fleet:
             "--pod", run.spec.name, "--node", run.spec.node, *self._admin_args(),
         ]  # fmt: skip
 
-    def _katyusha_argv(self, port: int, admin: int) -> list[str]:
+    def _katyusha_argv(self, sock: socket.socket, port: int, admin: int) -> list[str]:
         k = self.spec.katyusha
         return [
             console_script("katyusha"), "serve", "--host", self.spec.host,
-            "--port", str(port), "--admin-port", str(admin), "--policy", k.policy,
+            "--port", str(port), "--listen-fd", str(sock.fileno()),
+            "--admin-port", str(admin), "--policy", k.policy,
             *(["--demand-url", self.control.demand_url] if self.spec.autoscaler.enabled else []),
             *self._admin_args(), *k.args,
         ]  # fmt: skip
@@ -254,6 +276,10 @@ class Fleet:
                 return
             self.log(f"katyusha fleet: {child.name} (pid {child.pid}) exited with {_status(status)}; restarting")
             delay = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+            if child.pass_fds and status == 0 and failures == 0:
+                # A clean stop of a process whose socket the runner holds: connections are
+                # waiting in its accept queue. A crash (any other status) still backs off.
+                delay = 0.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), delay)
             if self.stopping.is_set():
@@ -319,6 +345,8 @@ class Fleet:
             ]
             if bad:
                 self.log(f"katyusha fleet: {label} stopped uncleanly ({'; '.join(bad)})")
+            if label == "katyusha":
+                self.close_listeners()
         for child in self.children():
             child.kill_now()
         if self.state_path is not None:

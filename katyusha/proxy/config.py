@@ -76,6 +76,7 @@ class ProxyConfig(EdgeFields):
     host: str = "127.0.0.1"
     port: int = 8080
     admin_port: int = 8081
+    listen_fd: int | None = None
     pods: tuple[PodSpec, ...] = ()
     policy: str = DEFAULT_POLICY
     enable_katyusha: bool = True
@@ -252,6 +253,12 @@ class ProxyConfig(EdgeFields):
 
 # -- value parsers: (key, raw) -> value; raise ConfigError naming the key --------
 
+def parse_optional_fd(key: str, raw: object) -> int | None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    return int_in_range(3)(key, raw)
+
+
 def parse_optional_seed(key: str, raw: object) -> int | None:
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return None
@@ -360,6 +367,8 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("host", "host", parse_host, "address both ports listen on"),
     _setting("port", "port", int_in_range(0, 65535), "data port (0: the kernel picks)"),
     _setting("admin-port", "admin_port", int_in_range(0, 65535), "admin port (0: the kernel picks)"),
+    _setting("listen-fd", "listen_fd", parse_optional_fd,
+             "serve the data port on this inherited listening socket instead of binding host:port"),
     _setting("pods", "pods", parse_pods, "the pods at start"),
     _setting("policy", "policy", parse_policy, "the load-balancing policy"),
     _setting("queue-length", "queue_length", int_in_range(0), "most requests waiting in L1 (more: 503)"),

@@ -156,8 +156,16 @@ def _rng(seed: int | None, index: int, name: str) -> random.Random:
 
 
 def bind(config: ProxyConfig, *, reuse_port: bool = False):
-    """Bind the data and admin sockets. Raises OSError naming the address."""
-    data = serving.bind_socket(config.host, config.port, reuse_port=reuse_port)
+    """Bind the data and admin sockets. Raises OSError naming the address.
+
+    With ``listen-fd`` the data socket is the one inherited on that descriptor
+    (a supervisor holds it across restarts, see katyusha.fleet.runner); only
+    the admin port is bound here.
+    """
+    if config.listen_fd is not None:
+        data = serving.inherited_socket(config.listen_fd)
+    else:
+        data = serving.bind_socket(config.host, config.port, reuse_port=reuse_port)
     try:
         admin = serving.bind_socket(config.host, config.admin_port)
     except OSError:
