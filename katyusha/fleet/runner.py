@@ -121,15 +121,21 @@ class Fleet:
             run.nonna = Child(f"{pod.name}/nonna", "nonna", partial(self._nonna_argv, run), pod.ports[2:4], log=self.log)
             self.pods.append(run)
         for i in range(self.spec.katyusha.replicas):
-            data, admin = self.spec.katyusha.ports(i)
+            ports = self.spec.katyusha.ports(i)
+            self.replicas.append(Child(f"katyusha-{i}", "katyusha", partial(self._replica_argv, i), ports,
+                                       log=self.log))
+
+    def _listen(self) -> None:
+        """Bind every replica's data port, once for the runner's life. Raises ChildFailed naming the address."""
+        for child in self.replicas:
             try:
-                sock = bind_socket(self.spec.host, data)
-            except OSError:
+                sock = bind_socket(self.spec.host, child.ports[0])
+            except OSError as exc:
                 self.close_listeners()
-                raise
+                raise ChildFailed(f"{child.name}: {exc.strerror}") from None
             self.listeners.append(sock)
-            self.replicas.append(Child(f"katyusha-{i}", "katyusha", partial(self._katyusha_argv, sock),
-                                       (sock.getsockname()[1], admin), log=self.log, pass_fds=(sock.fileno(),)))
+            child.ports = (sock.getsockname()[1], child.ports[1])
+            child.pass_fds = (sock.fileno(),)
 
     def close_listeners(self) -> None:
         for sock in self.listeners:
@@ -172,11 +178,16 @@ class Fleet:
             "--pod", run.spec.name, "--node", run.spec.node, *self._admin_args(),
         ]  # fmt: skip
 
-    def _katyusha_argv(self, sock: socket.socket, port: int, admin: int) -> list[str]:
+    def _replica_argv(self, index: int, port: int, admin: int) -> list[str]:
+        fd = self.listeners[index].fileno() if index < len(self.listeners) else None
+        return self._katyusha_argv(port, admin, fd)
+
+    def _katyusha_argv(self, port: int, admin: int, listen_fd: int | None = None) -> list[str]:
+        """``listen_fd``: the data socket the runner holds (the port is then only a label)."""
         k = self.spec.katyusha
         return [
             console_script("katyusha"), "serve", "--host", self.spec.host,
-            "--port", str(port), "--listen-fd", str(sock.fileno()),
+            "--port", str(port), *(["--listen-fd", str(listen_fd)] if listen_fd is not None else []),
             "--admin-port", str(admin), "--policy", k.policy,
             *(["--demand-url", self.control.demand_url] if self.spec.autoscaler.enabled else []),
             *self._admin_args(), *k.args,
@@ -236,6 +247,7 @@ class Fleet:
         timeout = self.spec.runner.ready_timeout_s
         await self._start_group([pod.sim for pod in self.pods], timeout)
         await self._start_group([pod.nonna for pod in self.pods], timeout)
+        self._listen()
         await self._start_group(self.replicas, timeout)
 
     async def _start_group(self, children: list[Child], timeout: float) -> None:
