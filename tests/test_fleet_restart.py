@@ -67,3 +67,32 @@ async def test_katyusha_restarted_by_the_runner_refuses_and_loses_nothing(tmp_pa
     # Today's alternative: for the ~0.7 s between the old process's exit and the new one's
     # ready line the port is closed, and every connection made then is refused.
     assert not failed, failed
+
+
+def test_listen_fd_must_be_a_listening_tcp_socket(tmp_path):
+    import socket
+    import subprocess
+
+    from katyusha.serving import bind_socket
+    from tests.procs import script
+
+    unbound = socket.socket()
+    listening = bind_socket("127.0.0.1", 0)
+    try:
+        for fd, why in ((unbound.fileno(), "not a listening TCP socket"), (999, "not an open socket")):
+            proc = subprocess.run([script("katyusha"), "serve", "--listen-fd", str(fd), "--admin-port", "0"],
+                                  pass_fds=(unbound.fileno(),), capture_output=True, text=True, timeout=30)
+            assert proc.returncode == 1 and f"listen-fd {fd}: {why}" in proc.stderr, proc.stderr
+        # A listening socket handed down is served as the data port (the given --port is ignored).
+        served = subprocess.Popen([script("katyusha"), "serve", "--port", "1", "--listen-fd", str(listening.fileno()),
+                                   "--admin-port", "0"], pass_fds=(listening.fileno(),),
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            line = served.stderr.readline()
+            assert f"data=http://127.0.0.1:{listening.getsockname()[1]} " in line, line
+        finally:
+            served.kill()
+            served.wait(10)
+    finally:
+        unbound.close()
+        listening.close()
