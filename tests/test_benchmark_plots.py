@@ -1,8 +1,10 @@
 """Every benchmark draws its PNGs through benchmarks/plots.py from the JSON it writes.
 
-The inputs are the JSON documents the benchmarks' quick runs wrote into
-docs/results/ (the docs show the PNGs drawn from them), so a plotter that no
-longer fits its benchmark's output fails here.
+Each plotter is run on the JSON documents the benchmarks' short runs wrote
+into docs/results/ (the docs show the PNGs drawn from them), and on a small
+document of the same shape in tests/benchmark_shapes/ (written from the
+benchmark's code, for the benchmarks too long to run here), so a plotter that
+no longer fits its benchmark's output fails here.
 """
 
 from __future__ import annotations
@@ -51,9 +53,18 @@ def test_every_benchmark_writes_its_pngs_through_plots():
         assert name in plots.PLOTTERS, name
 
 
-@pytest.mark.parametrize("name", sorted(plots.PLOTTERS))
-def test_each_plotter_draws_pngs_from_the_json_its_benchmark_wrote(name, tmp_path):
-    source = RESULTS / f"{name}.json"
+SHAPES = Path(__file__).resolve().parent / "benchmark_shapes"
+INPUTS = [pytest.param(folder / f"{name}.json", id=f"{folder.name}-{name}")
+          for name in sorted(plots.PLOTTERS) for folder in (RESULTS, SHAPES) if (folder / f"{name}.json").exists()]
+
+
+def test_every_plotter_has_an_input():
+    assert {p.values[0].stem for p in INPUTS} == set(plots.PLOTTERS)
+
+
+@pytest.mark.parametrize("source", INPUTS)
+def test_each_plotter_draws_pngs_from_the_json_its_benchmark_wrote(source, tmp_path):
+    name = source.stem
     doc = json.loads(source.read_text())
     target = tmp_path / f"{name}.json"
     shutil.copy(source, target)
