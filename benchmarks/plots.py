@@ -16,7 +16,8 @@ from pathlib import Path
 
 # katyusha in one colour family, peers in another, so a reader finds us at a glance.
 KATYUSHA = ("#c0262d", "#e0656a", "#8a1a20", "#f0a0a3")
-PEERS = ("#2563eb", "#1f9d55", "#c98a00", "#6b7280", "#7c3aed")
+PEERS = ("#2563eb", "#1f9d55", "#c98a00", "#6b7280", "#7c3aed", "#0e7490", "#db2777", "#65a30d", "#b45309",
+         "#1e3a8a", "#0891b2", "#a16207", "#9333ea", "#374151")
 
 
 def beside(json_path: str | Path, name: str) -> Path:
@@ -61,7 +62,7 @@ def bars(path: str | Path, groups: Mapping[str, Mapping[str, float]], *, title: 
         return None
     systems = list(dict.fromkeys(name for values in groups.values() for name in values))
     colour = colours(systems)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * len(systems) / 2), 4.2))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.3 * len(groups) * len(systems) + 2)), 4.6))
     width = 0.8 / max(1, len(systems))
     for index, system in enumerate(systems):
         xs = [g + index * width for g in range(len(groups))]
