@@ -373,40 +373,6 @@ def compare_clients(url: str, requests: int, concurrency: int, rounds: int = 2) 
     return result
 
 
-def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (rates_ax, pods_ax) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for name, run in result["runs"].items():
-        points = run["timeline"]
-        # Rows written per second over 1 s (two samples), as batches land every 0.5 s or 40 rows.
-        pairs = list(zip(points, points[2:], strict=False))
-        times = [b[0] for _, b in pairs]
-        rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in pairs]
-        line, = rates_ax.plot(times, rates, label=f"{name} ({run['rows_per_s']} rows/s, {run['wall_s']} s)")
-        pods_ax.step([p[0] for p in points], [p[2] for p in points], where="post", color=line.get_color(),
-                     label=f"{name}: serving (max {run['max_pods']}, back to 0 in {run['back_to_zero_s']} s)")
-        pods_ax.step([p[0] for p in points], [p[2] + p[3] for p in points], where="post",
-                     color=line.get_color(), linestyle=":", linewidth=1)
-        for ax in (rates_ax, pods_ax):
-            ax.axvline(run["wall_s"], color=line.get_color(), linestyle="--", linewidth=0.8)
-        for when, what in run["events"]:
-            rates_ax.axvline(when, color=line.get_color(), linestyle=":", linewidth=1)
-            rates_ax.annotate(what, (when, 0), rotation=90, fontsize=7, va="bottom", ha="right")
-    rates_ax.set_ylabel("rows written per second")
-    rates_ax.set_title(f"katyusha batch: {result['rows']} sentences, sentiment pods autoscaled on rps from zero "
-                       f"(speedup 6 vs 1: {result['speedup_6_vs_1']}x)", fontsize=9)
-    rates_ax.legend(fontsize=8)
-    pods_ax.set_ylabel("pods (dotted: serving + waking)")
-    pods_ax.set_xlabel("seconds since the run started (dashed: the batch finished)")
-    pods_ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.batch", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="2,000 rows instead of 14,640")
@@ -469,8 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = [name for name, run in result["runs"].items() if run["lost"] or run["duplicated"]]
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    from benchmarks import plots
+
+    plots.write("batch", result, args.json)
     if args.plot:
-        plot(result, args.plot)
+        plots.batch_timeline(args.plot, result)
     if failed:
         print(f"rows lost or duplicated in: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -450,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
+    from benchmarks import plots
+
+    plots.write("chaos", document, args.json)
     return 0
 
 

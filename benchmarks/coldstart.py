@@ -262,48 +262,25 @@ async def peer_run(plan: Plan, doc: dict) -> tuple[dict, RunResult]:
 
 
 def plot(path: Path, plan: Plan, figures: dict, samples: list[dict], result: RunResult, peer: RunResult | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Load, pods and every request's latency over time (benchmarks.plots.step_timeline)."""
+    from benchmarks import plots
 
     step_at = figures["step_at_s"]
-    fig, (ax_load, ax_pods, ax_lat) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     bins = 0.5
     horizon = max([s["t"] for s in samples] + [step_at + plan.step_s])
     edges = [i * bins for i in range(int(horizon / bins) + 2)]
     counts = [0] * len(edges)
     for sample in result.samples:
         counts[min(len(edges) - 1, int((step_at + sample.sent_at) / bins))] += 1
-    ax_load.step(edges, [c / bins for c in counts], where="post", color="tab:blue")
-    ax_load.set_ylabel("requests/s sent")
-    ax_load.set_title(f"scale from zero: {plan.rate:g} req/s for {plan.step_s:g}s, cold start "
-                      f"{plan.cold_start_s:.2f}s")  # fmt: skip
-    ts = [s["t"] for s in samples]
-    ax_pods.step(ts, [s["serving"] for s in samples], where="post", label="serving", color="tab:green")
-    ax_pods.step(ts, [s["desired"] for s in samples], where="post", label="desired", color="tab:orange",
-                 linestyle="--")  # fmt: skip
-    ax_pods.step(ts, [s["starting"] for s in samples], where="post", label="starting", color="tab:gray")
-    ax_pods.set_ylabel("pods")
-    ax_pods.legend(loc="upper right")
-    good = [(step_at + s.sent_at, s.latency_ms) for s in result.samples if 200 <= s.status < 300]
-    bad = [(step_at + s.sent_at, s.latency_ms) for s in result.samples if not 200 <= s.status < 300]
-    ax_lat.scatter([g[0] for g in good], [g[1] for g in good], s=3, label="katyusha ok", color="tab:blue")
-    if bad:
-        ax_lat.scatter([b[0] for b in bad], [b[1] for b in bad], s=6, label="katyusha error", color="tab:red")
+    points = {"katyusha ok": [(step_at + s.sent_at, s.latency_ms) for s in result.samples if 200 <= s.status < 300],
+              "katyusha error": [(step_at + s.sent_at, s.latency_ms) for s in result.samples
+                                 if not 200 <= s.status < 300]}
     if peer is not None:
-        peer_bad = [(step_at + s.sent_at, max(s.latency_ms, 0.1)) for s in peer.samples if not 200 <= s.status < 300]
-        if peer_bad:
-            ax_lat.scatter([b[0] for b in peer_bad], [b[1] for b in peer_bad], s=6, marker="x",
-                           label="nginx error (same step, separate run)", color="tab:purple")  # fmt: skip
-    ax_lat.set_yscale("log")
-    ax_lat.set_ylabel("latency ms")
-    ax_lat.set_xlabel("seconds")
-    ax_lat.legend(loc="upper right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        points["nginx error (same step, separate run)"] = [
+            (step_at + s.sent_at, max(s.latency_ms, 0.1)) for s in peer.samples if not 200 <= s.status < 300]
+    plots.step_timeline(path, title=f"scale from zero: {plan.rate:g} req/s for {plan.step_s:g}s, cold start "
+                                    f"{plan.cold_start_s:.2f}s",
+                        load=(edges, [c / bins for c in counts]), samples=samples, latencies=points)
 
 
 async def measure(plan: Plan, plot_path: Path | None) -> dict:
@@ -366,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"back to zero {_f(report['back_to_zero_s'])}s after the step; most pods serving: {report['max_pods']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks import plots
+
+    plots.write("coldstart", report, args.json)
     if "plot" in report:
         print(f"plot: {report['plot']}")
     return 0

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import json
 import os
 import pstats
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from benchmarks import wrk
 from benchmarks.peers import free_port, nginx_proxy, nginx_static, wait_port
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="profile the forwarder with cProfile and print the top functions")
     parser.add_argument("--http", choices=("lean", "uvicorn"), default="lean",
                         help="the forwarder's HTTP protocol (default lean)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON (and its PNGs beside it)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile-out", help=argparse.SUPPRESS)
@@ -116,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
           f"forward()/nginx proxy = {via_forward.rps / via_nginx.rps:.2f}")
     if profile_path:
         pstats.Stats(profile_path).sort_stats("tottime").print_stats(25)
+    document = {"connections": args.connections, "duration_s": args.duration, "http": args.http,
+                "systems": {name: {"rps": round(r.rps, 1), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+                            for name, r in rows},
+                "ratio_vs_nginx_direct": round(via_forward.rps / direct.rps, 3),
+                "ratio_vs_nginx_proxy": round(via_forward.rps / via_nginx.rps, 3)}
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    from benchmarks import plots
+
+    plots.write("forward_micro", document, args.json)
     return 0
 
 

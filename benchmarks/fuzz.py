@@ -213,6 +213,7 @@ class Reporter:
         self.started = time.monotonic()
         self.warm_rss: float | None = None
         self.peak_rss = 0.0
+        self.history: list[tuple[float, int, float]] = []  # (seconds, inputs, RSS MB) at each report
 
     def tick(self) -> None:
         self.count += 1
@@ -230,8 +231,14 @@ class Reporter:
             "rss_growth_after_warmup_mb": None if self.warm_rss is None else round(rss - self.warm_rss, 1),
             "crashes": 0,
         }
+        self.history.append((round(elapsed, 2), self.count, round(rss, 1)))
+        report["history"] = self.history
         if self.path:
             Path(self.path).write_text(json.dumps(report))
+        if self.count == self.runs:  # libFuzzer exits after the last input: the PNG goes with the last report
+            from benchmarks import plots
+
+            plots.write("fuzz", report, self.path)
         print(f"fuzz {self.target}: {self.count} inputs, {report['inputs_per_s']}/s, RSS {rss:.1f} MB",
               file=sys.stderr, flush=True)
 

@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)
+    from benchmarks import plots
+
+    plots.write("placement", result, args.json)
     return 0
 
 

@@ -219,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+    from benchmarks import plots
+
+    plots.write("policy_micro", result, args.json)
     if args.check and largest == 10_000 and not within:
         return 1
     return 0

@@ -127,15 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     table = asyncio.run(main_async(args.runs))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
-        from benchmarks import plots
+    from benchmarks import plots
 
-        # Median requests the slow pod served, per setting (groups) and policy (bars).
-        groups = {label: {policy: sorted(runs)[len(runs) // 2] for policy, runs in by_policy.items()}
-                  for label, by_policy in table.items()}  # fmt: skip
-        png = plots.bars(plots.beside(args.json, "slow-pod"), groups, ylabel="requests the slow pod served",
-                         title="requests sent to the slow pod (of 150 per replica; lower is better)")
-        if png is not None:
-            print(f"wrote {png}")
+    plots.write("policy_share", table, args.json)
     return 0
 
 

@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections import deque
+from pathlib import Path
 
 from katyusha.sim.clock import Environment
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sim_clock", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=300_000)
+    parser.add_argument("--json", metavar="PATH", help="write the report here too (and its PNG beside it)")
     args = parser.parse_args(argv)
     rate, service = 50.0, 0.01
     ours = with_clock(args.requests, rate, service, 1)
@@ -109,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"  simpy:              {peer[0]:.2f} s, {args.requests / peer[0]:,.0f} req/s, "
                          f"mean wait {peer[1] * 1e3:.3f} ms  (clock is {peer[0] / ours[0]:.1f}x faster)\n")
     sys.stdout.write(json.dumps(report) + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks import plots
+
+    plots.write("sim_clock", report, args.json)
     return 0
 
 

@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{row['wall_s']:7.2f} s, {row['requests_per_s']:>7,} req/s\n")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks import plots
+
+    plots.write("sim_scale", report, args.json)
     return 0
 
 

@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     print("coldstart: not compared (benchmarks.coldstart against the simulator is not done)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    from benchmarks import plots
+
+    plots.write("sim_vs_live", report, args.json)
     return 0
 
 

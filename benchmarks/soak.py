@@ -163,8 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     })
     for key, value in result.items():
         print(f"{key:28} {value}")
+    result["over_time"] = {"t": [round(s[0], 1) for s in samples], "rss_mb": [round(s[1], 1) for s in samples],
+                           "fds": [s[2] for s in samples]}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    from benchmarks import plots
+
+    plots.write("soak", result, args.json)
     return 0 if result["rss_ok"] and result["fds_back_to_idle"] and not result["errors"] else 1
 
 

@@ -256,9 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmedian over scenarios of p99 / the better peer model's p99, per split:")
     for split, by_setting in summary.items():
         print(f"  {split:8s} " + "  ".join(f"{k}: {v:.2f}" for k, v in by_setting.items()))
+    document = {"load": args.load, "seconds": args.seconds, "seeds": args.seeds,
+                "scenarios": table, "median_ratio_to_best": summary}
     if args.json:
-        Path(args.json).write_text(json.dumps({"load": args.load, "seconds": args.seconds, "seeds": args.seeds,
-                                               "scenarios": table, "median_ratio_to_best": summary}, indent=2))
+        Path(args.json).write_text(json.dumps(document, indent=2))
+    from benchmarks import plots
+
+    plots.write("tail_model", document, args.json)
     return 0
 
 

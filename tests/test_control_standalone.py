@@ -135,6 +135,9 @@ def test_attached_control_plane_fills_the_set_and_moves_a_pod_with_no_failed_req
     control = attached.control.admin
     with urllib.request.urlopen(control + "/healthz", timeout=5) as response:
         assert response.read() == b"ok\n"
+    assert f"dashboard: {control}/dashboard\n" in attached.control.output
+    with urllib.request.urlopen(control + "/dashboard", timeout=5) as response:
+        assert response.headers["content-type"].startswith("text/html")
     rows = {r["name"]: r for r in get_json(attached.katyusha.admin + "/pods")["pods"]}
     assert rows["pod-2"]["concurrency"] == 4 and rows["pod-2"]["url"] == attached.nonnas[1].url
 

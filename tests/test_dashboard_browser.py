@@ -166,6 +166,14 @@ def test_rate_and_latency_change_under_load_within_3s(fleet, browser):
                    and float(page.inner_text("[data-testid=rps]").replace("–", "0")) > 0
                    and page.inner_text("[data-testid=p99]") != "–", 3.0, "rps and p99 under load")  # fmt: skip
         assert time.monotonic() - started <= 3.5
+        # Each pod's own p50/p99 (its real request latencies), as figures and as a line per pod with units.
+        _wait_page(page, lambda: all(page.inner_text(f"section.service tr[data-pod='{pod}'] .{q}") != "–"
+                                     for pod in ("pod-1", "pod-2", "pod-3") for q in ("p50", "p99")),
+                   3.0, "every pod's p50 and p99 under load")  # fmt: skip
+        for title in ("p99 latency by pod", "p50 latency by pod"):
+            chart = page.locator(f"svg[aria-label='{title}']").first
+            assert chart.locator("path").count() == 3, title
+            assert " ms" in chart.text_content() and "-60 s" in chart.text_content()
         first = page.inner_text("[data-testid=requests]")
         page.wait_for_timeout(1500)
         assert page.inner_text("[data-testid=requests]") != first, "the total stopped moving under load"

@@ -9,7 +9,8 @@ the processes file says where its processes answer (katyusha.control.processes;
 a fleet's state file is one). The control plane then keeps katyusha's pod
 sets in step with pod states, autoscales when the fleet file says so, and
 serves its admin API (katyusha.control.api) for ``katyusha fleet status|pod
---control URL``. It prints one ready line on stderr
+--control URL``. It prints its dashboard's URL
+(``dashboard: URL/dashboard``) and one ready line on stderr
 (``katyusha-control ready data=URL admin=URL pid=N``; both URLs are the
 admin port) and stops on SIGTERM or SIGINT, leaving every pod where it is.
 """
@@ -105,6 +106,7 @@ async def _run(plane) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await plane.start()
+        sys.stderr.write(f"dashboard: {plane.admin_url}/dashboard\n")
         sys.stderr.write(f"{ROLE} ready data={plane.admin_url} admin={plane.admin_url} pid={os.getpid()}\n")
         sys.stderr.flush()
         await stop.wait()

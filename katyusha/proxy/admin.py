@@ -17,6 +17,7 @@ naming it when unknown)::
     GET    /trace               the last trace-picks picks (all services without service=)
     GET    /dashboard           the live dashboard page (HTML, katyusha.dashboard)
     GET    /dashboard/data      what the page polls: per service rps, p50/p99, queue, pods (one with service=)
+    GET    /dashboard/raw       this process's services now and their per-second points after since= (for worker 0)
 
 With ``admin-token`` set, PUT, POST and DELETE need ``Authorization: Bearer
 <token>`` (401 otherwise, katyusha.admintoken); reads stay open.
@@ -149,6 +150,13 @@ class AdminApp:
         elif path == "/dashboard/data" and method == "GET" and self.dashboard is not None:
             only = None if selected is None else self.membership.service(selected).name  # 404 when unknown
             await respond_json(send, 200, self.dashboard.data(only))
+        elif path == "/dashboard/raw" and method == "GET" and self.dashboard is not None:
+            since = query.get("since", [None])[-1]
+            try:
+                since = None if since is None else float(since)
+            except ValueError:
+                raise BadInput(f"since must be a time in seconds, got {since!r}") from None
+            await respond_json(send, 200, self.dashboard.raw(None, since))
         elif path == "/pods":
             await self._pods(scope, receive, send, method, selected)
         elif path.startswith("/pods/"):

@@ -138,7 +138,7 @@ class _Head:
                 raise UpstreamError("the pod's app closed its connection before answering (Nonna-Error: "
                                 "upstream-failed)", origin=handle.entry.url, retryable=True)
         feedback = parse_feedback(headers) if self.uses_feedback else None
-        self.stats.upstream_latency.observe(handle.on_head(self.loop.time(), feedback, status, pod_error))
+        self.stats.upstream(handle.entry.name, handle.on_head(self.loop.time(), feedback, status, pod_error))
         out = []
         has_id = False
         keep_nonna = self.keep_nonna

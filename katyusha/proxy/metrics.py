@@ -19,6 +19,8 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
+from katyusha.dashboard.samples import sketch_index
+
 # Seconds; spans a 1 ms hop to a cold start.
 LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -60,7 +62,23 @@ class ProxyStats:
         self.retries = 0
         self.l1_wait = Histogram()
         self.upstream_latency = Histogram()
+        # Latencies per pod since the dashboard's last sample (katyusha.dashboard.samples sketches).
+        self.recent_latency: dict[str, dict[int, int]] = {}
         self.demand_posts = 0
+
+    def upstream(self, pod: str, seconds: float) -> None:
+        """A pod's response head arrived ``seconds`` after dispatch."""
+        self.upstream_latency.observe(seconds)
+        sketch = self.recent_latency.get(pod)
+        if sketch is None:
+            sketch = self.recent_latency[pod] = {}
+        index = sketch_index(seconds)
+        sketch[index] = sketch.get(index, 0) + 1
+
+    def take_recent_latency(self) -> dict[str, dict[int, int]]:
+        """The per-pod latency sketches since the last call, which starts new ones."""
+        taken, self.recent_latency = self.recent_latency, {}
+        return taken
 
     def response(self, status: int, pod: str) -> None:
         key = (status, pod)

@@ -13,7 +13,9 @@ load table and policy; worker 0's admin fans changes out and gathers views:
   per service too;
 * ``GET /trace`` merges every worker's picks (each marked with its ``worker``);
   ``GET /services`` is worker 0's, with every worker's under ``workers``;
-* ``GET /metrics`` is every worker's metrics with a ``worker`` label.
+* ``GET /metrics`` is every worker's metrics with a ``worker`` label;
+* ``GET /dashboard/data`` is every worker's services as one katyusha: counts, rates, in flight and the
+  L1 queue summed, p50/p99 from the summed latency sketches (katyusha.dashboard.view).
 
 SIGTERM to worker 0 stops the others; a worker whose parent died stops itself.
 """
@@ -26,6 +28,7 @@ import json
 import os
 import signal
 import sys
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -33,6 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from katyusha import serving
+from katyusha.dashboard.view import Group
 from katyusha.http import PoolSet, UpstreamError
 from katyusha.proxy.admin import METRICS_TYPE, AdminApp
 from katyusha.proxy.asgi import read_body, respond, respond_json
@@ -164,6 +168,7 @@ class FanOutAdmin:
         self.peers = peers
         self.pools = pools
         self.timeout = timeout
+        self._group: Group | None = None  # the dashboard's copy of every worker's points
 
     async def _peer(self, url: str, method: bytes, target: bytes, body: bytes | None = None,
                     auth: list | None = None):
@@ -207,6 +212,28 @@ class FanOutAdmin:
             *(self._peer(url, method, target, body or None, auth) for url in self.peers),
         )
         return [(status, _json(data)) for status, data in results]
+
+    async def _dashboard(self, scope) -> tuple[int, dict]:
+        """``/dashboard/data`` of every worker as one katyusha (katyusha.dashboard.view.Group)."""
+        if self._group is None:
+            self._group = Group(1 + len(self.peers))
+        group = self._group
+        only = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("service", [None])[-1]
+
+        def target(worker: int) -> bytes:
+            since = group.since(worker)
+            return b"/dashboard/raw" + (b"" if since is None else f"?since={since!r}".encode())
+
+        local = {**scope, "path": "/dashboard/raw", "raw_path": b"/dashboard/raw",
+                 "query_string": target(0).partition(b"?")[2]}
+        results = await asyncio.gather(
+            self._local(local), *(self._peer(url, b"GET", target(index)) for index, url in enumerate(self.peers, 1)))
+        if results[0][0] != 200:
+            return results[0][0], _json(results[0][1])
+        raws = [_json(body) if status == 200 else None for status, body in results]
+        if only is not None and only not in {s["name"] for s in raws[0].get("services", [])}:
+            return 404, {"error": f"no service {only!r}"}
+        return 200, group.data(raws, only)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.peers:
@@ -254,6 +281,9 @@ class FanOutAdmin:
                 first = {**first, "picks": sorted(picks, key=lambda pick: pick["at"])}
             await respond_json(send, status, {**first, "workers": [r[1] for r in results]}
                                if path == "/services" else first)
+        elif path == "/dashboard/data" and method == "GET" and self.local.dashboard is not None:
+            status, doc = await self._dashboard(scope)
+            await respond_json(send, status, doc)
         elif path == "/metrics" and method == "GET":
             texts = [self.local.registry]
             peers = await asyncio.gather(
