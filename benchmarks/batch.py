@@ -62,6 +62,10 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.checkout import use_tests
+
+use_tests()  # tests.procs and friends, from any working folder
+
 ROWS = 14_640  # the seed's demo: Twitter US airline sentiment
 FLEET_FILE = Path(__file__).resolve().parent.parent / "examples" / "sentiment-fleet.yaml"
 # (name, max-in-flight, chaos: a pod and the driver SIGKILLed mid-run, max-scale: None for the file's).

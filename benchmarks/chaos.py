@@ -55,6 +55,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import loadgen
+from benchmarks.checkout import use_tests
+
+use_tests()  # tests.procs and friends, from any working folder
 
 PODS = 4
 CONCURRENCY = 2

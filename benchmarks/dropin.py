@@ -35,6 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks import loadgen, peers
+from benchmarks.checkout import child_env, use_tests
+
+use_tests()  # tests.procs and friends, from any working folder
 
 MEAN_SERVICE_S = 0.020
 SPEEDS = (1.0, 1.0, 1.0, 0.25)
@@ -58,7 +61,7 @@ def apps() -> Iterator[list]:
             mean_ms = MEAN_SERVICE_S * 1000 / speed
             started.append(Proc([sys.executable, "-m", "tests.plain_app", "--name", f"app-{i}",
                                  "--service-time", f"exp:{mean_ms:g}ms", "--concurrency", "1",
-                                 "--seed", str(i + 1)]))
+                                 "--seed", str(i + 1)], env=child_env()))
         yield started
     finally:
         for proc in started:

@@ -35,6 +35,9 @@ from heapq import heapify, heappop, heappush
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.loadtable import LoadTable, PodEntry
 
+# Never equal to a time: a position whose due time was never worked out.
+_NEVER = object()
+
 
 class Groups:
     """Positions grouped by key, each group sorted; the lowest key found in amortised O(1)."""
@@ -125,6 +128,10 @@ class _Index:
         self._position: dict[PodEntry, int] = {}
         self._due: list[tuple[float, int]] = []  # heap of (when to re-key, position)
         self._due_at: list[float] = []  # per position: its live entry in _due, or inf
+        # Per position: the report and failure times its due time was last worked out
+        # from; an event that changed neither (a dispatch, an end) leaves it as it was.
+        self._seen_report: list = []
+        self._seen_failed: list = []
         # Picks that found a pod whose key had changed unannounced (see Lowest).
         self.repairs = 0
 
@@ -142,6 +149,8 @@ class _Index:
             self._dirty.clear()
             self._due = []
             self._due_at = [math.inf] * len(ready)
+            self._seen_report = [_NEVER] * len(ready)
+            self._seen_failed = [_NEVER] * len(ready)
             self._rebuild(ready, now)
         else:
             dirty = self._dirty
@@ -157,10 +166,20 @@ class _Index:
                 when, position = heappop(due)
                 if self._due_at[position] == when:
                     self._due_at[position] = math.inf
+                    self._seen_report[position] = _NEVER  # work its next due time out
                     self._rekey(position, ready[position], now)
         self._now = now
 
     def _schedule(self, position: int, entry: PodEntry, now: float) -> None:
+        # The due time depends on the report's and the last failure's times only
+        # (LoadTable.load_changes_at); with neither changed, the one pending stands,
+        # and with none pending none is ahead (now only moves forward here).
+        reported_at = entry.reported_at
+        failed_at = entry.failed_at
+        if reported_at == self._seen_report[position] and failed_at == self._seen_failed[position]:
+            return
+        self._seen_report[position] = reported_at
+        self._seen_failed[position] = failed_at
         when = self.table.load_changes_at(entry, now)
         if when <= now:
             # Not changed yet at its due time (rounding): look again just after now.

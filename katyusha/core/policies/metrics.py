@@ -108,9 +108,11 @@ class SpeedWeightedLoad(Load):
         stale_after = table.stale_after_s
         known = []
         weighed = []
+        memory = SPEED_MEMORY_S
+        # _speed inlined: this loop visits every ready pod.
         for entry in table.ready():
-            speed = _speed(entry, now)
-            if speed is None:
+            speed = entry.idle_latency_ms
+            if speed is None or now - entry.idle_latency_at > memory:
                 continue
             known.append(speed)
             reported_at = entry.reported_at

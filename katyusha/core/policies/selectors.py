@@ -149,14 +149,20 @@ class Lowest:
                 if found is None:
                     break
                 ties, value = found
-                if len(ties) > 1:
-                    tied = [ready[p] for p in ties]
-                    if order is not None:
-                        tied.sort(key=order.__getitem__)
-                    chosen = tied[self.rng.randrange(len(tied))]
-                else:
-                    tied = None
+                tied = None
+                if len(ties) == 1:
                     chosen = ready[ties[0]]
+                elif order is None:
+                    chosen = ready[ties[self.rng.randrange(len(ties))]]
+                else:
+                    # The draw's pod is the tied one at that rank in candidates'
+                    # order: their places, sorted as ints (no key function, no pod list).
+                    places = sorted(map(order.__getitem__, map(ready.__getitem__, ties)))
+                    chosen = candidates[places[self.rng.randrange(len(places))]]
+                    if trace is not None:
+                        tied = [candidates[place] for place in places]
+                if trace is not None and tied is None and len(ties) > 1:
+                    tied = [ready[p] for p in ties]
                 if self.metric.load(chosen, now) != value:
                     index.repairs += 1
                     index.touch(chosen)
