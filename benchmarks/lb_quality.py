@@ -276,14 +276,18 @@ def peer_replicas(pods: list[Pod], kind: str, balance: str, replicas: int,
 
 def systems(pods: list[Pod], scenario: Scenario, only: list[str] | None = None,
             policies: tuple[str, ...] = KATYUSHA_POLICIES, extra: tuple[str, ...] = (),
-            hedge_policy: str | None = None):
+            hedge_policy: str | None = None, variants: dict[str, tuple[str, ...]] | None = None):
     """(name, context manager factory) of every system, katyusha's policies and peers interleaved.
 
     ``hedge_policy``: also that katyusha policy with hedging on (``katyusha P hedge``).
+    ``variants``: also the first policy with more arguments (``katyusha P NAME``), for A/B runs.
     """
     replicas = scenario.replicas
     ours = [(f"katyusha {policy}", lambda p=policy: katyusha_replicas(pods, p, replicas, extra))
             for policy in policies]
+    for label, args in (variants or {}).items():
+        ours.append((f"katyusha {policies[0]} {label}", lambda a=args: katyusha_replicas(
+            pods, policies[0], replicas, (*extra, *a))))
     if hedge_policy is not None:
         ours.append((f"katyusha {hedge_policy} hedge", lambda: katyusha_replicas(
             pods, hedge_policy, replicas, (*extra, "--hedge", "true"))))
@@ -461,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--katyusha-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every `katyusha serve` (repeatable, e.g. "
                              "--katyusha-arg=--pod-capacity-factor=2)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="also the default policy with these `katyusha serve` arguments (space-separated), "
+                             "named NAME, with its own ratios in `variants` (repeatable; e.g. "
+                             "--variant 'extra1=--pod-capacity-extra 1')")
     parser.add_argument("--no-hedge", action="store_true", help="do not run katyusha with hedging on")
     parser.add_argument("--hedge-all", action="store_true",
                         help=f"run katyusha with hedging on in every scenario (default: {HEDGE_SCENARIO} only)")
@@ -481,6 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     policies = tuple(args.policy or (default_policy,))
     if default_policy not in policies:
         policies = (default_policy, *policies)
+    else:
+        policies = (default_policy, *(p for p in policies if p != default_policy))
+    variants = {}
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        if not label or not rest:
+            parser.error(f"--variant wants NAME=ARGS, got {spec!r}")
+        variants[label] = tuple(rest.split())
+    variant_ratios: dict = {label: {} for label in variants}
     duration = args.duration or (3.0 if args.quick else 10.0)
     repeats = args.repeats or (2 if args.quick else 5)
     loads = args.load or ((0.9,) if args.quick else (0.7, 0.9))
@@ -504,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         hedge_policy = (default_policy if (scenario.name == HEDGE_SCENARIO or args.hedge_all)
                         and not args.no_hedge else None)
         with fleet(scenario) as pods:
-            chosen = systems(pods, scenario, args.system, policies, tuple(args.katyusha_arg), hedge_policy)
+            chosen = systems(pods, scenario, args.system, policies, tuple(args.katyusha_arg), hedge_policy,
+                             variants)
             for load in loads:
                 rate = scenario.capacity_rps * load
                 key = f"{int(load * 100)}%"
@@ -532,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = compare(entry, runs, f"katyusha {default_policy}")
                     if ratio is not None:
                         ratios[scenario.name] = {**ratio, "split": scenario.split}
+                    for label in variants:
+                        vratio = compare(entry, runs, f"katyusha {default_policy} {label}")
+                        if vratio is not None:
+                            variant_ratios[label][scenario.name] = {**vratio, "split": scenario.split}
                     if hedge_policy is not None:
                         hedged = f"katyusha {hedge_policy} hedge"
                         if hedged in entry["systems"]:
@@ -552,6 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:14s} ({r['split']:7s}) p99 katyusha {r['katyusha_ms']:.1f} ms / best peer "
               f"({r['best_peer']}) {r['best_peer_ms']:.1f} ms = {r['ratio']:.2f} "
               f"(95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})")
+    for label, by_scenario in variant_ratios.items():
+        for name, r in by_scenario.items():
+            print(f"{name:14s} ({r['split']:7s}) p99 katyusha {label} {r['katyusha_ms']:.1f} ms / best peer "
+                  f"{r['best_peer_ms']:.1f} ms = {r['ratio']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})")
     heldout = [r["ratio"] for r in ratios.values() if r["split"] == "heldout"]
     tune = [r["ratio"] for r in ratios.values() if r["split"] == "tune"]
     heldout_median = round(statistics.median(heldout), 3) if heldout else None
@@ -573,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_median_ratio": heldout_median,
         "tune_median_ratio": round(statistics.median(tune), 3) if tune else None,
         "hedging": hedging,
+        "variants": {label: {"args": list(variants[label]), "p99_ratio_vs_best_peer": by_scenario}
+                     for label, by_scenario in variant_ratios.items()},
         "every_policy_p99_ratio": {name: every_policy_ratio(by_load) for name, by_load in figures.items()},
         "png": pngs,
         "quick": args.quick,

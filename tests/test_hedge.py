@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from katyusha.core.errors import ConfigError
-from katyusha.core.hedge import HedgeBudget, HedgeSettings, LatencySketch, is_hedgeable
+from katyusha.core.hedge import (
+    HEDGE_BODY_LIMIT,
+    HedgeBudget,
+    HedgeSettings,
+    LatencySketch,
+    is_hedgeable,
+)
 from katyusha.core.membership import PodChange, PodSpec
 from katyusha.core.service import ServiceBalancer, ServiceSettings
 
@@ -28,10 +34,13 @@ def in_flight(balancer: ServiceBalancer) -> dict[str, int]:
     return {entry.name: entry.in_flight for entry in balancer.table.pods()}
 
 
-def test_only_idempotent_requests_without_a_body_are_hedgeable():
+def test_only_idempotent_requests_without_a_body_or_with_a_small_known_one_are_hedgeable():
     assert is_hedgeable("GET", False) and is_hedgeable("HEAD", False) and is_hedgeable("DELETE", False)
     assert not is_hedgeable("POST", False) and not is_hedgeable("PATCH", False)
-    assert not is_hedgeable("GET", True) and not is_hedgeable("PUT", True)
+    # A body of unknown length (chunked) is never hedged; a known small one is.
+    assert not is_hedgeable("GET", True) and not is_hedgeable("PUT", None)
+    assert is_hedgeable("PUT", 1024) and is_hedgeable("PUT", HEDGE_BODY_LIMIT)
+    assert not is_hedgeable("PUT", HEDGE_BODY_LIMIT + 1) and not is_hedgeable("POST", 10)
 
 
 def test_the_delay_is_the_set_time_or_the_recent_p95_once_known():

@@ -359,14 +359,15 @@ class ServiceBalancer:
             admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
 
-    def hedge_delay(self, method: str, has_body: bool) -> float | None:
+    def hedge_delay(self, method: str, body: bool | int | None) -> float | None:
         """Seconds after which a request of this kind is hedged (:meth:`hedge`); None: never.
 
+        ``body``: the request body's length (0: none; None or True: unknown).
         None while hedging is off, for a method that is not idempotent or a
-        request with a body, and (delay ``auto``) until the service's latencies
-        are known.
+        body that is not known to be small (:func:`katyusha.core.hedge.is_hedgeable`),
+        and (delay ``auto``) until the service's latencies are known.
         """
-        return self.hedger.delay(method, has_body)
+        return self.hedger.delay(method, body)
 
     def hedge(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """A second try of the ticket's open try, on another pod, if one is affordable now.
