@@ -406,6 +406,35 @@ def every_policy_ratio(by_load: dict) -> dict:
     return out
 
 
+def merge(paths: list[str]) -> dict:
+    """Pool the runs of several ``--raw`` files: per scenario and load, each system's pooled
+    p99/p99.9 and, for every katyusha system, its p99 and p99.9 ratios to the best peer (95% CI)."""
+    pooled_raw: dict = {}
+    for path in paths:
+        for scenario, by_load in json.loads(Path(path).read_text()).items():
+            for load, data in by_load.items():
+                into = pooled_raw.setdefault(scenario, {}).setdefault(
+                    load, {"split": data["split"], "rate": data["rate"], "runs": {}, "rows": {}})
+                for name, system_runs in data["runs"].items():
+                    into["runs"].setdefault(name, []).extend(system_runs)
+                    into["rows"].setdefault(name, []).extend(data["rows"][name])
+    out: dict = {}
+    for scenario, by_load in pooled_raw.items():
+        for load, data in by_load.items():
+            entry = {"systems": summarise(data["runs"], data["rows"])}
+            cell = {"split": data["split"], "rate": data["rate"],
+                    "systems": {k: {f: v[f] for f in ("runs", "p50_ms", "p99_ms", "p99_ci95", "p999_ms",
+                                                       "errors", "pod_requests_per_request")}
+                                for k, v in entry["systems"].items()},
+                    "ratios": {}}
+            for name in data["runs"]:
+                if name.startswith("katyusha"):
+                    cell["ratios"][name] = {"p99": compare(entry, data["runs"], name),
+                                            "p999": compare(entry, data["runs"], name, 0.999)}
+            out.setdefault(scenario, {})[load] = cell
+    return out
+
+
 def plot(latencies: dict, out_dir: Path) -> list[str]:
     """One latency-CDF PNG per scenario (a panel per load, every run of a system pooled), through benchmarks.plots."""
     from benchmarks import plots
@@ -474,9 +503,18 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"run katyusha with hedging on in every scenario (default: {HEDGE_SCENARIO} only)")
     parser.add_argument("--load", action="append", type=float,
                         help="share of capacity to run at (repeatable; default 0.7 and 0.9, quick 0.9)")
+    parser.add_argument("--raw", metavar="PATH",
+                        help="also write every run's latencies and summary here (after each scenario), "
+                             "for --merge")
+    parser.add_argument("--merge", metavar="RAW", nargs="+",
+                        help="pool the runs of earlier --raw files (the same systems run more rounds), "
+                             "print the pooled p99s and ratios with their intervals as JSON, and exit")
     parser.add_argument("--markdown-from", metavar="JSON",
                         help="print the tables of an earlier run's JSON as Markdown, and exit")
     args = parser.parse_args(argv)
+    if args.merge:
+        print(json.dumps(merge(args.merge), indent=2))
+        return 0
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return 0
@@ -511,6 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict = {}
     progress = bar(None, "lb_quality", "run")
     hedging: dict = {}
+    raw: dict = {}
     for scenario in named + drawn:
         if args.scenario and scenario.name not in args.scenario:
             continue
@@ -544,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
                 entry = {"rate": round(rate, 1), "describe": scenario.describe(), "split": scenario.split,
                          "systems": summarise(runs, rows)}
+                raw.setdefault(scenario.name, {})[key] = {
+                    "split": scenario.split, "rate": round(rate, 1), "describe": scenario.describe(),
+                    "runs": runs, "rows": rows}
+                if args.raw:
+                    Path(args.raw).write_text(json.dumps(raw) + "\n")
                 figures[scenario.name][key] = entry
                 latencies[scenario.name][key] = runs
                 if key == "90%" or len(loads) == 1:
