@@ -216,3 +216,39 @@ def test_pod_capacity_extra_lets_a_pod_hold_requests_beyond_its_concurrency():
         PodSpec("pod-1", "http://127.0.0.1:9001", "node-1", None, 4))), 0.0)
     assert {e.name: c for e, c in balancer.capacity.caps.items()} == {"pod-0": 2, "pod-1": 5}
     assert balancer.queue.limit == 7
+
+
+def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
+    balancer = ServiceBalancer(ServiceSettings(capacity_extra=1), rng=random.Random(1))
+    balancer.change_pods(PodChange(upsert=tuple(
+        PodSpec(f"pod-{i}", f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i in range(4))), 0.0)
+    capacity = balancer.capacity
+    entries = {e.name: e for e in balancer.table.pods()}
+    for name, entry in entries.items():
+        entry.app_ewma_ms = 80.0 if name == "pod-0" else 20.0  # pod-0 four times slower
+    slow = entries["pod-0"]
+    # Requests end on every pod: pod-0 is classed slow, held to one request (no extra).
+    for _ in range(2):
+        for entry in entries.values():
+            entry.in_flight += 1
+            capacity.started(entry)
+            entry.in_flight -= 1
+            capacity.ended(entry)
+    assert capacity.slow == {slow}
+    slow.in_flight = 1
+    capacity.started(slow)
+    assert slow in capacity.full and slow not in capacity.open
+    fast = entries["pod-1"]
+    fast.in_flight = 1
+    capacity.started(fast)
+    assert fast not in capacity.full  # a fast pod keeps its extra slot
+    # pod-0 turns fast again: its next end gives the extra back.
+    slow.app_ewma_ms = 20.0
+    slow.in_flight = 0
+    capacity.ended(slow)
+    assert capacity.slow == set() and slow not in capacity.full and slow in capacity.open
+    slow.in_flight = 1
+    capacity.started(slow)
+    assert slow not in capacity.full
+    assert sorted(capacity.open, key=lambda e: e.name) == sorted(
+        (e for e in entries.values() if e not in capacity.full), key=lambda e: e.name)
