@@ -228,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-ms", type=float, default=WIRE_S * 1000,
                         help="one-way delay between katyusha and a pod, proxy work included (default 0.5)")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--only", action="append", metavar="SETTING",
+                        help="run only these settings (repeatable; the peer models always run), e.g. 'jsq cap1+1'")
     parser.add_argument("--hedging", action="store_true",
                         help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
     args = parser.parse_args(argv)
@@ -235,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.hedging:
         return hedging(args.seconds, args.seeds)
     fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
+    chosen = [s for s in SETTINGS if not args.only or s.name in args.only or s.name.startswith("peer")]
     table: dict = {}
     for scenario in fleets:
         table[scenario.name] = {"split": scenario.split}
-        for setting in SETTINGS:
+        for setting in chosen:
             runs = [simulate(scenario, setting, load=args.load, seconds=args.seconds, seed=seed)
                     for seed in range(1, args.seeds + 1)]
             table[scenario.name][setting.name] = {
@@ -248,15 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             }
         row = table[scenario.name]
         print(f"{scenario.name:14s} {scenario.split:8s} " + "  ".join(
-            f"{s.name}: {row[s.name]['p99_ms']:.0f}" for s in SETTINGS), flush=True)
+            f"{s.name}: {row[s.name]['p99_ms']:.0f}" for s in chosen), flush=True)
     summary = {}
-    peer_names = [s.name for s in SETTINGS if s.name.startswith("peer")]
+    peer_names = [s.name for s in chosen if s.name.startswith("peer")]
     for split in ("named", "tune", "heldout"):
         names = [n for n, row in table.items() if row["split"] == split]
         if not names:
             continue
         summary[split] = {}
-        for setting in SETTINGS:
+        for setting in chosen:
             ratios = [table[n][setting.name]["p99_ms"] / min(table[n][p]["p99_ms"] for p in peer_names)
                       for n in names]
             summary[split][setting.name] = round(statistics.median(ratios), 3)
