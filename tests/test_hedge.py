@@ -45,9 +45,12 @@ def test_only_idempotent_requests_without_a_body_or_with_a_small_known_one_are_h
 
 def test_the_delay_is_the_set_time_or_the_recent_p95_once_known():
     assert service(enabled=False).hedge_delay("GET", False) is None
-    assert service(delay=0.05).hedge_delay("GET", False) == 0.05
-    assert service(delay=0.05).hedge_delay("POST", False) is None
-    auto = service(min_samples=10, window=100)
+    s = service(delay=0.05, budget=1.0)
+    s.offer(0.0)  # earns the budget's first token
+    assert s.hedge_delay("GET", False) == 0.05
+    assert s.hedge_delay("POST", False) is None
+    auto = service(min_samples=10, window=100, budget=1.0)
+    auto.offer(0.0)
     assert auto.hedge_delay("GET", False) is None  # nothing seen yet: no hedge
     for i in range(100):
         auto.hedger.observe((i + 1) / 1000.0)  # 1..100 ms
@@ -252,3 +255,19 @@ def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
     assert slow not in capacity.full
     assert sorted(capacity.open, key=lambda e: e.name) == sorted(
         (e for e in entries.values() if e not in capacity.full), key=lambda e: e.name)
+
+
+def test_no_hedge_is_armed_while_one_would_not_be_affordable():
+    # Two pods of concurrency 1, budget 100%: armed while a pod is free, not once both are busy.
+    s = service(pods=2, concurrency=1, delay=0.01, budget=1.0)
+    t1 = s.offer(0.0)
+    s.dispatch(t1, 0.0)
+    assert s.hedge_delay("GET", False) == 0.01
+    t2 = s.offer(0.0)
+    s.dispatch(t2, 0.0)
+    assert s.hedge_delay("GET", False) is None
+    # Out of budget (5%: no token yet after two requests): not armed either, and nothing was counted.
+    poor = service(pods=3, delay=0.01, budget=0.05)
+    poor.dispatch(poor.offer(0.0), 0.0)
+    assert poor.hedge_delay("GET", False) is None
+    assert poor.hedger.skipped_busy == 0 and poor.hedger.budget.refused == 0

@@ -177,6 +177,17 @@ class Hedger:
         if self.enabled:
             self.sketch.add(latency)
 
+    def may_afford(self, waiting: int, active: int, limit: int | None) -> bool:
+        """Whether a hedge would be affordable now (:meth:`affordable`), counting and spending nothing.
+
+        A request dispatched while this is False is not armed for a hedge, so
+        a service at capacity or out of budget pays nothing for hedging
+        (the proxy then serves it on its fast path, with no timer task).
+        """
+        if waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit):
+            return False
+        return self.budget.tokens >= 1.0
+
     def affordable(self, waiting: int, active: int, limit: int | None) -> bool:
         """Whether the service may send a hedge now: not near capacity, and the budget has a token."""
         if waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit):
