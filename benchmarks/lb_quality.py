@@ -406,9 +406,10 @@ def every_policy_ratio(by_load: dict) -> dict:
     return out
 
 
-def merge(paths: list[str]) -> dict:
+def merge(paths: list[str], png_dir: str | None = None) -> dict:
     """Pool the runs of several ``--raw`` files: per scenario and load, each system's pooled
-    p99/p99.9 and, for every katyusha system, its p99 and p99.9 ratios to the best peer (95% CI)."""
+    p99/p99.9 and, for every katyusha system, its p99 and p99.9 ratios to the best peer (95% CI).
+    With ``png_dir``, the pooled runs' CDF plots too (as a run writes them)."""
     pooled_raw: dict = {}
     for path in paths:
         for scenario, by_load in json.loads(Path(path).read_text()).items():
@@ -432,6 +433,9 @@ def merge(paths: list[str]) -> dict:
                     cell["ratios"][name] = {"p99": compare(entry, data["runs"], name),
                                             "p999": compare(entry, data["runs"], name, 0.999)}
             out.setdefault(scenario, {})[load] = cell
+    if png_dir:
+        out["png"] = plot({scenario: {load: data["runs"] for load, data in by_load.items()}
+                           for scenario, by_load in pooled_raw.items()}, Path(png_dir))
     return out
 
 
@@ -479,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="short runs: 2 repeats of 3 s at 90%% load, 4 named scenarios, 2 drawn")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--png", metavar="DIR", default="bench-results")
+    parser.add_argument("--png", metavar="DIR", help="where the CDF plots go (default bench-results; "
+                                                           "with --merge: none unless given)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10, quick 3)")
     parser.add_argument("--repeats", type=int, help="runs per system at each load (default 5, quick 2)")
     parser.add_argument("--drawn", type=int, help="scenarios drawn for the tune/held-out sets "
@@ -513,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the tables of an earlier run's JSON as Markdown, and exit")
     args = parser.parse_args(argv)
     if args.merge:
-        print(json.dumps(merge(args.merge), indent=2))
+        print(json.dumps(merge(args.merge, args.png), indent=2))
         return 0
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
@@ -612,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                                     - 1, 4) if f"katyusha {default_policy}" in entry["systems"] else None,
                             }
     progress.close()
-    pngs = plot(latencies, Path(args.png))
+    pngs = plot(latencies, Path(args.png or "bench-results"))
     print(f"\ndefault policy: {default_policy}; {repeats} runs of {duration:g} s per system and load")
     for name, r in ratios.items():
         print(f"{name:14s} ({r['split']:7s}) p99 katyusha {r['katyusha_ms']:.1f} ms / best peer "
