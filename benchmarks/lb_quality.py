@@ -276,14 +276,18 @@ def peer_replicas(pods: list[Pod], kind: str, balance: str, replicas: int,
 
 def systems(pods: list[Pod], scenario: Scenario, only: list[str] | None = None,
             policies: tuple[str, ...] = KATYUSHA_POLICIES, extra: tuple[str, ...] = (),
-            hedge_policy: str | None = None):
+            hedge_policy: str | None = None, variants: dict[str, tuple[str, ...]] | None = None):
     """(name, context manager factory) of every system, katyusha's policies and peers interleaved.
 
     ``hedge_policy``: also that katyusha policy with hedging on (``katyusha P hedge``).
+    ``variants``: also the first policy with more arguments (``katyusha P NAME``), for A/B runs.
     """
     replicas = scenario.replicas
     ours = [(f"katyusha {policy}", lambda p=policy: katyusha_replicas(pods, p, replicas, extra))
             for policy in policies]
+    for label, args in (variants or {}).items():
+        ours.append((f"katyusha {policies[0]} {label}", lambda a=args: katyusha_replicas(
+            pods, policies[0], replicas, (*extra, *a))))
     if hedge_policy is not None:
         ours.append((f"katyusha {hedge_policy} hedge", lambda: katyusha_replicas(
             pods, hedge_policy, replicas, (*extra, "--hedge", "true"))))
@@ -402,6 +406,39 @@ def every_policy_ratio(by_load: dict) -> dict:
     return out
 
 
+def merge(paths: list[str], png_dir: str | None = None) -> dict:
+    """Pool the runs of several ``--raw`` files: per scenario and load, each system's pooled
+    p99/p99.9 and, for every katyusha system, its p99 and p99.9 ratios to the best peer (95% CI).
+    With ``png_dir``, the pooled runs' CDF plots too (as a run writes them)."""
+    pooled_raw: dict = {}
+    for path in paths:
+        for scenario, by_load in json.loads(Path(path).read_text()).items():
+            for load, data in by_load.items():
+                into = pooled_raw.setdefault(scenario, {}).setdefault(
+                    load, {"split": data["split"], "rate": data["rate"], "runs": {}, "rows": {}})
+                for name, system_runs in data["runs"].items():
+                    into["runs"].setdefault(name, []).extend(system_runs)
+                    into["rows"].setdefault(name, []).extend(data["rows"][name])
+    out: dict = {}
+    for scenario, by_load in pooled_raw.items():
+        for load, data in by_load.items():
+            entry = {"systems": summarise(data["runs"], data["rows"])}
+            cell = {"split": data["split"], "rate": data["rate"],
+                    "systems": {k: {f: v[f] for f in ("runs", "p50_ms", "p99_ms", "p99_ci95", "p999_ms",
+                                                       "errors", "pod_requests_per_request")}
+                                for k, v in entry["systems"].items()},
+                    "ratios": {}}
+            for name in data["runs"]:
+                if name.startswith("katyusha"):
+                    cell["ratios"][name] = {"p99": compare(entry, data["runs"], name),
+                                            "p999": compare(entry, data["runs"], name, 0.999)}
+            out.setdefault(scenario, {})[load] = cell
+    if png_dir:
+        out["png"] = plot({scenario: {load: data["runs"] for load, data in by_load.items()}
+                           for scenario, by_load in pooled_raw.items()}, Path(png_dir))
+    return out
+
+
 def plot(latencies: dict, out_dir: Path) -> list[str]:
     """One latency-CDF PNG per scenario (a panel per load, every run of a system pooled), through benchmarks.plots."""
     from benchmarks import plots
@@ -446,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="short runs: 2 repeats of 3 s at 90%% load, 4 named scenarios, 2 drawn")
     parser.add_argument("--json", metavar="PATH")
-    parser.add_argument("--png", metavar="DIR", default="bench-results")
+    parser.add_argument("--png", metavar="DIR", help="where the CDF plots go (default bench-results; "
+                                                           "with --merge: none unless given)")
     parser.add_argument("--duration", type=float, help="seconds per run (default 10, quick 3)")
     parser.add_argument("--repeats", type=int, help="runs per system at each load (default 5, quick 2)")
     parser.add_argument("--drawn", type=int, help="scenarios drawn for the tune/held-out sets "
@@ -461,14 +499,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--katyusha-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for every `katyusha serve` (repeatable, e.g. "
                              "--katyusha-arg=--pod-capacity-factor=2)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="also the default policy with these `katyusha serve` arguments (space-separated), "
+                             "named NAME, with its own ratios in `variants` (repeatable; e.g. "
+                             "--variant 'extra1=--pod-capacity-extra 1')")
     parser.add_argument("--no-hedge", action="store_true", help="do not run katyusha with hedging on")
     parser.add_argument("--hedge-all", action="store_true",
                         help=f"run katyusha with hedging on in every scenario (default: {HEDGE_SCENARIO} only)")
     parser.add_argument("--load", action="append", type=float,
                         help="share of capacity to run at (repeatable; default 0.7 and 0.9, quick 0.9)")
+    parser.add_argument("--raw", metavar="PATH",
+                        help="also write every run's latencies and summary here (after each scenario), "
+                             "for --merge")
+    parser.add_argument("--merge", metavar="RAW", nargs="+",
+                        help="pool the runs of earlier --raw files (the same systems run more rounds), "
+                             "print the pooled p99s and ratios with their intervals as JSON, and exit")
     parser.add_argument("--markdown-from", metavar="JSON",
                         help="print the tables of an earlier run's JSON as Markdown, and exit")
     args = parser.parse_args(argv)
+    if args.merge:
+        print(json.dumps(merge(args.merge, args.png), indent=2))
+        return 0
     if args.markdown_from:
         print(markdown(json.loads(Path(args.markdown_from).read_text())))
         return 0
@@ -481,6 +532,15 @@ def main(argv: list[str] | None = None) -> int:
     policies = tuple(args.policy or (default_policy,))
     if default_policy not in policies:
         policies = (default_policy, *policies)
+    else:
+        policies = (default_policy, *(p for p in policies if p != default_policy))
+    variants = {}
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        if not label or not rest:
+            parser.error(f"--variant wants NAME=ARGS, got {spec!r}")
+        variants[label] = tuple(rest.split())
+    variant_ratios: dict = {label: {} for label in variants}
     duration = args.duration or (3.0 if args.quick else 10.0)
     repeats = args.repeats or (2 if args.quick else 5)
     loads = args.load or ((0.9,) if args.quick else (0.7, 0.9))
@@ -494,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios: dict = {}
     progress = bar(None, "lb_quality", "run")
     hedging: dict = {}
+    raw: dict = {}
     for scenario in named + drawn:
         if args.scenario and scenario.name not in args.scenario:
             continue
@@ -504,7 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         hedge_policy = (default_policy if (scenario.name == HEDGE_SCENARIO or args.hedge_all)
                         and not args.no_hedge else None)
         with fleet(scenario) as pods:
-            chosen = systems(pods, scenario, args.system, policies, tuple(args.katyusha_arg), hedge_policy)
+            chosen = systems(pods, scenario, args.system, policies, tuple(args.katyusha_arg), hedge_policy,
+                             variants)
             for load in loads:
                 rate = scenario.capacity_rps * load
                 key = f"{int(load * 100)}%"
@@ -526,12 +588,21 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
                 entry = {"rate": round(rate, 1), "describe": scenario.describe(), "split": scenario.split,
                          "systems": summarise(runs, rows)}
+                raw.setdefault(scenario.name, {})[key] = {
+                    "split": scenario.split, "rate": round(rate, 1), "describe": scenario.describe(),
+                    "runs": runs, "rows": rows}
+                if args.raw:
+                    Path(args.raw).write_text(json.dumps(raw) + "\n")
                 figures[scenario.name][key] = entry
                 latencies[scenario.name][key] = runs
                 if key == "90%" or len(loads) == 1:
                     ratio = compare(entry, runs, f"katyusha {default_policy}")
                     if ratio is not None:
                         ratios[scenario.name] = {**ratio, "split": scenario.split}
+                    for label in variants:
+                        vratio = compare(entry, runs, f"katyusha {default_policy} {label}")
+                        if vratio is not None:
+                            variant_ratios[label][scenario.name] = {**vratio, "split": scenario.split}
                     if hedge_policy is not None:
                         hedged = f"katyusha {hedge_policy} hedge"
                         if hedged in entry["systems"]:
@@ -546,12 +617,16 @@ def main(argv: list[str] | None = None) -> int:
                                     - 1, 4) if f"katyusha {default_policy}" in entry["systems"] else None,
                             }
     progress.close()
-    pngs = plot(latencies, Path(args.png))
+    pngs = plot(latencies, Path(args.png or "bench-results"))
     print(f"\ndefault policy: {default_policy}; {repeats} runs of {duration:g} s per system and load")
     for name, r in ratios.items():
         print(f"{name:14s} ({r['split']:7s}) p99 katyusha {r['katyusha_ms']:.1f} ms / best peer "
               f"({r['best_peer']}) {r['best_peer_ms']:.1f} ms = {r['ratio']:.2f} "
               f"(95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})")
+    for label, by_scenario in variant_ratios.items():
+        for name, r in by_scenario.items():
+            print(f"{name:14s} ({r['split']:7s}) p99 katyusha {label} {r['katyusha_ms']:.1f} ms / best peer "
+                  f"{r['best_peer_ms']:.1f} ms = {r['ratio']:.2f} (95% CI {r['ci95'][0]:.2f}-{r['ci95'][1]:.2f})")
     heldout = [r["ratio"] for r in ratios.values() if r["split"] == "heldout"]
     tune = [r["ratio"] for r in ratios.values() if r["split"] == "tune"]
     heldout_median = round(statistics.median(heldout), 3) if heldout else None
@@ -573,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
         "heldout_median_ratio": heldout_median,
         "tune_median_ratio": round(statistics.median(tune), 3) if tune else None,
         "hedging": hedging,
+        "variants": {label: {"args": list(variants[label]), "p99_ratio_vs_best_peer": by_scenario}
+                     for label, by_scenario in variant_ratios.items()},
         "every_policy_p99_ratio": {name: every_policy_ratio(by_load) for name, by_load in figures.items()},
         "png": pngs,
         "quick": args.quick,

@@ -56,6 +56,9 @@ class Setting:
     capacity_factor: float = 1.0
     hedge: bool = False
     capacity_extra: int = 0
+    hedge_max_utilisation: float = 0.9
+    hedge_delay: float | None = None  # None: auto (the recent p95)
+    hedge_quantile: float = 0.95
 
 
 SETTINGS = (
@@ -98,7 +101,8 @@ class _Pod:
 def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds: float = 60.0,
              seed: int = 1) -> dict:
     """p99/p99.9 (ms) and pod requests per request of ``setting`` on ``scenario`` (one replica)."""
-    hedge = HedgeSettings(enabled=setting.hedge)
+    hedge = HedgeSettings(enabled=setting.hedge, max_utilisation=setting.hedge_max_utilisation,
+                          delay=setting.hedge_delay, quantile=setting.hedge_quantile)
     service = ServiceBalancer(ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
                                               capacity_extra=setting.capacity_extra, hedge=hedge),
                               rng=random.Random(seed))
@@ -198,16 +202,19 @@ def hedging(seconds: float, seeds: int) -> int:
     """Print p99 / p99.9 and pod requests per request on heavy-tail, with and without hedging."""
     scenario = next(s for s in scenarios() if s.name == "heavy-tail")
     chosen = (Setting("defaults"), Setting("hedging on", hedge=True),
-              Setting("peer leastconn", "least-in-flight", 0.0))
+              Setting("extra 1", capacity_extra=1), Setting("extra 1, hedging", hedge=True, capacity_extra=1),
+              Setting("hedging, max util 1", hedge=True, hedge_max_utilisation=1.0),
+              Setting("hedging p90", hedge=True, hedge_quantile=0.9),
+              Setting("peer leastconn", "least-in-flight", 0.0),
+              Setting("peer maxconn", "least-in-flight", 1.0))
     for load in (0.5, 0.7, 0.9):
-        cells = []
+        print(f"{int(load * 100)}%", flush=True)
         for setting in chosen:
             runs = [simulate(scenario, setting, load=load, seconds=seconds, seed=seed)
                     for seed in range(1, seeds + 1)]
-            cells.append(f"{setting.name}: p99 {statistics.median(r['p99_ms'] for r in runs):.0f} / "
-                         f"p99.9 {statistics.median(r['p999_ms'] for r in runs):.0f} ms, "
-                         f"{statistics.mean(r['pod_requests_per_request'] for r in runs):.3f} pod req/req")
-        print(f"{int(load * 100)}%  " + "  |  ".join(cells), flush=True)
+            print(f"  {setting.name:24s} p99 {statistics.median(r['p99_ms'] for r in runs):5.0f} / "
+                  f"p99.9 {statistics.median(r['p999_ms'] for r in runs):5.0f} ms, "
+                  f"{statistics.mean(r['pod_requests_per_request'] for r in runs):.3f} pod req/req", flush=True)
     return 0
 
 
@@ -221,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wire-ms", type=float, default=WIRE_S * 1000,
                         help="one-way delay between katyusha and a pod, proxy work included (default 0.5)")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--only", action="append", metavar="SETTING",
+                        help="run only these settings (repeatable; the peer models always run), e.g. 'jsq cap1+1'")
     parser.add_argument("--hedging", action="store_true",
                         help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
     args = parser.parse_args(argv)
@@ -228,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.hedging:
         return hedging(args.seconds, args.seeds)
     fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
+    chosen = [s for s in SETTINGS if not args.only or s.name in args.only or s.name.startswith("peer")]
     table: dict = {}
     for scenario in fleets:
         table[scenario.name] = {"split": scenario.split}
-        for setting in SETTINGS:
+        for setting in chosen:
             runs = [simulate(scenario, setting, load=args.load, seconds=args.seconds, seed=seed)
                     for seed in range(1, args.seeds + 1)]
             table[scenario.name][setting.name] = {
@@ -241,15 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             }
         row = table[scenario.name]
         print(f"{scenario.name:14s} {scenario.split:8s} " + "  ".join(
-            f"{s.name}: {row[s.name]['p99_ms']:.0f}" for s in SETTINGS), flush=True)
+            f"{s.name}: {row[s.name]['p99_ms']:.0f}" for s in chosen), flush=True)
     summary = {}
-    peer_names = [s.name for s in SETTINGS if s.name.startswith("peer")]
+    peer_names = [s.name for s in chosen if s.name.startswith("peer")]
     for split in ("named", "tune", "heldout"):
         names = [n for n, row in table.items() if row["split"] == split]
         if not names:
             continue
         summary[split] = {}
-        for setting in SETTINGS:
+        for setting in chosen:
             ratios = [table[n][setting.name]["p99_ms"] / min(table[n][p]["p99_ms"] for p in peer_names)
                       for n in names]
             summary[split][setting.name] = round(statistics.median(ratios), 3)

@@ -39,10 +39,11 @@ def build(name: str, service_time: str, concurrency: int, seed: int) -> Starlett
     distribution = parse_service_time(service_time)
     rng = random.Random(seed)
     slots = asyncio.Semaphore(concurrency) if concurrency else None
-    state = {"fail_status": None, "healthy": True, "served": 0, "in_flight": 0, "by_method": {}}
+    state = {"fail_status": None, "healthy": True, "served": 0, "in_flight": 0, "by_method": {},
+             "body_bytes": 0}
 
     async def work(request: Request) -> Response:
-        await request.body()
+        state["body_bytes"] += len(await request.body())
         method = request.method
         state["by_method"][method] = state["by_method"].get(method, 0) + 1
         if state["fail_status"]:

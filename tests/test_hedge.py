@@ -10,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from katyusha.core.errors import ConfigError
-from katyusha.core.hedge import HedgeBudget, HedgeSettings, LatencySketch, is_hedgeable
+from katyusha.core.hedge import (
+    HEDGE_BODY_LIMIT,
+    HedgeBudget,
+    HedgeSettings,
+    LatencySketch,
+    is_hedgeable,
+)
 from katyusha.core.membership import PodChange, PodSpec
 from katyusha.core.service import ServiceBalancer, ServiceSettings
 
@@ -28,17 +34,23 @@ def in_flight(balancer: ServiceBalancer) -> dict[str, int]:
     return {entry.name: entry.in_flight for entry in balancer.table.pods()}
 
 
-def test_only_idempotent_requests_without_a_body_are_hedgeable():
+def test_only_idempotent_requests_without_a_body_or_with_a_small_known_one_are_hedgeable():
     assert is_hedgeable("GET", False) and is_hedgeable("HEAD", False) and is_hedgeable("DELETE", False)
     assert not is_hedgeable("POST", False) and not is_hedgeable("PATCH", False)
-    assert not is_hedgeable("GET", True) and not is_hedgeable("PUT", True)
+    # A body of unknown length (chunked) is never hedged; a known small one is.
+    assert not is_hedgeable("GET", True) and not is_hedgeable("PUT", None)
+    assert is_hedgeable("PUT", 1024) and is_hedgeable("PUT", HEDGE_BODY_LIMIT)
+    assert not is_hedgeable("PUT", HEDGE_BODY_LIMIT + 1) and not is_hedgeable("POST", 10)
 
 
 def test_the_delay_is_the_set_time_or_the_recent_p95_once_known():
     assert service(enabled=False).hedge_delay("GET", False) is None
-    assert service(delay=0.05).hedge_delay("GET", False) == 0.05
-    assert service(delay=0.05).hedge_delay("POST", False) is None
-    auto = service(min_samples=10, window=100)
+    s = service(delay=0.05, budget=1.0)
+    s.offer(0.0)  # earns the budget's first token
+    assert s.hedge_delay("GET", False) == 0.05
+    assert s.hedge_delay("POST", False) is None
+    auto = service(min_samples=10, window=100, budget=1.0)
+    auto.offer(0.0)
     assert auto.hedge_delay("GET", False) is None  # nothing seen yet: no hedge
     for i in range(100):
         auto.hedger.observe((i + 1) / 1000.0)  # 1..100 ms
@@ -207,3 +219,55 @@ def test_pod_capacity_extra_lets_a_pod_hold_requests_beyond_its_concurrency():
         PodSpec("pod-1", "http://127.0.0.1:9001", "node-1", None, 4))), 0.0)
     assert {e.name: c for e, c in balancer.capacity.caps.items()} == {"pod-0": 2, "pod-1": 5}
     assert balancer.queue.limit == 7
+
+
+def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
+    balancer = ServiceBalancer(ServiceSettings(capacity_extra=1), rng=random.Random(1))
+    balancer.change_pods(PodChange(upsert=tuple(
+        PodSpec(f"pod-{i}", f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i in range(4))), 0.0)
+    capacity = balancer.capacity
+    entries = {e.name: e for e in balancer.table.pods()}
+    for name, entry in entries.items():
+        entry.app_ewma_ms = 80.0 if name == "pod-0" else 20.0  # pod-0 four times slower
+    slow = entries["pod-0"]
+    # Requests end on every pod: pod-0 is classed slow, held to one request (no extra).
+    for _ in range(2):
+        for entry in entries.values():
+            entry.in_flight += 1
+            capacity.started(entry)
+            entry.in_flight -= 1
+            capacity.ended(entry)
+    assert capacity.slow == {slow}
+    slow.in_flight = 1
+    capacity.started(slow)
+    assert slow in capacity.full and slow not in capacity.open
+    fast = entries["pod-1"]
+    fast.in_flight = 1
+    capacity.started(fast)
+    assert fast not in capacity.full  # a fast pod keeps its extra slot
+    # pod-0 turns fast again: its next end gives the extra back.
+    slow.app_ewma_ms = 20.0
+    slow.in_flight = 0
+    capacity.ended(slow)
+    assert capacity.slow == set() and slow not in capacity.full and slow in capacity.open
+    slow.in_flight = 1
+    capacity.started(slow)
+    assert slow not in capacity.full
+    assert sorted(capacity.open, key=lambda e: e.name) == sorted(
+        (e for e in entries.values() if e not in capacity.full), key=lambda e: e.name)
+
+
+def test_no_hedge_is_armed_while_one_would_not_be_affordable():
+    # Two pods of concurrency 1, budget 100%: armed while a pod is free, not once both are busy.
+    s = service(pods=2, concurrency=1, delay=0.01, budget=1.0)
+    t1 = s.offer(0.0)
+    s.dispatch(t1, 0.0)
+    assert s.hedge_delay("GET", False) == 0.01
+    t2 = s.offer(0.0)
+    s.dispatch(t2, 0.0)
+    assert s.hedge_delay("GET", False) is None
+    # Out of budget (5%: no token yet after two requests): not armed either, and nothing was counted.
+    poor = service(pods=3, delay=0.01, budget=0.05)
+    poor.dispatch(poor.offer(0.0), 0.0)
+    assert poor.hedge_delay("GET", False) is None
+    assert poor.hedger.skipped_busy == 0 and poor.hedger.budget.refused == 0

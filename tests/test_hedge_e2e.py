@@ -23,9 +23,13 @@ def plain_app(name: str, service_time: str) -> Proc:
     return Proc([sys.executable, "-m", "tests.plain_app", "--name", name, "--service-time", service_time])
 
 
-def app_counts(app: Proc) -> dict:
+def app_state(app: Proc) -> dict:
     with urllib.request.urlopen(app.url + "/control", timeout=5) as reply:
-        return json.loads(reply.read())["by_method"]
+        return json.loads(reply.read())
+
+
+def app_counts(app: Proc) -> dict:
+    return app_state(app)["by_method"]
 
 
 def hedge_state(proxy: Proc) -> tuple[dict, dict]:
@@ -35,13 +39,15 @@ def hedge_state(proxy: Proc) -> tuple[dict, dict]:
     return body["hedge"], {row["name"]: row["in_flight"] for row in body["pods"]}
 
 
-async def timed(url: str, count: int, concurrency: int = 1, method: str = "GET"):
+async def timed(url: str, count: int, concurrency: int = 1, method: str = "GET", body: bytes | None = None):
     """(status, request id, seconds) of ``count`` requests, ``concurrency`` at a time."""
+    if body is None and method == "POST":
+        body = b"x"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
 
         async def one():
             start = time.perf_counter()
-            async with session.request(method, url + "/work", data=b"x" if method == "POST" else None) as r:
+            async with session.request(method, url + "/work", data=body) as r:
                 await r.read()
                 return r.status, r.headers.get("x-request-id"), time.perf_counter() - start
 
@@ -92,6 +98,26 @@ async def test_a_slow_pod_s_requests_are_answered_by_their_hedge_once_each():
         with urllib.request.urlopen(proxy.admin + "/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert f'katyusha_hedges_won_total{{service="default"}} {float(hedge["won_total"])}' in metrics
+    finally:
+        stop(proxy, *apps)
+
+
+async def test_a_put_with_a_small_body_is_hedged_and_both_tries_send_the_whole_body():
+    apps = start(["const:600ms", "const:5ms", "const:5ms"])
+    proxy = _started(apps, "--policy", "round-robin", "--hedge", "true",
+                     "--hedge-delay", "50ms", "--hedge-budget", "1")
+    body = bytes(range(256)) * 8  # 2 KiB, with a Content-Length
+    try:
+        results = await timed(proxy.url, 30, method="PUT", body=body)
+        assert [status for status, _, _ in results] == [200] * 30
+        assert max(seconds for _, _, seconds in results) < 0.4  # the slow pod's are answered by hedges
+        hedge, _ = hedge_state(proxy)
+        assert hedge["sent_total"] >= 8 and hedge["won_total"] >= 8
+        assert _settles(proxy)
+        # Every try reached its app with the whole body (a cancelled loser had sent its body too).
+        states = [app_state(app) for app in apps]
+        assert sum(s["by_method"].get("PUT", 0) for s in states) == 30 + hedge["sent_total"]
+        assert sum(s["body_bytes"] for s in states) == (30 + hedge["sent_total"]) * len(body)
     finally:
         stop(proxy, *apps)
 

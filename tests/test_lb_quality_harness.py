@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -12,6 +13,7 @@ from benchmarks.lb_quality import (  # noqa: E402
     MAX_FLEET_RPS,
     bootstrap,
     drawn_scenarios,
+    merge,
     pooled,
     scenarios,
 )
@@ -58,3 +60,26 @@ def test_bootstrap_interval_holds_the_estimate_and_narrows_with_agreeing_runs():
     slower = [[2 * v for v in run] for run in runs]
     low, high = bootstrap(slower, 0.99, runs, resamples=100)
     assert low <= 2.0 <= high and high - low < 1.0
+
+
+def _raw(path, seed: int, scale: float) -> str:
+    rng = random.Random(seed)
+    runs = {"katyusha jsq-piggyback": [], "haproxy leastconn maxconn": []}
+    rows = {name: [] for name in runs}
+    for _ in range(2):
+        base = sorted(rng.expovariate(1 / 20) for _ in range(1000))
+        for name, factor in (("katyusha jsq-piggyback", scale), ("haproxy leastconn maxconn", 1.0)):
+            runs[name].append([factor * v for v in base])
+            rows[name].append({"sent": 1000, "errors": 0.0, "pod_requests": 1000, "per_pod": {}, "p99_ms": 0})
+    path.write_text(json.dumps({"noisy": {"90%": {"split": "named", "rate": 360.0, "describe": "",
+                                                   "runs": runs, "rows": rows}}}))
+    return str(path)
+
+
+def test_merge_pools_the_rounds_of_several_raw_files(tmp_path):
+    out = merge([_raw(tmp_path / "a.json", 1, 0.5), _raw(tmp_path / "b.json", 2, 0.5)])
+    cell = out["noisy"]["90%"]
+    assert cell["systems"]["katyusha jsq-piggyback"]["runs"] == 4
+    ratio = cell["ratios"]["katyusha jsq-piggyback"]["p99"]
+    assert ratio["best_peer"] == "haproxy leastconn maxconn" and ratio["ratio"] == 0.5
+    assert ratio["ci95"][0] <= 0.5 <= ratio["ci95"][1]

@@ -10,6 +10,13 @@ capped. When every ready pod's capacity is known and finite, the L1 limit in
 force is the smaller of the configured one and their sum (:meth:`limit`), so
 a burst held while no pod was ready goes out no faster than pods can take it.
 
+``extra`` requests beyond that hide the round trip between two requests
+(one waits in nonna while the pod works), but a request waiting behind a
+slow pod's work waits long: a pod whose app time (``PodEntry.app_ewma_ms``)
+is above ``SLOW_RATIO`` times the median of the pods' is *slow* and held to
+its capacity without the extra. A pod is classed when one of its requests
+ends, against the median recomputed once per round of the pods' ends.
+
 The count compared with a capacity is the pod's one in-flight count,
 ``PodEntry.in_flight``; this class only watches it. The pods with room are
 kept as a list updated in O(1) as pods fill and free (:attr:`open`), so a
@@ -21,6 +28,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from katyusha.core.loadtable import PodEntry
+
+# A pod whose app time is above this many times the pods' median gets no extra slot.
+SLOW_RATIO = 1.5
 
 # In PodCapacity.watch: a pod whose first request has not ended yet.
 UNPROVEN = object()
@@ -51,6 +61,11 @@ class PodCapacity:
         self.built_from: Sequence[PodEntry] | None = None
         # Set when a report changed a capacity: the owner calls rebuild().
         self.stale = False
+        # Pods held to their capacity without the extra (see SLOW_RATIO), the
+        # median app time they are judged against, and ends until it is recomputed.
+        self.slow: set[PodEntry] = set()
+        self.median_app_ms: float | None = None
+        self._ends_to_median = 0
 
     # -- membership rate ---------------------------------------------------
 
@@ -78,7 +93,8 @@ class PodCapacity:
                 if cap is not None:
                     caps[entry] = cap
         self.caps = caps
-        self.full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
+        self.slow &= caps.keys()
+        self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
         self._ready = set(ready)
         self.built_from = ready
         self.open = [entry for entry in ready if entry not in self.full]
@@ -99,6 +115,39 @@ class PodCapacity:
         if concurrency == 0:
             return None
         return max(1, int(concurrency * self.factor)) + self.extra
+
+    def _room(self, entry: PodEntry, cap: int) -> int:
+        """Requests ``entry`` may hold now: its capacity, less the extra while it is slow."""
+        return cap - self.extra if self.extra and entry in self.slow else cap
+
+    def _classify(self, entry: PodEntry) -> None:
+        """After one of ``entry``'s requests ended: is it slow now? (only with an extra)."""
+        self._ends_to_median -= 1
+        if self._ends_to_median <= 0:
+            times = sorted(e.app_ewma_ms for e in self.caps if e.app_ewma_ms is not None)
+            self.median_app_ms = times[len(times) // 2] if times else None
+            self._ends_to_median = max(1, len(self.caps))
+        median = self.median_app_ms
+        app = entry.app_ewma_ms
+        slow = median is not None and app is not None and app > SLOW_RATIO * median
+        if slow == (entry in self.slow):
+            return
+        if slow:
+            self.slow.add(entry)
+            if entry.in_flight >= self.caps[entry] - self.extra:
+                self._close(entry)
+        else:
+            self.slow.discard(entry)
+
+    def _close(self, entry: PodEntry) -> None:
+        """``entry`` is full: out of the open list, in O(1)."""
+        self.full.add(entry)
+        pos = self._pos.pop(entry, None)
+        if pos is not None:
+            last = self.open.pop()
+            if last is not entry:
+                self.open[pos] = last
+                self._pos[last] = pos
 
     def limit(self, configured: int | None, ready: Sequence[PodEntry]) -> int | None:
         """The configured L1 limit, lowered to the ready pods' total capacity when each has one."""
@@ -127,19 +176,15 @@ class PodCapacity:
     def started(self, entry: PodEntry) -> None:
         """``entry.in_flight`` just went up."""
         cap = self.caps.get(entry)
-        if cap is not None and entry.in_flight >= cap and entry not in self.full:
-            self.full.add(entry)
-            pos = self._pos.pop(entry, None)
-            if pos is not None:
-                last = self.open.pop()
-                if last is not entry:
-                    self.open[pos] = last
-                    self._pos[last] = pos
+        if cap is not None and entry not in self.full and entry.in_flight >= self._room(entry, cap):
+            self._close(entry)
 
     def ended(self, entry: PodEntry) -> None:
         """``entry.in_flight`` just went down; sets :attr:`stale` when a report changed its capacity."""
+        if self.extra and entry in self.caps:
+            self._classify(entry)
         full = self.full
-        if full and entry in full and entry.in_flight < self.caps[entry]:
+        if full and entry in full and entry.in_flight < self._room(entry, self.caps[entry]):
             full.discard(entry)
             if entry in self._ready:
                 self._pos[entry] = len(self.open)

@@ -6,7 +6,9 @@ to another pod; the first response head wins and the other try is cancelled.
 A hedge costs load, so it is bounded three ways:
 
 - only requests that are safe to send twice and cheap to copy are hedged:
-  idempotent methods with no body (:func:`is_hedgeable`);
+  idempotent methods with no body or a body of a known length of at most
+  ``HEDGE_BODY_LIMIT`` bytes, which the driver reads whole before the first
+  try so both tries send it (:func:`is_hedgeable`);
 - a token bucket lets hedges add at most ``budget`` times the requests
   (each request earns ``budget`` tokens, a hedge spends one; the bucket holds
   at most ``max(1, burst * budget)``, so over any stretch hedges number at
@@ -31,11 +33,23 @@ from katyusha.core.errors import ConfigError
 
 # Methods a second copy of cannot change the outcome of (RFC 9110, 9.2.2).
 HEDGEABLE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# Bodies up to this many bytes are kept in memory so both tries can send them.
+HEDGE_BODY_LIMIT = 64 * 1024
 
 
-def is_hedgeable(method: str, has_body: bool) -> bool:
-    """True for a request that may be sent twice: an idempotent method and no body."""
-    return not has_body and method in HEDGEABLE_METHODS
+def is_hedgeable(method: str, body: bool | int | None) -> bool:
+    """True for a request that may be sent twice: an idempotent method, and no body or a small one.
+
+    ``body``: the body's length in bytes (0 or False: no body); True or None: a
+    body of unknown length (chunked), never hedged.
+    """
+    if method not in HEDGEABLE_METHODS:
+        return False
+    if body is False or body == 0:
+        return True
+    if body is True or body is None:
+        return False
+    return body <= HEDGE_BODY_LIMIT
 
 
 @dataclass(frozen=True)
@@ -146,9 +160,11 @@ class Hedger:
         self.skipped_busy = 0
         self.skipped_no_pod = 0
 
-    def delay(self, method: str, has_body: bool) -> float | None:
-        """Seconds after which a request of this kind would be hedged; None: never (see the module docstring)."""
-        if not self.enabled or not is_hedgeable(method, has_body):
+    def delay(self, method: str, body: bool | int | None) -> float | None:
+        """Seconds after which a request of this kind would be hedged; None: never (see the module docstring).
+
+        ``body`` as :func:`is_hedgeable` takes it."""
+        if not self.enabled or not is_hedgeable(method, body):
             return None
         set_delay = self.settings.delay
         return set_delay if set_delay is not None else self.sketch.value
@@ -160,6 +176,17 @@ class Hedger:
     def observe(self, latency: float) -> None:
         if self.enabled:
             self.sketch.add(latency)
+
+    def may_afford(self, waiting: int, active: int, limit: int | None) -> bool:
+        """Whether a hedge would be affordable now (:meth:`affordable`), counting and spending nothing.
+
+        A request dispatched while this is False is not armed for a hedge, so
+        a service at capacity or out of budget pays nothing for hedging
+        (the proxy then serves it on its fast path, with no timer task).
+        """
+        if waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit):
+            return False
+        return self.budget.tokens >= 1.0
 
     def affordable(self, waiting: int, active: int, limit: int | None) -> bool:
         """Whether the service may send a hedge now: not near capacity, and the budget has a token."""

@@ -359,14 +359,22 @@ class ServiceBalancer:
             admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
 
-    def hedge_delay(self, method: str, has_body: bool) -> float | None:
+    def hedge_delay(self, method: str, body: bool | int | None) -> float | None:
         """Seconds after which a request of this kind is hedged (:meth:`hedge`); None: never.
 
+        ``body``: the request body's length (0: none; None or True: unknown).
         None while hedging is off, for a method that is not idempotent or a
-        request with a body, and (delay ``auto``) until the service's latencies
-        are known.
+        body that is not known to be small (:func:`katyusha.core.hedge.is_hedgeable`),
+        (delay ``auto``) until the service's latencies are known, and while a
+        hedge would not be affordable now (near capacity, or no budget:
+        :meth:`katyusha.core.hedge.Hedger.may_afford`), so such a request costs
+        the driver no hedge timer.
         """
-        return self.hedger.delay(method, has_body)
+        delay = self.hedger.delay(method, body)
+        if delay is None:
+            return None
+        queue = self.queue
+        return delay if self.hedger.may_afford(queue.waiting, queue.active, queue.limit) else None
 
     def hedge(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """A second try of the ticket's open try, on another pod, if one is affordable now.

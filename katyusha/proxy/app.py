@@ -96,6 +96,19 @@ class QueuedReceive:
         return await self._receive()
 
 
+def _body_length(headers) -> int | None:
+    """The request body's length from its headers: 0 for none, None when unknown (chunked)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+        if name == b"transfer-encoding":
+            return None
+    return 0
+
+
 def _has_body(headers) -> bool:
     for name, value in headers:
         if name == b"content-length":
@@ -374,9 +387,9 @@ class DataApp:
         if ticket.tries_left and has_body:
             receive = ReplayableReceive(receive, _REPLAY_LIMIT)
         # Hedged requests (katyusha.core.hedge): the pair runs in katyusha.proxy.hedging.
-        delay = live.core.hedge_delay(scope["method"], has_body)
+        delay = live.core.hedge_delay(scope["method"], _body_length(scope["headers"]) if has_body else 0)
         hedged = None if delay is None else HedgedForward(live, ticket, delay, self.pools,
-                                                          self.upstream_timeout)
+                                                          self.upstream_timeout, has_body)
         while True:
             head.handle = handle
             entry = handle.entry

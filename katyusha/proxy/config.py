@@ -456,7 +456,7 @@ SETTINGS: tuple[Setting, ...] = (
              "retries a second allowed whatever the share (so a quiet service can retry)"),
     # Hedged requests (docs/katyusha.md, katyusha.core.hedge).
     _setting("hedge", "hedge", parse_bool,
-             "true: an idempotent request with no body that has not answered after hedge-delay "
+             "true: an idempotent request with no body (or one of at most 64 KiB) that has not answered after hedge-delay "
              "is sent to a second pod too; the first answer wins"),
     _setting("hedge-delay", "hedge_delay", parse_hedge_delay,
              "auto (the service's recent p95 latency) or a duration"),

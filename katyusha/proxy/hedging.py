@@ -10,6 +10,11 @@ Only the winner ever writes to the client. A try that fails while the other
 runs is counted as a failure of its pod and the other carries on; when both
 fail, the last failure is raised for the caller's retry logic, with
 :attr:`HedgedForward.handle` naming its try.
+
+A request with a body (the core lets only small ones of a known length be
+hedged, :func:`katyusha.core.hedge.is_hedgeable`) has its body read whole
+before the first try; each try then reads it from its own replay, so both
+send the same bytes and a retry after both failed sends them again.
 """
 
 from __future__ import annotations
@@ -18,16 +23,48 @@ import asyncio
 import copy
 
 from katyusha.core.service import Dispatch, ServiceTicket
-from katyusha.http import UpstreamError, forward
+from katyusha.http import ReplayableReceive, UpstreamError, forward
+
+
+async def read_body(receive) -> list[dict]:
+    """The request's messages up to the end of its body (or the client's disconnect).
+
+    ``receive`` is rewound first when it is a :class:`ReplayableReceive`, so a
+    retry reads the same body again.
+    """
+    if isinstance(receive, ReplayableReceive):
+        receive.rewind()
+    messages = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def replay(messages: list[dict], receive) -> ReplayableReceive:
+    """A receive for one try: ``messages`` in order, then ``receive`` itself (a disconnect)."""
+    pending = iter(messages)
+
+    async def next_message() -> dict:
+        for message in pending:
+            return message
+        return await receive()
+
+    return ReplayableReceive(next_message, limit=1 << 30)
 
 
 class HedgedForward:
     """One request's forwards with a hedge; ``handle`` is the try that answered (or failed last)."""
 
-    __slots__ = ("live", "ticket", "delay", "pools", "timeout", "handle", "_won", "_tasks")
+    __slots__ = ("live", "ticket", "delay", "pools", "timeout", "handle", "has_body", "_won", "_tasks",
+                 "_body")
 
-    def __init__(self, live, ticket: ServiceTicket, delay: float, pools, timeout: float | None):
+    def __init__(self, live, ticket: ServiceTicket, delay: float, pools, timeout: float | None,
+                 has_body: bool = False):
         self.live = live
+        self.has_body = has_body
+        self._body: list[dict] | None = None
         self.ticket = ticket
         self.delay = delay
         self.pools = pools
@@ -44,6 +81,7 @@ class HedgedForward:
         """
         self.handle = handle
         self._won = None
+        self._body = await read_body(receive) if self.has_body else None
         loop = asyncio.get_running_loop()
         first = self._start(handle, head, scope, receive, send)
         try:
@@ -72,6 +110,8 @@ class HedgedForward:
             self._claim(handle)
             return out
 
+        if self._body is not None:
+            receive = replay(self._body, receive)
         task = asyncio.get_running_loop().create_task(
             forward(scope, receive, send, self.pools.get(handle.entry.url),
                     on_response_head=on_head, timeout=self.timeout))
