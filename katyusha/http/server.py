@@ -77,8 +77,9 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
-# Connections accepted at once beside the one the event loop accepted (HAProxy's
-# tune.maxaccept is 64 too): enough to drain a burst in a few loop iterations,
+# Connections accepted at once beside the one the event loop accepted, as
+# HAProxy's tune.maxaccept (64, divided by twice the number of processes
+# sharing the listener): enough to drain a burst in a few loop iterations,
 # few enough that workers sharing the socket each take a share.
 ACCEPT_BURST = 64
 
@@ -101,6 +102,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
     tls: ssl.SSLContext | None = None
     # The listening socket, to accept a burst of connections at once (see _accept_burst).
     listener: socket.socket | None = None
+    accept_burst = ACCEPT_BURST
     # Slots: thousands of idle connections each hold one of these.
     __slots__ = (
         "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
@@ -114,17 +116,20 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     @classmethod
     def with_limits(cls, limits: EdgeLimits, tls: ssl.SSLContext | None = None,
-                    listener: socket.socket | None = None) -> type[LeanHTTPProtocol]:
+                    listener: socket.socket | None = None, sharing: int = 1
+                    ) -> type[LeanHTTPProtocol]:
         """A subclass enforcing ``limits`` (and serving TLS with ``tls``): uvicorn's ``http``.
 
         With ``tls``, hand uvicorn no SSL context: the protocol starts TLS
         itself, so that a client speaking plain HTTP to the port gets a 400
         saying so rather than a failed handshake. ``listener``: the socket
         uvicorn serves, from which a connection the event loop accepted
-        accepts the others waiting (on uvloop; asyncio's loop does it itself).
+        accepts the others waiting (on uvloop; asyncio's loop does it itself);
+        ``sharing``: how many processes accept from it (fewer at once each).
         """
+        burst = ACCEPT_BURST if sharing <= 1 else max(1, ACCEPT_BURST // (2 * sharing))
         return type(cls.__name__, (cls,), {"limits": limits, "tls": tls, "listener": listener,
-                                           "__slots__": ()})
+                                           "accept_burst": burst, "__slots__": ()})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
@@ -643,10 +648,10 @@ class LeanHTTPProtocol(asyncio.Protocol):
             view = view[size:]
 
     def _accept_burst(self) -> None:
-        """Accept up to ACCEPT_BURST connections waiting on the listener, served as this one is."""
+        """Accept up to ``accept_burst`` connections waiting on the listener, served as this one is."""
         listener = self.listener
         loop = self.loop
-        for _ in range(ACCEPT_BURST):
+        for _ in range(self.accept_burst):
             try:
                 sock, _ = listener.accept()
             except OSError:  # none waiting (EAGAIN), or the listener closed: the loop's accept goes on

@@ -44,10 +44,11 @@ DATA_HTTP = {"lean": LeanHTTPProtocol, "uvicorn": "httptools"}
 def data_http(config: ProxyConfig, context=None, sock=None):
     """The ``http`` argument of uvicorn for the data port, from ``http-server``, the limits, TLS.
 
-    ``sock``: the listening socket, from which the lean protocol accepts bursts of connections.
+    ``sock``: the listening socket, from which the lean protocol accepts bursts of
+    connections (smaller ones when ``katyusha-threads`` workers share it).
     """
     if config.http_server == "lean":
-        return LeanHTTPProtocol.with_limits(config.limits, context, sock)
+        return LeanHTTPProtocol.with_limits(config.limits, context, sock, sharing=config.threads)
     return DATA_HTTP[config.http_server]
 
 
