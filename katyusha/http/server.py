@@ -630,7 +630,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        inner = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
+        inner = self._sibling()
         waiter = self.loop.create_future()
         # A failed handshake closes the connection; nobody awaits the waiter.
         waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -660,7 +660,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             task.add_done_callback(_accepted)
 
     def _sibling(self) -> LeanHTTPProtocol:
-        """A connection of the same server, accepted by _accept_burst (which it does not repeat)."""
+        """A connection of the same server that accepts no burst (accepted by one, or TLS's inner)."""
         protocol = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
         protocol._burst = False
         return protocol
