@@ -20,8 +20,10 @@ import hashlib
 import http.client
 import json
 import resource
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -69,6 +71,40 @@ def direct(url: str) -> Iterator[peers.Running]:
     yield peers.Running("direct", url, None)  # type: ignore[arg-type]
 
 
+class AcceptQueue:
+    """The deepest accept queue of a listening port seen during a run (``ss``, every 20 ms).
+
+    Connections the kernel completed but the proxy has not accepted yet: wrk
+    counts their first request's wait in its latency. None without ``ss``.
+    """
+
+    def __init__(self, port: int):
+        self.port = port
+        self.deepest: int | None = None
+        self._ss = shutil.which("ss")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run([self._ss, "-ltnH", f"sport = :{self.port}"],
+                                 capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                queued = int(line.split()[1])
+                self.deepest = max(self.deepest or 0, queued)
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        if self._ss:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
 def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> dict:
     systems = {
         "direct": lambda: direct(backend_url),
@@ -80,6 +116,9 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
         "katyusha-uvicorn": lambda: katyusha(backend_url, http_server="uvicorn"),
     }
     samples: dict[str, dict[int, list[wrk.WrkResult]]] = {
+        name: {c: [] for c in CONNECTIONS} for name in systems
+    }
+    queues: dict[str, dict[int, list[int | None]]] = {
         name: {c: [] for c in CONNECTIONS} for name in systems
     }
     names = list(systems)
@@ -94,11 +133,14 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
                 url = running.url + "/"
                 wrk.run(url, connections=32, duration_s=1)  # warm-up: pools, JIT-free caches
                 for conns in CONNECTIONS:
-                    result = wrk.run(url, connections=conns, duration_s=duration_s)
+                    with AcceptQueue(int(running.url.rsplit(":", 1)[1])) as queue:
+                        result = wrk.run(url, connections=conns, duration_s=duration_s)
                     samples[name][conns].append(result)
+                    queues[name][conns].append(queue.deepest)
                     print(f"  round {round_no + 1} {name:12s} c={conns:<4d} "
                           f"{result.rps:9.0f} req/s p50 {result.p50_ms:7.2f} ms "
-                          f"p99 {result.p99_ms:7.2f} ms errors {result.errors}", flush=True)
+                          f"p99 {result.p99_ms:7.2f} ms errors {result.errors} "
+                          f"accept queue {queue.deepest}", flush=True)
             progress.update(1)
     progress.close()
     table = {}
@@ -116,6 +158,9 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
                 "p99_ms": round(statistics.median(r.p99_ms for r in results), 3),
                 "errors": sum(r.errors for r in results),
                 "rounds": len(results),
+                # The deepest accept queue seen in any round (None: no ss here).
+                "accept_queue_max": max((q for q in queues[name][conns] if q is not None),
+                                        default=None),
             }
     return table
 
@@ -292,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"katyusha added p50 over direct: {added:.3f} ms")
     print(f"katyusha / haproxy at 256 connections: req/s {result['ratio_rps_vs_haproxy_256']:.3f}, "
           f"p99 {result['p99_ratio_vs_haproxy_256']:.2f}")
+    print("deepest accept queue at 256 connections: katyusha "
+          f"{table['katyusha']['256']['accept_queue_max']}, HAProxy "
+          f"{table['haproxy']['256']['accept_queue_max']}")
     print(f"memory: {json.dumps(memory)}")
     print(f"bodies: {json.dumps(bodies)}")
     if args.json:

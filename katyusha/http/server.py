@@ -24,6 +24,12 @@ where a proxy spends its time, and enforces the data port's limits
   (:mod:`katyusha.http.tunnel`) until either side closes; that ``send``
   returns when the tunnel ended. Any other answer is relayed and the
   connection closed after it;
+* with the listening socket (:meth:`LeanHTTPProtocol.with_limits`), a
+  connection accepted by the event loop accepts what else waits on that
+  socket, up to ``ACCEPT_BURST``: uvloop (libuv since 1.45) accepts one
+  connection per loop iteration, so on a busy proxy a burst of new
+  connections waited one iteration each (at 256 connections, seconds for
+  the last ones; see docs/performance.md);
 * with a TLS context (:meth:`LeanHTTPProtocol.with_limits`) the first byte
   of a connection decides: a TLS handshake goes to uvloop's TLS protocol
   wrapping a fresh connection of this class, anything else is plain HTTP on
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections import deque
 from urllib.parse import unquote
@@ -70,6 +77,11 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
+# Connections accepted at once beside the one the event loop accepted, as
+# HAProxy's tune.maxaccept (64, divided by twice the number of processes
+# sharing the listener): enough to drain a burst in a few loop iterations,
+# few enough that workers sharing the socket each take a share.
+ACCEPT_BURST = 64
 
 # What the connection's one timer watches (see _on_timer).
 _IDLE = 0    # between requests: keepalive_timeout since the last response
@@ -88,6 +100,9 @@ class LeanHTTPProtocol(asyncio.Protocol):
     limits = EdgeLimits()
     # With a context, the connection's first byte says TLS (a handshake record) or not (see _sniff).
     tls: ssl.SSLContext | None = None
+    # The listening socket, to accept a burst of connections at once (see _accept_burst).
+    listener: socket.socket | None = None
+    accept_burst = ACCEPT_BURST
     # Slots: thousands of idle connections each hold one of these.
     __slots__ = (
         "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
@@ -96,19 +111,25 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
-        "_config", "_sniffing", "_fast", "__weakref__",
+        "_config", "_sniffing", "_fast", "_burst", "__weakref__",
     )
 
     @classmethod
-    def with_limits(cls, limits: EdgeLimits, tls: ssl.SSLContext | None = None
+    def with_limits(cls, limits: EdgeLimits, tls: ssl.SSLContext | None = None,
+                    listener: socket.socket | None = None, sharing: int = 1
                     ) -> type[LeanHTTPProtocol]:
         """A subclass enforcing ``limits`` (and serving TLS with ``tls``): uvicorn's ``http``.
 
         With ``tls``, hand uvicorn no SSL context: the protocol starts TLS
         itself, so that a client speaking plain HTTP to the port gets a 400
-        saying so rather than a failed handshake.
+        saying so rather than a failed handshake. ``listener``: the socket
+        uvicorn serves, from which a connection the event loop accepted
+        accepts the others waiting (on uvloop; asyncio's loop does it itself);
+        ``sharing``: how many processes accept from it (fewer at once each).
         """
-        return type(cls.__name__, (cls,), {"limits": limits, "tls": tls, "__slots__": ()})
+        burst = ACCEPT_BURST if sharing <= 1 else max(1, ACCEPT_BURST // (2 * sharing))
+        return type(cls.__name__, (cls,), {"limits": limits, "tls": tls, "listener": listener,
+                                           "accept_burst": burst, "__slots__": ()})
 
     def __init__(self, config, server_state, app_state: dict, _loop=None):
         if not config.loaded:
@@ -137,6 +158,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.client: tuple | None = None
         self.scheme = "http"
         self._sniffing = False
+        # Whether connection_made accepts the connections waiting beside this one.
+        self._burst = self.listener is not None and _accepts_one_at_a_time(self.loop)
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future | None = None
@@ -169,6 +192,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self._burst:
+            self._accept_burst()
         sockname = transport.get_extra_info("sockname")
         peername = transport.get_extra_info("peername")
         if isinstance(sockname, tuple):
@@ -605,7 +630,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        inner = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
+        inner = self._sibling()
         waiter = self.loop.create_future()
         # A failed handshake closes the connection; nobody awaits the waiter.
         waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -621,6 +646,24 @@ class LeanHTTPProtocol(asyncio.Protocol):
             buffer[:size] = view[:size]
             tls.buffer_updated(size)
             view = view[size:]
+
+    def _accept_burst(self) -> None:
+        """Accept up to ``accept_burst`` connections waiting on the listener, served as this one is."""
+        listener = self.listener
+        loop = self.loop
+        for _ in range(self.accept_burst):
+            try:
+                sock, _ = listener.accept()
+            except OSError:  # none waiting (EAGAIN), or the listener closed: the loop's accept goes on
+                return
+            task = loop.create_task(loop.connect_accepted_socket(self._sibling, sock))
+            task.add_done_callback(_accepted)
+
+    def _sibling(self) -> LeanHTTPProtocol:
+        """A connection of the same server that accepts no burst (accepted by one, or TLS's inner)."""
+        protocol = type(self)(self._config, self.server_state, self.app_state, _loop=self.loop)
+        protocol._burst = False
+        return protocol
 
     def _upgraded(self, rest: bytes) -> None:
         """The parser stopped after an upgrade request's head: keep what follows for the tunnel."""
@@ -776,3 +819,11 @@ class LeanHTTPProtocol(asyncio.Protocol):
             exchange.keep_alive = False
 
 
+def _accepts_one_at_a_time(loop) -> bool:
+    """Whether ``loop`` accepts one connection per iteration (uvloop); asyncio's accepts a burst."""
+    return type(loop).__module__.startswith("uvloop")
+
+
+def _accepted(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("an accepted connection could not be set up: %s", task.exception())

@@ -41,17 +41,21 @@ ROLE = "katyusha"
 DATA_HTTP = {"lean": LeanHTTPProtocol, "uvicorn": "httptools"}
 
 
-def data_http(config: ProxyConfig, context=None):
-    """The ``http`` argument of uvicorn for the data port, from ``http-server``, the limits, TLS."""
+def data_http(config: ProxyConfig, context=None, sock=None):
+    """The ``http`` argument of uvicorn for the data port, from ``http-server``, the limits, TLS.
+
+    ``sock``: the listening socket, from which the lean protocol accepts bursts of
+    connections (smaller ones when ``katyusha-threads`` workers share it).
+    """
     if config.http_server == "lean":
-        return LeanHTTPProtocol.with_limits(config.limits, context)
+        return LeanHTTPProtocol.with_limits(config.limits, context, sock, sharing=config.threads)
     return DATA_HTTP[config.http_server]
 
 
 def data_app(config: ProxyConfig, app, sock) -> serving.App:
     """The data port's :class:`serving.App`: protocol, limits and TLS from ``config``."""
     context = tls.server_context(config.tls_cert, config.tls_key)
-    return serving.App(app, sock, http=data_http(config, context), tls=context,
+    return serving.App(app, sock, http=data_http(config, context, sock), tls=context,
                        keepalive_timeout=config.keepalive_timeout,
                        limit_concurrency=(config.max_connections or None
                                           if config.http_server == "uvicorn" else None))
