@@ -21,8 +21,8 @@ from benchmarks import plots
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-# Modules of benchmarks/ that are not benchmarks: libraries the benchmarks share, the docs' screenshot tool.
-NOT_BENCHMARKS = {"__init__", "plots", "loadgen", "peers", "wrk", "locustfile", "hashsink", "dashboard_screenshot"}
+# Modules of benchmarks/ that are not benchmarks: libraries the benchmarks share (checkout: tests/ on the path), the docs' screenshot tool.
+NOT_BENCHMARKS = {"__init__", "checkout", "plots", "loadgen", "peers", "wrk", "locustfile", "hashsink", "dashboard_screenshot"}
 # These draw through benchmarks.plots with functions of their own, from data their JSON does not keep
 # (lb_quality: every request's latency, for the CDFs) or from the table before it is written (overhead).
 OWN_PLOTTING = {"lb_quality": "plots.latency_cdf(", "overhead": "plots.bars("}
