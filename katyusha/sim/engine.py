@@ -549,7 +549,7 @@ class Simulation:
             if difference > 0:
                 wakes.append((svc, difference))
             else:
-                self.scale_to(svc, command.count)
+                self.scale_to(svc, command.count, current[command.service])
         if wakes:
             # One min-cost flow over every service's pending pods of this tick (the batch).
             self._wake(wakes)
@@ -566,9 +566,11 @@ class Simulation:
         self.recorder.row("decisions", (self.env.now, svc.name, decision.desired, actual, ready, decision.panic,
                                         float(decision.stable_value), float(decision.panic_value), decision.reason))
 
-    def scale_to(self, svc: SimService, count: int) -> None:
-        """Wake or retire pods so that ``count`` of ``svc`` are asked for (the live actuator's rule)."""
-        difference = count - self.current(svc)
+    def scale_to(self, svc: SimService, count: int, current: int | None = None) -> None:
+        """Wake or retire pods so that ``count`` of ``svc`` are asked for (the live actuator's rule).
+
+        ``current``: :meth:`current` of ``svc`` when the caller has it already."""
+        difference = count - (self.current(svc) if current is None else current)
         if difference > 0:
             self._wake([(svc, difference)])
         elif difference < 0:
