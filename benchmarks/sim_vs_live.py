@@ -1,6 +1,7 @@
 """The simulator against the live system on benchmarks.lb_quality's scenarios: p50 and p99 per policy, side by side.
 
-Run as ``python -m benchmarks.sim_vs_live [--quick] [--sim-only] [--json PATH]``.
+Run as ``python -m benchmarks.sim_vs_live [--quick] [--sim-only] [--json PATH]``, or with
+``--calibrate`` to measure the overheads the simulation models.
 
 For each scenario of :mod:`benchmarks.lb_quality` (``heterogeneous``,
 ``replicas``, ``noisy``: its definitions, pods, speeds, slow schedule,
@@ -15,12 +16,25 @@ applied to the pod's speed by a hook at every window edge, at the phase the
 live run is aligned to). Arrivals and service times are drawn from the
 simulator's own seeded streams: the same distributions, not the same draws.
 
+The simulated runs use the scenario's default overheads (``overhead.hop``
+and ``overhead.pod``, docs/simulator.md "Overheads"), which ``--calibrate``
+measures on this machine: one pod, requests one at a time, through katyusha
+and straight to nonna.
+
+The cold-start half runs :mod:`benchmarks.coldstart`'s plan (``--quick``: its
+quick plan) both ways: live, its own fleet at zero pods and its step of load
+through katyusha (without the nginx peer); simulated, the same slots (each its
+own node, so each pulls the image as each live pod does), image, pull rate,
+start time, KPA settings and step. It compares the number of cold starts and
+the time from the step's start to the first response.
+
 JSON keys: ``p50_rel_err[scenario][policy]`` and ``p99_rel_err[...]``
 ((simulated - live) / live), ``same_ranking[scenario]`` (policies ordered by
-p99 alike), ``live`` and ``sim`` (the figures), ``coldstart`` (None: the
-cold-start comparison against benchmarks.coldstart is not done).
-Not modelled, so part of the error: HTTP and event-loop overhead, loopback
-latency, the load generator's own lag.
+p99 alike), ``live`` and ``sim`` (the figures), ``coldstart`` (``sim``,
+``live``, ``same_cold_starts``, ``first_response_rel_err``,
+``first_response_within_15pct``). Not modelled, so part of the error: the
+overheads' growth under load (CPU contention on the machine's two cores), the
+load generator's own lag.
 """
 
 from __future__ import annotations
