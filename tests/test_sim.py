@@ -12,6 +12,7 @@ import pytest
 
 from katyusha.core.errors import ConfigError, IllegalTransition
 from katyusha.sim import Simulation, parse, run_scenario
+from katyusha.sim.scenario import HOP_S, POD_OVERHEAD_S
 
 SIM = pathlib.Path(__file__).resolve().parent.parent / "katyusha" / "sim"
 
@@ -86,8 +87,10 @@ def erlang_c_wait(c: int, arrival: float, service: float) -> float:
 @pytest.mark.parametrize(("c", "rate", "requests"), [(1, 50.0, 100_000), (2, 120.0, 100_000)])
 def test_mmc_mean_wait_matches_erlang_c(c, rate, requests):
     # Exponential service of mean 10 ms on c pods of container concurrency 1; katyusha's per-pod
-    # capacity holds the L1 limit at c, so requests wait in L1 first-in first-out: an M/M/c queue.
-    sim = Simulation(scenario([fixed(pods=c, rate=rate, requests=requests)], seed=7, duration=100_000))
+    # capacity holds the L1 limit at c, so requests wait in L1 first-in first-out: an M/M/c queue
+    # (with the live overheads off: they add a constant to each service and idle time between two).
+    sim = Simulation(scenario([fixed(pods=c, rate=rate, requests=requests)], seed=7, duration=100_000,
+                              overhead={"hop": 0, "pod": 0}))
     summary = sim.run()
     assert summary["services"]["q"]["drops"] == 0
     rows = sim.recorder.rows["requests"]
@@ -114,9 +117,13 @@ def first_response(images):
     return row[8] - row[4], summary["services"]["f"], sim
 
 
+# A request's own cost beyond the service: the hop there and back and the pod's overhead.
+OVERHEAD_S = 2 * HOP_S + POD_OVERHEAD_S
+
+
 def test_a_cold_start_costs_the_image_pull_and_the_start():
     latency, figures, sim = first_response([])
-    assert latency == pytest.approx(300 / 50 + 2.0 + 0.010, abs=1e-6)
+    assert latency == pytest.approx(300 / 50 + 2.0 + 0.010 + OVERHEAD_S, abs=1e-6)
     assert figures["cold_starts"] == 1 and figures["image_pulls"] == 1
     steps = [(row[4], row[5]) for row in sim.recorder.rows["pods"]]
     assert steps[:3] == [("", "null"), ("null", "cold"), ("cold", "warmdisk")]
@@ -124,7 +131,7 @@ def test_a_cold_start_costs_the_image_pull_and_the_start():
 
 def test_a_warmdisk_start_costs_only_the_start():
     latency, figures, _ = first_response(["f:1"])
-    assert latency == pytest.approx(2.0 + 0.010, abs=1e-6)
+    assert latency == pytest.approx(2.0 + 0.010 + OVERHEAD_S, abs=1e-6)
     assert figures["cold_starts"] == 1 and figures["image_pulls"] == 0
 
 
@@ -139,6 +146,26 @@ def test_scale_from_zero_holds_requests_in_l1_and_drops_none():
     assert ready == pytest.approx(0.5 + 100 / 100 + 1.0)
     early = [row for row in sim.recorder.rows["requests"] if row[4] < ready]
     assert early and all(row[5] >= ready for row in early)  # t2: dispatched only once the pod serves
+
+
+def test_the_live_overheads_are_modelled_by_default_and_can_be_set():
+    # One request on an idle warm pod: katyusha -> pod (a hop), the service plus the pod's
+    # overhead (its slot held), pod -> katyusha (a hop); the defaults are the calibrated figures.
+    def one(**top):
+        sim = Simulation(scenario([fixed(service_time="const:10ms", rate=1.0, requests=1)], duration=5, **top))
+        sim.run()
+        (row,) = sim.recorder.rows["requests"]
+        _, _, _, _, t1, t2, t3, t4, done, _, _, _ = row
+        return t3 - t2, t4 - t3, done - t4, done - t1
+
+    assert HOP_S > 0 and POD_OVERHEAD_S > 0
+    there, served, back, latency = one()
+    assert there == pytest.approx(HOP_S) and back == pytest.approx(HOP_S)
+    assert served == pytest.approx(0.010 + POD_OVERHEAD_S)
+    assert latency == pytest.approx(0.010 + OVERHEAD_S)
+    there, served, back, latency = one(overhead={"hop": "2ms", "pod": "1ms"})
+    assert (there, served, back) == pytest.approx((0.002, 0.011, 0.002))
+    assert one(overhead={"hop": 0, "pod": 0})[3] == pytest.approx(0.010)
 
 
 # -- the same picks live and simulated --------------------------------------------------------------------
@@ -259,6 +286,9 @@ def test_to_warmdisk_on_another_node_only_from_null():
      "services[0].annotations.autoscaling.knative.dev/target"),
     (lambda d: d.update({"regions": {"latency": [{"from": "a", "to": "b", "one-way": "soon"}]}}),
      "regions.latency[0].one-way"),
+    (lambda d: d.update({"overhead": {"hop": "soon"}}), "overhead.hop"),
+    (lambda d: d.update({"overhead": {"pod": "-1ms"}}), "overhead.pod"),
+    (lambda d: d.update({"overhead": {"dispatch": "1ms"}}), "overhead.dispatch"),
 ])
 def test_a_bad_scenario_names_its_field(change, field):
     document = {"nodes": [{"name": "n"}], "services": [{"name": "s", "workload": {"kind": "poisson", "rate": 1}}]}

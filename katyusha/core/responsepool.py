@@ -2,10 +2,10 @@
 
 Each response adds one sample of four timings: L1 wait (in katyusha's queue),
 L2 wait (in nonna's queue, from ``Server-Timing``), app time and end-to-end
-latency. Samples go into fixed-size rings, one per pod, one per node and one
-for the whole fleet, so recording is a few list stores and memory is bounded
-by ``capacity`` samples per key and ``max_keys`` keys. Only samples younger than
-``window_s`` count in a summary; quantiles are computed there, not on record.
+latency. Samples (one tuple each) go into rings of at most ``capacity``, one
+per pod, one per node and one for the whole fleet, so recording is one list
+store per ring and memory is bounded by ``capacity`` samples per key and
+``max_keys`` keys. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
 """
 
 from __future__ import annotations
@@ -19,45 +19,44 @@ FLEET = "*"
 
 
 class _Ring:
-    """The last ``capacity`` samples of one key, oldest overwritten first."""
+    """The last ``capacity`` samples of one key, oldest overwritten first.
 
-    __slots__ = ("times", "l1", "l2", "app", "latency", "status", "pos", "size", "last")
+    Each sample is one tuple ``(time, l1, l2, app, latency, status)``; the
+    list grows to ``capacity`` and is then overwritten in place, so a key
+    heard from a few times holds a few samples, not ``capacity`` empty slots.
+    """
+
+    __slots__ = ("samples", "capacity", "pos", "last")
 
     def __init__(self, capacity: int):
-        self.times = [0.0] * capacity
-        self.l1: list[float | None] = [None] * capacity
-        self.l2: list[float | None] = [None] * capacity
-        self.app: list[float | None] = [None] * capacity
-        self.latency: list[float | None] = [None] * capacity
-        self.status = [0] * capacity
+        self.samples: list[tuple] = []
+        self.capacity = capacity
         self.pos = 0
-        self.size = 0
         self.last = -math.inf
 
-    def add(self, now, l1, l2, app, latency, status) -> None:
-        pos = self.pos
-        self.times[pos] = now
-        self.l1[pos] = l1
-        self.l2[pos] = l2
-        self.app[pos] = app
-        self.latency[pos] = latency
-        self.status[pos] = status
-        pos += 1
-        self.pos = 0 if pos == len(self.times) else pos
-        if self.size < len(self.times):
-            self.size += 1
+    def add(self, sample: tuple) -> None:
+        samples = self.samples
+        if len(samples) < self.capacity:
+            samples.append(sample)
+        else:
+            pos = self.pos
+            samples[pos] = sample
+            pos += 1
+            self.pos = 0 if pos == self.capacity else pos
+        now = sample[0]
         if now > self.last:
             self.last = now
 
+    @property
+    def size(self) -> int:
+        return len(self.samples)
+
     def summary(self, since: float) -> dict:
-        capacity = len(self.times)
-        start = (self.pos - self.size) % capacity
-        live = [(start + i) % capacity for i in range(self.size)]
-        live = [i for i in live if self.times[i] >= since]
-        errors = sum(1 for i in live if self.status[i] >= 500)
+        live = [sample for sample in self.samples if sample[0] >= since]
+        errors = sum(1 for sample in live if sample[5] >= 500)
         result: dict = {"count": len(live), "errors": errors}
-        for metric, values in zip(METRICS, (self.l1, self.l2, self.app, self.latency), strict=True):
-            result[metric] = describe([values[i] for i in live if values[i] is not None])
+        for index, metric in enumerate(METRICS, start=1):
+            result[metric] = describe([sample[index] for sample in live if sample[index] is not None])
         return result
 
 
@@ -86,7 +85,7 @@ def _clean(value: float | None) -> float | None:
     # A missing, negative or NaN timing is no timing: it must not skew the means.
     if value is None or not value >= 0 or value == math.inf:
         return None
-    return float(value)
+    return value if type(value) is float else float(value)
 
 
 class ResponsePool:
@@ -120,15 +119,18 @@ class ResponsePool:
         status: int,
     ) -> None:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
-        l1 = _clean(l1_wait_ms)
-        l2 = _clean(l2_wait_ms)
-        app = _clean(app_ms)
-        latency = _clean(latency_ms)
+        sample = (now, _clean(l1_wait_ms), _clean(l2_wait_ms), _clean(app_ms), _clean(latency_ms), status)
         self.recorded_total += 1
-        self._fleet.add(now, l1, l2, app, latency, status)
-        self._ring(self._pods, pod).add(now, l1, l2, app, latency, status)
+        self._fleet.add(sample)
+        ring = self._pods.get(pod)
+        if ring is None:
+            ring = self._ring(self._pods, pod)
+        ring.add(sample)
         if node:
-            self._ring(self._nodes, node).add(now, l1, l2, app, latency, status)
+            ring = self._nodes.get(node)
+            if ring is None:
+                ring = self._ring(self._nodes, node)
+            ring.add(sample)
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)

@@ -11,8 +11,11 @@ less than resuming a generator (docs/simulator.md has the measurement).
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable
 from typing import Any
+
+_push = heapq.heappush
 
 
 class Environment:
@@ -23,18 +26,17 @@ class Environment:
     def __init__(self, start: float = 0.0):
         self.now = float(start)
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
-        self._seq = 0
+        self._seq = itertools.count()
         self.events = 0
 
     def at(self, when: float, callback: Callable[[Any], None], argument: Any = None) -> None:
         """Call ``callback(argument)`` at simulated time ``when`` (never before ``now``)."""
-        seq = self._seq
-        self._seq = seq + 1
-        heapq.heappush(self._heap, (when if when > self.now else self.now, seq, callback, argument))
+        now = self.now
+        _push(self._heap, (when if when > now else now, next(self._seq), callback, argument))
 
     def after(self, delay: float, callback: Callable[[Any], None], argument: Any = None) -> None:
-        """Call ``callback(argument)`` ``delay`` simulated seconds from now."""
-        self.at(self.now + delay, callback, argument)
+        """Call ``callback(argument)`` ``delay`` simulated seconds from now (``delay`` >= 0)."""
+        _push(self._heap, (self.now + delay if delay > 0 else self.now, next(self._seq), callback, argument))
 
     def peek(self) -> float | None:
         """When the next event is due, or None when none is scheduled."""

@@ -22,7 +22,6 @@ service, the response and its piggybacked report back. See docs/simulator.md.
 
 from __future__ import annotations
 
-import gc
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -240,7 +239,9 @@ class Simulation:
         regions = {node.region for node in self.nodes} | {scenario.katyusha_region}
         for a in regions:
             for b in regions:
-                self.latency[(a, b)] = scenario.one_way(a, b)
+                # The regions' latency plus the per-hop overhead (docs/simulator.md, "Overheads").
+                self.latency[(a, b)] = scenario.one_way(a, b) + scenario.hop_s
+        self.pod_overhead = scenario.pod_overhead_s
         if scenario.scheduler == "flow":
             self.scheduler = FlowScheduler()
         else:
@@ -410,7 +411,7 @@ class Simulation:
         request.t3 = now
         pod.lifecycle.request_started(now)
         pod.node.in_flight += 1
-        self.env.at(now + request.work / pod.speed, self._finish, request)
+        self.env.at(now + (request.work / pod.speed + self.pod_overhead), self._finish, request)
 
     def _finish(self, request: Request) -> None:
         pod = request.pod
@@ -456,6 +457,17 @@ class Simulation:
         self.recorder.request(request.front.service.name, request.front.replica,
                               pod.name if pod is not None else None, pod.node.name if pod is not None else None,
                               request.t1, request.t2, request.t3, request.t4, self.env.now, status, drop)
+        # The request has ended: drop the references between it and its tickets (the payloads are
+        # ours), so that it is freed at once rather than left to the cycle collector.
+        ticket = request.ticket
+        if ticket is not None:
+            ticket.payload = None
+            request.ticket = None
+        l2 = request.l2
+        if l2 is not None:
+            l2.payload = None
+            request.l2 = None
+        request.handle = None
 
     # -- timers: L1 and L2 deadlines ---------------------------------------------------------------
 
@@ -537,7 +549,7 @@ class Simulation:
             if difference > 0:
                 wakes.append((svc, difference))
             else:
-                self.scale_to(svc, command.count)
+                self.scale_to(svc, command.count, current[command.service])
         if wakes:
             # One min-cost flow over every service's pending pods of this tick (the batch).
             self._wake(wakes)
@@ -554,9 +566,11 @@ class Simulation:
         self.recorder.row("decisions", (self.env.now, svc.name, decision.desired, actual, ready, decision.panic,
                                         float(decision.stable_value), float(decision.panic_value), decision.reason))
 
-    def scale_to(self, svc: SimService, count: int) -> None:
-        """Wake or retire pods so that ``count`` of ``svc`` are asked for (the live actuator's rule)."""
-        difference = count - self.current(svc)
+    def scale_to(self, svc: SimService, count: int, current: int | None = None) -> None:
+        """Wake or retire pods so that ``count`` of ``svc`` are asked for (the live actuator's rule).
+
+        ``current``: :meth:`current` of ``svc`` when the caller has it already."""
+        difference = count - (self.current(svc) if current is None else current)
         if difference > 0:
             self._wake([(svc, difference)])
         elif difference < 0:
@@ -867,26 +881,21 @@ class Simulation:
             from tqdm import tqdm
 
             bar = tqdm(total=round(scenario.duration), unit="sim s", leave=False)
-        # The garbage of a request (its ticket and handle refer to each other) dies young: collect
-        # the young generations between slices of the run, and leave the full collections, which
-        # walk every pod's response rings, out of it (they cost a third of the run at scale).
-        collecting = gc.isenabled()
-        gc.disable()
+        # A request ends with the references between it and its tickets dropped (_record), so it is
+        # freed at once; only the core's ticket and try (which refer to each other) are left to
+        # Python's collector, whose full collections are cheap now that the response pool keeps
+        # a sample as one tuple (docs/simulator.md, "Scale").
         try:
             step = max(1.0, scenario.duration / 200)
             t = 0.0
             while t < scenario.duration and self.env.peek() is not None:
                 t = min(t + step, scenario.duration)
                 self.env.run(until=t)
-                gc.collect(1)
                 if bar is not None:
                     bar.update(round(t) - bar.n)
             while self.open > 0 and self.env.now < self._end and self.env.peek() is not None:
                 self.env.run(until=min(self.env.now + step, self._end), stop=lambda: self.open == 0)
-                gc.collect(1)
         finally:
-            if collecting:
-                gc.enable()
             if bar is not None:
                 bar.close()
         for front in (f for svc in self.services.values() for f in svc.fronts):

@@ -122,6 +122,12 @@ class Service:
     workload: Workload = Workload()
 
 
+# What the live system spends on a request beyond the app's service time, measured on this
+# machine by `python -m benchmarks.sim_vs_live --calibrate` (docs/simulator.md, "Overheads").
+HOP_S = 0.7e-3  # 0.698 ms measured
+POD_OVERHEAD_S = 0.64e-3  # 0.638 ms measured
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A whole scenario, validated."""
@@ -141,6 +147,8 @@ class Scenario:
     scheduler: str = "flow"
     sample_interval: float = 2.0
     record_requests: bool = True
+    hop_s: float = HOP_S  # one way between katyusha and a pod, each way, on top of the regions' latency
+    pod_overhead_s: float = POD_OVERHEAD_S  # per request in a pod beyond its service time, slot held
     base: Path | None = None
 
     def proxy_config(self, settings: Mapping[str, Any] | None = None):
@@ -188,7 +196,7 @@ class Scenario:
 # -- reading ----------------------------------------------------------------------------
 
 _TOP = {"seed", "duration", "drain", "nodes", "regions", "services", "katyusha", "autoscaler", "placement",
-        "record"}
+        "record", "overhead"}
 _NODE = {"name", "count", "region", "cpu", "ram-mb", "max-pods", "images", "registry-mbps", "speed"}
 _SERVICE = {"name", "image", "image-size-mb", "start-time", "cpu", "ram-mb", "container-concurrency",
             "queue-depth", "timeout", "service-time", "speed", "pods", "autoscale", "annotations", "workload"}
@@ -198,6 +206,7 @@ _KATYUSHA = {"replicas", "region", "settings"}
 _SIM_AUTOSCALER = {"enabled", "retire-to"}
 _PLACEMENT = {"scheduler"}
 _RECORD = {"interval", "requests"}
+_OVERHEAD = {"hop", "pod"}
 
 
 def load(path: str | Path, *, seed: int | None = None) -> Scenario:
@@ -274,6 +283,9 @@ def parse(document: Any, *, base: Path | None = None, seed: int | None = None) -
     record = mapping(top.get("record"), "record", _RECORD)
     values["sample_interval"] = _duration(record.get("interval", 2), "record.interval", positive=True)
     values["record_requests"] = _bool(record.get("requests", True), "record.requests")
+    overhead = mapping(top.get("overhead"), "overhead", _OVERHEAD)
+    values["hop_s"] = _duration(overhead.get("hop", HOP_S), "overhead.hop")
+    values["pod_overhead_s"] = _duration(overhead.get("pod", POD_OVERHEAD_S), "overhead.pod")
     scenario = Scenario(**values)
     # Validate the settings now, so a bad key fails before the run, naming its path.
     scenario.proxy_config()
