@@ -69,6 +69,11 @@ def bars(path: str | Path, groups: Mapping[str, Mapping[str, float]], *, title: 
         ys = [values.get(system, 0.0) for values in groups.values()]
         ax.bar(xs, ys, width, label=system, color=colour[system])
     ax.set_xticks([g + width * (len(systems) - 1) / 2 for g in range(len(groups))], list(groups))
+    if sum(len(str(group)) for group in groups) > 60:
+        # Long group names (chaos's runs, placement's cases) would overlap: slant them.
+        ax.tick_params(axis="x", labelrotation=25)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
