@@ -341,11 +341,18 @@ class ServiceBalancer:
         admitted in its place. Calling it again changes nothing.
         """
         handle = ticket.dispatch
-        if handle is not None and handle.state is not _ENDED:
-            self._end_try(handle, now)
+        if handle is not None:
+            if handle.state is not _ENDED:
+                self._end_try(handle, now)
+            # Each try points back at its ticket: without this the cycle is
+            # garbage for the collector, one per request (full collections of
+            # 15-20 ms about every second at 256 connections).
+            ticket.dispatch = None
         hedge = ticket.hedge
-        if hedge is not None and hedge.state is not _ENDED:
-            self._end_try(hedge, now)
+        if hedge is not None:
+            if hedge.state is not _ENDED:
+                self._end_try(hedge, now)
+            ticket.hedge = None
         state = ticket.state
         if state is ADMITTED:
             admitted = self.queue.release(ticket, now)
