@@ -19,7 +19,9 @@ from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every benchmark with a command line.
 RUNNABLE = ("overhead", "lb_quality", "tail_model", "policy_micro", "coldstart", "placement",
-            "forward_micro", "loadgen")
+            "forward_micro", "loadgen", "dropin", "chaos", "batch")
+# Benchmarks that start processes with helpers from the checkout's tests/ (not installed).
+USING_TESTS = ("dropin", "chaos", "batch")
 
 
 @pytest.mark.parametrize("name", RUNNABLE)
@@ -29,6 +31,15 @@ def test_every_benchmark_starts_from_another_folder(name, tmp_path):
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{' '.join(argv[1:])} in {tmp_path}:\n{done.stderr}"
         assert "usage:" in done.stdout
+
+
+@pytest.mark.parametrize("name", USING_TESTS)
+def test_benchmarks_using_test_helpers_find_them_from_another_folder(name, tmp_path):
+    # Their process helpers are imported when a run starts, not at --help: import them as a run does.
+    code = f"import benchmarks.{name}, tests.procs, tests.plain_app, tests.batch_stack"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
 
 
 def test_policy_micro_writes_every_policy_at_every_size(tmp_path):
