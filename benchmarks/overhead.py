@@ -69,7 +69,26 @@ def direct(url: str) -> Iterator[peers.Running]:
     yield peers.Running("direct", url, None)  # type: ignore[arg-type]
 
 
-class AcceptQueue:
+class _Sampler:
+    """A thread that samples something while a run lasts: ``with Sampler(...):``; :meth:`_run` samples."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class AcceptQueue(_Sampler):
     """The deepest accept queue of a listening port in the first seconds of a run.
 
     Connections the kernel completed but the proxy has not accepted yet: wrk
@@ -86,8 +105,7 @@ class AcceptQueue:
         self.port = port
         self.deepest: int | None = None
         self._suffix = f":{port:04X}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _read(self) -> int | None:
         try:
@@ -110,14 +128,6 @@ class AcceptQueue:
                 return
             self.deepest = max(self.deepest or 0, queued)
             self._stop.wait(0.1)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> dict:
@@ -230,27 +240,18 @@ def measure_memory(backend_url: str, *, connections: int) -> dict:
     return result
 
 
-class _RssWatch:
+class _RssWatch(_Sampler):
     def __init__(self, pid: int):
         self.pid = pid
         self.base = peers.rss_kb(pid)
         self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
-        until = time.monotonic() + self.WINDOW_S
-        while not self._stop.is_set() and time.monotonic() < until:
+        # The whole body transfer, not only the first seconds.
+        while not self._stop.is_set():
             self.peak = max(self.peak, peers.rss_kb(self.pid))
             time.sleep(0.05)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
     @property
     def growth_mb(self) -> float:

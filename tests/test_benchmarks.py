@@ -120,3 +120,19 @@ def test_overhead_stops_nginx_when_terminated(tmp_path):
             if _alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_overhead_body_runs_watch_memory_for_the_whole_transfer():
+    # The bodies' "flat memory" figure: the watcher must see a process grow
+    # after the accept-queue sampler's first seconds as well.
+    from benchmarks.overhead import _RssWatch
+
+    grower = subprocess.Popen([sys.executable, "-c",
+                               "import time; time.sleep(2.5); b = bytearray(80 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(30)"])
+    try:
+        with _RssWatch(grower.pid) as watch:
+            time.sleep(4.0)
+        assert watch.growth_mb >= 60
+    finally:
+        grower.kill()
+        grower.wait()
