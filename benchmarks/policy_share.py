@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from katyusha.http import PoolSet
+from katyusha.procs import exit_on_signals
 from katyusha.serving import parse_ready_line
 
 POLICIES = ("round-robin", "jsq-piggyback", "p2c", "least-in-flight", "sed-piggyback")
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per policy and setting")
     parser.add_argument("--json", metavar="PATH", help="write the counts as JSON to PATH")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so every pod started is stopped (a timeout's kill left them running).
+    exit_on_signals()
     table = asyncio.run(main_async(args.runs))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
