@@ -184,16 +184,18 @@ class Hedger:
         a service at capacity or out of budget pays nothing for hedging
         (the proxy then serves it on its fast path, with no timer task).
         """
-        if waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit):
-            return False
-        return self.budget.tokens >= 1.0
+        return not self._busy(waiting, active, limit) and self.budget.tokens >= 1.0
 
     def affordable(self, waiting: int, active: int, limit: int | None) -> bool:
         """Whether the service may send a hedge now: not near capacity, and the budget has a token."""
-        if waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit):
+        if self._busy(waiting, active, limit):
             self.skipped_busy += 1
             return False
         return self.budget.take()
+
+    def _busy(self, waiting: int, active: int, limit: int | None) -> bool:
+        """Near capacity: requests wait in L1, or the active ones reach ``max_utilisation`` of the limit."""
+        return waiting > 0 or (limit is not None and active >= self.settings.max_utilisation * limit)
 
     def state(self) -> dict:
         s = self.settings
