@@ -87,26 +87,14 @@ class PodCapacity:
         """Recompute every capacity, the full pods and the open list (after a change of pods)."""
         self.stale = False
         caps: dict[PodEntry, int] = {}
-        factor = self.factor
-        if factor:
-            # capacity_of for every pod, inlined (this runs on every change of pods).
-            given, watch, extra = self.given, self.watch, self.extra
+        if self.factor:
             for entry in pods:
-                concurrency = given.get(entry)
-                if concurrency is None:
-                    concurrency = entry.reported_concurrency
-                    if concurrency is None:
-                        if watch.get(entry) is UNPROVEN:
-                            caps[entry] = 1
-                        continue
-                if concurrency:
-                    caps[entry] = max(1, int(concurrency * factor)) + extra
+                cap = self.capacity_of(entry)
+                if cap is not None:
+                    caps[entry] = cap
         self.caps = caps
         self.slow &= caps.keys()
-        if self.extra and self.slow:
-            full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
-        else:
-            full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
+        full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
         self._ready = set(ready)
         self.built_from = ready
         self.open = [entry for entry in ready if entry not in full] if full else list(ready)
