@@ -182,6 +182,7 @@ class Chaos:
     """The faults of one run as they happened: (seconds into the run, what, pod)."""
 
     events: list[tuple[float, str, str]] = field(default_factory=list)
+    readmitted: list[tuple[float, str]] = field(default_factory=list)  # (seconds, pod) back in katyusha's ready set
 
     def returns(self) -> list[float]:
         return [at for at, what, _ in self.events if what.endswith("-back")]
@@ -207,6 +208,21 @@ async def kill_pods(pods: list[Pod], which: str, duration_s: float, chaos: Chaos
         await asyncio.to_thread(pod.start_sim if which == "sim" else pod.start_nonna)
         chaos.events.append((loop.time() - t0, f"{which}-back", pod.name))
         n += 1
+
+
+async def watch_ready(proxy, chaos: Chaos, t0: float, duration_s: float, every_s: float = 0.1) -> None:
+    """Record when each pod comes back into katyusha's ready set (its admin ``/pods``, every ``every_s``)."""
+    loop = asyncio.get_running_loop()
+    was: dict[str, bool] = {}
+    while loop.time() - t0 < duration_s:
+        with contextlib.suppress(OSError, ValueError):
+            rows = await asyncio.to_thread(pod_health, proxy)
+            at = loop.time() - t0
+            for row in rows:
+                if row["ready"] and was.get(row["name"]) is False:
+                    chaos.readmitted.append((at, row["name"]))
+                was[row["name"]] = bool(row["ready"])
+        await asyncio.sleep(every_s)
 
 
 async def load(url: str, rate: float, duration_s: float, method: str, seed: int):
@@ -269,6 +285,7 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None, bas
             recovery.append({"from_s": round(start, 2), "to_s": round(end, 2), "requests": len(window),
                              "p99_ms": round(_quantile(window, 0.99), 1)})
     out["recovery"] = recovery
+    out.update(_after_returns(samples, chaos, kills, baseline))
     if baseline_p99 and recovery:
         worst = max(r["p99_ms"] for r in recovery)
         middle = sorted(r["p99_ms"] for r in recovery)[len(recovery) // 2]
@@ -294,6 +311,52 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None, bas
         out["baseline_windows_pooled_p99_ms"] = round(_quantile(same, 0.99), 1)
         out["recovery_pooled_vs_baseline_windows"] = round(
             out["recovery_pooled_p99_ms"] / out["baseline_windows_pooled_p99_ms"], 2)
+    return out
+
+
+TIMELINE_STEP_S = 0.25
+TIMELINE_SPAN_S = (-0.5, 3.0)
+
+
+def _after_returns(samples, chaos: Chaos, kills: list[float], baseline) -> dict:
+    """What happens around a pod's return, pooled over the returns of a run.
+
+    ``readmit_lag_s``: from each process's return to its pod back in
+    katyusha's ready set (probes); ``timeline``: for each 0.25 s step from a
+    return (requests sent then, up to the next kill), the pooled p99 and its
+    peer, the baseline run's requests at the same moments.
+    """
+    out: dict = {}
+    returns = [(at, pod) for at, what, pod in chaos.events if what.endswith("-back") and what != "katyusha-back"]
+    lags = []
+    for back, pod in returns:
+        later = [at for at, name in chaos.readmitted if name == pod and at >= back - 0.05]
+        if later:
+            lags.append(round(min(later) - back, 2))
+    if lags:
+        out["readmit_lag_s"] = {"median": sorted(lags)[len(lags) // 2], "max": max(lags), "all": lags}
+    backs = [at for at, _ in returns] or chaos.returns()
+    if not backs:
+        return out
+    timeline = []
+    lo, hi = TIMELINE_SPAN_S
+    steps = round((hi - lo) / TIMELINE_STEP_S)
+    for i in range(steps):
+        offset = lo + i * TIMELINE_STEP_S
+        windows = []
+        for back in backs:
+            end = min([k for k in kills if k > back] + [float("inf")])
+            start, stop = back + offset, min(back + offset + TIMELINE_STEP_S, end)
+            if stop > start:
+                windows.append({"from_s": start, "to_s": stop})
+        here = _in_windows(samples, windows)
+        row = {"offset_s": round(offset, 2), "requests": len(here),
+               "p99_ms": round(_quantile(here, 0.99), 1) if here else None}
+        if baseline is not None:
+            peer = _in_windows(baseline.samples, windows)
+            row["baseline_p99_ms"] = round(_quantile(peer, 0.99), 1) if peer else None
+        timeline.append(row)
+    out["timeline"] = timeline
     return out
 
 
@@ -333,6 +396,7 @@ async def pod_run(proxy, pods: list[Pod], which: str | None, method: str, rate: 
     tasks = [load(proxy.url, rate, duration_s, method, seed)]
     if which is not None:
         tasks.append(kill_pods(pods, which, duration_s, chaos, t0, **schedule))
+        tasks.append(watch_ready(proxy, chaos, t0, duration_s))
     result, *_ = await asyncio.gather(*tasks)
     return result, chaos
 
@@ -475,6 +539,14 @@ def _print(name: str, row: dict) -> None:
               + (f"; against the baseline's same windows: worst {row['recovery_worst_vs_baseline_windows']}, "
                  f"pooled {row['recovery_pooled_vs_baseline_windows']}"
                  if "recovery_worst_vs_baseline_windows" in row else ""), flush=True)
+    if "readmit_lag_s" in row:
+        lag = row["readmit_lag_s"]
+        print(f"  {'':18s} back in katyusha's ready set after a process's return: median {lag['median']} s, "
+              f"max {lag['max']} s", flush=True)
+    if "timeline" in row:
+        cells = [f"{t['offset_s']:+.2f}s {t['p99_ms']}" + (f"/{t['baseline_p99_ms']}" if "baseline_p99_ms" in t else "")
+                 for t in row["timeline"] if t["p99_ms"] is not None]
+        print(f"  {'':18s} p99 ms after a return (/ the baseline's same moments): " + ", ".join(cells), flush=True)
     if row["method"] == "POST":
         print(f"  {'':18s} failed POSTs: {row['failed_maybe_executed']} may have run (reached the killed pod), "
               f"{row['failed_other']} other; {row['failed_not_at_a_kill']} failed with no kill while they were out",

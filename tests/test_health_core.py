@@ -72,11 +72,13 @@ def test_a_pod_whose_connection_is_refused_leaves_at_once_and_returns_after_rise
     assert s.health_due(0.7) == [] and s.next_health_deadline() is None
     s.probe_result(pod, 0.8, ok=False)
     assert dead not in ready(s)
-    # Back after two probes in a row succeed (health-rise), not one.
+    # Back after two probes in a row succeed (health-rise), not one; after a success the next
+    # probe comes health-fast-interval (0.1 s) later, not another health-down-interval.
     assert run_probes(s, 1.3, {dead}) == [] and dead not in ready(s)
-    run_probes(s, 1.8, {dead})
+    assert s.next_health_deadline() == pytest.approx(1.4)
+    run_probes(s, 1.41, {dead})
     assert dead in ready(s)
-    row = s.pod_row(entry(s, dead), 1.8)
+    row = s.pod_row(entry(s, dead), 1.41)
     assert (row["health"], row["downs"], row["returns"]) == ("ok", 1, 1)
     assert [e.what for e in s.take_health_events()] == ["down", "back"]
     s.end(ticket, 2.0)
@@ -92,8 +94,8 @@ def test_requests_wait_while_no_pod_serves_and_go_out_when_one_returns():
     assert run_probes(s, 0.6, set()) == []
     run_probes(s, 1.1, {"pod-0"})
     # The pod's return lets the ticket out: the driver wakes it.
-    assert run_probes(s, 1.6, {"pod-0"}) == [ticket]
-    handle = s.dispatch(ticket, 1.6)
+    assert run_probes(s, 1.21, {"pod-0"}) == [ticket]
+    handle = s.dispatch(ticket, 1.21)
     assert handle.entry.name == "pod-0" and not ticket.maybe_executed
     s.end(ticket, 1.7)
 
@@ -209,17 +211,22 @@ def test_active_checks_for_pods_without_nonna_fall_and_rise():
         ("pod-0", "http", "http://127.0.0.1:9100/health"), ("pod-1", "http", "http://127.0.0.1:9102/health")]
     for pod, probe in due:
         s.probe_result(pod, 2.0, probe.pod == "pod-0")
-    # Two failed checks are not a fall; three in a row are.
-    run_probes(s, 4.0, {"pod-0"})
+    # Two failed checks are not a fall; three in a row are. After a failed check the next one
+    # comes health-fast-interval (0.1 s) later (falling), a passing pod's every interval.
+    assert s.next_health_deadline() == pytest.approx(2.1)
+    assert [p.pod for _, p in s.health_due(2.11)] == ["pod-1"]
+    s.probe_result(entry(s, "pod-1"), 2.11, False)
     assert ready(s) == ["pod-0", "pod-1"]
-    run_probes(s, 6.0, {"pod-0"})
+    run_probes(s, 2.22, {"pod-0"})
     assert ready(s) == ["pod-0"]
-    assert s.pod_row(entry(s, "pod-1"), 6.0)["health_cause"] == "check"
-    # Out: probed every down interval; back after two successes.
-    run_probes(s, 6.5, {"pod-0", "pod-1"})
+    assert s.pod_row(entry(s, "pod-1"), 2.22)["health_cause"] == "check"
+    # Out: probed every down interval; back after two successes, the second one fast.
+    run_probes(s, 2.73, {"pod-0", "pod-1"})
     assert ready(s) == ["pod-0"]
-    run_probes(s, 7.0, {"pod-0", "pod-1"})
+    run_probes(s, 2.84, {"pod-0", "pod-1"})
     assert ready(s) == ["pod-0", "pod-1"]
+    # pod-0 passed every check: next checked one interval after its last.
+    assert s.health_due(3.9) == [] and [p.pod for _, p in s.health_due(4.0)] == ["pod-0"]
 
 
 def test_without_health_path_pods_with_no_nonna_are_not_checked_but_probed_by_tcp_when_out():
@@ -263,6 +270,7 @@ def test_a_removed_pod_forgets_its_health_and_late_results_change_nothing():
 
 @pytest.mark.parametrize("field, value, key", [
     ("rise", 0, "health-rise"), ("interval", 0, "health-interval"), ("path", "health", "health-path"),
+    ("fast_interval", 0, "health-fast-interval"),
     ("max_ejection_percent", 101, "max-ejection-percent"), ("consecutive", -1, "outlier-consecutive-failures"),
 ])
 def test_bad_health_settings_name_the_key(field, value, key):

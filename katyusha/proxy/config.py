@@ -118,6 +118,7 @@ class ProxyConfig(EdgeFields):
     health_path: str | None = None
     health_interval: float = 2.0
     health_down_interval: float = 0.5
+    health_fast_interval: float = 0.1
     health_timeout: float = 1.0
     health_rise: int = 2
     health_fall: int = 3
@@ -183,6 +184,7 @@ class ProxyConfig(EdgeFields):
         """Probes, active checks and outlier ejection (every service alike). Raises ConfigError naming the key."""
         return HealthSettings(
             path=self.health_path, interval=self.health_interval, down_interval=self.health_down_interval,
+            fast_interval=self.health_fast_interval,
             timeout=self.health_timeout, rise=self.health_rise, fall=self.health_fall,
             consecutive=self.outlier_consecutive_failures, base_ejection=self.outlier_base_ejection_time,
             max_ejection=self.outlier_max_ejection_time, max_ejection_percent=self.max_ejection_percent,
@@ -437,6 +439,9 @@ SETTINGS: tuple[Setting, ...] = (
              "seconds between active checks of a serving pod (with health-path)"),
     _setting("health-down-interval", "health_down_interval", parse_seconds,
              "seconds between probes of a pod out of the ready set"),
+    _setting("health-fast-interval", "health_fast_interval", parse_seconds,
+             "seconds to the next probe or check while a pod is rising or falling (after a success "
+             "while out, or a failed check while serving)"),
     _setting("health-timeout", "health_timeout", parse_seconds, "longest wait for one probe's answer"),
     _setting("health-rise", "health_rise", int_in_range(1, 100),
              "probes in a row that must succeed before a pod is back in the ready set"),
