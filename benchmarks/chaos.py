@@ -26,7 +26,8 @@ may have run (``Katyusha-Maybe-Executed: true``: it reached the killed pod),
 and every failure is checked against the faults: ``failed_not_at_a_kill``
 counts those with no kill (or SIGTERM) between their sending and their answer.
 Recovery: the p99 of requests sent from 2 s after each return of a pod (the
-restarted process is ready) until the next kill, against the baseline's p99
+restarted process is ready) until the next kill (less the baseline's p99: a
+request sent in that last moment meets the next fault), against the baseline's p99
 and against the baseline run's own requests in the same windows (a window is
 under a second, a few hundred requests: its p99 is one of the few slowest,
 and moves with no fault at all); ``pooled``: all windows of a run together.
@@ -277,9 +278,13 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None, bas
         "events": [(round(at, 2), what, pod) for at, what, pod in chaos.events],
     }
     recovery = []
+    # A window ends one normal p99 (the baseline's) before the next kill: a request sent later
+    # would normally still be out when the next process dies, and is that fault's, not this
+    # return's (the overall p50, p99 and failures count it).
+    margin = (baseline_p99 or 0.0) / 1000
     for back in chaos.returns():
         start = back + 2.0
-        end = min([k for k in kills if k > back] + [result.duration_s])
+        end = min([k - margin for k in kills if k > back] + [result.duration_s])
         window = sorted(s.latency_ms for s in samples if start <= s.sent_at < end)
         if len(window) >= 20:
             recovery.append({"from_s": round(start, 2), "to_s": round(end, 2), "requests": len(window),
