@@ -205,7 +205,7 @@ def _dropin(doc: dict, at: Path) -> list:
 @plotter("chaos")
 def _chaos(doc: dict, at: Path) -> list:
     runs = doc["runs"]
-    return [
+    written = [
         bars(beside(at, "latency"), {name: {"katyusha p50": row["p50_ms"], "katyusha p99": row["p99_ms"]}
                                      for name, row in runs.items()},
              title=f"chaos: {doc.get('rate')} req/s, {doc['duration_s']:g} s per run", ylabel="latency (ms)"),
@@ -214,6 +214,21 @@ def _chaos(doc: dict, at: Path) -> list:
                      "unanswered": 100 * row["unanswered"] / max(row["sent"], 1)} for name, row in runs.items()},
              title="chaos: requests that failed or got no answer", ylabel="share of requests sent (%)"),
     ]
+    after = {name: row["timeline"] for name, row in runs.items() if row.get("timeline")}
+    if after:
+        t = [step["offset_s"] for step in next(iter(after.values()))]
+
+        def values(steps: list, key: str) -> list[float]:
+            return [float("nan") if step.get(key) is None else step[key] for step in steps]
+
+        written.append(panels(
+            beside(at, "after-return"), t,
+            {f"{name} p99 (ms)": {"requests sent then": values(steps, "p99_ms"),
+                                  "baseline run, same moments": values(steps, "baseline_p99_ms")}
+             for name, steps in after.items()},
+            title="chaos: p99 of requests sent in each 0.25 s around a process's return (0: it is ready)",
+            xlabel="seconds from the return"))
+    return written
 
 
 @plotter("soak")
