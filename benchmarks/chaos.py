@@ -35,7 +35,12 @@ and moves with no fault at all); ``pooled``: all windows of a run together.
 JSON: ``runs[name]`` with ``sent``, ``ok``, ``failed``, ``unanswered`` (and
 detail), top-level ``success_ratio_get`` (ok / sent over the GET runs with
 faults), ``unanswered_total`` (over every run), ``failed_not_at_a_kill_total``
-and the worst recovery ratios over the runs (``recovery_*``).
+and the worst recovery ratios over the runs (``recovery_*``); per run
+``timeline`` (p99 of each 0.25 s around a return, beside the baseline's same
+moments), ``readmit_lag_s`` (from a process's return to its pod back in
+katyusha's ready set) and ``normal_from_s`` (the first offset from a return
+from which the requests sent, all returns pooled, have a p99 within 10% of
+the baseline's at the same moments); top-level ``normal_from_s_worst``.
 """
 
 from __future__ import annotations
@@ -320,6 +325,7 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None, bas
 
 
 TIMELINE_STEP_S = 0.25
+NORMAL_WITHIN = 1.1  # a p99 within 10% of the baseline's at the same moments is "back to normal"
 TIMELINE_SPAN_S = (-0.5, 3.0)
 
 
@@ -362,6 +368,22 @@ def _after_returns(samples, chaos: Chaos, kills: list[float], baseline) -> dict:
             row["baseline_p99_ms"] = round(_quantile(peer, 0.99), 1) if peer else None
         timeline.append(row)
     out["timeline"] = timeline
+    if baseline is not None:
+        # From each offset on (to one baseline p99 before the next kill), all returns pooled: the
+        # first offset whose p99 is within NORMAL_WITHIN of the baseline's at the same moments.
+        margin = _quantile(sorted(x.latency_ms for x in baseline.samples), 0.99) / 1000
+        ratios = []
+        for i in range(steps):
+            offset = i * TIMELINE_STEP_S
+            windows = [{"from_s": back + offset, "to_s": end}
+                       for back in backs
+                       if (end := min([k - margin for k in kills if k > back] + [float("inf")])) > back + offset]
+            here, peer = _in_windows(samples, windows), _in_windows(baseline.samples, windows)
+            if len(here) < 100 or len(peer) < 100:
+                break
+            ratios.append((round(offset, 2), round(_quantile(here, 0.99) / _quantile(peer, 0.99), 2)))
+        out["p99_from_offset_vs_baseline"] = ratios
+        out["normal_from_s"] = next((offset for offset, ratio in ratios if ratio <= NORMAL_WITHIN), None)
     return out
 
 
@@ -506,6 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     document["post_failed_other_total"] = sum(row["failed_other"] for row in runs.values() if row["method"] == "POST")
     document["failed_not_at_a_kill_total"] = sum(row["failed_not_at_a_kill"] for row in runs.values())
     document["quick"] = args.quick
+    pod_runs = [row for name, row in runs.items() if name.startswith("kill-") and "normal_from_s" in row]
+    document["normal_from_s_worst"] = (None if not pod_runs or any(r["normal_from_s"] is None for r in pod_runs)
+                                       else max(r["normal_from_s"] for r in pod_runs))
     for key in ("recovery_worst_vs_baseline", "recovery_pooled_vs_baseline",
                 "recovery_worst_vs_baseline_windows", "recovery_pooled_vs_baseline_windows"):
         values = [row[key] for row in runs.values() if key in row]
@@ -518,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"p99 from 2 s after a return, worst over the runs: worst window / baseline p99 "
           f"{document['recovery_worst_vs_baseline']}, pooled {document['recovery_pooled_vs_baseline']}; "
           f"against the baseline's same windows: worst {document['recovery_worst_vs_baseline_windows']}, "
-          f"pooled {document['recovery_pooled_vs_baseline_windows']}")
+          f"pooled {document['recovery_pooled_vs_baseline_windows']}; back to normal (p99 within "
+          f"{NORMAL_WITHIN:g}x of the baseline's at the same moments) from {document['normal_from_s_worst']} s "
+          f"after a return at the latest")
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -552,6 +579,10 @@ def _print(name: str, row: dict) -> None:
         cells = [f"{t['offset_s']:+.2f}s {t['p99_ms']}" + (f"/{t['baseline_p99_ms']}" if "baseline_p99_ms" in t else "")
                  for t in row["timeline"] if t["p99_ms"] is not None]
         print(f"  {'':18s} p99 ms after a return (/ the baseline's same moments): " + ", ".join(cells), flush=True)
+    if "normal_from_s" in row:
+        print(f"  {'':18s} p99 of the requests sent from N s after a return on, over the baseline's at the same "
+              f"moments: " + ", ".join(f"{o:g}s {r}" for o, r in row["p99_from_offset_vs_baseline"])
+              + f"; back to normal (within {NORMAL_WITHIN:g}x) from {row['normal_from_s']} s", flush=True)
     if row["method"] == "POST":
         print(f"  {'':18s} failed POSTs: {row['failed_maybe_executed']} may have run (reached the killed pod), "
               f"{row['failed_other']} other; {row['failed_not_at_a_kill']} failed with no kill while they were out",
