@@ -157,9 +157,10 @@ def _forwarded_node(address: bytes) -> bytes:
 
 def _quoted(value: bytes) -> bytes:
     # A token needs no quotes; a host with a port (":") does (RFC 7239 section 4).
-    if all(c in _TOKEN for c in value):
+    if not value.translate(None, _TOKEN):
         return value
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The token characters, for bytes.translate to delete: what is left is not a token.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

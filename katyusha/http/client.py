@@ -258,7 +258,7 @@ class Pool:
             raise
 
     def start(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *,
-              timeout: float | None = None) -> asyncio.Future | None:
+              timeout: float | None = None, on_head=None) -> asyncio.Future | bool | None:
         """Send a body-less request on an idle connection, without a coroutine.
 
         Returns a future that gets the :class:`Response` once its head
@@ -266,6 +266,10 @@ class Pool:
         closed unanswered: send it again with :meth:`request`) or an
         UpstreamError; None when no idle connection is at hand (use
         :meth:`request`). Raises BadInput as :meth:`request` does.
+
+        With ``on_head`` no future is made: True when the request went out,
+        and ``on_head(response, error)`` is called once as
+        :meth:`Connection.start` says; None as above.
         """
         if self._closed or not self._idle:
             return None
@@ -274,11 +278,11 @@ class Pool:
         if conn is None:
             return None
         try:
-            waiter = conn.start(head, None, None, timeout, method == b"HEAD")
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
         except (Stale, UpstreamError):
             return None
         self.reuses += 1
-        return waiter
+        return True if on_head is not None else waiter
 
     async def close(self) -> None:
         """Close idle connections; busy ones close when their exchange ends."""

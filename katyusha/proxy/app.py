@@ -308,55 +308,52 @@ class DataApp:
             if query:
                 target = target + b"?" + query
             method = _METHODS.get(scope["method"]) or scope["method"].encode()
-            waiter = self.pools.get(handle.entry.url).start(
-                method, target, request_headers(upstream_headers), timeout=self.upstream_timeout)
+            # The connection calls back at the end of the read that brings the
+            # pod's head: no future, no loop callback in between.
+            sent = self.pools.get(handle.entry.url).start(
+                method, target, request_headers(upstream_headers), timeout=self.upstream_timeout,
+                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server))
         except Exception:  # BadInput and the like: the ASGI path answers them
-            waiter = None
-        if waiter is None:
+            sent = None
+        if sent is None:
             server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
-            return True
-        waiter.add_done_callback(_FastHead(self, live, ticket, request_id, given, handle, exchange,
-                                           server))
         return True
 
-    def _fast_answer(self, state: _FastHead, waiter: asyncio.Future) -> None:
-        """The pod's head came back on the fast path: answer a whole response, hand on the rest."""
+    def _fast_answer(self, state: _FastHead, response, error: BaseException | None) -> None:
+        """The pod's head came back on the fast path (or the try failed first, ``error``):
+        answer a whole response, hand on the rest."""
         live = state.live
         handle = state.handle
-        if waiter.cancelled():
-            pending: object = None
-        else:
-            pending = waiter.exception()
-            if isinstance(pending, Stale):
-                self.pools.get(handle.entry.url).stale_retries += 1
-                pending = None  # sent again through Pool.request
-            elif pending is None:
-                response = waiter.result()
-                status = response.status
-                pending = response
-                if response.complete and 200 <= status < 500:
+        pending: object = error
+        if isinstance(error, Stale):
+            self.pools.get(handle.entry.url).stale_retries += 1
+            pending = None  # sent again through Pool.request
+        elif error is None:
+            status = response.status
+            pending = response
+            if response.complete and 200 <= status < 500:
+                try:
+                    body = response.take()
+                except UpstreamError as exc:
+                    response.release()
+                    pending = exc
+                else:
+                    ticket = state.ticket
+                    stats = live.stats
+                    l1_wait = ticket.l1_wait
+                    stats.l1_wait.observe(l1_wait)
+                    head = _Head(self, stats, state.request_id,
+                                 b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                                 if l1_wait else _NO_WAIT)
+                    head.handle = handle
                     try:
-                        body = response.take()
-                    except UpstreamError as exc:
-                        response.release()
-                        pending = exc
-                    else:
-                        ticket = state.ticket
-                        stats = live.stats
-                        l1_wait = ticket.l1_wait
-                        stats.l1_wait.observe(l1_wait)
-                        head = _Head(self, stats, state.request_id,
-                                     b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-                                     if l1_wait else _NO_WAIT)
-                        head.handle = handle
-                        try:
-                            state.server.respond(state.exchange, status,
-                                                 head(status, response.headers, True), body)
-                            stats.response(status, handle.entry.name)
-                        finally:
-                            live.end(ticket)
-                            self._done()
-                        return
+                        state.server.respond(state.exchange, status,
+                                             head(status, response.headers, True), body)
+                        stats.response(status, handle.entry.name)
+                    finally:
+                        live.end(ticket)
+                        self._done()
+                    return
         state.server.spawn(state.exchange, _Continue(self, live, state.ticket, state.request_id,
                                                      state.given, handle, pending))
 
@@ -524,8 +521,8 @@ class _FastHead:
         self.exchange = exchange
         self.server = server
 
-    def __call__(self, waiter: asyncio.Future) -> None:
-        self.app._fast_answer(self, waiter)
+    def __call__(self, response, error: BaseException | None) -> None:
+        self.app._fast_answer(self, response, error)
 
 
 class _Continue:
