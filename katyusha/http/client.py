@@ -284,6 +284,35 @@ class Pool:
         self.reuses += 1
         return True if on_head is not None else waiter
 
+    def start_lines(self, method: bytes, target: bytes, lines: bytes, count: int, has_host: bool,
+                    *, timeout: float | None = None, on_head=None) -> asyncio.Future | bool | None:
+        """:meth:`start` with the header lines already built: ``count`` lines of
+        ``name: value\r\n`` with no hop-by-hop or framing header (``has_host``: Host is
+        among them). Raises BadInput for a line break in them or a space in ``target``."""
+        if self._closed or not self._idle:
+            return None
+        parts = [method, b" ", target, b" HTTP/1.1\r\n", lines]
+        count += 2
+        if not has_host:
+            parts.append(self._host_header)
+            count += 1
+        if method in _BODY_METHODS:
+            parts.append(b"content-length: 0\r\n")
+            count += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != count or b" " in target:
+            raise BadInput(_bad_header(method, target, _lines_as_headers(lines)))
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        try:
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
+        except (Stale, UpstreamError):
+            return None
+        self.reuses += 1
+        return True if on_head is not None else waiter
+
     async def close(self) -> None:
         """Close idle connections; busy ones close when their exchange ends."""
         self._closed = True
@@ -408,6 +437,15 @@ def _bad_header(method: bytes, target: bytes, headers) -> str:
         if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value:
             return f"header {name[:80]!r} contains a line break"
     return f"request line for method {method[:20]!r} contains a line break"
+
+
+def _lines_as_headers(lines: bytes) -> list[tuple[bytes, bytes]]:
+    # For the error message only: each CRLF-ended line as a (name, value) pair.
+    out = []
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out.append((name, value))
+    return out
 
 
 class PoolSet:

@@ -28,7 +28,7 @@ from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
 from katyusha.http.connection import Stale
 from katyusha.http.errors import ConnectFailed, ResponseAborted
-from katyusha.http.forward import relay_response, request_headers, response_headers
+from katyusha.http.forward import REQUEST_HOP_BY_HOP, relay_response, response_headers
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.hedging import HedgedForward
@@ -152,25 +152,84 @@ class _Head:
                                 "upstream-failed)", origin=handle.entry.url, retryable=True)
         feedback = parse_feedback(headers) if self.uses_feedback else None
         self.stats.upstream(handle.entry.name, handle.on_head(self.loop.time(), feedback, status, pod_error))
-        out = []
-        has_id = False
-        keep_nonna = self.keep_nonna
-        for item in headers:
-            name = item[0]
-            if name.startswith(_NONNA) and not keep_nonna:
+        if raw:
+            headers = response_headers(headers)
+        return _downstream(headers, self.keep_nonna, self.request_id, self.timing)
+
+
+def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | None:
+    """A body-less request's headers (as forwarding rewrote them) as the pod's header lines,
+    in one pass: (lines, their count, whether Host is among them, the X-Request-Id the client
+    gave or None). Hop-by-hop headers and any framing are dropped, as ``request_headers`` and
+    ``Pool`` do; None when a Connection header names other headers to drop."""
+    parts: list[bytes] = []
+    count = 0
+    has_host = False
+    request_id = None
+    for name, value in headers:
+        kind = _SPECIAL_REQUEST.get(name)
+        if kind is not None:
+            if kind == _HOP:
+                if name == b"connection" and value not in _PLAIN_CONNECTION:
+                    return None
                 continue
-            if raw and name in _HOP_RESPONSE:
-                if name == b"connection" and item[1] not in _PLAIN_CONNECTION:
-                    # It names other headers to drop: the general filter first.
-                    return self(status, response_headers(headers))
+            if kind == _HOST_KIND:
+                has_host = True
+            elif value and request_id is None:
+                request_id = value
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    return b"".join(parts), count, has_host, request_id
+
+
+def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes) -> list:
+    """The client's headers from a pod's (hop-by-hop ones already dropped): ``Nonna-*`` dropped
+    unless kept, ``X-Request-Id`` added when the pod sent none, our ``Server-Timing`` added."""
+    out = []
+    has_id = False
+    for item in headers:
+        name = item[0]
+        if name.startswith(_NONNA) and not keep_nonna:
+            continue
+        if name == _REQUEST_ID:
+            has_id = True
+        out.append(item)
+    if not has_id:
+        out.append((_REQUEST_ID, request_id))
+    out.append((_SERVER_TIMING, timing))
+    return out
+
+
+def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes
+                      ) -> tuple[bytes, int, bool] | None:
+    """:func:`_downstream` of a pod's raw headers, as header lines in one pass, for
+    ``LeanHTTPProtocol.respond_lines``: (lines, their count, whether Content-Length is
+    among them). None when a Connection header names other headers to drop."""
+    parts: list[bytes] = []
+    has_id = False
+    has_length = False
+    count = 2
+    for name, value in headers:
+        kind = _SPECIAL_RESPONSE.get(name)
+        if kind is not None:
+            if kind == _HOP:
+                if name == b"connection" and value not in _PLAIN_CONNECTION:
+                    return None
                 continue
-            if name == _REQUEST_ID:
+            if kind == _LENGTH:
+                has_length = True
+            else:
                 has_id = True
-            out.append(item)
-        if not has_id:
-            out.append((_REQUEST_ID, self.request_id))
-        out.append((_SERVER_TIMING, self.timing))
-        return out
+        elif name.startswith(_NONNA) and not keep_nonna:
+            continue
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    if has_id:
+        count -= 1
+    else:
+        parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
+    parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
+    return b"".join(parts), count, has_length
 
 
 class DataApp:
@@ -295,14 +354,25 @@ class DataApp:
             ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
-        request_id, given = self._request_id(headers)
         self.in_progress += 1
         handle = live.dispatch(ticket, now) if ticket.admitted else None
-        if handle is None:
-            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, None, None))
+        # One pass from the client's headers (as forwarding rewrote them) to the pod's header
+        # lines, which also finds the request's id (None: a Connection header names others).
+        client = scope["client"]
+        built = _upstream_lines(self.forwarding.rewrite(headers, client[0] if client else None,
+                                                        scope["scheme"]))
+        if built is None or built[3] is None:
+            request_id, given = self._request_id(headers)
+        else:
+            request_id, given = built[3], True
+        if handle is None or built is None:
+            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
             return True
+        lines, count, has_host, _ = built
+        if not given:
+            lines += b"%b: %b\r\n" % (_REQUEST_ID, request_id)
+            count += 1
         try:
-            upstream_headers = self._upstream_headers(scope, request_id, given)
             target = scope["raw_path"]
             query = scope["query_string"]
             if query:
@@ -310,8 +380,8 @@ class DataApp:
             method = _METHODS.get(scope["method"]) or scope["method"].encode()
             # The connection calls back at the end of the read that brings the
             # pod's head: no future, no loop callback in between.
-            sent = self.pools.get(handle.entry.url).start(
-                method, target, request_headers(upstream_headers), timeout=self.upstream_timeout,
+            sent = self.pools.get(handle.entry.url).start_lines(
+                method, target, lines, count, has_host, timeout=self.upstream_timeout,
                 on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server))
         except Exception:  # BadInput and the like: the ASGI path answers them
             sent = None
@@ -342,13 +412,23 @@ class DataApp:
                     stats = live.stats
                     l1_wait = ticket.l1_wait
                     stats.l1_wait.observe(l1_wait)
-                    head = _Head(self, stats, state.request_id,
-                                 b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-                                 if l1_wait else _NO_WAIT)
-                    head.handle = handle
+                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                              if l1_wait else _NO_WAIT)
+                    headers = response.headers
                     try:
-                        state.server.respond(state.exchange, status,
-                                             head(status, response.headers, True), body)
+                        # What _Head does for a status under 500: feed the core, then one
+                        # pass from the pod's headers to the client's header lines.
+                        feedback = parse_feedback(headers) if self.uses_feedback else None
+                        stats.upstream(handle.entry.name,
+                                       handle.on_head(self.loop.time(), feedback, status))
+                        built = _downstream_lines(headers, self.keep_nonna, state.request_id,
+                                                  timing)
+                        if built is None:  # a Connection header naming others: the general filter
+                            state.server.respond(state.exchange, status, _downstream(
+                                response_headers(headers), self.keep_nonna, state.request_id,
+                                timing), body)
+                        else:
+                            state.server.respond_lines(state.exchange, status, *built, body)
                         stats.response(status, handle.entry.name)
                     finally:
                         live.end(ticket)
@@ -551,6 +631,17 @@ class _Continue:
 
 
 _HOP_RESPONSE = frozenset(name.encode() for name in protocol.HOP_BY_HOP)
+# The response headers _downstream_lines treats apart, and how.
+_HOP, _LENGTH, _ID = 0, 1, 2
+_SPECIAL_RESPONSE = {**{name: _HOP for name in _HOP_RESPONSE}, b"content-length": _LENGTH,
+                     _REQUEST_ID: _ID}
+_REQUEST_ID_LINE = _REQUEST_ID + b": "
+# The request headers _upstream_lines treats apart: framing goes with hop-by-hop (no body here).
+_HOST_KIND = 3
+_SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},
+                    b"content-length": _HOP, b"transfer-encoding": _HOP,
+                    _HOST: _HOST_KIND, _REQUEST_ID: _ID}
+_SERVER_TIMING_LINE = _SERVER_TIMING + b": "
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _NO_WAIT = b"katyusha-queue;dur=0.000"
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
