@@ -254,7 +254,7 @@ class DataApp:
         # Requests that matched no service.
         self.unrouted = ProxyStats()
         self._ids = count(1)
-        self._id_prefix = os.urandom(6).hex()
+        self._id_prefix = os.urandom(6).hex().encode()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.in_progress = 0
         self._idle = asyncio.Event()
@@ -280,7 +280,10 @@ class DataApp:
         for name, value in headers:
             if name == _REQUEST_ID and value:
                 return value, True
-        return f"{self._id_prefix}-{next(self._ids):x}".encode(), False
+        return self._new_request_id(), False
+
+    def _new_request_id(self) -> bytes:
+        return b"%b-%x" % (self._id_prefix, next(self._ids))
 
     def _priority(self, headers) -> int:
         """The priority class the request asks for (0 when it names none). Raises BadInput (400)."""
@@ -361,8 +364,10 @@ class DataApp:
         client = scope["client"]
         built = _upstream_lines(self.forwarding.rewrite(headers, client[0] if client else None,
                                                         scope["scheme"]))
-        if built is None or built[3] is None:
+        if built is None:
             request_id, given = self._request_id(headers)
+        elif built[3] is None:
+            request_id, given = self._new_request_id(), False
         else:
             request_id, given = built[3], True
         if handle is None or built is None:
