@@ -153,14 +153,16 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _finish(self, error: BaseException | None = None) -> None:
         if error is not None:
             self._error = error
         self._done = True
         self._conn = None
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -356,7 +358,11 @@ class Connection(asyncio.Protocol):
         response = self._response
         if response is None or self._head_only:
             return
-        response._feed(body)
+        # Response._feed, inlined: once per read of a body.
+        response._chunks.append(body)
+        response._buffered += len(body)
+        if response._waiter is not None:
+            response._wake()
         if response._buffered > self._high_water and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()

@@ -601,7 +601,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange) -> None:
         exchange.complete = True
-        exchange.wake()
+        if exchange.waiter is not None:
+            exchange.wake()
         self.server_state.total_requests += 1
         if not exchange.keep_alive:
             if self._deferred is not None and not self._pipeline and not self._closing:
@@ -620,7 +621,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         elif self._phase is _BUSY:
             self._phase = _IDLE
             self._since = self.loop.time()
-        self._resume_reading()
+        if self.read_paused:
+            self._resume_reading()
 
     async def _tunnel(self, exchange: Exchange, message: dict) -> None:
         """Write the 101 head and relay bytes both ways until the tunnel closes."""
