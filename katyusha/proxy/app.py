@@ -201,13 +201,15 @@ def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: byte
 
 
 def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes
-                      ) -> tuple[bytes, int, bool] | None:
+                      ) -> tuple[bytes, int, bool, bool] | None:
     """:func:`_downstream` of a pod's raw headers, as header lines in one pass, for
     ``LeanHTTPProtocol.respond_lines``: (lines, their count, whether Content-Length is
-    among them). None when a Connection header names other headers to drop."""
+    among them, whether the pod sent any ``Nonna-*`` header). None when a Connection
+    header names other headers to drop."""
     parts: list[bytes] = []
     has_id = False
     has_length = False
+    has_nonna = False
     count = 2
     for name, value in headers:
         kind = _SPECIAL_RESPONSE.get(name)
@@ -220,8 +222,10 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
                 has_length = True
             else:
                 has_id = True
-        elif name.startswith(_NONNA) and not keep_nonna:
-            continue
+        elif name.startswith(_NONNA):
+            has_nonna = True
+            if not keep_nonna:
+                continue
         parts += (name, b": ", value, b"\r\n")
         count += 1
     if has_id:
@@ -229,7 +233,7 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
     else:
         parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
     parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
-    return b"".join(parts), count, has_length
+    return b"".join(parts), count, has_length, has_nonna
 
 
 class DataApp:
@@ -400,10 +404,7 @@ class DataApp:
         live = state.live
         handle = state.handle
         pending: object = error
-        if isinstance(error, Stale):
-            self.pools.get(handle.entry.url).stale_retries += 1
-            pending = None  # sent again through Pool.request
-        elif error is None:
+        if error is None:
             status = response.status
             pending = response
             if response.complete and 200 <= status < 500:
@@ -421,24 +422,30 @@ class DataApp:
                               if l1_wait else _NO_WAIT)
                     headers = response.headers
                     try:
-                        # What _Head does for a status under 500: feed the core, then one
-                        # pass from the pod's headers to the client's header lines.
-                        feedback = parse_feedback(headers) if self.uses_feedback else None
-                        stats.upstream(handle.entry.name,
-                                       handle.on_head(self.loop.time(), feedback, status))
+                        # What _Head does for a status under 500: one pass from the pod's
+                        # headers to the client's header lines, then feed the core (the pass
+                        # tells whether there is any Nonna-* header to parse feedback from).
                         built = _downstream_lines(headers, self.keep_nonna, state.request_id,
                                                   timing)
+                        feedback = (parse_feedback(headers) if self.uses_feedback
+                                    and (built is None or built[3]) else None)
+                        stats.upstream(handle.entry.name,
+                                       handle.on_head(self._loop.time(), feedback, status))
                         if built is None:  # a Connection header naming others: the general filter
                             state.server.respond(state.exchange, status, _downstream(
                                 response_headers(headers), self.keep_nonna, state.request_id,
                                 timing), body)
                         else:
-                            state.server.respond_lines(state.exchange, status, *built, body)
+                            state.server.respond_lines(state.exchange, status, built[0],
+                                                       built[1], built[2], body)
                         stats.response(status, handle.entry.name)
                     finally:
                         live.end(ticket)
                         self._done()
                     return
+        elif isinstance(error, Stale):
+            self.pools.get(handle.entry.url).stale_retries += 1
+            pending = None  # sent again through Pool.request
         state.server.spawn(state.exchange, _Continue(self, live, state.ticket, state.request_id,
                                                      state.given, handle, pending))
 
