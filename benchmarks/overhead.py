@@ -22,6 +22,7 @@ import json
 import resource
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,13 +39,23 @@ CONNECTIONS = (32, 256)
 BODY_MB = 100
 
 
+# Runs katyusha's CLI from the tree in argv[1], ahead of the installed (editable) package.
+_FROM_TREE = (
+    "import sys; tree = sys.argv.pop(1); "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+    "sys.path.insert(0, tree); from katyusha.cli import main; sys.argv[0] = 'katyusha'; "
+    "sys.exit(main())"
+)
+
+
 @contextlib.contextmanager
-def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None
-             ) -> Iterator[peers.Running]:
+def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None,
+             tree: str | None = None) -> Iterator[peers.Running]:
     """katyusha as users run it: default policy, L1 queue and metrics on.
 
     ``http_server`` picks the data port's HTTP protocol ("lean", "uvicorn");
-    None leaves the default.
+    None leaves the default. ``tree``: a folder holding another version's
+    ``katyusha`` package, run instead of the installed one (``--against``).
     """
     port = peers.free_port()
     with tempfile.TemporaryDirectory(prefix="bench-katyusha-") as tmp:
@@ -53,7 +64,8 @@ def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None
         if http_server:
             text += f"http-server: {http_server}\n"
         config.write_text(text)
-        argv = [script("katyusha"), "serve", "--port", str(port), "--admin-port", "0",
+        command = [script("katyusha")] if tree is None else [sys.executable, "-c", _FROM_TREE, tree]
+        argv = [*command, "serve", "--port", str(port), "--admin-port", "0",
                 "--pod", f"{upstream},name=backend,node=local", "--config", str(config)]
         proc = Proc(argv, ready_timeout=30)
         try:
@@ -130,7 +142,19 @@ class AcceptQueue(_Sampler):
             self._stop.wait(0.1)
 
 
-def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> dict:
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[str]:
+    """A temporary folder holding the ``katyusha`` package as it is at git ``ref`` of this checkout."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="bench-against-") as tmp:
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref, "katyusha"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        yield tmp
+
+
+def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
+                       against: tuple[str, str] | None = None) -> dict:
     systems = {
         "direct": lambda: direct(backend_url),
         "haproxy": lambda: peers.haproxy_proxy([backend_url]),
@@ -140,6 +164,10 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float) -> d
         # The same proxy on uvicorn's own HTTP protocol: what the lean one buys.
         "katyusha-uvicorn": lambda: katyusha(backend_url, http_server="uvicorn"),
     }
+    if against is not None:
+        # The same proxy at another commit, in the same rounds: an A/B in one run.
+        ref, tree = against
+        systems["katyusha@" + ref] = lambda: katyusha(backend_url, tree=tree)
     samples: dict[str, dict[int, list[wrk.WrkResult]]] = {
         name: {c: [] for c in CONNECTIONS} for name in systems
     }
@@ -313,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
     parser.add_argument("--rounds", type=int, help="rounds per system (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 3)")
+    parser.add_argument("--against", metavar="REF",
+                        help="also run katyusha (one worker) as it is at git REF of this checkout, "
+                             "in the same rounds (key ratio_rps_vs_against)")
     args = parser.parse_args(argv)
     peers.require("nginx", "haproxy", "wrk")
     # Unwind on SIGTERM or Ctrl-C, so nginx, HAProxy and katyusha are all stopped.
@@ -320,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     started = time.monotonic()
-    with peers.nginx_static() as backend:
+    with peers.nginx_static() as backend, contextlib.ExitStack() as stack:
         print(f"backend: nginx at {backend.url}; {rounds} round(s) of {duration:g} s per run")
-        table = measure_throughput(backend.url, rounds=rounds, duration_s=duration)
+        against = None if args.against is None else (args.against, stack.enter_context(
+            checkout(args.against)))
+        table = measure_throughput(backend.url, rounds=rounds, duration_s=duration, against=against)
         memory = measure_memory(backend.url, connections=2000 if args.quick else 10_000)
     bodies = measure_bodies(20 if args.quick else BODY_MB)
     per_round = table.pop("_ratio_vs_haproxy_per_round")
@@ -341,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         "p99_ratio_vs_haproxy_256": round(
             table["katyusha"]["256"]["p99_ms"] / table["haproxy"]["256"]["p99_ms"], 3),
         "added_p50_ms": round(added, 3),
+        "ratio_rps_vs_against": (
+            {conns: round(table["katyusha"][conns]["rps"]
+                          / table["katyusha@" + args.against][conns]["rps"], 3)
+             for conns in ("32", "256")} if args.against else None),
         "ratio_lean_vs_uvicorn": (
             round(table["katyusha"]["32"]["rps"] / table["katyusha-uvicorn"]["32"]["rps"], 3)
             if "katyusha-uvicorn" in table else None),

@@ -42,6 +42,24 @@ def test_an_untrusted_client_s_chain_is_replaced_and_its_real_ip_and_nonna_heade
     assert got[b"via"] == [b"1.0 corp-proxy, 1.1 katyusha"]
 
 
+def test_requests_that_bring_no_forwarding_headers_each_get_their_own_client_and_host():
+    # The headers added for such requests are kept per (client, scheme, host): each
+    # request must still get its own, and one with a chain of its own its own too.
+    forwarding = Forwarding()
+    for _ in range(2):
+        a = as_dict(forwarding.rewrite([(b"host", b"a.example")], "203.0.113.9", "http"))
+        b = as_dict(forwarding.rewrite([(b"host", b"b.example:8080")], "203.0.113.10", "https"))
+        assert a[b"forwarded"] == [b"for=203.0.113.9;proto=http;host=a.example"]
+        assert a[b"x-forwarded-host"] == [b"a.example"] and a[b"x-forwarded-proto"] == [b"http"]
+        assert b[b"forwarded"] == [b'for=203.0.113.10;proto=https;host="b.example:8080"']
+        assert b[b"x-forwarded-for"] == [b"203.0.113.10"] and b[b"via"] == [b"1.1 katyusha"]
+        c = as_dict(forwarding.rewrite([(b"host", b"a.example"), (b"via", b"1.0 corp")],
+                                       "203.0.113.9", "http"))
+        assert c[b"via"] == [b"1.0 corp, 1.1 katyusha"]
+        d = as_dict(forwarding.rewrite([], None, "http"))
+        assert d[b"x-forwarded-for"] == [b"unknown"] and b"x-forwarded-host" not in d
+
+
 def test_a_trusted_proxy_s_chain_is_appended_to_as_one_header():
     forwarding = Forwarding(parse_trusted_proxies("trusted-proxies", "10.0.0.0/8, ::1"))
     got = as_dict(forwarding.rewrite(SPOOFED, "10.1.2.3", "https"))

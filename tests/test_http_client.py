@@ -557,3 +557,60 @@ async def test_response_head_past_max_head_is_a_protocol_error_without_reading_i
             await pool.request(b"GET", b"/")
         await asyncio.sleep(0.1)
         assert len(sent) < 100, "the client kept reading an endless head"
+
+
+async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_brought_it():
+    heads = []
+
+    async def handler(reader, writer, index):
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pod: a\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_server(handler) as url:
+        pool = Pool(url)
+        (await pool.request(b"GET", b"/warm")).release()
+        got = asyncio.get_running_loop().create_future()
+
+        def on_head(response, error):
+            # Called once, the body already in and the connection idle again.
+            got.set_result((response.status, response.complete, response.take(), error,
+                            pool.idle_count))
+
+        assert pool.start_lines(b"GET", b"/x?y=1", b"x-a: 1\r\n", 1, False, timeout=5,
+                                on_head=on_head) is True
+        assert await asyncio.wait_for(got, 5) == (200, True, b"ok", None, 1)
+        assert heads[1].startswith(b"GET /x?y=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:")
+        assert pool.reuses == 1 and pool.connects == 1
+        await pool.close()
+
+
+async def test_start_lines_refuses_a_line_break_and_needs_an_idle_connection(upstream):
+    pool = Pool(upstream.url)
+    # No idle connection yet: the caller sends the request through Pool.request instead.
+    assert pool.start_lines(b"GET", b"/", b"", 0, False, on_head=lambda *_: None) is None
+    (await pool.request(b"GET", b"/echo")).release()
+    with pytest.raises(BadInput):
+        pool.start_lines(b"GET", b"/", b"x-a: 1\r\nx-b: 2\r\n", 1, False, on_head=lambda *_: None)
+    assert pool.idle_count == 1  # nothing was sent on it
+    await pool.close()
+
+
+async def test_on_head_gets_stale_when_the_kept_alive_connection_closes_unanswered():
+    async def handler(reader, writer, index):
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request_head(reader)  # then closes without an answer
+
+    async with raw_server(handler) as url:
+        pool = Pool(url)
+        (await pool.request(b"GET", b"/")).release()
+        got = asyncio.get_running_loop().create_future()
+        assert pool.start_lines(b"GET", b"/", b"", 0, False,
+                                on_head=lambda response, error: got.set_result((response, error))
+                                ) is True
+        response, error = await asyncio.wait_for(got, 5)
+        assert response is None and type(error).__name__ == "Stale"
+        await pool.close()

@@ -69,6 +69,8 @@ class Forwarding:
         self.trusted = tuple(trusted)
         self.via = via
         self._verdicts: dict[str, bool] = {}
+        # (client, scheme, host) -> the headers rewrite adds for a request that brought none.
+        self._tails: dict[tuple, tuple] = {}
 
     def trusts(self, address: str | None) -> bool:
         """True when ``address`` (the peer of the connection) is inside ``trusted``."""
@@ -123,6 +125,25 @@ class Forwarding:
             if name == _HOST:
                 host = item[1]
             out.append(item)
+        if not xff and not forwarded and not via and proto is None and host_seen is None:
+            # The common case (no forwarding headers of its own): the headers this adds
+            # depend on the client, the scheme and the host alone, so they are kept.
+            key = (client, scheme, host)
+            tail = self._tails.get(key)
+            if tail is None:
+                if len(self._tails) > 4096:
+                    self._tails.clear()
+                tail = self._tails[key] = tuple(self._added(xff, forwarded, via, None, None, host,
+                                                            client, scheme))
+            out += tail
+            return out
+        out += self._added(xff, forwarded, via, proto, host_seen, host, client, scheme)
+        return out
+
+    def _added(self, xff: list[bytes], forwarded: list[bytes], via: list[bytes], proto: bytes | None,
+               host_seen: bytes | None, host: bytes | None, client: str | None, scheme: str) -> Headers:
+        """The forwarding headers for the pod, from those kept from the client (see rewrite)."""
+        out: Headers = []
         address = (client or "unknown").encode()
         xff.append(address)
         out.append((_XFF, b", ".join(xff)))
@@ -157,9 +178,10 @@ def _forwarded_node(address: bytes) -> bytes:
 
 def _quoted(value: bytes) -> bytes:
     # A token needs no quotes; a host with a port (":") does (RFC 7239 section 4).
-    if all(c in _TOKEN for c in value):
+    if not value.translate(None, _TOKEN):
         return value
     return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The token characters, for bytes.translate to delete: what is left is not a token.
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -119,7 +119,15 @@ class ResponsePool:
         status: int,
     ) -> None:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
-        sample = (now, _clean(l1_wait_ms), _clean(l2_wait_ms), _clean(app_ms), _clean(latency_ms), status)
+        # The usual timings (a float >= 0, or None) need no cleaning: one check each, no call.
+        sample = (now,
+                  l1_wait_ms if type(l1_wait_ms) is float and 0.0 <= l1_wait_ms < math.inf
+                  else _clean(l1_wait_ms),
+                  l2_wait_ms if l2_wait_ms is None else _clean(l2_wait_ms),
+                  app_ms if app_ms is None else _clean(app_ms),
+                  latency_ms if type(latency_ms) is float and 0.0 <= latency_ms < math.inf
+                  else _clean(latency_ms),
+                  status)
         self.recorded_total += 1
         self._fleet.add(sample)
         ring = self._pods.get(pod)

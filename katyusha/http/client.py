@@ -258,7 +258,7 @@ class Pool:
             raise
 
     def start(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], *,
-              timeout: float | None = None) -> asyncio.Future | None:
+              timeout: float | None = None, on_head=None) -> asyncio.Future | bool | None:
         """Send a body-less request on an idle connection, without a coroutine.
 
         Returns a future that gets the :class:`Response` once its head
@@ -266,6 +266,10 @@ class Pool:
         closed unanswered: send it again with :meth:`request`) or an
         UpstreamError; None when no idle connection is at hand (use
         :meth:`request`). Raises BadInput as :meth:`request` does.
+
+        With ``on_head`` no future is made: True when the request went out,
+        and ``on_head(response, error)`` is called once as
+        :meth:`Connection.start` says; None as above.
         """
         if self._closed or not self._idle:
             return None
@@ -274,11 +278,40 @@ class Pool:
         if conn is None:
             return None
         try:
-            waiter = conn.start(head, None, None, timeout, method == b"HEAD")
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
         except (Stale, UpstreamError):
             return None
         self.reuses += 1
-        return waiter
+        return True if on_head is not None else waiter
+
+    def start_lines(self, method: bytes, target: bytes, lines: bytes, count: int, has_host: bool,
+                    *, timeout: float | None = None, on_head=None) -> asyncio.Future | bool | None:
+        """:meth:`start` with the header lines already built: ``count`` lines of
+        ``name: value\r\n`` with no hop-by-hop or framing header (``has_host``: Host is
+        among them). Raises BadInput for a line break in them or a space in ``target``."""
+        if self._closed or not self._idle:
+            return None
+        parts = [method, b" ", target, b" HTTP/1.1\r\n", lines]
+        count += 2
+        if not has_host:
+            parts.append(self._host_header)
+            count += 1
+        if method in _BODY_METHODS:
+            parts.append(b"content-length: 0\r\n")
+            count += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        if head.count(b"\n") != count or b" " in target:
+            raise BadInput(_bad_header(method, target, _lines_as_headers(lines)))
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        try:
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
+        except (Stale, UpstreamError):
+            return None
+        self.reuses += 1
+        return True if on_head is not None else waiter
 
     async def close(self) -> None:
         """Close idle connections; busy ones close when their exchange ends."""
@@ -404,6 +437,15 @@ def _bad_header(method: bytes, target: bytes, headers) -> str:
         if b"\r" in name or b"\n" in name or b"\r" in value or b"\n" in value:
             return f"header {name[:80]!r} contains a line break"
     return f"request line for method {method[:20]!r} contains a line break"
+
+
+def _lines_as_headers(lines: bytes) -> list[tuple[bytes, bytes]]:
+    # For the error message only: each CRLF-ended line as a (name, value) pair.
+    out = []
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b": ")
+        out.append((name, value))
+    return out
 
 
 class PoolSet:

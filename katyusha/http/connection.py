@@ -153,14 +153,16 @@ class Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _finish(self, error: BaseException | None = None) -> None:
         if error is not None:
             self._error = error
         self._done = True
         self._conn = None
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -202,6 +204,10 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._head_only = False
         self._head_waiter: asyncio.Future | None = None
+        # Or, without a future (start's on_head): the callback until the head
+        # came, then it and the response until data_received hands it over.
+        self._on_head: Callable[[Response | None, BaseException | None], None] | None = None
+        self._deliver: tuple | None = None
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
@@ -244,6 +250,8 @@ class Connection(asyncio.Protocol):
         except HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._tunnel = bytearray(data[offset:])
+            if self._deliver is not None:
+                self._hand_over()
             return
         except HttpParserError as exc:
             cause = exc.__context__
@@ -253,6 +261,8 @@ class Connection(asyncio.Protocol):
                 self.fail(cause)
             else:
                 self.close()
+            if self._deliver is not None:
+                self._hand_over()
             return
         if in_head and self._response is None and self._active:
             # Still inside the head: bound it by raw bytes (the parser gathers a
@@ -270,6 +280,10 @@ class Connection(asyncio.Protocol):
             keep_alive = self._head_keep_alive()
             self.parser = HttpResponseParser(self)
             self._complete(keep_alive)
+        if self._deliver is not None:
+            # The head came in this read: handed over now, with what of the
+            # body came with it (a small response whole, its connection idle again).
+            self._hand_over()
 
     def eof_received(self) -> bool:
         return False
@@ -325,9 +339,7 @@ class Connection(asyncio.Protocol):
                     raise UpstreamProtocolError("101 to a request that asked for no upgrade",
                                                 origin=self.origin)
                 self._response = response = Response(status, self._headers, self)
-                waiter = self._head_waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(response)
+                self._resolve(response)
                 return
             self._informational = True
             self._head_bytes = 0
@@ -340,15 +352,17 @@ class Connection(asyncio.Protocol):
                 break
         self._until_close = until_close and status != 204 and status != 304
         response = self._response = Response(status, headers, self)
-        waiter = self._head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        self._resolve(response)
 
     def on_body(self, body: bytes) -> None:
         response = self._response
         if response is None or self._head_only:
             return
-        response._feed(body)
+        # Response._feed, inlined: once per read of a body.
+        response._chunks.append(body)
+        response._buffered += len(body)
+        if response._waiter is not None:
+            response._wake()
         if response._buffered > self._high_water and not self.read_paused:
             self.read_paused = True
             self.transport.pause_reading()
@@ -373,13 +387,19 @@ class Connection(asyncio.Protocol):
         timeout: float | None,
         head_only: bool,
         upgrade: bool = False,
-    ) -> asyncio.Future:
+        on_head: Callable[[Response | None, BaseException | None], None] | None = None,
+    ) -> asyncio.Future | None:
         """Send one request; the returned future gets the response once its head arrived.
 
         Await it through :meth:`exchange` semantics: the future fails with
         :class:`Stale` or :class:`UpstreamError` subclasses, and a caller that is
         cancelled while waiting must call :meth:`fail`. Raises :class:`Stale` at
         once when a reused connection is already closed.
+
+        With ``on_head`` there is no future (None is returned): it is called
+        once, ``on_head(response, None)`` at the end of the read that brought
+        the head (so a small response arrives whole), or ``on_head(None,
+        error)`` from a later loop callback when the exchange failed first.
         """
         if self.closed or self.transport.is_closing():
             if self.reused:
@@ -394,7 +414,11 @@ class Connection(asyncio.Protocol):
         self._informational = False
         self._upgrade = upgrade
         self._head_bytes = 0
-        waiter = self._head_waiter = self.loop.create_future()
+        if on_head is None:
+            waiter = self._head_waiter = self.loop.create_future()
+        else:
+            waiter = self._head_waiter = None
+            self._on_head = on_head
         if timeout is not None:
             self._timeout = timeout
             self._timed = True
@@ -462,6 +486,7 @@ class Connection(asyncio.Protocol):
         self._active = False
         self._timed = False
         self._head_waiter = None
+        self._on_head = None
         self._response = None
         if self._timer is not None:
             self._timer.cancel()
@@ -478,8 +503,13 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         waiter = self._head_waiter
+        on_head = self._on_head
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
+        elif on_head is not None:
+            self._on_head = None
+            # As a future's callback would be: never from inside the caller's own call.
+            self.loop.call_soon(on_head, None, error)
         elif self._response is not None:
             self._response._finish(error)
         self._end(False)
@@ -508,6 +538,7 @@ class Connection(asyncio.Protocol):
     def _end(self, keep_alive: bool) -> None:
         self._active = False
         self._head_waiter = None
+        self._on_head = None
         self._response = None
         self._headers = []
         self._timed = False
@@ -523,6 +554,28 @@ class Connection(asyncio.Protocol):
         if not keep_alive and not self.closed:
             self.abort()
         self._on_idle(self, keep_alive and not self.closed)
+
+    def _resolve(self, response: Response) -> None:
+        """The exchange's response head arrived: resolve its future, or keep it for :meth:`_hand_over`."""
+        waiter = self._head_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(response)
+            return
+        on_head = self._on_head
+        if on_head is not None:
+            self._on_head = None
+            self._deliver = (on_head, response)
+
+    def _hand_over(self) -> None:
+        on_head, response = self._deliver
+        self._deliver = None
+        try:
+            on_head(response, None)
+        except Exception as exc:  # the caller's bug must not break this connection's read
+            self.loop.call_exception_handler({
+                "message": "exception in a response head callback", "exception": exc,
+                "protocol": self})
 
     def _head_keep_alive(self) -> bool:
         if self.parser.get_http_version() != "1.1":

@@ -38,6 +38,8 @@ Send = Callable[[dict], Awaitable[None]]
 # The client's Expect: 100-continue is answered by the server in front of us.
 _HOP_REQUEST = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
 _HOP_RESPONSE = frozenset(name.encode() for name in HOP_BY_HOP)
+# Request headers never sent upstream (a body-less request's fast path drops them in its one pass).
+REQUEST_HOP_BY_HOP = _HOP_REQUEST
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 _CLIENT_GONE_STATUS = 499
 _PLAIN_CONNECTION = frozenset(

@@ -56,6 +56,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 from katyusha.http.errors import ResponseAborted
 from katyusha.http.exchange import (
     MAX_HEAD_BYTES,
+    NO_BODY_STATUS,
     STATUS,
     BodyLengthError,
     Exchange,
@@ -64,6 +65,7 @@ from katyusha.http.exchange import (
     frame_body,
     head_too_large,
     response_head,
+    status_line,
 )
 from katyusha.http.limits import EdgeLimits
 from katyusha.http.tls import tls_protocol
@@ -463,6 +465,36 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.transport.write(data)
         self._finish(exchange)
 
+    def respond_lines(self, exchange: Exchange, status: int, lines: bytes, count: int,
+                      has_length: bool, body: bytes) -> None:
+        """A whole response in one write, its header lines already built: ``count`` lines of
+        ``name: value\r\n``, with no hop-by-hop header and, when ``has_length``, the body's
+        own Content-Length. This adds the status line, the Content-Length when missing and
+        the connection's framing, as :meth:`respond` would."""
+        if exchange.disconnected or self._closing or exchange.started:
+            return
+        exchange.started = True
+        if lines.count(b"\n") != count:
+            # A line break inside a name or value would let the pod split the response.
+            log.error("exception in the ASGI app", exc_info=RuntimeError(
+                "a response header name or value contains a line break"))
+            self._close()
+            return
+        no_body = exchange.head_only or status in NO_BODY_STATUS or status < 200
+        head = (STATUS.get(status) or status_line(status)) + lines
+        if not has_length and not no_body:
+            head += b"content-length: %d\r\n" % len(body)
+        if not exchange.keep_alive or self._closing or (self._deferred is not None
+                                                        and not self._pipeline):
+            exchange.keep_alive = False
+            head += b"connection: close\r\n\r\n"
+        elif exchange.scope["http_version"] != "1.1":
+            head += b"connection: keep-alive\r\n\r\n"
+        else:
+            head += b"\r\n"
+        self.transport.write(head if no_body or not body else head + body)
+        self._finish(exchange)
+
     async def _run(self, exchange: Exchange, app) -> None:
         receive = self._receiver(exchange)
         send = self._sender(exchange)
@@ -569,7 +601,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
 
     def _finish(self, exchange: Exchange) -> None:
         exchange.complete = True
-        exchange.wake()
+        if exchange.waiter is not None:
+            exchange.wake()
         self.server_state.total_requests += 1
         if not exchange.keep_alive:
             if self._deferred is not None and not self._pipeline and not self._closing:
@@ -588,7 +621,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         elif self._phase is _BUSY:
             self._phase = _IDLE
             self._since = self.loop.time()
-        self._resume_reading()
+        if self.read_paused:
+            self._resume_reading()
 
     async def _tunnel(self, exchange: Exchange, message: dict) -> None:
         """Write the 101 head and relay bytes both ways until the tunnel closes."""

@@ -28,7 +28,7 @@ from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
 from katyusha.http.connection import Stale
 from katyusha.http.errors import ConnectFailed, ResponseAborted
-from katyusha.http.forward import relay_response, request_headers, response_headers
+from katyusha.http.forward import REQUEST_HOP_BY_HOP, relay_response, response_headers
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.hedging import HedgedForward
@@ -152,25 +152,88 @@ class _Head:
                                 "upstream-failed)", origin=handle.entry.url, retryable=True)
         feedback = parse_feedback(headers) if self.uses_feedback else None
         self.stats.upstream(handle.entry.name, handle.on_head(self.loop.time(), feedback, status, pod_error))
-        out = []
-        has_id = False
-        keep_nonna = self.keep_nonna
-        for item in headers:
-            name = item[0]
-            if name.startswith(_NONNA) and not keep_nonna:
+        if raw:
+            headers = response_headers(headers)
+        return _downstream(headers, self.keep_nonna, self.request_id, self.timing)
+
+
+def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | None:
+    """A body-less request's headers (as forwarding rewrote them) as the pod's header lines,
+    in one pass: (lines, their count, whether Host is among them, the X-Request-Id the client
+    gave or None). Hop-by-hop headers and any framing are dropped, as ``request_headers`` and
+    ``Pool`` do; None when a Connection header names other headers to drop."""
+    parts: list[bytes] = []
+    count = 0
+    has_host = False
+    request_id = None
+    for name, value in headers:
+        kind = _SPECIAL_REQUEST.get(name)
+        if kind is not None:
+            if kind == _HOP:
+                if name == b"connection" and value not in _PLAIN_CONNECTION:
+                    return None
                 continue
-            if raw and name in _HOP_RESPONSE:
-                if name == b"connection" and item[1] not in _PLAIN_CONNECTION:
-                    # It names other headers to drop: the general filter first.
-                    return self(status, response_headers(headers))
+            if kind == _HOST_KIND:
+                has_host = True
+            elif value and request_id is None:
+                request_id = value
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    return b"".join(parts), count, has_host, request_id
+
+
+def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes) -> list:
+    """The client's headers from a pod's (hop-by-hop ones already dropped): ``Nonna-*`` dropped
+    unless kept, ``X-Request-Id`` added when the pod sent none, our ``Server-Timing`` added."""
+    out = []
+    has_id = False
+    for item in headers:
+        name = item[0]
+        if name.startswith(_NONNA) and not keep_nonna:
+            continue
+        if name == _REQUEST_ID:
+            has_id = True
+        out.append(item)
+    if not has_id:
+        out.append((_REQUEST_ID, request_id))
+    out.append((_SERVER_TIMING, timing))
+    return out
+
+
+def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes
+                      ) -> tuple[bytes, int, bool, bool] | None:
+    """:func:`_downstream` of a pod's raw headers, as header lines in one pass, for
+    ``LeanHTTPProtocol.respond_lines``: (lines, their count, whether Content-Length is
+    among them, whether the pod sent any ``Nonna-*`` header). None when a Connection
+    header names other headers to drop."""
+    parts: list[bytes] = []
+    has_id = False
+    has_length = False
+    has_nonna = False
+    count = 2
+    for name, value in headers:
+        kind = _SPECIAL_RESPONSE.get(name)
+        if kind is not None:
+            if kind == _HOP:
+                if name == b"connection" and value not in _PLAIN_CONNECTION:
+                    return None
                 continue
-            if name == _REQUEST_ID:
+            if kind == _LENGTH:
+                has_length = True
+            else:
                 has_id = True
-            out.append(item)
-        if not has_id:
-            out.append((_REQUEST_ID, self.request_id))
-        out.append((_SERVER_TIMING, self.timing))
-        return out
+        elif name.startswith(_NONNA):
+            has_nonna = True
+            if not keep_nonna:
+                continue
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    if has_id:
+        count -= 1
+    else:
+        parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
+    parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
+    return b"".join(parts), count, has_length, has_nonna
 
 
 class DataApp:
@@ -195,7 +258,7 @@ class DataApp:
         # Requests that matched no service.
         self.unrouted = ProxyStats()
         self._ids = count(1)
-        self._id_prefix = os.urandom(6).hex()
+        self._id_prefix = os.urandom(6).hex().encode()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.in_progress = 0
         self._idle = asyncio.Event()
@@ -221,7 +284,10 @@ class DataApp:
         for name, value in headers:
             if name == _REQUEST_ID and value:
                 return value, True
-        return f"{self._id_prefix}-{next(self._ids):x}".encode(), False
+        return self._new_request_id(), False
+
+    def _new_request_id(self) -> bytes:
+        return b"%b-%x" % (self._id_prefix, next(self._ids))
 
     def _priority(self, headers) -> int:
         """The priority class the request asks for (0 when it names none). Raises BadInput (400)."""
@@ -295,68 +361,91 @@ class DataApp:
             ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
-        request_id, given = self._request_id(headers)
         self.in_progress += 1
         handle = live.dispatch(ticket, now) if ticket.admitted else None
-        if handle is None:
-            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, None, None))
+        # One pass from the client's headers (as forwarding rewrote them) to the pod's header
+        # lines, which also finds the request's id (None: a Connection header names others).
+        client = scope["client"]
+        built = _upstream_lines(self.forwarding.rewrite(headers, client[0] if client else None,
+                                                        scope["scheme"]))
+        if built is None:
+            request_id, given = self._request_id(headers)
+        elif built[3] is None:
+            request_id, given = self._new_request_id(), False
+        else:
+            request_id, given = built[3], True
+        if handle is None or built is None:
+            server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
             return True
+        lines, count, has_host, _ = built
+        if not given:
+            lines += b"%b: %b\r\n" % (_REQUEST_ID, request_id)
+            count += 1
         try:
-            upstream_headers = self._upstream_headers(scope, request_id, given)
             target = scope["raw_path"]
             query = scope["query_string"]
             if query:
                 target = target + b"?" + query
             method = _METHODS.get(scope["method"]) or scope["method"].encode()
-            waiter = self.pools.get(handle.entry.url).start(
-                method, target, request_headers(upstream_headers), timeout=self.upstream_timeout)
+            # The connection calls back at the end of the read that brings the
+            # pod's head: no future, no loop callback in between.
+            sent = self.pools.get(handle.entry.url).start_lines(
+                method, target, lines, count, has_host, timeout=self.upstream_timeout,
+                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server))
         except Exception:  # BadInput and the like: the ASGI path answers them
-            waiter = None
-        if waiter is None:
+            sent = None
+        if sent is None:
             server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
-            return True
-        waiter.add_done_callback(_FastHead(self, live, ticket, request_id, given, handle, exchange,
-                                           server))
         return True
 
-    def _fast_answer(self, state: _FastHead, waiter: asyncio.Future) -> None:
-        """The pod's head came back on the fast path: answer a whole response, hand on the rest."""
+    def _fast_answer(self, state: _FastHead, response, error: BaseException | None) -> None:
+        """The pod's head came back on the fast path (or the try failed first, ``error``):
+        answer a whole response, hand on the rest."""
         live = state.live
         handle = state.handle
-        if waiter.cancelled():
-            pending: object = None
-        else:
-            pending = waiter.exception()
-            if isinstance(pending, Stale):
-                self.pools.get(handle.entry.url).stale_retries += 1
-                pending = None  # sent again through Pool.request
-            elif pending is None:
-                response = waiter.result()
-                status = response.status
-                pending = response
-                if response.complete and 200 <= status < 500:
+        pending: object = error
+        if error is None:
+            status = response.status
+            pending = response
+            if response.complete and 200 <= status < 500:
+                try:
+                    body = response.take()
+                except UpstreamError as exc:
+                    response.release()
+                    pending = exc
+                else:
+                    ticket = state.ticket
+                    stats = live.stats
+                    l1_wait = ticket.l1_wait
+                    stats.l1_wait.observe(l1_wait)
+                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                              if l1_wait else _NO_WAIT)
+                    headers = response.headers
                     try:
-                        body = response.take()
-                    except UpstreamError as exc:
-                        response.release()
-                        pending = exc
-                    else:
-                        ticket = state.ticket
-                        stats = live.stats
-                        l1_wait = ticket.l1_wait
-                        stats.l1_wait.observe(l1_wait)
-                        head = _Head(self, stats, state.request_id,
-                                     b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-                                     if l1_wait else _NO_WAIT)
-                        head.handle = handle
-                        try:
-                            state.server.respond(state.exchange, status,
-                                                 head(status, response.headers, True), body)
-                            stats.response(status, handle.entry.name)
-                        finally:
-                            live.end(ticket)
-                            self._done()
-                        return
+                        # What _Head does for a status under 500: one pass from the pod's
+                        # headers to the client's header lines, then feed the core (the pass
+                        # tells whether there is any Nonna-* header to parse feedback from).
+                        built = _downstream_lines(headers, self.keep_nonna, state.request_id,
+                                                  timing)
+                        feedback = (parse_feedback(headers) if self.uses_feedback
+                                    and (built is None or built[3]) else None)
+                        stats.upstream(handle.entry.name,
+                                       handle.on_head(self._loop.time(), feedback, status))
+                        if built is None:  # a Connection header naming others: the general filter
+                            state.server.respond(state.exchange, status, _downstream(
+                                response_headers(headers), self.keep_nonna, state.request_id,
+                                timing), body)
+                        else:
+                            state.server.respond_lines(state.exchange, status, built[0],
+                                                       built[1], built[2], body)
+                        stats.response(status, handle.entry.name)
+                    finally:
+                        live.end(ticket)
+                        self._done()
+                    return
+        elif isinstance(error, Stale):
+            self.pools.get(handle.entry.url).stale_retries += 1
+            pending = None  # sent again through Pool.request
         state.server.spawn(state.exchange, _Continue(self, live, state.ticket, state.request_id,
                                                      state.given, handle, pending))
 
@@ -524,8 +613,8 @@ class _FastHead:
         self.exchange = exchange
         self.server = server
 
-    def __call__(self, waiter: asyncio.Future) -> None:
-        self.app._fast_answer(self, waiter)
+    def __call__(self, response, error: BaseException | None) -> None:
+        self.app._fast_answer(self, response, error)
 
 
 class _Continue:
@@ -554,6 +643,17 @@ class _Continue:
 
 
 _HOP_RESPONSE = frozenset(name.encode() for name in protocol.HOP_BY_HOP)
+# The response headers _downstream_lines treats apart, and how.
+_HOP, _LENGTH, _ID = 0, 1, 2
+_SPECIAL_RESPONSE = {**{name: _HOP for name in _HOP_RESPONSE}, b"content-length": _LENGTH,
+                     _REQUEST_ID: _ID}
+_REQUEST_ID_LINE = _REQUEST_ID + b": "
+# The request headers _upstream_lines treats apart: framing goes with hop-by-hop (no body here).
+_HOST_KIND = 3
+_SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},
+                    b"content-length": _HOP, b"transfer-encoding": _HOP,
+                    _HOST: _HOST_KIND, _REQUEST_ID: _ID}
+_SERVER_TIMING_LINE = _SERVER_TIMING + b": "
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _NO_WAIT = b"katyusha-queue;dur=0.000"
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}

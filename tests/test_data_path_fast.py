@@ -1,0 +1,107 @@
+"""A body-less request through katyusha's data path, as users send it: what the pod gets and
+what the client gets, on a kept-alive client connection (after its first request, requests
+go out on an idle pooled connection to the pod, without a task: the fast path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.katyusha_fleet import katyusha
+from tests.test_http_client import raw_server, read_request_head
+
+ANSWERS = {
+    b"/plain": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-End: 1\r\n\r\nok",
+    b"/chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-End: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    b"/named": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Upstream-Hop\r\n"
+                b"Keep-Alive: timeout=9\r\nX-Upstream-Hop: 1\r\nX-End: 3\r\nNonna-Queue-Length: 0\r\n"
+                b"Nonna-In-Flight: 1\r\n\r\nok"),
+    b"/id": b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\nX-Request-Id: from-pod\r\n\r\nno",
+}
+
+
+def parse(head: bytes) -> tuple[bytes, dict[bytes, list[bytes]]]:
+    lines = head.split(b"\r\n")
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return lines[0], headers
+
+
+async def exchange(reader, writer, request: bytes) -> tuple[bytes, dict, bytes]:
+    writer.write(request)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    status, headers = parse(head)
+    length = int(headers.get(b"content-length", [b"0"])[0])
+    body = await reader.readexactly(length) if length and not request.startswith(b"HEAD") else b""
+    return status, headers, body
+
+
+async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_alive_connection():
+    seen: list[bytes] = []
+
+    async def pod(reader, writer, index):
+        while True:
+            head = await read_request_head(reader)
+            seen.append(head)
+            path = head.split(b" ")[1]
+            writer.write(ANSWERS.get(path, ANSWERS[b"/plain"]))
+            await writer.drain()
+
+    async with raw_server(pod) as url:
+        proxy = await asyncio.to_thread(katyusha, "--pod", f"{url},name=p,node=n")
+        try:
+            host, port = proxy.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            for _ in range(3):  # the first goes out on a new connection, the others on it again
+                seen.clear()
+                status, got, body = await exchange(
+                    reader, writer, b"GET /plain?q=1 HTTP/1.1\r\nHost: svc.example\r\nTE: trailers\r\n"
+                    b"X-Keep: kept\r\nNonna-Queue-Length: 9\r\n\r\n")
+                assert status == b"HTTP/1.1 200 OK" and body == b"ok"
+                request_line, sent = parse(seen[0])
+                assert request_line == b"GET /plain?q=1 HTTP/1.1"
+                assert sent[b"host"] == [b"svc.example"] and sent[b"x-keep"] == [b"kept"]
+                assert b"te" not in sent and b"nonna-queue-length" not in sent
+                assert sent[b"x-forwarded-for"] == [b"127.0.0.1"] and sent[b"via"] == [b"1.1 katyusha"]
+                assert sent[b"forwarded"] == [b"for=127.0.0.1;proto=http;host=svc.example"]
+                # One id, the same on both sides.
+                assert got[b"x-request-id"] == sent[b"x-request-id"] and len(got[b"x-request-id"]) == 1
+                assert got[b"server-timing"][0].startswith(b"katyusha-queue;dur=")
+                assert got[b"x-end"] == [b"1"] and got[b"content-length"] == [b"2"]
+
+                status, got, body = await exchange(
+                    reader, writer, b"GET /chunked HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine\r\n\r\n")
+                assert body == b"ok" and got[b"content-length"] == [b"2"]
+                assert b"transfer-encoding" not in got and got[b"x-end"] == [b"2"]
+                assert got[b"x-request-id"] == [b"mine"] and parse(seen[-1])[1][b"x-request-id"] == [b"mine"]
+
+                status, got, body = await exchange(reader, writer, b"GET /named HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert body == b"ok" and got[b"x-end"] == [b"3"]
+                for name in (b"x-upstream-hop", b"keep-alive", b"nonna-queue-length", b"nonna-in-flight"):
+                    assert name not in got, name
+
+                status, got, body = await exchange(reader, writer, b"GET /id HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert status == b"HTTP/1.1 404 Not Found" and body == b"no"
+                assert got[b"x-request-id"] == [b"from-pod"]
+
+                status, got, body = await exchange(reader, writer, b"HEAD /plain HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert status == b"HTTP/1.1 200 OK" and got[b"content-length"] == [b"2"]
+                assert seen[-1].startswith(b"HEAD /plain HTTP/1.1\r\n")
+            writer.close()
+
+            # HTTP/1.0 asking for keep-alive keeps it, and is told so.
+            reader, writer = await asyncio.open_connection(host, int(port))
+            for _ in range(2):
+                status, got, body = await exchange(
+                    reader, writer, b"GET /plain HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
+                assert body == b"ok" and got[b"connection"] == [b"keep-alive"]
+            status, got, body = await exchange(reader, writer, b"GET /plain HTTP/1.1\r\nHost: a\r\n"
+                                                               b"Connection: close\r\n\r\n")
+            assert body == b"ok" and got[b"connection"] == [b"close"]
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+        finally:
+            await asyncio.to_thread(proxy.terminate)
