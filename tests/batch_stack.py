@@ -210,16 +210,21 @@ class Driver:
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples on the driver's admin port (0 before it is up)."""
+        return self.metrics(name)[0]
+
+    def metrics(self, *names: str) -> tuple[float, ...]:
+        """Each metric's sum of samples, all from one scrape (so they are read at one moment)."""
         import urllib.request
 
         if self.popen.poll() is not None:
             raise AssertionError(f"katyusha batch exited ({self.popen.returncode}):\n{self.output}")
         if self.metrics_url is None:
-            return 0.0
+            return tuple(0.0 for _ in names)
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
             text = response.read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith((name + " ", name + "{")))
+        lines = text.splitlines()
+        return tuple(sum(float(line.split()[-1]) for line in lines if line.startswith((name + " ", name + "{")))
+                     for name in names)
 
 
 SENTIMENT = ("--app", "sentiment", "--image-size-mb", "0", "--start-s", "0.3")
