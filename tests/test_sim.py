@@ -409,3 +409,61 @@ def test_outputs_do_not_depend_on_the_processs_hash_seed(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed})
     for name in ("requests.csv", "pods.csv", "decisions.csv", "placements.csv", "nodes.csv", "summary.json"):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+# -- the clock and the run's memory ---------------------------------------------------------------
+
+
+def test_hops_run_in_the_same_order_as_heap_events_would():
+    from katyusha.sim.clock import Environment
+
+    def schedule(trip):
+        env = Environment()
+        order = []
+
+        def note(label):
+            order.append((env.now, label))
+            if label.startswith("a"):  # an arrival: two trips of fixed delays and a timed event
+                trip(env, 0.5, note, f"h{label}")
+                trip(env, 0.25, note, f"k{label}")
+                env.after(0.25, note, f"t{label}")
+
+        for i, when in enumerate([0.0, 0.25, 0.25, 0.5, 1.0, 1.1]):
+            env.at(when, note, f"a{i}")
+        env.run(until=1.3)
+        stopped_at = env.now
+        env.run()
+        return order, stopped_at, env.events
+
+    via_heap = schedule(lambda env, delay, note, label: env.after(delay, note, label))
+    via_lanes = schedule(lambda env, delay, note, label: env.hop(delay, note, label))
+    assert via_lanes == via_heap
+    order, stopped_at, events = via_lanes
+    assert stopped_at == 1.3 and events == 6 * 4
+    assert [when for when, _ in order] == sorted(when for when, _ in order)
+
+
+def test_a_run_leaves_nothing_to_the_cycle_collector():
+    # The collector's automatic runs are off while the clock runs (a full collection walks every
+    # request in flight): that is only safe while an ended request holds no reference cycle.
+    import gc
+
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(sim.env.now)
+
+    gc.collect()
+    sim = Simulation(busy_scenario())
+    gc.callbacks.append(count)
+    try:
+        summary = sim.run()
+    finally:
+        gc.callbacks.remove(count)
+    assert gc.isenabled()
+    # None while the clock ran: only before its first event or after its last (the summary).
+    assert set(collections) <= {0.0, sim.env.now}, collections
+    assert sum(s["requests"] for s in summary["services"].values()) > 2000
+    assert gc.collect() < 100
+    assert sim.pods  # still referenced: what was collected was not the simulation itself
