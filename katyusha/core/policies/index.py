@@ -247,7 +247,9 @@ class LowestIndex(_Index):
             groups.discard(old, position)
             groups.add(key, position)
             keys[position] = key
-        if self.timed:
+        # _schedule's first test inline: most events (a dispatch, an end) change neither time.
+        if self.timed and (entry.reported_at != self._seen_report[position]
+                           or entry.failed_at != self._seen_failed[position]):
             self._schedule(position, entry, now)
 
 

@@ -104,20 +104,16 @@ class SpeedWeightedLoad(Load):
         if now - self._median_at < self.median_every_s and now >= self._median_at:
             return []
         self._median_at = now
-        table = self.table
-        stale_after = table.stale_after_s
-        known = []
-        weighed = []
+        ready = self.table.ready()
+        stale_after = self._stale_after
         memory = SPEED_MEMORY_S
-        # _speed inlined: this loop visits every ready pod.
-        for entry in table.ready():
-            speed = entry.idle_latency_ms
-            if speed is None or now - entry.idle_latency_at > memory:
-                continue
-            known.append(speed)
-            reported_at = entry.reported_at
-            if reported_at is None or now - reported_at > stale_after:
-                weighed.append(entry)
+        # _speed inlined, as comprehensions: these visit every ready pod. The pods weighed
+        # (a known speed, no fresh report) are in ready's order.
+        known = [entry.idle_latency_ms for entry in ready
+                 if entry.idle_latency_ms is not None and now - entry.idle_latency_at <= memory]
+        weighed = [entry for entry in ready
+                   if (entry.reported_at is None or now - entry.reported_at > stale_after)
+                   and entry.idle_latency_ms is not None and now - entry.idle_latency_at <= memory]
         known.sort()
         middle = median(len(known), known.__getitem__, 0.0) or None
         old = self.median
