@@ -414,33 +414,44 @@ def test_outputs_do_not_depend_on_the_processs_hash_seed(tmp_path):
 # -- the clock and the run's memory ---------------------------------------------------------------
 
 
-def test_hops_run_in_the_same_order_as_heap_events_would():
+@pytest.mark.parametrize("resolution", [0.001, 0.3, 10.0])
+def test_the_clock_runs_events_in_time_then_scheduling_order(resolution):
+    # The calendar must give exactly one heap's order of (time, seq), however the events
+    # were scheduled: from callbacks, from outside between runs, in the past, at equal times.
     from katyusha.sim.clock import Environment
 
-    def schedule(trip):
-        env = Environment()
-        order = []
+    env = Environment(resolution=resolution)
+    rng = random.Random(7)
+    ran = []
+    scheduled = []
 
-        def note(label):
-            order.append((env.now, label))
-            if label.startswith("a"):  # an arrival: two trips of fixed delays and a timed event
-                trip(env, 0.5, note, f"h{label}")
-                trip(env, 0.25, note, f"k{label}")
-                env.after(0.25, note, f"t{label}")
+    def note(label):
+        ran.append((env.now, label))
+        if len(scheduled) < 3000:
+            for _ in range(rng.choice((0, 1, 2))):
+                delay = rng.choice((0.0, 0.0007, 0.0007, 0.25, rng.expovariate(1.0), rng.lognormvariate(0, 2)))
+                add(env.now + delay)
 
-        for i, when in enumerate([0.0, 0.25, 0.25, 0.5, 1.0, 1.1]):
-            env.at(when, note, f"a{i}")
-        env.run(until=1.3)
-        stopped_at = env.now
-        env.run()
-        return order, stopped_at, env.events
+    def add(when, past=False):
+        label = len(scheduled)
+        scheduled.append((max(when, env.now), label))
+        if past or rng.random() < 0.5:
+            env.at(when, note, label)
+        else:
+            env.after(when - env.now, note, label)
 
-    via_heap = schedule(lambda env, delay, note, label: env.after(delay, note, label))
-    via_lanes = schedule(lambda env, delay, note, label: env.hop(delay, note, label))
-    assert via_lanes == via_heap
-    order, stopped_at, events = via_lanes
-    assert stopped_at == 1.3 and events == 6 * 4
-    assert [when for when, _ in order] == sorted(when for when, _ in order)
+    for _ in range(50):
+        add(rng.uniform(0, 5))
+    env.run(until=2.0)
+    assert env.now == 2.0
+    add(1.0, past=True)  # in the past: runs at now, after what is due now
+    add(2.0)
+    add(rng.uniform(2, 3))
+    env.run(until=float("inf"))
+    env.at(math.inf, note, "never")
+    env.run(until=env.now + 1)
+    assert ran == sorted(scheduled) and len(ran) == len(scheduled) > 1000
+    assert env.events == len(ran) and env.peek() == math.inf
 
 
 def test_a_run_leaves_nothing_to_the_cycle_collector():

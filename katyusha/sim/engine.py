@@ -379,7 +379,7 @@ class Simulation:
             self.journal.append(("pick", request.number, now, pod.name))
         delay = self.latency[(front.region, pod.node.region)]
         if delay:
-            self.env.hop(delay, self._at_pod, request)
+            self.env.at(now + delay, self._at_pod, request)
         else:
             self._at_pod(request)
 
@@ -436,7 +436,7 @@ class Simulation:
         request.error = error
         delay = self.latency[(pod.node.region, request.front.region)]
         if delay:
-            self.env.hop(delay, self._at_katyusha, request)
+            self.env.at(self.env.now + delay, self._at_katyusha, request)
         else:
             self._at_katyusha(request)
 
