@@ -104,17 +104,13 @@ class SpeedWeightedLoad(Load):
         if now - self._median_at < self.median_every_s and now >= self._median_at:
             return []
         self._median_at = now
-        ready = self.table.ready()
+        # Only the pods with a known speed, not every ready pod (a pod gets one when sent a
+        # request alone: few have a recent one). The weighed (no fresh report) are only
+        # re-keyed, so their order does not matter.
+        timed = self.table.timed(now)
         stale_after = self._stale_after
-        memory = SPEED_MEMORY_S
-        # _speed inlined, as comprehensions: these visit every ready pod. The pods weighed
-        # (a known speed, no fresh report) are in ready's order.
-        known = [entry.idle_latency_ms for entry in ready
-                 if entry.idle_latency_ms is not None and now - entry.idle_latency_at <= memory]
-        weighed = [entry for entry in ready
-                   if (entry.reported_at is None or now - entry.reported_at > stale_after)
-                   and entry.idle_latency_ms is not None and now - entry.idle_latency_at <= memory]
-        known.sort()
+        known = sorted([entry.idle_latency_ms for entry in timed])
+        weighed = [entry for entry in timed if entry.reported_at is None or now - entry.reported_at > stale_after]
         middle = median(len(known), known.__getitem__, 0.0) or None
         old = self.median
         forgotten = [entry for entry in self._weighed if _speed(entry, now) is None]
