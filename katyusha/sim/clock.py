@@ -24,7 +24,7 @@ from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import Any
 
-RESOLUTION_S = 0.001
+RESOLUTION_S = 0.01
 
 
 class Environment:
