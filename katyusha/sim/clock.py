@@ -25,6 +25,8 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 RESOLUTION_S = 0.01
+# Times from here on all go to the last bucket (int() of infinity would raise).
+_FAR = 1e300
 
 
 class Environment:
@@ -71,6 +73,12 @@ class Environment:
     def at(self, when: float, callback: Callable[[Any], None], argument: Any = None) -> None:
         """Call ``callback(argument)`` at simulated time ``when`` (never before ``now``)."""
         now = self.now
+        if when > now and when < _FAR:
+            # _put's common case inline (a later bucket that has events already): most events.
+            bucket = self._buckets.get(int(when * self._per_s))
+            if bucket is not None:
+                bucket.append((when, next(self._seq), callback, argument))
+                return
         self._put((when if when > now else now, next(self._seq), callback, argument))
 
     def after(self, delay: float, callback: Callable[[Any], None], argument: Any = None) -> None:

@@ -338,7 +338,9 @@ class Simulation:
 
     def _arrive(self, svc: SimService) -> None:
         svc.arrivals += 1
-        self._next_arrival(svc)
+        if not self._schedule_arrival(svc):  # _next_arrival
+            svc.arriving = False
+            self.arriving -= 1
         now = self.env.now
         fronts = svc.fronts
         front = fronts[svc.next_front]

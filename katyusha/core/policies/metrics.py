@@ -41,6 +41,11 @@ class Load:
         """An index of the table's ready pods by this metric, or None (then picks scan)."""
         return None
 
+    @property
+    def learns(self) -> bool:
+        """False when :meth:`observe` does nothing (a caller may then skip it)."""
+        return type(self).observe is not Load.observe
+
 
 class InFlight(Load):
     """katyusha's own requests in flight to the pod: exact, blind to other replicas."""
