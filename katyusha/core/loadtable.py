@@ -254,7 +254,8 @@ class LoadTable:
             else:
                 entry.idle_latency_ms += self.app_alpha * (latency_ms - entry.idle_latency_ms)
             entry.idle_latency_at = now
-            self._sampled[entry] = None
+            if self._pods.get(entry.name) is entry:  # not a removed pod's last responses
+                self._sampled[entry] = None
         if feedback is None:
             # This request is no longer on its way to the pod.
             if entry.dispatched_since_report > 0:
