@@ -25,6 +25,8 @@ class _Ring:
     Each sample is one tuple ``(time, l1, l2, app, latency, status)``; the
     list grows to ``capacity`` and is then overwritten in place, so a key
     heard from a few times holds a few samples, not ``capacity`` empty slots.
+    :meth:`ResponsePool.record` writes the three rings of a response in one
+    loop (``pos``: the next slot to overwrite; ``last``: the newest time).
     """
 
     __slots__ = ("samples", "capacity", "pos", "last")
@@ -34,19 +36,6 @@ class _Ring:
         self.capacity = capacity
         self.pos = 0
         self.last = -math.inf
-
-    def add(self, sample: tuple) -> None:
-        samples = self.samples
-        if len(samples) < self.capacity:
-            samples.append(sample)
-        else:
-            pos = self.pos
-            samples[pos] = sample
-            pos += 1
-            self.pos = 0 if pos == self.capacity else pos
-        now = sample[0]
-        if now > self.last:
-            self.last = now
 
     @property
     def size(self) -> int:
@@ -128,16 +117,27 @@ class ResponsePool:
                   latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else _clean(latency_ms),
                   status)
         self.recorded_total += 1
-        self._fleet.add(sample)
-        ring = self._pods.get(pod)
-        if ring is None:
-            ring = self._ring(self._pods, pod)
-        ring.add(sample)
+        pod_ring = self._pods.get(pod)
+        if pod_ring is None:
+            pod_ring = self._ring(self._pods, pod)
         if node:
-            ring = self._nodes.get(node)
-            if ring is None:
-                ring = self._ring(self._nodes, node)
-            ring.add(sample)
+            node_ring = self._nodes.get(node)
+            if node_ring is None:
+                node_ring = self._ring(self._nodes, node)
+            rings = (self._fleet, pod_ring, node_ring)
+        else:
+            rings = (self._fleet, pod_ring)
+        for ring in rings:  # each ring: append until full, then overwrite the oldest
+            samples = ring.samples
+            if len(samples) < ring.capacity:
+                samples.append(sample)
+            else:
+                position = ring.pos
+                samples[position] = sample
+                position += 1
+                ring.pos = 0 if position == ring.capacity else position
+            if now > ring.last:
+                ring.last = now
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)

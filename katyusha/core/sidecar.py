@@ -121,7 +121,8 @@ class Sidecar:
                 f"queue full: {queue.waiting} requests waiting (queue depth {self.queue_depth}), "
                 f"{queue.active} in flight (concurrency {self.concurrency})"
             ) from None
-        self._moved(now)
+        queue = self.queue
+        self.averager.update(now, queue.waiting, queue.active)  # _moved, inline (per request)
         return ticket
 
     def start(self, ticket: Ticket, now: float) -> float:
@@ -151,8 +152,9 @@ class Sidecar:
         Returns the waiting tickets admitted in its place, oldest first. A
         ticket that holds no slot changes nothing and returns [].
         """
-        admitted = self.queue.release(ticket, now)
-        self._moved(now)
+        queue = self.queue
+        admitted = queue.release(ticket, now)
+        self.averager.update(now, queue.waiting, queue.active)  # _moved, inline (per request)
         return admitted
 
     def cancel(self, ticket: Ticket, now: float) -> list[Ticket]:
