@@ -164,3 +164,39 @@ def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError) as err:
         LoadTable(**kwargs)
     assert err.value.key == key and key in str(err.value)
+
+
+def test_timed_is_the_ready_pods_with_a_recent_speed_whatever_happened():
+    # jsq-piggyback's median speed reads timed() instead of visiting every ready pod: it must be
+    # exactly the ready pods whose speed is at most SPEED_MEMORY_S old, through joins, leaves,
+    # readiness flips, samples, and a clock that goes back.
+    import random
+
+    from katyusha.core.loadtable import SPEED_MEMORY_S
+
+    rng = random.Random(3)
+    table = LoadTable()
+    now = 0.0
+    removed = []
+    for step in range(3000):
+        now = max(0.0, now + rng.choice((0.01, 0.3, 1.0, 4.0, -2.0 if step % 97 == 0 else 0.5)))
+        name = f"p{rng.randrange(40)}"
+        action = rng.random()
+        entry = table.get(name)
+        if removed and action < 0.05:
+            # A removed pod's requests still in flight answer (alone, so with a speed).
+            table.record_response(rng.choice(removed), now, 0.01, None, alone=True)
+        elif entry is None or action < 0.1:
+            table.upsert(name, f"http://{name}", ready=rng.random() < 0.9)
+        elif action < 0.15:
+            removed.append(table.remove(name))
+        elif action < 0.2:
+            table.set_ready(name, not entry.ready)
+        else:
+            table.on_dispatch(entry, now)
+            table.record_response(entry, now, rng.uniform(0.001, 0.1), None, alone=rng.random() < 0.3)
+            table.on_end(entry)
+        expected = {e.name for e in table.ready()
+                    if e.idle_latency_ms is not None and now - e.idle_latency_at <= SPEED_MEMORY_S}
+        timed = table.timed(now)
+        assert len(timed) == len(expected) and {e.name for e in timed} == expected, step

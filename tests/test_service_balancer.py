@@ -365,3 +365,28 @@ def test_an_ended_request_leaves_no_garbage_cycle_for_the_collector():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("policy", ["peak-ewma", "prequal", "jsq-piggyback"])
+def test_a_policy_that_learns_hears_every_response_through_the_balancer(policy, monkeypatch):
+    # The balancer skips observe() for policies whose observe does nothing; one that learns
+    # (peak-ewma's latency estimates, prequal's) must still hear each response.
+    s = service(policy=policy)
+    s.change_pods(PodChange(upsert=(pod("pod-0", 4),)), 0.0)
+    heard = []
+    observe = type(s.policy).observe
+
+    def spy(self, entry, now, latency_s, feedback):
+        heard.append((entry.name, now, round(latency_s, 6)))
+        return observe(self, entry, now, latency_s, feedback)
+
+    monkeypatch.setattr(type(s.policy), "observe", spy)
+    for i in range(3):
+        ticket = s.offer(float(i))
+        handle = s.dispatch(ticket, float(i))
+        handle.on_head(i + 0.25, report(), 200)
+        handle.done(i + 0.5)
+    if s.policy.learns:
+        assert heard == [("pod-0", 0.25, 0.25), ("pod-0", 1.25, 0.25), ("pod-0", 2.25, 0.25)]
+    else:
+        assert policy == "jsq-piggyback" and heard == []

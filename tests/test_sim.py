@@ -409,3 +409,79 @@ def test_outputs_do_not_depend_on_the_processs_hash_seed(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed})
     for name in ("requests.csv", "pods.csv", "decisions.csv", "placements.csv", "nodes.csv", "summary.json"):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes(), name
+
+
+# -- the clock and the run's memory ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resolution", [0.001, 0.3, 10.0])
+def test_the_clock_runs_events_in_time_then_scheduling_order(resolution):
+    # The calendar must give exactly one heap's order of (time, seq), however the events
+    # were scheduled: from callbacks, from outside between runs, in the past, at equal times.
+    from katyusha.sim.clock import Environment
+
+    env = Environment(resolution=resolution)
+    rng = random.Random(7)
+    ran = []
+    scheduled = []
+
+    def note(label):
+        ran.append((env.now, label))
+        if len(scheduled) < 3000:
+            for _ in range(rng.choice((0, 1, 2))):
+                delay = rng.choice((0.0, 0.0007, 0.0007, 0.25, rng.expovariate(1.0), rng.lognormvariate(0, 2)))
+                add(env.now + delay)
+
+    def add(when, past=False):
+        label = len(scheduled)
+        scheduled.append((max(when, env.now), label))
+        if past or rng.random() < 0.5:
+            env.at(when, note, label)
+        else:
+            env.after(when - env.now, note, label)
+
+    for _ in range(50):
+        add(rng.uniform(0, 5))
+    env.run(until=2.0)
+    assert env.now == 2.0
+    add(1.0, past=True)  # in the past: runs at now, after what is due now
+    add(2.0)
+    add(rng.uniform(2, 3))
+    env.run(until=float("inf"))
+    env.at(math.inf, note, "never")
+    env.run(until=env.now + 1)
+    assert ran == sorted(scheduled) and len(ran) == len(scheduled) > 1000
+    assert env.events == len(ran) and env.peek() == math.inf
+
+
+def test_a_run_leaves_nothing_to_the_cycle_collector():
+    # The collector's automatic runs are off while the clock runs (a full collection walks every
+    # request in flight): that is only safe while an ended request holds no reference cycle.
+    import gc
+
+    collections = []
+
+    def count(phase, info):
+        if phase == "start":
+            collections.append(sim.env.now)
+
+    gc.collect()
+    sim = Simulation(busy_scenario())
+    gc.callbacks.append(count)
+    try:
+        summary = sim.run()
+    finally:
+        gc.callbacks.remove(count)
+    assert gc.isenabled()
+    # None while the clock ran: only before its first event or after its last (the summary).
+    assert set(collections) <= {0.0, sim.env.now}, collections
+    assert sum(s["requests"] for s in summary["services"].values()) > 2000
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o).__module__.startswith(("katyusha", "sim_backend"))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert ours == []
+    assert sim.pods  # still referenced: the simulation itself is not garbage

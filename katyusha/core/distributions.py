@@ -16,6 +16,7 @@ Sans-IO: sampling draws from the ``random.Random`` the caller passes.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -102,9 +103,10 @@ class LogNormal(Distribution):
     sigma: float
     kind = "lognormal"
 
-    @property
+    @functools.cached_property
     def mu(self) -> float:
-        # E[X] = exp(mu + sigma^2 / 2), solved for mu so that the spec gives the mean.
+        # E[X] = exp(mu + sigma^2 / 2), solved for mu so that the spec gives the mean
+        # (worked out once: sample() reads it per request).
         return math.log(self.mean_s) - self.sigma**2 / 2
 
     @property

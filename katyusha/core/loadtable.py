@@ -123,6 +123,10 @@ class LoadTable:
         self._pods: dict[str, PodEntry] = {}
         self._ready: list[PodEntry] | None = None
         self._listeners: list[Callable[[PodEntry], object]] = []
+        # Pods with an idle-latency sample, those older than SPEED_MEMORY_S dropped at
+        # timed(): a pod gets one only when sent a request alone, so few have a recent one.
+        self._sampled: dict[PodEntry, None] = {}
+        self._sampled_at = -math.inf
 
     # -- membership (control-plane rate) ---------------------------------
 
@@ -145,6 +149,7 @@ class LoadTable:
         """Forget a pod; returns its entry (requests still in flight to it may finish) or None."""
         entry = self._pods.pop(name, None)
         if entry is not None:
+            self._sampled.pop(entry, None)
             self._changed()
         return entry
 
@@ -167,6 +172,22 @@ class LoadTable:
         if self._ready is None:
             self._ready = [entry for entry in self._pods.values() if entry.ready]
         return self._ready
+
+    def timed(self, now: float) -> list[PodEntry]:
+        """The ready pods whose own speed (``idle_latency_ms``) was sampled within ``SPEED_MEMORY_S`` of ``now``.
+
+        Found without visiting the other pods (in no set order), unless ``now``
+        is earlier than at a previous call: then every ready pod is looked at.
+        """
+        if now < self._sampled_at:
+            return [entry for entry in self.ready()
+                    if entry.idle_latency_ms is not None and now - entry.idle_latency_at <= SPEED_MEMORY_S]
+        self._sampled_at = now
+        sampled = self._sampled
+        gone = [entry for entry in sampled if now - entry.idle_latency_at > SPEED_MEMORY_S]
+        for entry in gone:
+            del sampled[entry]
+        return [entry for entry in sampled if entry.ready]
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -233,6 +254,8 @@ class LoadTable:
             else:
                 entry.idle_latency_ms += self.app_alpha * (latency_ms - entry.idle_latency_ms)
             entry.idle_latency_at = now
+            if self._pods.get(entry.name) is entry:  # not a removed pod's last responses
+                self._sampled[entry] = None
         if feedback is None:
             # This request is no longer on its way to the pod.
             if entry.dispatched_since_report > 0:

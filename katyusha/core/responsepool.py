@@ -16,6 +16,7 @@ from katyusha.core.errors import ConfigError
 
 METRICS = ("l1_wait_ms", "l2_wait_ms", "app_ms", "latency_ms")
 FLEET = "*"
+_INF = math.inf
 
 
 class _Ring:
@@ -24,6 +25,8 @@ class _Ring:
     Each sample is one tuple ``(time, l1, l2, app, latency, status)``; the
     list grows to ``capacity`` and is then overwritten in place, so a key
     heard from a few times holds a few samples, not ``capacity`` empty slots.
+    :meth:`ResponsePool.record` writes the three rings of a response in one
+    loop (``pos``: the next slot to overwrite; ``last``: the newest time).
     """
 
     __slots__ = ("samples", "capacity", "pos", "last")
@@ -33,19 +36,6 @@ class _Ring:
         self.capacity = capacity
         self.pos = 0
         self.last = -math.inf
-
-    def add(self, sample: tuple) -> None:
-        samples = self.samples
-        if len(samples) < self.capacity:
-            samples.append(sample)
-        else:
-            pos = self.pos
-            samples[pos] = sample
-            pos += 1
-            self.pos = 0 if pos == self.capacity else pos
-        now = sample[0]
-        if now > self.last:
-            self.last = now
 
     @property
     def size(self) -> int:
@@ -119,26 +109,35 @@ class ResponsePool:
         status: int,
     ) -> None:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
-        # The usual timings (a float >= 0, or None) need no cleaning: one check each, no call.
+        # _clean's common case (a finite float >= 0) inline: this runs once per response.
         sample = (now,
-                  l1_wait_ms if type(l1_wait_ms) is float and 0.0 <= l1_wait_ms < math.inf
-                  else _clean(l1_wait_ms),
-                  l2_wait_ms if l2_wait_ms is None else _clean(l2_wait_ms),
-                  app_ms if app_ms is None else _clean(app_ms),
-                  latency_ms if type(latency_ms) is float and 0.0 <= latency_ms < math.inf
-                  else _clean(latency_ms),
+                  l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else _clean(l1_wait_ms),
+                  l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else _clean(l2_wait_ms),
+                  app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else _clean(app_ms),
+                  latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else _clean(latency_ms),
                   status)
         self.recorded_total += 1
-        self._fleet.add(sample)
-        ring = self._pods.get(pod)
-        if ring is None:
-            ring = self._ring(self._pods, pod)
-        ring.add(sample)
+        pod_ring = self._pods.get(pod)
+        if pod_ring is None:
+            pod_ring = self._ring(self._pods, pod)
         if node:
-            ring = self._nodes.get(node)
-            if ring is None:
-                ring = self._ring(self._nodes, node)
-            ring.add(sample)
+            node_ring = self._nodes.get(node)
+            if node_ring is None:
+                node_ring = self._ring(self._nodes, node)
+            rings = (self._fleet, pod_ring, node_ring)
+        else:
+            rings = (self._fleet, pod_ring)
+        for ring in rings:  # each ring: append until full, then overwrite the oldest
+            samples = ring.samples
+            if len(samples) < ring.capacity:
+                samples.append(sample)
+            else:
+                position = ring.pos
+                samples[position] = sample
+                position += 1
+                ring.pos = 0 if position == ring.capacity else position
+            if now > ring.last:
+                ring.last = now
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)

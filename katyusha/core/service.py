@@ -240,6 +240,8 @@ class ServiceBalancer:
         self.name = settings.name
         self.table = LoadTable(stale_after_s=settings.stale_after)
         self.policy = make_policy(settings.policy, rng=rng, table=self.table)
+        # Most policies learn nothing from a response: skip the call (two, through a metric).
+        self._observes = self.policy.learns
         self.queue = L1Queue(
             limit=settings.l1_limit,
             max_length=settings.queue_length,
@@ -276,7 +278,8 @@ class ServiceBalancer:
         """
         ticket: ServiceTicket = self.queue.offer(None, now, priority=priority)  # type: ignore[assignment]
         self.budget.on_request(now)
-        self.hedger.on_request()
+        if self.hedger.enabled:
+            self.hedger.on_request()
         ticket.tries_left = self.settings.retries
         ticket.idempotent = idempotent
         return ticket
@@ -454,9 +457,11 @@ class ServiceBalancer:
                 # The hedge answered first: it is the request's try from now on.
                 self.hedger.won += 1
                 ticket.dispatch, ticket.hedge = handle, first
-        self.hedger.observe(latency)
+        if self.hedger.enabled:
+            self.hedger.observe(latency)
         self.table.record_response(entry, now, latency, feedback, handle.alone)
-        self.policy.observe(entry, now, latency, feedback)
+        if self._observes:
+            self.policy.observe(entry, now, latency, feedback)
         pool = self.pool
         if pool is not None:
             pool.record(

@@ -121,7 +121,8 @@ class Sidecar:
                 f"queue full: {queue.waiting} requests waiting (queue depth {self.queue_depth}), "
                 f"{queue.active} in flight (concurrency {self.concurrency})"
             ) from None
-        self._moved(now)
+        queue = self.queue
+        self.averager.update(now, queue.waiting, queue.active)  # _moved, inline (per request)
         return ticket
 
     def start(self, ticket: Ticket, now: float) -> float:
@@ -151,8 +152,9 @@ class Sidecar:
         Returns the waiting tickets admitted in its place, oldest first. A
         ticket that holds no slot changes nothing and returns [].
         """
-        admitted = self.queue.release(ticket, now)
-        self._moved(now)
+        queue = self.queue
+        admitted = queue.release(ticket, now)
+        self.averager.update(now, queue.waiting, queue.active)  # _moved, inline (per request)
         return admitted
 
     def cancel(self, ticket: Ticket, now: float) -> list[Ticket]:
@@ -330,7 +332,12 @@ class LoadAverager:
 
     def update(self, now: float, waiting: int, in_flight: int) -> None:
         """Record that from ``now`` on, ``waiting`` requests wait and ``in_flight`` execute."""
-        self._advance(now)
+        # _advance inline: this runs twice per request.
+        elapsed = now - self._last
+        if elapsed > 0:
+            self._inside_area += self._inside * elapsed
+            self._in_flight_area += self._in_flight * elapsed
+            self._last = now
         self._inside = waiting + in_flight
         self._in_flight = in_flight
 

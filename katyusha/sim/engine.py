@@ -22,6 +22,7 @@ service, the response and its piggybacked report back. See docs/simulator.md.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -337,7 +338,9 @@ class Simulation:
 
     def _arrive(self, svc: SimService) -> None:
         svc.arrivals += 1
-        self._next_arrival(svc)
+        if not self._schedule_arrival(svc):  # _next_arrival
+            svc.arriving = False
+            self.arriving -= 1
         now = self.env.now
         fronts = svc.fronts
         front = fronts[svc.next_front]
@@ -881,10 +884,14 @@ class Simulation:
             from tqdm import tqdm
 
             bar = tqdm(total=round(scenario.duration), unit="sim s", leave=False)
-        # A request ends with the references between it and its tickets dropped (_record), so it is
-        # freed at once; only the core's ticket and try (which refer to each other) are left to
-        # Python's collector, whose full collections are cheap now that the response pool keeps
-        # a sample as one tuple (docs/simulator.md, "Scale").
+        # A request holds no reference cycle once it has ended (_record and ServiceBalancer.end
+        # drop them), so reference counting frees it at once. The collector's automatic runs
+        # are off while the clock runs: with tens of thousands of requests in flight and
+        # thousands of pods, each full collection walked every one of them, and cost a sixth
+        # to a third of a large run (docs/simulator.md, "Scale"). Between slices the young
+        # generations are collected, so a cycle made and dropped within a slice is freed.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             step = max(1.0, scenario.duration / 200)
             t = 0.0
@@ -896,6 +903,8 @@ class Simulation:
             while self.open > 0 and self.env.now < self._end and self.env.peek() is not None:
                 self.env.run(until=min(self.env.now + step, self._end), stop=lambda: self.open == 0)
         finally:
+            if collecting:
+                gc.enable()
             if bar is not None:
                 bar.close()
         for front in (f for svc in self.services.values() for f in svc.fronts):

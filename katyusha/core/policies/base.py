@@ -61,6 +61,11 @@ class Policy:
     ) -> None:
         """Learn from a response of ``entry``; the table has already been updated by the caller."""
 
+    @property
+    def learns(self) -> bool:
+        """False when :meth:`observe` does nothing (a caller may then skip it)."""
+        return type(self).observe is not Policy.observe
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
@@ -89,3 +94,7 @@ class MetricPolicy(Policy):
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
     ) -> None:
         self.metric.observe(entry, now, latency_s, feedback)
+
+    @property
+    def learns(self) -> bool:
+        return getattr(self.metric, "learns", True)

@@ -155,11 +155,7 @@ class _Index:
         else:
             dirty = self._dirty
             if dirty:
-                position_of = self._position
-                for entry in dirty:
-                    position = position_of.get(entry)
-                    if position is not None:
-                        self._rekey(position, entry, now)
+                self._rekey_many(dirty, now)
                 dirty.clear()
             due = self._due
             while due and due[0][0] <= now:
@@ -193,6 +189,14 @@ class _Index:
 
     def _rekey(self, position: int, entry: PodEntry, now: float) -> None:
         raise NotImplementedError
+
+    def _rekey_many(self, entries, now: float) -> None:
+        """:meth:`_rekey` each of ``entries`` that is ready (the pods events touched since the last look)."""
+        position_of = self._position
+        for entry in entries:
+            position = position_of.get(entry)
+            if position is not None:
+                self._rekey(position, entry, now)
 
 
 class LowestIndex(_Index):
@@ -247,8 +251,33 @@ class LowestIndex(_Index):
             groups.discard(old, position)
             groups.add(key, position)
             keys[position] = key
-        if self.timed:
+        # _schedule's first test inline: most events (a dispatch, an end) change neither time.
+        if self.timed and (entry.reported_at != self._seen_report[position]
+                           or entry.failed_at != self._seen_failed[position]):
             self._schedule(position, entry, now)
+
+    def _rekey_many(self, entries, now: float) -> None:
+        # _rekey's steps with the lookups hoisted out of the loop: this runs on every pick,
+        # for each pod that had a dispatch or a response since the last.
+        position_of = self._position
+        key_of = self._key_of
+        keys = self._keys
+        groups = self._groups
+        timed = self.timed
+        seen_report = self._seen_report
+        seen_failed = self._seen_failed
+        for entry in entries:
+            position = position_of.get(entry)
+            if position is None:
+                continue
+            key = key_of(entry, now)
+            old = keys[position]
+            if key != old:
+                groups.discard(old, position)
+                groups.add(key, position)
+                keys[position] = key
+            if timed and (entry.reported_at != seen_report[position] or entry.failed_at != seen_failed[position]):
+                self._schedule(position, entry, now)
 
 
 class DelayIndex(_Index):

@@ -41,6 +41,11 @@ class Load:
         """An index of the table's ready pods by this metric, or None (then picks scan)."""
         return None
 
+    @property
+    def learns(self) -> bool:
+        """False when :meth:`observe` does nothing (a caller may then skip it)."""
+        return type(self).observe is not Load.observe
+
 
 class InFlight(Load):
     """katyusha's own requests in flight to the pod: exact, blind to other replicas."""
@@ -104,21 +109,13 @@ class SpeedWeightedLoad(Load):
         if now - self._median_at < self.median_every_s and now >= self._median_at:
             return []
         self._median_at = now
-        table = self.table
-        stale_after = table.stale_after_s
-        known = []
-        weighed = []
-        memory = SPEED_MEMORY_S
-        # _speed inlined: this loop visits every ready pod.
-        for entry in table.ready():
-            speed = entry.idle_latency_ms
-            if speed is None or now - entry.idle_latency_at > memory:
-                continue
-            known.append(speed)
-            reported_at = entry.reported_at
-            if reported_at is None or now - reported_at > stale_after:
-                weighed.append(entry)
-        known.sort()
+        # Only the pods with a known speed, not every ready pod (a pod gets one when sent a
+        # request alone: few have a recent one). The weighed (no fresh report) are only
+        # re-keyed, so their order does not matter.
+        timed = self.table.timed(now)
+        stale_after = self._stale_after
+        known = sorted([entry.idle_latency_ms for entry in timed])
+        weighed = [entry for entry in timed if entry.reported_at is None or now - entry.reported_at > stale_after]
         middle = median(len(known), known.__getitem__, 0.0) or None
         old = self.median
         forgotten = [entry for entry in self._weighed if _speed(entry, now) is None]
