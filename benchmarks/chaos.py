@@ -295,7 +295,7 @@ def summarize(result, chaos: Chaos, method: str, baseline_p99: float | None, bas
             recovery.append({"from_s": round(start, 2), "to_s": round(end, 2), "requests": len(window),
                              "p99_ms": round(_quantile(window, 0.99), 1)})
     out["recovery"] = recovery
-    out.update(_after_returns(samples, chaos, kills, baseline))
+    out.update(_after_returns(samples, chaos, kills, baseline, margin))
     if baseline_p99 and recovery:
         worst = max(r["p99_ms"] for r in recovery)
         middle = sorted(r["p99_ms"] for r in recovery)[len(recovery) // 2]
@@ -329,13 +329,15 @@ NORMAL_WITHIN = 1.1  # a p99 within 10% of the baseline's at the same moments is
 TIMELINE_SPAN_S = (-0.5, 3.0)
 
 
-def _after_returns(samples, chaos: Chaos, kills: list[float], baseline) -> dict:
+def _after_returns(samples, chaos: Chaos, kills: list[float], baseline, margin: float) -> dict:
     """What happens around a pod's return, pooled over the returns of a run.
 
     ``readmit_lag_s``: from each process's return to its pod back in
     katyusha's ready set (probes); ``timeline``: for each 0.25 s step from a
     return (requests sent then, up to the next kill), the pooled p99 and its
-    peer, the baseline run's requests at the same moments.
+    peer, the baseline run's requests at the same moments; ``normal_from_s``
+    (with a baseline): see the module doc. A window ends ``margin`` seconds
+    (the baseline's p99) before the next kill.
     """
     out: dict = {}
     returns = [(at, pod) for at, what, pod in chaos.events if what.endswith("-back") and what != "katyusha-back"]
@@ -371,7 +373,6 @@ def _after_returns(samples, chaos: Chaos, kills: list[float], baseline) -> dict:
     if baseline is not None:
         # From each offset on (to one baseline p99 before the next kill), all returns pooled: the
         # first offset whose p99 is within NORMAL_WITHIN of the baseline's at the same moments.
-        margin = _quantile(sorted(x.latency_ms for x in baseline.samples), 0.99) / 1000
         ratios = []
         for i in range(steps):
             offset = i * TIMELINE_STEP_S

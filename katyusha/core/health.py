@@ -9,9 +9,10 @@ three states:
 ``probing``
     out of the ready set and probed every ``down_interval`` until ``rise``
     probes in a row succeed (after a success the next probe comes
-    ``fast_interval`` later, HAProxy's ``fastinter``: a pod that answers again
-    is confirmed in a tenth of a second, not another ``down_interval``). A pod goes here at once when a try provably
-    reached nothing (its connection was refused, or its nonna says its app is
+    ``fast_interval`` later, HAProxy's ``fastinter``: a pod that answers
+    again is confirmed in a tenth of a second, not another
+    ``down_interval``). A pod goes here at once when a try provably reached
+    nothing (its connection was refused, or its nonna says its app is
     unreachable: ``unreachable``), when ``fall`` active checks in a row failed
     (``check``), or when its ejection time is over (``outlier``).
 ``ejected``
