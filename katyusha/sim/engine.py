@@ -888,8 +888,9 @@ class Simulation:
         # drop them), so reference counting frees it at once. The collector's automatic runs
         # are off while the clock runs: with tens of thousands of requests in flight and
         # thousands of pods, each full collection walked every one of them, and cost a sixth
-        # to a third of a large run (docs/simulator.md, "Scale"). Between slices the young
-        # generations are collected, so a cycle made and dropped within a slice is freed.
+        # to a third of a large run (docs/simulator.md, "Scale"). A cycle made meanwhile (none
+        # of the project's own: tests/test_sim.py checks; a user's hook could) waits for the
+        # collector's next run after the clock stops.
         collecting = gc.isenabled()
         gc.disable()
         try:
