@@ -59,6 +59,7 @@ class Setting:
     hedge_max_utilisation: float = 0.9
     hedge_delay: float | None = None  # None: auto (the recent p95)
     hedge_quantile: float = 0.95
+    slow_hold: float = 0.0
 
 
 SETTINGS = (
@@ -73,6 +74,8 @@ SETTINGS = (
     Setting("round-robin cap1", "round-robin"),
     Setting("jsq cap1+1", capacity_extra=1),
     Setting("sed cap1+1", "sed-piggyback", capacity_extra=1),
+    Setting("jsq hold 0.5", slow_hold=0.5),
+    Setting("jsq hold 1", slow_hold=1.0),
     # Models of the peers: a least-connections proxy with no per-pod cap (nginx
     # least_conn, HAProxy leastconn), and one holding requests to the pods'
     # concurrency (HAProxy leastconn with maxconn).
@@ -104,7 +107,8 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
     hedge = HedgeSettings(enabled=setting.hedge, max_utilisation=setting.hedge_max_utilisation,
                           delay=setting.hedge_delay, quantile=setting.hedge_quantile)
     service = ServiceBalancer(ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
-                                              capacity_extra=setting.capacity_extra, hedge=hedge),
+                                              capacity_extra=setting.capacity_extra, hedge=hedge,
+                                              slow_hold=setting.slow_hold),
                               rng=random.Random(seed))
     pods = [_Pod(p.name, p.speed, scenario.concurrency, bool(p.slow_schedule)) for p in scenario.pods]
     service.change_pods(PodChange(upsert=tuple(

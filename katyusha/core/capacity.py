@@ -17,6 +17,18 @@ is above ``SLOW_RATIO`` times the median of the pods' is *slow* and held to
 its capacity without the extra. A pod is classed when one of its requests
 ends, against the median recomputed once per round of the pods' ends.
 
+``hold`` (0: off) keeps a slow pod out of picking while the L1 queue is
+short, the threshold rule of the slow-server problem: a request waiting for
+a faster pod to free beats one sent to an idle slow pod while the wait is
+shorter than the slow pod's extra work. A slow pod whose app time is ``r``
+times the median is *held* (room 0, its slots out of the L1 limit) while at
+most ``hold x F x (r - 1)`` requests wait in L1, ``F`` being the slots of the
+pods that are not slow (``F / median`` is the rate they free at, so 1 is that
+break-even point); beyond it, it takes requests as any pod. The owner calls
+:meth:`review` with the queue's length when a request ends. A held pod is
+let in for one request after ``HOLD_PROBE_S`` without one, so a pod slow for
+a while is seen again when it is fast.
+
 The count compared with a capacity is the pod's one in-flight count,
 ``PodEntry.in_flight``; this class only watches it. The pods with room are
 kept as a list updated in O(1) as pods fill and free (:attr:`open`), so a
@@ -31,6 +43,12 @@ from katyusha.core.loadtable import PodEntry
 
 # A pod whose app time is above this many times the pods' median gets no extra slot.
 SLOW_RATIO = 1.5
+# A held slow pod is let in for a request after this long without one (its app time may have changed).
+HOLD_PROBE_S = 1.0
+# Only a pod this many times slower than the median is held: app times of equal pods with
+# heavy-tailed work pass 1.5x often: held at 1.5x, the model's heavy-tail fleet had p99 1.2 to
+# 2.9 s against 188 ms (benchmarks.tail_model).
+HOLD_RATIO = 2.5
 
 # In PodCapacity.watch: a pod whose first request has not ended yet.
 UNPROVEN = object()
@@ -40,12 +58,16 @@ _UNWATCHED = object()
 class PodCapacity:
     """Capacities, the full pods and the ready pods with room, for one service's load table."""
 
-    def __init__(self, factor: float, *, learn: bool, extra: int = 0):
+    def __init__(self, factor: float, *, learn: bool, extra: int = 0, hold: float = 0.0):
         """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency;
         ``extra`` requests are allowed beyond ``factor`` x concurrency (one waiting in nonna hides
-        the round trip between two requests from a pod of concurrency 1)."""
+        the round trip between two requests from a pod of concurrency 1); ``hold``: slow pods
+        are held out while the L1 queue is short (see the module docstring)."""
         self.factor = float(factor)
         self.extra = int(extra)
+        self.hold = float(hold)
+        # Slow pods are classed only when something depends on it.
+        self._classes = bool(self.extra or self.hold)
         self.learn = learn
         self.given: dict[PodEntry, int] = {}
         # Pods learning their capacity from reports: the concurrency their
@@ -66,6 +88,14 @@ class PodCapacity:
         self.slow: set[PodEntry] = set()
         self.median_app_ms: float | None = None
         self._ends_to_median = 0
+        # Slow pods held out (room 0), the queue length each is held up to, when a held one
+        # is let in for a probe, and the slots held pods keep out of the L1 limit.
+        self.held: set[PodEntry] = set()
+        self.thresholds: dict[PodEntry, float] = {}
+        self._probe_at: dict[PodEntry, float] = {}
+        self._withheld = 0
+        # The ready pods' total capacity (None: one is uncapped), from the last rebuild.
+        self._total: int | None = None
 
     # -- membership rate ---------------------------------------------------
 
@@ -82,6 +112,8 @@ class PodCapacity:
         """A pod left the set."""
         self.given.pop(entry, None)
         self.watch.pop(entry, None)
+        self.thresholds.pop(entry, None)
+        self._probe_at.pop(entry, None)
 
     def rebuild(self, pods: Sequence[PodEntry], ready: Sequence[PodEntry]) -> None:
         """Recompute every capacity, the full pods and the open list (after a change of pods)."""
@@ -94,8 +126,22 @@ class PodCapacity:
                     caps[entry] = cap
         self.caps = caps
         self.slow &= caps.keys()
-        full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
         self._ready = set(ready)
+        # A held pod that left the ready set is no longer held (its slots are not in the total).
+        self.held &= self.slow
+        self.held &= self._ready
+        total: int | None = 0
+        for entry in ready:
+            cap = caps.get(entry)
+            if cap is None:
+                total = None
+                break
+            total += cap
+        self._total = total
+        self._withheld = sum(self._unheld_room(entry) for entry in self.held if entry in self._ready)
+        if self.hold:
+            self._thresholds()
+        full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
         self.built_from = ready
         self.open = [entry for entry in ready if entry not in full] if full else list(ready)
         self._pos = {entry: index for index, entry in enumerate(self.open)}
@@ -117,16 +163,24 @@ class PodCapacity:
         return max(1, int(concurrency * self.factor)) + self.extra
 
     def _room(self, entry: PodEntry, cap: int) -> int:
-        """Requests ``entry`` may hold now: its capacity, less the extra while it is slow."""
-        return cap - self.extra if self.extra and entry in self.slow else cap
+        """Requests ``entry`` may hold now: its capacity, less the extra while it is slow, 0 while held."""
+        if self._classes and entry in self.slow:
+            return 0 if entry in self.held else cap - self.extra
+        return cap
+
+    def _unheld_room(self, entry: PodEntry) -> int:
+        """A slow pod's room when it is not held."""
+        return self.caps[entry] - self.extra
 
     def _classify(self, entry: PodEntry) -> None:
-        """After one of ``entry``'s requests ended: is it slow now? (only with an extra)."""
+        """After one of ``entry``'s requests ended: is it slow now? (only with an extra or a hold)."""
         self._ends_to_median -= 1
         if self._ends_to_median <= 0:
             times = sorted(e.app_ewma_ms for e in self.caps if e.app_ewma_ms is not None)
             self.median_app_ms = times[len(times) // 2] if times else None
             self._ends_to_median = max(1, len(self.caps))
+            if self.hold:
+                self._thresholds()
         median = self.median_app_ms
         app = entry.app_ewma_ms
         slow = median is not None and app is not None and app > SLOW_RATIO * median
@@ -137,7 +191,53 @@ class PodCapacity:
             if entry.in_flight >= self.caps[entry] - self.extra:
                 self._close(entry)
         else:
+            if entry in self.held:
+                self._release(entry)
             self.slow.discard(entry)
+        if self.hold:
+            self._thresholds()
+
+    def _thresholds(self) -> None:
+        """Each slow pod's queue length to be held up to: hold x (the other pods' slots) x (r - 1)."""
+        median = self.median_app_ms
+        thresholds = self.thresholds
+        thresholds.clear()
+        if not self.slow or not median:
+            return
+        ready = self._ready
+        fast = sum(cap for entry, cap in self.caps.items() if entry in ready and entry not in self.slow)
+        if not fast:
+            return  # nowhere else to wait for: slow pods are not held
+        for entry in self.slow:
+            app = entry.app_ewma_ms
+            if app is not None and app > HOLD_RATIO * median:
+                thresholds[entry] = self.hold * fast * (app / median - 1.0)
+
+    def review(self, waiting: int, now: float) -> bool:
+        """Hold or release each slow pod for ``waiting`` requests in L1; True when the L1 limit changed."""
+        changed = False
+        thresholds = self.thresholds
+        for entry in self.slow:
+            threshold = thresholds.get(entry)
+            hold = (threshold is not None and waiting <= threshold and entry in self._ready
+                    and now < self._probe_at.get(entry, now + 1.0))
+            if hold == (entry in self.held):
+                continue
+            changed = True
+            if hold:
+                self.held.add(entry)
+                self._withheld += self._unheld_room(entry)
+                if entry not in self.full:
+                    self._close(entry)
+            else:
+                self._release(entry)
+        return changed
+
+    def _release(self, entry: PodEntry) -> None:
+        """A held pod takes requests again (room back, into the open list when it has some)."""
+        self.held.discard(entry)
+        self._withheld -= self._unheld_room(entry)
+        self._reopen(entry)
 
     def _close(self, entry: PodEntry) -> None:
         """``entry`` is full: out of the open list, in O(1)."""
@@ -149,18 +249,13 @@ class PodCapacity:
                 self.open[pos] = last
                 self._pos[last] = pos
 
-    def limit(self, configured: int | None, ready: Sequence[PodEntry]) -> int | None:
-        """The configured L1 limit, lowered to the ready pods' total capacity when each has one."""
-        caps = self.caps
-        if not caps or configured is None:
+    def limit(self, configured: int | None) -> int | None:
+        """The configured L1 limit, lowered to the ready pods' total capacity (at the last
+        :meth:`rebuild`, less the held pods' slots) when each has one."""
+        total = self._total
+        if not self.caps or configured is None or not total:
             return configured
-        total = 0
-        for entry in ready:
-            cap = caps.get(entry)
-            if cap is None:
-                return configured
-            total += cap
-        return min(configured, total) if total else configured
+        return min(configured, max(1, total - self._withheld))
 
     # -- per request -------------------------------------------------------
 
@@ -179,16 +274,23 @@ class PodCapacity:
         if cap is not None and entry not in self.full and entry.in_flight >= self._room(entry, cap):
             self._close(entry)
 
-    def ended(self, entry: PodEntry) -> None:
-        """``entry.in_flight`` just went down; sets :attr:`stale` when a report changed its capacity."""
-        if self.extra and entry in self.caps:
-            self._classify(entry)
+    def _reopen(self, entry: PodEntry) -> None:
+        """Into the open list again if ``entry`` is full but has room now."""
         full = self.full
         if full and entry in full and entry.in_flight < self._room(entry, self.caps[entry]):
             full.discard(entry)
             if entry in self._ready:
                 self._pos[entry] = len(self.open)
                 self.open.append(entry)
+
+    def ended(self, entry: PodEntry, now: float = 0.0) -> None:
+        """``entry.in_flight`` just went down; sets :attr:`stale` when a report changed its capacity."""
+        if self._classes and entry in self.caps:
+            if self.hold:
+                self._probe_at[entry] = now + HOLD_PROBE_S
+            self._classify(entry)
+        if self.full and entry in self.full:
+            self._reopen(entry)
         watch = self.watch
         if watch:
             seen = watch.get(entry, _UNWATCHED)

@@ -86,6 +86,7 @@ class ServiceSettings:
     request_timeout: float = 30.0
     capacity_factor: float = 1.0
     capacity_extra: int = 0
+    slow_hold: float = 0.0
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
@@ -251,7 +252,8 @@ class ServiceBalancer:
         )
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
-        self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra)
+        self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra,
+                                    hold=settings.slow_hold)
         self.health = PodHealth(settings.health)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
         self.hedger = Hedger(settings.hedge)
@@ -363,8 +365,11 @@ class ServiceBalancer:
             admitted = self.queue.cancel(ticket, now)
         else:
             admitted = []
-        if self.capacity.stale:
+        capacity = self.capacity
+        if capacity.stale:
             admitted += self._resync(now)
+        elif capacity.slow and capacity.hold and capacity.review(self.queue.waiting, now):
+            admitted += self.queue.set_limit(capacity.limit(self.settings.l1_limit), now)
         if self._admitted:
             admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
@@ -480,7 +485,7 @@ class ServiceBalancer:
             self.table.record_failure(entry, now)
         handle.state = _ENDED
         self.table.on_end(entry)
-        self.capacity.ended(entry)
+        self.capacity.ended(entry, now)
         if self._leaving and entry.in_flight == 0 and entry in self._leaving:
             self._leaving.discard(entry)
             if self.on_idle is not None:
@@ -557,7 +562,7 @@ class ServiceBalancer:
         self.capacity.rebuild(table.pods(), ready)
         queue = self.queue
         admitted: list[Ticket] = []
-        limit = self.capacity.limit(self.settings.l1_limit, ready)
+        limit = self.capacity.limit(self.settings.l1_limit)
         if limit != queue.limit:
             admitted += queue.set_limit(limit, now)
         if not ready:

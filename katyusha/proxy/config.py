@@ -97,6 +97,7 @@ class ProxyConfig(EdgeFields):
     stale_after: float = 2.0
     pod_capacity_factor: float = 1.0
     pod_capacity_extra: int = 0
+    slow_pod_hold: float = 0.0
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "warning"
@@ -209,6 +210,7 @@ class ProxyConfig(EdgeFields):
                              else spec.pod_capacity_factor),
             capacity_extra=(self.pod_capacity_extra if spec.pod_capacity_extra is None
                             else spec.pod_capacity_extra),
+            slow_hold=self.slow_pod_hold if spec.slow_pod_hold is None else spec.slow_pod_hold,
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,
@@ -394,6 +396,9 @@ SETTINGS: tuple[Setting, ...] = (
              "requests in flight per pod: its concurrency times this (at least 1); 0: no per-pod cap"),
     _setting("pod-capacity-extra", "pod_capacity_extra", int_in_range(0, 1000),
              "requests a pod may hold beyond pod-capacity-factor x its concurrency"),
+    _setting("slow-pod-hold", "slow_pod_hold", parse_non_negative_float,
+             "0: off; else a pod 2.5x slower than the median or more is left out while the L1 queue is"
+             " shorter than this x the other pods' slots x (its slowness - 1)"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),

@@ -159,6 +159,7 @@ class ServiceSpec:
     request_timeout: float | None = None
     pod_capacity_factor: float | None = None
     pod_capacity_extra: int | None = None
+    slow_pod_hold: float | None = None
     hedge: bool | None = None
     hedge_delay: float | None | str = "global"  # "global": the global hedge-delay (None is auto)
     hedge_budget: float | None = None
@@ -187,6 +188,7 @@ _OPTIONAL = (
     ("request-timeout", "request_timeout"),
     ("pod-capacity-factor", "pod_capacity_factor"),
     ("pod-capacity-extra", "pod_capacity_extra"),
+    ("slow-pod-hold", "slow_pod_hold"),
     ("hedge", "hedge"),
     ("hedge-budget", "hedge_budget"),
 )
@@ -197,6 +199,7 @@ _OPTIONAL_PARSERS = {
     "request-timeout": parse_seconds,
     "pod-capacity-factor": parse_non_negative_float,
     "pod-capacity-extra": int_in_range(0, 1000),
+    "slow-pod-hold": parse_non_negative_float,
     "hedge": parse_bool,
     "hedge-budget": parse_hedge_budget,
 }

@@ -1,0 +1,164 @@
+"""slow-pod-hold (katyusha.core.capacity): a slow pod is left out while the L1 queue is short.
+
+Driven through the service balancer's public calls, as the proxy and the
+simulator drive it, with nonna's reports telling each pod's app time.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from katyusha.core.capacity import HOLD_PROBE_S
+from katyusha.core.errors import ConfigError
+from katyusha.core.feedback import Feedback
+from katyusha.core.membership import PodChange, PodSpec
+from katyusha.core.service import ServiceBalancer, ServiceSettings
+from katyusha.proxy import config
+
+# pod-0 is four times slower than the three others (app time 80 against 20 ms).
+APP_MS = {"pod-0": 80.0, "pod-1": 20.0, "pod-2": 20.0, "pod-3": 20.0}
+
+
+def balancer(hold: float) -> ServiceBalancer:
+    service = ServiceBalancer(ServiceSettings(slow_hold=hold), rng=random.Random(1))
+    service.change_pods(PodChange(upsert=tuple(
+        PodSpec(name, f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i, name in enumerate(APP_MS))), 0.0)
+    return service
+
+
+def answer(service: ServiceBalancer, ticket, now: float) -> list:
+    """The ticket's pod answers with its report; the request ends. Returns the tickets admitted."""
+    handle = ticket.dispatch
+    name = handle.entry.name
+    handle.on_head(now, Feedback(0, 1, 1, 0.0, APP_MS[name], name, None), 200)
+    return service.end(ticket, now)
+
+
+def warm(service: ServiceBalancer, now: float) -> float:
+    """Every pod answers one request (pod-0 last), so each one's app time is known."""
+    tickets = []
+    for _ in APP_MS:
+        ticket = service.offer(now)
+        assert ticket.admitted
+        service.dispatch(ticket, now)
+        tickets.append(ticket)
+    assert {t.dispatch.entry.name for t in tickets} == set(APP_MS)
+    now += 0.08
+    for ticket in sorted(tickets, key=lambda t: t.dispatch.entry.name, reverse=True):
+        answer(service, ticket, now)
+    return now
+
+
+def fill_fast_pods(service: ServiceBalancer, now: float) -> list:
+    """Three requests in flight, on the three fast pods (pod-0 is left idle)."""
+    tickets = []
+    for _ in range(3):
+        ticket = service.offer(now)
+        assert ticket.admitted
+        service.dispatch(ticket, now, avoid=[service.table.get("pod-0")])
+        tickets.append(ticket)
+    assert sorted(t.dispatch.entry.name for t in tickets) == ["pod-1", "pod-2", "pod-3"]
+    return tickets
+
+
+def test_without_the_hold_an_idle_slow_pod_takes_the_next_request():
+    service = balancer(hold=0.0)
+    now = warm(service, 0.0)
+    fill_fast_pods(service, now)
+    ticket = service.offer(now)
+    assert ticket.admitted
+    assert service.dispatch(ticket, now).entry.name == "pod-0"
+
+
+def test_a_slow_pod_is_held_while_the_queue_is_short_and_takes_requests_beyond_its_threshold():
+    service = balancer(hold=1.0)
+    now = warm(service, 0.0)
+    capacity = service.capacity
+    slow = service.table.get("pod-0")
+    assert capacity.slow == {slow}
+    # Break-even: 3 other slots x (4 - 1) = 9 requests may wait before pod-0 is worth it.
+    assert capacity.thresholds[slow] == pytest.approx(9.0)
+    running = fill_fast_pods(service, now)
+    # The queue is short: the request waits in L1 for a fast pod rather than go to idle pod-0.
+    first = service.offer(now)
+    assert first.waiting and slow.in_flight == 0
+    assert service.queue.limit == 3
+    # A fast pod frees: the waiting request goes there, not to pod-0.
+    admitted = answer(service, running.pop(0), now + 0.02)
+    assert admitted == [first]
+    assert service.dispatch(first, now + 0.02).entry.name != "pod-0"
+    running.append(first)
+    # Eleven more wait: when the next end has let one in, 10 still wait, beyond the threshold
+    # of 9: pod-0 is let in and takes one.
+    waiting = [service.offer(now + 0.02) for _ in range(11)]
+    assert all(t.waiting for t in waiting)
+    admitted = answer(service, running.pop(0), now + 0.03)
+    assert len(admitted) == 2 and service.queue.limit == 4
+    picked = sorted(service.dispatch(t, now + 0.03).entry.name for t in admitted)
+    assert "pod-0" in picked
+    # Every request still holds a place: 4 in flight, the rest waiting, none lost.
+    assert service.queue.active == 4 and service.queue.waiting == 9
+
+
+def test_a_held_pod_gets_a_request_after_a_while_without_one():
+    service = balancer(hold=1.0)
+    now = warm(service, 0.0)
+    slow = service.table.get("pod-0")
+    running = fill_fast_pods(service, now)
+    assert service.offer(now).waiting
+    answer(service, running[0], now + 0.02)
+    assert slow in service.capacity.held
+    # Over HOLD_PROBE_S later pod-0 is let in again when a request ends, so its speed is seen anew.
+    later = now + HOLD_PROBE_S + 0.1
+    answer(service, running[1], later)
+    assert slow not in service.capacity.held and slow in service.capacity.open
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), min_size=1, max_size=300))
+def test_with_the_hold_no_pod_is_sent_more_than_it_may_hold_and_every_request_is_served(steps):
+    """Random arrivals and ends: every admitted request finds a pod with room; all are served in the end."""
+    service = balancer(hold=0.5)
+    now = warm(service, 0.0)
+    caps = {e.name: service.capacity.caps[e] for e in service.table.pods()}
+    in_flight: list = []
+    offered = served = 0
+
+    def send(tickets):
+        for ticket in tickets:
+            handle = service.dispatch(ticket, now)
+            assert handle.entry.in_flight <= caps[handle.entry.name]
+            in_flight.append(ticket)
+
+    for arrive, which in steps:
+        now += 0.005
+        if arrive or not in_flight:
+            offered += 1
+            ticket = service.offer(now)
+            if ticket.admitted:
+                send([ticket])
+        else:
+            ticket = in_flight.pop(which % len(in_flight))
+            served += 1
+            send(answer(service, ticket, now))
+    while in_flight:
+        now += 0.005
+        served += 1
+        send(answer(service, in_flight.pop(0), now))
+    assert served == offered and service.queue.waiting == 0 and service.queue.active == 0
+
+
+def test_slow_pod_hold_is_a_setting_globally_and_per_service_with_errors_naming_it():
+    c = config.validate({"slow-pod-hold": 0.5, "services": [
+        {"name": "a", "pods": []}, {"name": "b", "path-prefix": "/b", "pods": [], "slow-pod-hold": 0}]})
+    assert [c.service_settings(spec).slow_hold for spec in c.service_specs] == [0.5, 0.0]
+    assert config.validate({}).service_settings(config.validate({}).service_specs[0]).slow_hold == 0.0
+    for raw, key in (({"slow-pod-hold": -1}, "slow-pod-hold"), ({"slow-pod-hold": "x"}, "slow-pod-hold"),
+                     ({"services": [{"name": "a", "slow-pod-hold": "x"}]}, "services[0].slow-pod-hold")):
+        with pytest.raises(ConfigError) as caught:
+            config.validate(raw)
+        assert caught.value.key == key
