@@ -69,7 +69,9 @@ class ServiceSettings:
     """What one service decides with; every field as in force (switches already applied).
 
     ``l1_limit`` None: no L1 limit. ``capacity_extra``: requests a pod may
-    hold beyond ``capacity_factor`` x its concurrency. ``capacity_factor`` 0: no per-pod
+    hold beyond ``capacity_factor`` x its concurrency. ``slow_hold`` (0: off)
+    keeps a much slower pod out while the L1 queue is short
+    (:mod:`katyusha.core.capacity`). ``capacity_factor`` 0: no per-pod
     capacity (it is off whatever the factor when ``l1_limit`` is None).
     ``retries``: extra tries of a request on another pod (see the module
     docstring for which failures are retried), within ``retry_budget`` (a
