@@ -138,7 +138,7 @@ class PodCapacity:
                 break
             total += cap
         self._total = total
-        self._withheld = sum(self._unheld_room(entry) for entry in self.held if entry in self._ready)
+        self._withheld = sum(self._unheld_room(entry) for entry in self.held)
         if self.hold:
             self._thresholds()
         full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
@@ -253,7 +253,7 @@ class PodCapacity:
         """The configured L1 limit, lowered to the ready pods' total capacity (at the last
         :meth:`rebuild`, less the held pods' slots) when each has one."""
         total = self._total
-        if not self.caps or configured is None or not total:
+        if configured is None or not total:
             return configured
         return min(configured, max(1, total - self._withheld))
 
