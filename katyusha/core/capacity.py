@@ -192,7 +192,10 @@ class PodCapacity:
                 self._close(entry)
         else:
             if entry in self.held:
+                # Only review() hands the L1 limit a change of the held slots: a resync gives
+                # these back (without it the limit stays short of the pods' room).
                 self._release(entry)
+                self.stale = True
             self.slow.discard(entry)
         if self.hold:
             self._thresholds()
