@@ -59,11 +59,12 @@ class Setting:
     hedge_max_utilisation: float = 0.9
     hedge_delay: float | None = None  # None: auto (the recent p95)
     hedge_quantile: float = 0.95
-    slow_hold: float = 0.0
+    slow_hold: float = ServiceSettings.slow_hold
 
 
 SETTINGS = (
     Setting("jsq cap1 (default)"),
+    Setting("jsq cap1 no hold", slow_hold=0.0),
     Setting("jsq cap1 hedge", hedge=True),
     Setting("jsq cap2", capacity_factor=2.0),
     Setting("jsq nocap", capacity_factor=0.0),
@@ -79,8 +80,8 @@ SETTINGS = (
     # Models of the peers: a least-connections proxy with no per-pod cap (nginx
     # least_conn, HAProxy leastconn), and one holding requests to the pods'
     # concurrency (HAProxy leastconn with maxconn).
-    Setting("peer leastconn", "least-in-flight", 0.0),
-    Setting("peer leastconn maxconn", "least-in-flight", 1.0),
+    Setting("peer leastconn", "least-in-flight", 0.0, slow_hold=0.0),
+    Setting("peer leastconn maxconn", "least-in-flight", 1.0, slow_hold=0.0),
 )
 
 

@@ -6,6 +6,7 @@ simulator drive it, with nonna's reports telling each pod's app time.
 
 from __future__ import annotations
 
+import collections
 import random
 
 import pytest
@@ -18,6 +19,7 @@ from katyusha.core.feedback import Feedback
 from katyusha.core.membership import PodChange, PodSpec
 from katyusha.core.service import ServiceBalancer, ServiceSettings
 from katyusha.proxy import config
+from tests.katyusha_fleet import admin, blast, katyusha, start_pods
 
 # pod-0 is four times slower than the three others (app time 80 against 20 ms).
 APP_MS = {"pod-0": 80.0, "pod-1": 20.0, "pod-2": 20.0, "pod-3": 20.0}
@@ -152,13 +154,91 @@ def test_with_the_hold_no_pod_is_sent_more_than_it_may_hold_and_every_request_is
     assert served == offered and service.queue.waiting == 0 and service.queue.active == 0
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_l1_limit_follows_the_held_pods_as_app_times_change(seed):
+    """Two equal pods with heavy-tailed app times (lognormal, sigma 1, mean 10 ms; 60% load), the
+    defaults: a pod is now and then slow against a median a round of ends old, held with a
+    request in flight, and let go when its own end finds it no longer slow. After every end the
+    L1 limit is the ready pods' slots less the held ones': no slot is lost for good (a lost one
+    turned the simulator's M/M/2 into an M/M/1, its queue growing without end)."""
+    import heapq
+
+    service = ServiceBalancer(ServiceSettings(), rng=random.Random(1))
+    service.change_pods(PodChange(upsert=tuple(
+        PodSpec(f"pod-{i}", f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i in range(2))), 0.0)
+    capacity = service.capacity
+    rng = random.Random(seed)
+    events: list = [(rng.expovariate(120.0), 0, None)]
+    app_ms: dict = {}
+    count = 0
+    while events:
+        now, seq, ticket = heapq.heappop(events)
+        if ticket is None:  # an arrival
+            admitted = [service.offer(now)]
+            if seq < 5_000:
+                heapq.heappush(events, (now + rng.expovariate(120.0), seq + 1, None))
+        else:
+            handle = ticket.dispatch
+            handle.on_head(now, Feedback(0, 1, 1, 0.0, app_ms.pop(ticket), handle.entry.name, None), 200)
+            admitted = service.end(ticket, now)
+            room = sum(1 for entry in service.table.ready() if entry not in capacity.held)
+            assert service.queue.limit == room, (now, capacity.held, capacity.slow)
+        for t in admitted:
+            if t.admitted:
+                service.dispatch(t, now)
+                app_ms[t] = 10.0 * rng.lognormvariate(-0.5, 1.0)
+                count += 1
+                heapq.heappush(events, (now + app_ms[t] / 1000.0, -count, t))
+    assert service.queue.waiting == 0 and service.queue.active == 0
+
+
 def test_slow_pod_hold_is_a_setting_globally_and_per_service_with_errors_naming_it():
     c = config.validate({"slow-pod-hold": 0.5, "services": [
         {"name": "a", "pods": []}, {"name": "b", "path-prefix": "/b", "pods": [], "slow-pod-hold": 0}]})
     assert [c.service_settings(spec).slow_hold for spec in c.service_specs] == [0.5, 0.0]
-    assert config.validate({}).service_settings(config.validate({}).service_specs[0]).slow_hold == 0.0
+    # The default (0.5) is what a service gets when neither sets it.
+    defaults = config.validate({})
+    assert defaults.service_settings(defaults.service_specs[0]).slow_hold == 0.5
+    assert ServiceSettings().slow_hold == 0.5
     for raw, key in (({"slow-pod-hold": -1}, "slow-pod-hold"), ({"slow-pod-hold": "x"}, "slow-pod-hold"),
                      ({"services": [{"name": "a", "slow-pod-hold": "x"}]}, "services[0].slow-pod-hold")):
         with pytest.raises(ConfigError) as caught:
             config.validate(raw)
         assert caught.value.key == key
+
+
+# -- live: real sim-backend and nonna processes behind katyusha ---------------------------
+
+@pytest.fixture(scope="module")
+def slow_and_fast_pods():
+    # pod-0 answers in 100 ms, the three others in 20 ms (a constant service time, so the
+    # slowness is the speed alone).
+    started = start_pods([0.2, 1.0, 1.0, 1.0], service="const:20ms")
+    yield started
+    for pod in started:
+        pod.stop()
+
+
+async def served_by_pod(pods, *args: str) -> collections.Counter:
+    """400 requests, 6 at a time, through katyusha with ``args``: how many each pod served."""
+    with katyusha(*[a for pod in pods for a in ("--pod", pod.spec + ",concurrency=1")],
+                  "--keep-nonna-headers", "true", *args) as proxy:
+        results = await blast(proxy.url + "/", 400, 6)
+        assert collections.Counter(status for status, _, _ in results) == {200: 400}
+        _, state = admin(proxy, "GET", "/pods")
+        by_name = {pod["name"]: pod for pod in state["pods"]}
+        assert by_name["pod-0"]["capacity"] == 1
+    return collections.Counter(headers["nonna-pod"] for _, headers, _ in results)
+
+
+async def test_with_the_defaults_a_much_slower_pod_is_left_out_while_the_queue_is_short(slow_and_fast_pods):
+    """Six clients keep two requests waiting for three fast pods: with the defaults they wait for a
+    fast pod (pod-0 gets its first request, then one a second to see whether it is still slow);
+    with the hold off, pod-0 takes a request whenever it is idle, its share of the work."""
+    held = await served_by_pod(slow_and_fast_pods)
+    not_held = await served_by_pod(slow_and_fast_pods, "--slow-pod-hold", "0")
+    # pod-0 serves 10 requests a second when never held (400 x 10/160 = 25 of them); held, about
+    # one a second: a third of the unheld count leaves room for a slow machine's longer run.
+    assert not_held["pod-0"] >= 15, not_held
+    assert held["pod-0"] * 3 <= not_held["pod-0"], (held, not_held)
+    assert sum(held.values()) == sum(not_held.values()) == 400

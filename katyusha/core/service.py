@@ -88,7 +88,7 @@ class ServiceSettings:
     request_timeout: float = 30.0
     capacity_factor: float = 1.0
     capacity_extra: int = 0
-    slow_hold: float = 0.0
+    slow_hold: float = 0.5
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
