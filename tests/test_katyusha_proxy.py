@@ -29,9 +29,11 @@ async def test_with_defaults_the_slow_pod_gets_a_small_share_whatever_the_policy
     # Defaults: each pod's capacity is learned from its Nonna-Concurrency (1),
     # so at most one request per pod is out and the rest wait in L1 until a
     # pod frees: late binding. The four times slower pod frees a quarter as
-    # often, so it serves about 0.25 / 2.25 of the requests, whatever the
-    # policy (python -m benchmarks.policy_share: 9 to 24 of 150 over five
-    # policies; a third would be 50).
+    # often, so it serves at most about 0.25 / 2.25 of the requests, whatever
+    # the policy (python -m benchmarks.policy_share: 9 to 24 of 150 over five
+    # policies, before slow-pod-hold; a third would be 50); with the hold (on
+    # by default) it is left out while the queue is short, its slot out of the
+    # L1 limit while held.
     pods = [arg for pod in fleet for arg in ("--pod", pod.spec)]
     for policy in ("round-robin", "jsq-piggyback"):
         with katyusha(*pods, "--policy", policy, "--keep-nonna-headers", "true") as proxy:
@@ -40,7 +42,9 @@ async def test_with_defaults_the_slow_pod_gets_a_small_share_whatever_the_policy
             slow = per_pod(results)["pod-2"]
             assert 3 <= slow <= 30, (policy, per_pod(results))
             _, state = admin(proxy, "GET", "/pods")
-            assert state["queue"]["limit"] == 3
+            held = [row["name"] for row in state["pods"] if row["held"]]
+            assert held in ([], ["pod-2"])
+            assert state["queue"]["limit"] == 3 - len(held)
             assert [row["capacity"] for row in state["pods"]] == [1, 1, 1]
 
 

@@ -643,6 +643,7 @@ class ServiceBalancer:
         row["admin"] = spec.admin if spec is not None else None
         row["concurrency"] = spec.concurrency if spec is not None else None
         row["capacity"] = self.capacity.caps.get(entry)
+        row["held"] = entry in self.capacity.held
         row.update(self.health.row(entry, now))
         return row
 
