@@ -238,3 +238,37 @@ async def test_prequal_serves_every_request(fleet):
     with katyusha(*pods, "--policy", "prequal", "--probe-rate", "20") as proxy:
         results = await blast(proxy.url + "/", 40, 4)
         assert [r[0] for r in results] == [200] * 40
+
+
+def _timings(url: str, method: str, body: bytes | None) -> dict[str, float]:
+    """Every Server-Timing line of one response, parsed together."""
+    import http.client
+    import urllib.parse
+
+    from katyusha.core.feedback import parse_server_timing
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, "/", body=body)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        lines = [value for name, value in response.getheaders() if name.lower() == "server-timing"]
+    finally:
+        conn.close()
+    return parse_server_timing(", ".join(lines))
+
+
+@pytest.mark.parametrize("method, body", [("GET", None), ("POST", b"x" * 2000)])
+def test_keep_nonna_headers_also_times_the_upstream_leg(fleet, method, body):
+    # With nonna's headers kept (debugging), katyusha times the dispatch to the pod's head: the
+    # pod's slot is held for it, nonna's queue and app time inside it (benchmarks.sim_vs_live).
+    with katyusha("--pod", fleet[0].spec, "--keep-nonna-headers", "true") as proxy:
+        for _ in range(5):
+            timing = _timings(proxy.url, method, body)
+            assert timing["katyusha-upstream"] >= timing["app"] + timing["nonna-queue"] > 0, timing
+            assert "katyusha-queue" in timing
+    with katyusha("--pod", fleet[0].spec) as proxy:
+        timing = _timings(proxy.url, method, body)
+        assert "katyusha-queue" in timing and "katyusha-upstream" not in timing, timing
