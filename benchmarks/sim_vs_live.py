@@ -121,7 +121,10 @@ def quantile(values: list[float], share: float) -> float:
 
 def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, *, seed: int = 7,
              overhead: dict | None = None, trace: list[float] | None = None) -> dict:
-    """One simulated run: p50/p99/p99.9 of the measured requests, and where they waited and went."""
+    """One simulated run: p50/p99/p99.9 of the measured requests, and where they waited and went.
+
+    ``overhead``'s ``client`` (ms; default 0), when given, is added to every latency: the
+    client's side, which holds no slot."""
     sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace))
     warm = lb_quality.WARMUP_S
     slow = [(pod.name, parse_slow_schedule(pod.slow_schedule)) for pod in scenario.pods if pod.slow_schedule]
@@ -152,7 +155,8 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
     hop = sim.scenario.hop_s
     rows = [row for row in sim.recorder.rows["requests"] if row[4] >= warm]
     done = [row for row in rows if row[11] is None]
-    latencies = [row[9] for row in done]
+    client = (overhead or {}).get("client", 0.0)
+    latencies = [row[9] + client for row in done]
     slow_names = slow_pods(scenario)
     return {"p50_ms": quantile(latencies, 0.5), "p99_ms": quantile(latencies, 0.99),
             "p999_ms": quantile(latencies, 0.999), "requests": len(latencies), "drops": len(rows) - len(done),
@@ -166,7 +170,7 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
 
 # One measured request: what the generator saw and what nonna and sim-backend told.
 RECORD = ("sent_at", "latency_ms", "status", "pod", "lag_ms", "katyusha_queue_ms", "nonna_queue_ms", "app_ms",
-          "service_ms", "target_ms")
+          "service_ms", "target_ms", "upstream_ms")
 
 
 def record(sample: loadgen.Sample) -> list:
@@ -181,7 +185,7 @@ def record(sample: loadgen.Sample) -> list:
             pass
     return [round(sample.sent_at, 6), round(sample.latency_ms, 3), sample.status, sample.pod,
             round(sample.lag_ms, 3), timing.get("katyusha-queue"), timing.get("nonna-queue"), timing.get("app"),
-            service, target]
+            service, target, timing.get("katyusha-upstream")]
 
 
 def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float,
@@ -209,24 +213,36 @@ def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, durati
 def calibration(records: list[list]) -> dict | None:
     """The overheads of one live run, from its own requests (answered ones with every timing).
 
-    ``hop``: half the mean of the client's latency less katyusha's L1 wait, nonna's L2 wait and the
-    app time (each way between katyusha and the pod, the client's own hops and the generator's
-    lag folded in, as ``calibrate`` folds them). ``pod``: the mean of nonna's app time less the
-    service time sim-backend drew (its event loop's lateness and nonna's hop to it: the slot is
-    held for both). Means, not medians: at 90% load what matters is how long a slot is held in all.
+    ``hop``: half the mean of katyusha's upstream time (dispatch to the pod's head, which
+    ``keep-nonna-headers`` adds to ``Server-Timing``) less nonna's L2 wait and the app time: the
+    round trip katyusha <-> nonna, each way, the pod's slot held. ``client``: the mean of the
+    client's latency less katyusha's L1 wait and the upstream time: the generator's lag, its hops
+    to katyusha and back, katyusha's own parsing and writing, which hold no slot. ``pod``: the mean
+    of nonna's app time less the service time sim-backend drew (its event loop's lateness and
+    nonna's hop to it: the slot is held for both). Means, not medians: at 90% load what matters is
+    how long a slot is held in all. Without upstream times, ``hop`` is half of what is outside the
+    queues and the app, and ``client`` 0 (as ``calibrate`` folds them).
     """
     rows = [dict(zip(RECORD, r, strict=True)) for r in records]
     rows = [r for r in rows if r["status"] == 200 and None not in (r["katyusha_queue_ms"], r["nonna_queue_ms"],
                                                                     r["app_ms"], r["target_ms"])]
     if not rows:
         return None
-    outside = [r["latency_ms"] - r["katyusha_queue_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
-    pod = [r["app_ms"] - r["target_ms"] for r in rows]
-    late = [r["service_ms"] - r["target_ms"] for r in rows]
     mean, med = statistics.fmean, statistics.median
-    return {"requests": len(rows), "hop": round(mean(outside) / 2, 4), "pod": round(mean(pod), 4),
-            "hop_median": round(med(outside) / 2, 4), "pod_median": round(med(pod), 4),
-            "outside_p99_ms": quantile(outside, 0.99), "lateness_ms": round(mean(late), 4),
+    outside = [r["latency_ms"] - r["katyusha_queue_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
+    timed = all(r["upstream_ms"] is not None for r in rows)
+    if timed:
+        trip = [r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
+        client = [r["latency_ms"] - r["katyusha_queue_ms"] - r["upstream_ms"] for r in rows]
+    else:
+        trip, client = outside, [0.0]
+    pod = [r["app_ms"] - r["target_ms"] for r in rows]
+    return {"requests": len(rows), "hop": round(mean(trip) / 2, 4), "pod": round(mean(pod), 4),
+            "client": round(mean(client), 4),
+            "hop_median": round(med(trip) / 2, 4), "pod_median": round(med(pod), 4),
+            "client_median": round(med(client), 4),
+            "outside_ms": round(mean(outside), 4), "outside_p99_ms": quantile(outside, 0.99),
+            "lateness_ms": round(mean(r["service_ms"] - r["target_ms"] for r in rows), 4),
             "nonna_to_app_ms": round(mean(r["app_ms"] - r["service_ms"] for r in rows), 4),
             "lag_ms": round(mean(r["lag_ms"] for r in rows), 4),
             "l1_wait_ms": round(mean(r["katyusha_queue_ms"] for r in rows), 3),
@@ -455,7 +471,8 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
         print(f"  {m:10s} ranking: {errors[m]['ranking']}  same: {errors[m]['same_ranking']}  "
               f"goal met: {errors[m]['goal_met']}")
     print(f"{'policy':16s} {'L1 live':>8s} {'L1 sim':>8s} {'L2 live':>8s} {'L2 sim':>8s} {'slow live':>9s} "
-          f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'late':>6s} {'lag':>6s}   (ms means; sim: run-trace)")
+          f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s}"
+          f"   (ms means; sim: run-trace)")
     for p in policies:
         lv, sm = live_fig[p], modes["run-trace"].get(p) or modes["idle"][p]
         cal = [c for c in result["calibration"][p] if c]
@@ -465,7 +482,7 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
         print(f"{p:16s} {lv.get('l1_wait_ms', float('nan')):8.2f} {sm['l1_wait_ms']:8.2f} "
               f"{lv.get('l2_wait_ms', float('nan')):8.2f} {sm['l2_wait_ms']:8.2f} "
               f"{lv.get('slow_share', float('nan')):9.3f} {sm['slow_share']:9.3f} {med('hop'):6.2f} {med('pod'):6.2f} "
-              f"{med('lateness_ms'):6.2f} {med('lag_ms'):6.2f}")
+              f"{med('client'):6.2f} {med('lateness_ms'):6.2f} {med('lag_ms'):6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-raw", metavar="PATH", nargs="+",
                         help="compare against the live runs of earlier --raw files (no processes started)")
     parser.add_argument("--sim-only", action="store_true", help="simulate only (no processes)")
+    parser.add_argument("--live-only", action="store_true",
+                        help="with --raw: the live runs only (compare later with --from-raw, outside the lock)")
     parser.add_argument("--no-coldstart", action="store_true", help="skip the cold-start comparison")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the live overheads (the scenario's overhead.hop and overhead.pod) and stop")
@@ -535,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
             raw["scenarios"][scenario.name] = lives
             if args.raw:
                 Path(args.raw).write_text(json.dumps(raw) + "\n")
+            if args.live_only:
+                continue
         result = compare(scenario, policies, rate, duration, lives)
         report["live"][scenario.name] = result["live"]
         report["sim"][scenario.name] = result["sim"]["idle"]
@@ -546,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         for key in ("p50_rel_err", "p99_rel_err", "same_ranking"):
             report[key][scenario.name] = result["errors"]["idle"][key]
         print_scenario(scenario.name, result, policies)
-    if not args.no_coldstart and not args.from_raw:
+    if not args.no_coldstart and not args.from_raw and not args.live_only:
         if args.sim_only:
             plan = coldstart_bench.QUICK if args.quick else coldstart_bench.FULL
             report["coldstart"] = {"sim": simulate_coldstart(plan)}
