@@ -268,7 +268,22 @@ def test_keep_nonna_headers_also_times_the_upstream_leg(fleet, method, body):
         for _ in range(5):
             timing = _timings(proxy.url, method, body)
             assert timing["katyusha-upstream"] >= timing["app"] + timing["nonna-queue"] > 0, timing
-            assert "katyusha-queue" in timing
+            assert "katyusha-queue" in timing and timing["katyusha-wake"] >= 0
     with katyusha("--pod", fleet[0].spec) as proxy:
         timing = _timings(proxy.url, method, body)
         assert "katyusha-queue" in timing and "katyusha-upstream" not in timing, timing
+        assert "katyusha-wake" not in timing, timing
+
+
+async def test_a_request_let_in_from_the_l1_queue_is_timed_from_its_admission_to_its_dispatch(fleet):
+    from katyusha.core.feedback import parse_server_timing
+
+    # One pod of concurrency 1, four requests at a time: three wait in L1 each time, and each is
+    # dispatched only when its task runs after the admission (the pod idle meanwhile). The loop's
+    # clock (uvloop's) counts whole milliseconds, so a wake of a fraction of one often reads 0.
+    with katyusha("--pod", fleet[0].spec, "--keep-nonna-headers", "true") as proxy:
+        results = await blast(proxy.url + "/", 16, 4)
+    timings = [parse_server_timing(headers["server-timing"]) for _, headers, _ in results]
+    queued = [t for t in timings if t["katyusha-queue"] > 0]
+    assert queued, timings
+    assert all(0 <= t["katyusha-wake"] < t["katyusha-queue"] + t["katyusha-upstream"] for t in queued), timings

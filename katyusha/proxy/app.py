@@ -157,7 +157,7 @@ class _Head:
             headers = response_headers(headers)
         timing = self.timing
         if self.keep_nonna:
-            timing += _UPSTREAM_TIMING % (upstream * 1000.0)
+            timing += _UPSTREAM_TIMING % (upstream * 1000.0, _woken_ms(handle))
         return _downstream(headers, self.keep_nonna, self.request_id, timing)
 
 
@@ -426,7 +426,7 @@ class DataApp:
                               if l1_wait else _NO_WAIT)
                     now = self._loop.time()
                     if self.keep_nonna:
-                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0)
+                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0, _woken_ms(handle))
                     headers = response.headers
                     try:
                         # What _Head does for a status under 500: one pass from the pod's
@@ -663,8 +663,16 @@ _SERVER_TIMING_LINE = _SERVER_TIMING + b": "
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _NO_WAIT = b"katyusha-queue;dur=0.000"
 # With keep-nonna-headers (debugging): the time from the dispatch to the pod's response head,
-# the pod's slot held for it (benchmarks.sim_vs_live reads the round trip to nonna from it).
-_UPSTREAM_TIMING = b", katyusha-upstream;dur=%.3f"
+# the pod's slot held for it, and from the request's admission to that dispatch (a request let
+# in from the L1 queue waits for its task to run: its slot is taken, its pod idle meanwhile).
+# benchmarks.sim_vs_live reads the round trip to nonna and that wake from them.
+_UPSTREAM_TIMING = b", katyusha-upstream;dur=%.3f, katyusha-wake;dur=%.3f"
+
+
+def _woken_ms(handle: Dispatch) -> float:
+    """Milliseconds from the ticket's (last) admission to this try's dispatch."""
+    admitted_at = handle.ticket.admitted_at
+    return 0.0 if admitted_at is None else max(0.0, (handle.sent_at - admitted_at) * 1000.0)
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
 
