@@ -83,12 +83,15 @@ def arrival_times(rate: float, duration: float, seed: int = 7) -> list[float]:
 
 
 def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, seed: int = 7,
-                 overhead: dict | None = None, trace: list[float] | None = None):
+                 overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None):
     """The fleet as a scenario. ``overhead``: ``{"hop": ms, "pod": ms}`` (default: the scenario
-    format's defaults); ``trace``: arrival times to replay (default: the simulator's own draws)."""
+    format's defaults); ``trace``: arrival times to replay (default: the simulator's own draws);
+    ``work``: with a trace, each arrival's work (seconds at speed 1; default: drawn)."""
     warm = lb_quality.WARMUP_S
     if trace is not None:
         workload = {"kind": "trace", "times": list(trace)}
+        if work is not None:
+            workload["work"] = list(work)
     else:
         workload = {"kind": "step", "steps": [{"at": 0, "rate": min(rate, WARMUP_RATE)},
                                               {"at": warm, "rate": rate}]}
@@ -109,6 +112,43 @@ def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, durati
     return parse(doc)
 
 
+def slow_phase(duration: float) -> float:
+    """The slow schedules' phase at the warm-up's start: lb_quality aligns each measured run to end
+    as a slow window ends."""
+    return (lb_quality.SLOW_PERIOD_S - duration - lb_quality.WARMUP_S) % lb_quality.SLOW_PERIOD_S
+
+
+def live_work(scenario: lb_quality.Scenario, records: list[list], trace: list[float], duration: float,
+              seed: int = 7) -> list[float]:
+    """Each arrival's work in a live run (seconds at speed 1), in the order of ``trace``: the
+    service time sim-backend drew for it times its pod's speed then; drawn for the warm-up's
+    arrivals and any request without a body."""
+    speeds = {pod.name: pod.speed for pod in scenario.pods}
+    schedules = {pod.name: parse_slow_schedule(pod.slow_schedule) for pod in scenario.pods if pod.slow_schedule}
+    phase0 = slow_phase(duration)
+    by_time = {}
+    for r in records:
+        row = _row(r)
+        if row["target_ms"] is None or row["pod"] not in speeds:
+            continue
+        speed = speeds[row["pod"]]
+        schedule = schedules.get(row["pod"])
+        if schedule is not None:
+            # The service started about after the L1 wait, half the trip to nonna and the L2 wait.
+            trip = ((row["upstream_ms"] or 0.0) - (row["app_ms"] or 0.0) - (row["nonna_queue_ms"] or 0.0)) / 2
+            started = row["sent_at"] + ((row["katyusha_queue_ms"] or 0.0) + trip
+                                        + (row["nonna_queue_ms"] or 0.0)) / 1000.0
+            speed *= schedule.factor_at(lb_quality.WARMUP_S + started + phase0)
+        by_time[round(row["sent_at"], 6)] = row["target_ms"] / 1000.0 * speed
+    rng = random.Random(f"{seed}:work")
+    warm = lb_quality.WARMUP_S
+    out = []
+    for t in trace:
+        got = by_time.get(round(t - warm, 6)) if t >= warm else None
+        out.append(got if got is not None else rng.expovariate(1.0 / lb_quality.MEAN_SERVICE_S))
+    return out
+
+
 def slow_pods(scenario: lb_quality.Scenario) -> set[str]:
     """The pods slower than the rest: a lower speed, or a slow schedule."""
     return {pod.name for pod in scenario.pods if pod.speed < 1.0 or pod.slow_schedule}
@@ -120,18 +160,17 @@ def quantile(values: list[float], share: float) -> float:
 
 
 def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, *, seed: int = 7,
-             overhead: dict | None = None, trace: list[float] | None = None) -> dict:
+             overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None
+             ) -> dict:
     """One simulated run: p50/p99/p99.9 of the measured requests, and where they waited and went.
 
     ``overhead``'s ``client`` (ms; default 0), when given, is added to every latency: the
     client's side, which holds no slot."""
-    sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace))
+    sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace, work))
     warm = lb_quality.WARMUP_S
     slow = [(pod.name, parse_slow_schedule(pod.slow_schedule)) for pod in scenario.pods if pod.slow_schedule]
     if slow:
-        # lb_quality aligns each measured run to end as a slow window ends: phase at t=0 of the warm-up.
-        period = lb_quality.SLOW_PERIOD_S
-        phase0 = (period - duration - warm) % period
+        phase0 = slow_phase(duration)
 
         def apply(s):
             for node_name, schedule in slow:
@@ -170,7 +209,12 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
 
 # One measured request: what the generator saw and what nonna and sim-backend told.
 RECORD = ("sent_at", "latency_ms", "status", "pod", "lag_ms", "katyusha_queue_ms", "nonna_queue_ms", "app_ms",
-          "service_ms", "target_ms", "upstream_ms")
+          "service_ms", "target_ms", "upstream_ms", "wake_ms")
+
+
+def _row(values: list) -> dict:
+    """A :data:`RECORD` row as a dict (rows of older files, without the last fields, padded with None)."""
+    return dict(zip(RECORD, list(values) + [None] * (len(RECORD) - len(values)), strict=True))
 
 
 def record(sample: loadgen.Sample) -> list:
@@ -185,7 +229,7 @@ def record(sample: loadgen.Sample) -> list:
             pass
     return [round(sample.sent_at, 6), round(sample.latency_ms, 3), sample.status, sample.pod,
             round(sample.lag_ms, 3), timing.get("katyusha-queue"), timing.get("nonna-queue"), timing.get("app"),
-            service, target, timing.get("katyusha-upstream")]
+            service, target, timing.get("katyusha-upstream"), timing.get("katyusha-wake")]
 
 
 def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float,
@@ -214,16 +258,18 @@ def calibration(records: list[list]) -> dict | None:
     """The overheads of one live run, from its own requests (answered ones with every timing).
 
     ``hop``: half the mean of katyusha's upstream time (dispatch to the pod's head, which
-    ``keep-nonna-headers`` adds to ``Server-Timing``) less nonna's L2 wait and the app time: the
-    round trip katyusha <-> nonna, each way, the pod's slot held. ``client``: the mean of the
-    client's latency less katyusha's L1 wait and the upstream time: the generator's lag, its hops
-    to katyusha and back, katyusha's own parsing and writing, which hold no slot. ``pod``: the mean
+    ``keep-nonna-headers`` adds to ``Server-Timing``) less nonna's L2 wait and the app time, plus
+    its wake (admission to dispatch, also added): the round trip katyusha <-> nonna, each way, the
+    pod's slot held. ``client``: the mean of the client's latency less katyusha's L1 wait, the wake
+    and the upstream time: the generator's lag, its hops to katyusha and back, katyusha's own
+    parsing and writing, which hold no slot. (katyusha's clock counts whole milliseconds under
+    uvloop; the means over a run are not biased by it.) ``pod``: the mean
     of nonna's app time less the service time sim-backend drew (its event loop's lateness and
     nonna's hop to it: the slot is held for both). Means, not medians: at 90% load what matters is
     how long a slot is held in all. Without upstream times, ``hop`` is half of what is outside the
     queues and the app, and ``client`` 0 (as ``calibrate`` folds them).
     """
-    rows = [dict(zip(RECORD, r, strict=True)) for r in records]
+    rows = [_row(r) for r in records]
     rows = [r for r in rows if r["status"] == 200 and None not in (r["katyusha_queue_ms"], r["nonna_queue_ms"],
                                                                     r["app_ms"], r["target_ms"])]
     if not rows:
@@ -231,16 +277,20 @@ def calibration(records: list[list]) -> dict | None:
     mean, med = statistics.fmean, statistics.median
     outside = [r["latency_ms"] - r["katyusha_queue_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
     timed = all(r["upstream_ms"] is not None for r in rows)
+    wake = [r["wake_ms"] or 0.0 for r in rows]
     if timed:
-        trip = [r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
-        client = [r["latency_ms"] - r["katyusha_queue_ms"] - r["upstream_ms"] for r in rows]
+        trip = [r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"] + w for r, w in zip(rows, wake, strict=True)]
+        client = [r["latency_ms"] - r["katyusha_queue_ms"] - r["upstream_ms"] - w
+                  for r, w in zip(rows, wake, strict=True)]
     else:
         trip, client = outside, [0.0]
     pod = [r["app_ms"] - r["target_ms"] for r in rows]
     return {"requests": len(rows), "hop": round(mean(trip) / 2, 4), "pod": round(mean(pod), 4),
             "client": round(mean(client), 4),
             "hop_median": round(med(trip) / 2, 4), "pod_median": round(med(pod), 4),
-            "client_median": round(med(client), 4),
+            "client_median": round(med(client), 4), "wake_ms": round(mean(wake), 4),
+            "wake_queued_ms": round(mean([w for r, w in zip(rows, wake, strict=True) if r["katyusha_queue_ms"] > 0]
+                                         or [0.0]), 4),
             "outside_ms": round(mean(outside), 4), "outside_p99_ms": quantile(outside, 0.99),
             "lateness_ms": round(mean(r["service_ms"] - r["target_ms"] for r in rows), 4),
             "nonna_to_app_ms": round(mean(r["app_ms"] - r["service_ms"] for r in rows), 4),
@@ -259,7 +309,7 @@ def live_figures(runs: list[dict], slow: set[str]) -> dict:
         out[key] = round(middle, 2)
         out[key.replace("_ms", "_runs")] = values
         out[key.replace("_ms", "_spread")] = round((max(values) - min(values)) / middle, 3) if middle else None
-    rows = [dict(zip(RECORD, r, strict=True)) for run in runs for r in run["records"] if r[2] == 200]
+    rows = [_row(r) for run in runs for r in run["records"] if r[2] == 200]
     if rows and rows[0]["pod"]:
         out["slow_share"] = round(sum(1 for r in rows if r["pod"] in slow) / len(rows), 4)
     for key, field in (("l1_wait_ms", "katyusha_queue_ms"), ("l2_wait_ms", "nonna_queue_ms")):
@@ -293,7 +343,7 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     slow = slow_pods(scenario)
     live_fig = {p: live_figures(lives[p], slow) for p in policies}
     trace = arrival_times(rate, duration, seed)
-    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}}
+    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}}
     spread: dict = {}
     calib: dict = {}
     for policy in policies:
@@ -302,14 +352,18 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
         spread[policy] = {q: [r[f"{q}_ms"] for r in seeds] for q in ("p50", "p99")}
         modes["idle-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace)
         calib[policy] = [calibration(run["records"]) for run in lives[policy]]
-        per_run = [simulate(scenario, policy, rate, duration, trace=trace, overhead=c) for c in calib[policy] if c]
-        if per_run:
-            modes["run-trace"][policy] = {**{k: round(statistics.median(r[k] for r in per_run), 2)
-                                             for k in ("p50_ms", "p99_ms", "p999_ms")},
-                                          **{k: round(statistics.fmean(r[k] for r in per_run), 4)
-                                             for k in ("l1_wait_ms", "l2_wait_ms", "slow_share")},
-                                          "p50_runs": [r["p50_ms"] for r in per_run],
-                                          "p99_runs": [r["p99_ms"] for r in per_run]}
+        runs = [(run, c) for run, c in zip(lives[policy], calib[policy], strict=True) if c]
+        for mode, replay in (("run-trace", False), ("run-replay", True)):
+            per_run = [simulate(scenario, policy, rate, duration, trace=trace, overhead=c,
+                                work=live_work(scenario, run["records"], trace, duration) if replay else None)
+                       for run, c in runs]
+            if per_run:
+                modes[mode][policy] = {**{k: round(statistics.median(r[k] for r in per_run), 2)
+                                          for k in ("p50_ms", "p99_ms", "p999_ms")},
+                                       **{k: round(statistics.fmean(r[k] for r in per_run), 4)
+                                          for k in ("l1_wait_ms", "l2_wait_ms", "slow_share")},
+                                       "p50_runs": [r["p50_ms"] for r in per_run],
+                                       "p99_runs": [r["p99_ms"] for r in per_run]}
     errors: dict = {}
     for mode, sims in modes.items():
         if len(sims) < len(policies):
@@ -454,7 +508,7 @@ def _pct(value: float | None) -> str:
 
 def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     live_fig, modes, errors = result["live"], result["sim"], result["errors"]
-    shown = [m for m in ("idle", "idle-trace", "run-trace") if m in errors]
+    shown = [m for m in ("idle", "idle-trace", "run-trace", "run-replay") if m in errors]
     print(f"\n{name}: live = median of runs (spread = (max - min) / median); errors against it, per mode "
           f"({', '.join(shown)})")
     print(f"{'policy':16s} {'p50 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown)
@@ -472,9 +526,9 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
               f"goal met: {errors[m]['goal_met']}")
     print(f"{'policy':16s} {'L1 live':>8s} {'L1 sim':>8s} {'L2 live':>8s} {'L2 sim':>8s} {'slow live':>9s} "
           f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s}"
-          f"   (ms means; sim: run-trace)")
+          f"   (ms means; sim: run-replay)")
     for p in policies:
-        lv, sm = live_fig[p], modes["run-trace"].get(p) or modes["idle"][p]
+        lv, sm = live_fig[p], modes["run-replay"].get(p) or modes["idle"][p]
         cal = [c for c in result["calibration"][p] if c]
 
         def med(key, cal=cal):

@@ -41,10 +41,13 @@ def test_calibration_reads_the_overheads_back_from_the_requests_and_the_simulati
     assert all(len(row) == len(RECORD) for row in rows)
     figures = calibration(rows)
     assert (figures["hop"], figures["client"], figures["pod"]) == (1.5, 4.0, 2.0)
+    # A wake between admission and dispatch holds the slot with the pod idle: in the hop, not the client's.
+    woken = calibration([row[:-1] + [1.0] for row in rows])
+    assert (woken["hop"], woken["client"], woken["wake_ms"]) == (2.0, 3.0, 1.0)
     assert figures["lateness_ms"] == 1.0 and figures["nonna_to_app_ms"] == 1.0
     # Without katyusha's upstream time (nonna's headers not kept), everything outside the queues
     # and the app is folded into the hop, as --calibrate folds it.
-    folded = calibration([row[:-1] + [None] for row in rows])
+    folded = calibration([row[:-2] for row in rows])
     assert (folded["hop"], folded["client"]) == (3.5, 0.0)
     # The simulation holds each slot for them: at 90% of the nominal capacity, 2 x 1.5 + 2 ms
     # on a 20 ms service overloads the fleet, and the waits in L1 grow.
