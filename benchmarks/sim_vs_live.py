@@ -363,7 +363,12 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
                                        **{k: round(statistics.fmean(r[k] for r in per_run), 4)
                                           for k in ("l1_wait_ms", "l2_wait_ms", "slow_share")},
                                        "p50_runs": [r["p50_ms"] for r in per_run],
-                                       "p99_runs": [r["p99_ms"] for r in per_run]}
+                                       "p99_runs": [r["p99_ms"] for r in per_run],
+                                       # Each live run against its own simulation (its overheads, arrivals).
+                                       "p50_paired_err": [rel(r["p50_ms"], run["p50_ms"])
+                                                          for r, (run, _) in zip(per_run, runs, strict=True)],
+                                       "p99_paired_err": [rel(r["p99_ms"], run["p99_ms"])
+                                                          for r, (run, _) in zip(per_run, runs, strict=True)]}
     errors: dict = {}
     for mode, sims in modes.items():
         if len(sims) < len(policies):
@@ -384,7 +389,10 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     if cals:
         load["run_overheads"] = utilisation(scenario, rate, statistics.median(c["hop"] for c in cals),
                                             statistics.median(c["pod"] for c in cals))
-    return {"live": live_fig, "live_ranking": ranking(live_fig), "sim": modes, "errors": errors,
+    rounds = min(len(lives[p]) for p in policies)
+    round_rankings = [ranking({p: lives[p][i] for p in policies}) for i in range(rounds)]
+    return {"live": live_fig, "live_ranking": ranking(live_fig), "live_round_rankings": round_rankings,
+            "sim": modes, "errors": errors,
             "sim_spread": spread, "calibration": calib, "utilisation": load}
 
 
@@ -519,7 +527,23 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
               + " ".join(f"{_pct(errors[m]['p50_rel_err'][p]):>10s}" for m in shown)
               + f" {lv['p99_ms']:9.1f} {lv['p99_spread']:6.0%} "
               + " ".join(f"{_pct(errors[m]['p99_rel_err'][p]):>10s}" for m in shown))
+    for mode in ("run-trace", "run-replay"):
+        paired = modes.get(mode, {})
+        if paired:
+            print(f"{mode} paired with each live run (sim of the run's own overheads vs that run), p50 / p99 errors:")
+            for p in policies:
+                if p in paired:
+                    print(f"  {p:16s} p50 {' '.join(f'{e:+.0%}' for e in paired[p]['p50_paired_err']):24s} "
+                          f"p99 {' '.join(f'{e:+.0%}' for e in paired[p]['p99_paired_err'])}   "
+                          f"(live p50 {live_fig[p]['p50_runs']}, sim {paired[p]['p50_runs']})")
+            flat50 = [abs(e) for p in paired for e in paired[p]["p50_paired_err"]]
+            flat99 = [abs(e) for p in paired for e in paired[p]["p99_paired_err"]]
+            print(f"  median |error|: p50 {statistics.median(flat50):.0%}, p99 {statistics.median(flat99):.0%}; "
+                  f"within 15% / 25%: {sum(e <= 0.15 for e in flat50)}/{len(flat50)} p50, "
+                  f"{sum(e <= 0.25 for e in flat99)}/{len(flat99)} p99")
     print(f"live ranking by p99: {result['live_ranking']}")
+    for index, order in enumerate(result["live_round_rankings"]):
+        print(f"  live round {index + 1} alone: {order}")
     print(f"load on the slots' capacity (service + overheads): {result['utilisation']}")
     for m in shown:
         print(f"  {m:10s} ranking: {errors[m]['ranking']}  same: {errors[m]['same_ranking']}  "
@@ -618,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sim_spread"][scenario.name] = result["sim_spread"]
         report["calibration"][scenario.name] = result["calibration"]
         report.setdefault("utilisation", {})[scenario.name] = result["utilisation"]
+        report.setdefault("live_round_rankings", {})[scenario.name] = result["live_round_rankings"]
         for key in ("p50_rel_err", "p99_rel_err", "same_ranking"):
             report[key][scenario.name] = result["errors"]["idle"][key]
         print_scenario(scenario.name, result, policies)
