@@ -17,7 +17,7 @@ pod at the pod's speed, exponential 20 ms service, nonna's concurrency 1 and
 queue depth 100, the same warm-up (1 s at up to 100 requests/s, not
 measured), the same load, and for ``noisy`` the same slow windows
 (sim_backend's own SlowSchedule, applied to the pod's speed by a hook at every
-window edge, at the phase the live run is aligned to), in three modes:
+window edge, at the phase the live run is aligned to), in four modes:
 
 - ``idle``: the scenario's default overheads (``overhead.hop`` and
   ``overhead.pod``, measured by ``--calibrate`` on an idle machine) and the
@@ -25,10 +25,14 @@ window edge, at the phase the live run is aligned to), in three modes:
 - ``idle-trace``: the same overheads, the live run's arrivals replayed (the
   loadgen's seeded schedules, warm-up included);
 - ``run-trace``: the live arrivals, and the overheads of each live run read
-  from its own requests (:func:`calibration`); the median over the runs.
+  from its own requests (:func:`calibration`); the median over the runs;
+- ``run-replay``: as ``run-trace``, and each request's work is the service
+  time the live run's pod drew for it (:func:`live_work`), not a new draw.
+
+Each ``run-*`` simulation is also compared with its own live run (paired errors).
 
 Live figures are the median over the runs, with their spread ((max - min) /
-median). Service-time draws are the simulator's own in every mode.
+median). Service times are the simulator's own draws but in ``run-replay``.
 
 The cold-start half runs :mod:`benchmarks.coldstart`'s plan (``--quick``: its
 quick plan) both ways: live, its own fleet at zero pods and its step of load
