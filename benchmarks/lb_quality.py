@@ -78,6 +78,7 @@ MAX_FLEET_RPS = 450.0
 HEDGE_SCENARIO = "heavy-tail"
 SLOW_PERIOD_S, SLOW_DURATION_S = 10.0, 3.0
 WARMUP_S = 1.0
+WARMUP_SEED = 99
 DRAIN_TIMEOUT_S = 30.0
 
 
@@ -303,14 +304,20 @@ def systems(pods: list[Pod], scenario: Scenario, only: list[str] | None = None,
 
 
 def measure(urls: list[str], pods: list[Pod], rate: float, duration_s: float,
-            timeout_s: float, *, seed: int = 7, arrivals: str = "poisson") -> tuple[dict, list[float]]:
+            timeout_s: float, *, seed: int = 7, arrivals: str = "poisson",
+            samples: list | None = None) -> tuple[dict, list[float]]:
+    """One measured run (after the drain, the phase wait and the warm-up); ``samples``, when
+    given, gets the run's loadgen samples with their ``Server-Timing`` and bodies."""
     wait_drained(pods)
     wait_phase(pods, duration_s)
     # The same warm-up for every system: pools filled, every pod reported and timed.
-    asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, 100), duration_s=WARMUP_S, seed=99))
+    asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, 100), duration_s=WARMUP_S, seed=WARMUP_SEED))
     before = {p.spec.name: p.served() for p in pods}
     result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration_s,
-                                               timeout_s=timeout_s, seed=seed, arrivals=arrivals))
+                                               timeout_s=timeout_s, seed=seed, arrivals=arrivals,
+                                               detail=samples is not None))
+    if samples is not None:
+        samples.extend(result.samples)
     wait_drained(pods, timeout_s)
     after = {p.spec.name: p.served() for p in pods}
     summary = result.summary()

@@ -34,6 +34,9 @@ class Sample:
     cause: str = ""       # no answer: "refused" (no connection), "reset" (closed after the request
                           # was sent), "connect-error", "timeout"; "" when a response came
     maybe_executed: bool | None = None  # the Katyusha-Maybe-Executed header, when present
+    lag_ms: float = 0.0   # from the scheduled send time to the start of its task (the generator's own lag)
+    timing: str = ""      # with detail=True: the response's Server-Timing (every header line of it, joined)
+    body: bytes = b""     # with detail=True: the response body
 
 
 @dataclass
@@ -91,8 +94,10 @@ class _Conn:
         self.writer = writer
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bool]:
-    """Read one HTTP/1.1 response; returns status, headers (lower-case), keep-alive."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes, bytes], bool, bytes]:
+    """Read one HTTP/1.1 response; returns status, headers (lower-case; a repeated header's
+    values joined by ", ", as RFC 9110 allows for list headers such as Server-Timing),
+    keep-alive and the body."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split(b" ", 2)[1])
@@ -100,20 +105,24 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[bytes,
     for line in lines[1:]:
         if b":" in line:
             name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
+            name = name.strip().lower()
+            value = value.strip()
+            seen = headers.get(name)
+            headers[name] = value if seen is None else seen + b", " + value
     if b"content-length" in headers:
-        await reader.readexactly(int(headers[b"content-length"]))
+        body = await reader.readexactly(int(headers[b"content-length"]))
     elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        chunks = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            await reader.readexactly(size + 2)
+            chunks.append((await reader.readexactly(size + 2))[:size])
             if size == 0:
                 break
+        body = b"".join(chunks)
     else:
-        await reader.read()
-        return status, headers, False
+        return status, headers, False, await reader.read()
     keep = headers.get(b"connection", b"").lower() != b"close"
-    return status, headers, keep
+    return status, headers, keep, body
 
 
 def poisson_schedule(rate: float, duration_s: float, rng: random.Random) -> list[float]:
@@ -156,7 +165,7 @@ def mmpp_schedule(rate: float, duration_s: float, rng: random.Random, *, burst: 
 async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: float,
                         timeout_s: float = 10.0, seed: int = 1, path: str = "/",
                         headers: dict[str, str] | None = None, method: str = "GET",
-                        body: bytes = b"", arrivals: str = "poisson") -> RunResult:
+                        body: bytes = b"", arrivals: str = "poisson", detail: bool = False) -> RunResult:
     """Send requests (``method``, with ``body``) at Poisson arrivals of ``rate``/s for
     ``duration_s``, spread round robin over ``urls`` (several balancer replicas);
     ``arrivals`` ``mmpp``: bursts of the same mean rate (:func:`mmpp_schedule`). Every
@@ -165,6 +174,9 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
     The schedule never waits for answers: a slow system gets the same arrivals. A
     request whose kept-alive connection turns out closed before any answer is sent once
     more on a fresh connection, as HTTP clients do, for GET and HEAD only.
+
+    ``detail``: each sample also keeps its response's ``Server-Timing`` and body
+    (benchmarks.sim_vs_live reads the pods' timings from them).
     """
     if rate <= 0 or duration_s <= 0:
         raise ValueError("rate and duration_s must be positive")
@@ -187,6 +199,7 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
         part = parts[index]
         conn = idle[index].pop() if idle[index] else None
         status, pod, cause, maybe = 0, "", "", None
+        lag_ms, timing, content = (loop.time() - start - scheduled) * 1000, "", b""
         try:
             async with asyncio.timeout(timeout_s - (loop.time() - start - scheduled)):
                 for attempt in (0, 1):
@@ -202,7 +215,7 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
                     cause = "reset"
                     try:
                         conn.writer.write(request[index])
-                        status, resp_headers, keep = await _read_response(conn.reader)
+                        status, resp_headers, keep, content = await _read_response(conn.reader)
                         cause = ""
                         break
                     except (asyncio.IncompleteReadError, ConnectionError):
@@ -214,6 +227,10 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
                 pod = resp_headers.get(b"nonna-pod", b"").decode()
                 flag = resp_headers.get(b"katyusha-maybe-executed")
                 maybe = None if flag is None else flag == b"true"
+                if detail:
+                    timing = resp_headers.get(b"server-timing", b"").decode()
+                else:
+                    content = b""
                 if keep:
                     idle[index].append(conn)
                 else:
@@ -227,7 +244,8 @@ async def run_open_loop(urls: str | Sequence[str], *, rate: float, duration_s: f
             if conn is not None:
                 conn.writer.close()
         latency = (loop.time() - start - scheduled) * 1000
-        result.samples.append(Sample(scheduled, latency, status, pod, cause, maybe))
+        result.samples.append(Sample(scheduled, latency, status, pod, cause, maybe, lag_ms, timing,
+                                     content if detail else b""))
 
     tasks = set()
     make = mmpp_schedule if arrivals == "mmpp" else poisson_schedule

@@ -1,25 +1,38 @@
 """The simulator against the live system on benchmarks.lb_quality's scenarios: p50 and p99 per policy, side by side.
 
-Run as ``python -m benchmarks.sim_vs_live [--quick] [--sim-only] [--json PATH]``, or with
-``--calibrate`` to measure the overheads the simulation models.
+Run as ``python -m benchmarks.sim_vs_live [--quick] [--repeats N] [--raw PATH] [--sim-only]
+[--json PATH]``, ``--from-raw PATH...`` to compare again against saved live runs (no processes), or
+``--calibrate`` to measure the overheads the simulation models on an idle machine.
 
 For each scenario of :mod:`benchmarks.lb_quality` (``heterogeneous``,
 ``replicas``, ``noisy``: its definitions, pods, speeds, slow schedule,
 replicas and load) and each katyusha policy, the live run is lb_quality's own
 (real sim-backend and nonna processes, katyusha replicas, its open-loop
-generator, its warm-up and slow-window alignment), and the simulated run is
-the same fleet as a scenario for katyusha.sim: one node per pod at the pod's
-speed, exponential 20 ms service, nonna's concurrency 1 and queue depth 100,
-the same warm-up (1 s at up to 100 requests/s, not measured), the same load,
-and for ``noisy`` the same slow windows (sim_backend's own SlowSchedule,
-applied to the pod's speed by a hook at every window edge, at the phase the
-live run is aligned to). Arrivals and service times are drawn from the
-simulator's own seeded streams: the same distributions, not the same draws.
+generator, its warm-up and slow-window alignment), ``--repeats`` times in
+rounds with the same arrivals (seed 7), every request recorded with its
+``Server-Timing`` (katyusha's L1 wait, nonna's L2 wait and app time) and
+sim-backend's body (the service time it drew and the one it took). The
+simulated run is the same fleet as a scenario for katyusha.sim: one node per
+pod at the pod's speed, exponential 20 ms service, nonna's concurrency 1 and
+queue depth 100, the same warm-up (1 s at up to 100 requests/s, not
+measured), the same load, and for ``noisy`` the same slow windows
+(sim_backend's own SlowSchedule, applied to the pod's speed by a hook at every
+window edge, at the phase the live run is aligned to), in four modes:
 
-The simulated runs use the scenario's default overheads (``overhead.hop``
-and ``overhead.pod``, docs/simulator.md "Overheads"), which ``--calibrate``
-measures on this machine: one pod, requests one at a time, through katyusha
-and straight to nonna.
+- ``idle``: the scenario's default overheads (``overhead.hop`` and
+  ``overhead.pod``, measured by ``--calibrate`` on an idle machine) and the
+  simulator's own arrivals (also with 5 seeds: the simulation's own spread);
+- ``idle-trace``: the same overheads, the live run's arrivals replayed (the
+  loadgen's seeded schedules, warm-up included);
+- ``run-trace``: the live arrivals, and the overheads of each live run read
+  from its own requests (:func:`calibration`); the median over the runs;
+- ``run-replay``: as ``run-trace``, and each request's work is the service
+  time the live run's pod drew for it (:func:`live_work`), not a new draw.
+
+Each ``run-*`` simulation is also compared with its own live run (paired errors).
+
+Live figures are the median over the runs, with their spread ((max - min) /
+median). Service times are the simulator's own draws but in ``run-replay``.
 
 The cold-start half runs :mod:`benchmarks.coldstart`'s plan (``--quick``: its
 quick plan) both ways: live, its own fleet at zero pods and its step of load
@@ -28,13 +41,15 @@ own node, so each pulls the image as each live pod does), image, pull rate,
 start time, KPA settings and step. It compares the number of cold starts and
 the time from the step's start to the first response.
 
-JSON keys: ``p50_rel_err[scenario][policy]`` and ``p99_rel_err[...]``
-((simulated - live) / live), ``same_ranking[scenario]`` (policies ordered by
-p99 alike), ``live`` and ``sim`` (the figures), ``coldstart`` (``sim``,
-``live``, ``same_cold_starts``, ``first_response_rel_err``,
-``first_response_within_15pct``). Not modelled, so part of the error: the
-overheads' growth under load (CPU contention on the machine's two cores), the
-load generator's own lag.
+JSON keys: ``live[scenario][policy]`` (median p50/p99 over the runs, each run's,
+their spread, mean L1 and L2 waits, the slow pods' share), ``sim`` (the
+``idle`` mode) and ``sim_modes`` (every mode), ``p50_rel_err``,
+``p99_rel_err`` and ``same_ranking`` (the ``idle`` mode's: (simulated - live)
+/ live), ``modes[scenario][mode]`` (the same per mode, and ``goal_met``),
+``sim_spread``, ``calibration`` (per run), ``utilisation`` (the load over the
+slots' capacity with the idle and the run's overheads), ``coldstart``
+(``sim``, ``live``, ``same_cold_starts``, ``first_response_rel_err``,
+``first_response_within_15pct``).
 """
 
 from __future__ import annotations
@@ -43,6 +58,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -51,7 +67,7 @@ import urllib.parse
 from pathlib import Path
 
 from benchmarks import coldstart as coldstart_bench
-from benchmarks import lb_quality
+from benchmarks import lb_quality, loadgen
 from katyusha.core.feedback import parse_server_timing
 from katyusha.sim.engine import Simulation
 from katyusha.sim.scenario import parse
@@ -61,9 +77,29 @@ WARMUP_RATE = 100.0
 SCENARIOS = ("heterogeneous", "replicas", "noisy")
 
 
-def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, seed: int = 7):
+def arrival_times(rate: float, duration: float, seed: int = 7) -> list[float]:
+    """The arrivals lb_quality.measure sends, on the simulation's clock: its warm-up's schedule,
+    then the measured run's from ``WARMUP_S`` (the same loadgen schedules and seeds)."""
+    warm = loadgen.poisson_schedule(min(rate, WARMUP_RATE), lb_quality.WARMUP_S,
+                                    random.Random(lb_quality.WARMUP_SEED))
+    measured = loadgen.poisson_schedule(rate, duration, random.Random(seed))
+    return warm + [lb_quality.WARMUP_S + t for t in measured]
+
+
+def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, seed: int = 7,
+                 overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None):
+    """The fleet as a scenario. ``overhead``: ``{"hop": ms, "pod": ms}`` (default: the scenario
+    format's defaults); ``trace``: arrival times to replay (default: the simulator's own draws);
+    ``work``: with a trace, each arrival's work (seconds at speed 1; default: drawn)."""
     warm = lb_quality.WARMUP_S
-    return parse({
+    if trace is not None:
+        workload = {"kind": "trace", "times": list(trace)}
+        if work is not None:
+            workload["work"] = list(work)
+    else:
+        workload = {"kind": "step", "steps": [{"at": 0, "rate": min(rate, WARMUP_RATE)},
+                                              {"at": warm, "rate": rate}]}
+    doc = {
         "seed": seed,
         "duration": warm + duration,
         "drain": 30,
@@ -71,21 +107,74 @@ def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, durati
         "services": [{"name": "bench", "pods": len(scenario.pods), "autoscale": False,
                       "container-concurrency": 1, "queue-depth": 100,
                       "service-time": f"exp:{lb_quality.MEAN_SERVICE_S * 1000:g}ms",
-                      "workload": {"kind": "step", "steps": [{"at": 0, "rate": min(rate, WARMUP_RATE)},
-                                                             {"at": warm, "rate": rate}]}}],
+                      "workload": workload}],
         "katyusha": {"replicas": scenario.replicas, "settings": {"policy": policy}},
         "autoscaler": {"enabled": False},
-    })
+    }
+    if overhead is not None:
+        doc["overhead"] = {"hop": f"{overhead['hop']:.6f}ms", "pod": f"{overhead['pod']:.6f}ms"}
+    return parse(doc)
 
 
-def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float) -> dict:
-    sim = Simulation(sim_scenario(scenario, policy, rate, duration))
+def slow_phase(duration: float) -> float:
+    """The slow schedules' phase at the warm-up's start: lb_quality aligns each measured run to end
+    as a slow window ends."""
+    return (lb_quality.SLOW_PERIOD_S - duration - lb_quality.WARMUP_S) % lb_quality.SLOW_PERIOD_S
+
+
+def live_work(scenario: lb_quality.Scenario, records: list[list], trace: list[float], duration: float,
+              seed: int = 7) -> list[float]:
+    """Each arrival's work in a live run (seconds at speed 1), in the order of ``trace``: the
+    service time sim-backend drew for it times its pod's speed then; drawn for the warm-up's
+    arrivals and any request without a body."""
+    speeds = {pod.name: pod.speed for pod in scenario.pods}
+    schedules = {pod.name: parse_slow_schedule(pod.slow_schedule) for pod in scenario.pods if pod.slow_schedule}
+    phase0 = slow_phase(duration)
+    by_time = {}
+    for r in records:
+        row = _row(r)
+        if row["target_ms"] is None or row["pod"] not in speeds:
+            continue
+        speed = speeds[row["pod"]]
+        schedule = schedules.get(row["pod"])
+        if schedule is not None:
+            # The service started about after the L1 wait, half the trip to nonna and the L2 wait.
+            trip = ((row["upstream_ms"] or 0.0) - (row["app_ms"] or 0.0) - (row["nonna_queue_ms"] or 0.0)) / 2
+            started = row["sent_at"] + ((row["katyusha_queue_ms"] or 0.0) + trip
+                                        + (row["nonna_queue_ms"] or 0.0)) / 1000.0
+            speed *= schedule.factor_at(lb_quality.WARMUP_S + started + phase0)
+        by_time[round(row["sent_at"], 6)] = row["target_ms"] / 1000.0 * speed
+    rng = random.Random(f"{seed}:work")
+    warm = lb_quality.WARMUP_S
+    out = []
+    for t in trace:
+        got = by_time.get(round(t - warm, 6)) if t >= warm else None
+        out.append(got if got is not None else rng.expovariate(1.0 / lb_quality.MEAN_SERVICE_S))
+    return out
+
+
+def slow_pods(scenario: lb_quality.Scenario) -> set[str]:
+    """The pods slower than the rest: a lower speed, or a slow schedule."""
+    return {pod.name for pod in scenario.pods if pod.speed < 1.0 or pod.slow_schedule}
+
+
+def quantile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 2)
+
+
+def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, *, seed: int = 7,
+             overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None
+             ) -> dict:
+    """One simulated run: p50/p99/p99.9 of the measured requests, and where they waited and went.
+
+    ``overhead``'s ``client`` (ms; default 0), when given, is added to every latency: the
+    client's side, which holds no slot."""
+    sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace, work))
     warm = lb_quality.WARMUP_S
     slow = [(pod.name, parse_slow_schedule(pod.slow_schedule)) for pod in scenario.pods if pod.slow_schedule]
     if slow:
-        # lb_quality aligns each measured run to end as a slow window ends: phase at t=0 of the warm-up.
-        period = lb_quality.SLOW_PERIOD_S
-        phase0 = (period - duration - warm) % period
+        phase0 = slow_phase(duration)
 
         def apply(s):
             for node_name, schedule in slow:
@@ -106,25 +195,209 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
         for edge in sorted(edges):
             sim.at(edge, apply)
     sim.run()
-    latencies = sorted(row[9] for row in sim.recorder.rows["requests"] if row[4] >= warm and row[11] is None)
-    drops = sum(1 for row in sim.recorder.rows["requests"] if row[4] >= warm and row[11] is not None)
+    hop = sim.scenario.hop_s
+    rows = [row for row in sim.recorder.rows["requests"] if row[4] >= warm]
+    done = [row for row in rows if row[11] is None]
+    client = (overhead or {}).get("client", 0.0)
+    latencies = [row[9] + client for row in done]
+    slow_names = slow_pods(scenario)
+    return {"p50_ms": quantile(latencies, 0.5), "p99_ms": quantile(latencies, 0.99),
+            "p999_ms": quantile(latencies, 0.999), "requests": len(latencies), "drops": len(rows) - len(done),
+            # Where the requests waited (katyusha's L1, nonna's L2) and how many the slow pods served.
+            "l1_wait_ms": round(statistics.fmean((row[5] - row[4]) * 1000 for row in done), 3),
+            "l2_wait_ms": round(statistics.fmean((row[6] - row[5] - hop) * 1000 for row in done), 3),
+            "slow_share": round(sum(1 for row in done if row[3] in slow_names) / len(done), 4)}
 
-    def q(share: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(share * len(latencies)))], 2)
 
-    return {"p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999), "requests": len(latencies), "drops": drops}
+# -- the live side -----------------------------------------------------------------------------------
+
+# One measured request: what the generator saw and what nonna and sim-backend told.
+RECORD = ("sent_at", "latency_ms", "status", "pod", "lag_ms", "katyusha_queue_ms", "nonna_queue_ms", "app_ms",
+          "service_ms", "target_ms", "upstream_ms", "wake_ms")
 
 
-def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float) -> dict:
-    out = {}
+def _row(values: list) -> dict:
+    """A :data:`RECORD` row as a dict (rows of older files, without the last fields, padded with None)."""
+    return dict(zip(RECORD, list(values) + [None] * (len(RECORD) - len(values)), strict=True))
+
+
+def record(sample: loadgen.Sample) -> list:
+    """A loadgen sample (taken with ``detail``) as a :data:`RECORD` row."""
+    timing = parse_server_timing(sample.timing)
+    service = target = None
+    if sample.body:
+        try:
+            body = json.loads(sample.body)
+            service, target = body.get("service_ms"), body.get("target_ms")
+        except (ValueError, AttributeError):
+            pass
+    return [round(sample.sent_at, 6), round(sample.latency_ms, 3), sample.status, sample.pod,
+            round(sample.lag_ms, 3), timing.get("katyusha-queue"), timing.get("nonna-queue"), timing.get("app"),
+            service, target, timing.get("katyusha-upstream"), timing.get("katyusha-wake")]
+
+
+def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float,
+         repeats: int = 1, seed: int = 7) -> dict:
+    """Every policy ``repeats`` times on one fleet, in rounds (the order rotated each round, as
+    lb_quality does), each run with the same arrivals (``seed``); every request recorded."""
+    out: dict = {policy: [] for policy in policies}
     with lb_quality.fleet(scenario) as pods:
-        for policy in policies:
-            with lb_quality.katyusha_replicas(pods, policy, scenario.replicas) as urls:
-                summary, _ = lb_quality.measure(urls, pods, rate, duration, 5.0)
-            out[policy] = {k: summary[k] for k in ("p50_ms", "p99_ms", "p999_ms", "errors")}
-            print(f"  live {scenario.name:14s} {policy:16s} p50 {summary['p50_ms']:8.2f}  p99 {summary['p99_ms']:8.2f}",
-                  flush=True)
+        for round_ in range(repeats):
+            shift = round_ % len(policies)
+            for policy in policies[shift:] + policies[:shift]:
+                samples: list = []
+                # Nonna's headers kept: the pod of each request (the generator reads Nonna-Pod).
+                with lb_quality.katyusha_replicas(pods, policy, scenario.replicas,
+                                                  ("--keep-nonna-headers", "true")) as urls:
+                    summary, _ = lb_quality.measure(urls, pods, rate, duration, 5.0, seed=seed, samples=samples)
+                out[policy].append({**{k: summary[k] for k in ("p50_ms", "p99_ms", "p999_ms", "errors",
+                                                               "send_lag_ms")},
+                                    "per_pod": summary["per_pod"], "records": [record(x) for x in samples]})
+                print(f"  live {scenario.name:14s} {policy:16s} [{round_ + 1}/{repeats}] p50 {summary['p50_ms']:8.2f}  "
+                      f"p99 {summary['p99_ms']:8.2f}", flush=True)
     return out
+
+
+def calibration(records: list[list]) -> dict | None:
+    """The overheads of one live run, from its own requests (answered ones with every timing).
+
+    ``hop``: half the mean of katyusha's upstream time (dispatch to the pod's head, which
+    ``keep-nonna-headers`` adds to ``Server-Timing``) less nonna's L2 wait and the app time, plus
+    its wake (admission to dispatch, also added): the round trip katyusha <-> nonna, each way, the
+    pod's slot held. ``client``: the mean of the client's latency less katyusha's L1 wait, the wake
+    and the upstream time: the generator's lag, its hops to katyusha and back, katyusha's own
+    parsing and writing, which hold no slot. (katyusha's clock counts whole milliseconds under
+    uvloop; the means over a run are not biased by it.) ``pod``: the mean
+    of nonna's app time less the service time sim-backend drew (its event loop's lateness and
+    nonna's hop to it: the slot is held for both). Means, not medians: at 90% load what matters is
+    how long a slot is held in all. Without upstream times, ``hop`` is half of what is outside the
+    queues and the app, and ``client`` 0 (as ``calibrate`` folds them).
+    """
+    rows = [_row(r) for r in records]
+    rows = [r for r in rows if r["status"] == 200 and None not in (r["katyusha_queue_ms"], r["nonna_queue_ms"],
+                                                                    r["app_ms"], r["target_ms"])]
+    if not rows:
+        return None
+    mean, med = statistics.fmean, statistics.median
+    outside = [r["latency_ms"] - r["katyusha_queue_ms"] - r["nonna_queue_ms"] - r["app_ms"] for r in rows]
+    timed = all(r["upstream_ms"] is not None for r in rows)
+    wake = [r["wake_ms"] or 0.0 for r in rows]
+    if timed:
+        trip = [r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"] + w for r, w in zip(rows, wake, strict=True)]
+        client = [r["latency_ms"] - r["katyusha_queue_ms"] - r["upstream_ms"] - w
+                  for r, w in zip(rows, wake, strict=True)]
+    else:
+        trip, client = outside, [0.0]
+    pod = [r["app_ms"] - r["target_ms"] for r in rows]
+    return {"requests": len(rows), "hop": round(mean(trip) / 2, 4), "pod": round(mean(pod), 4),
+            "client": round(mean(client), 4),
+            "hop_median": round(med(trip) / 2, 4), "pod_median": round(med(pod), 4),
+            "client_median": round(med(client), 4), "wake_ms": round(mean(wake), 4),
+            "wake_queued_ms": round(mean([w for r, w in zip(rows, wake, strict=True) if r["katyusha_queue_ms"] > 0]
+                                         or [0.0]), 4),
+            "outside_ms": round(mean(outside), 4), "outside_p99_ms": quantile(outside, 0.99),
+            "lateness_ms": round(mean(r["service_ms"] - r["target_ms"] for r in rows), 4),
+            "nonna_to_app_ms": round(mean(r["app_ms"] - r["service_ms"] for r in rows), 4),
+            "lag_ms": round(mean(r["lag_ms"] for r in rows), 4),
+            "l1_wait_ms": round(mean(r["katyusha_queue_ms"] for r in rows), 3),
+            "l2_wait_ms": round(mean(r["nonna_queue_ms"] for r in rows), 3)}
+
+
+def live_figures(runs: list[dict], slow: set[str]) -> dict:
+    """The median over a policy's live runs of p50, p99 (and the spread: (max - min) / median), and
+    where its requests waited and went."""
+    out: dict = {"runs": len(runs)}
+    for key in ("p50_ms", "p99_ms", "p999_ms"):
+        values = [run[key] for run in runs]
+        middle = statistics.median(values)
+        out[key] = round(middle, 2)
+        out[key.replace("_ms", "_runs")] = values
+        out[key.replace("_ms", "_spread")] = round((max(values) - min(values)) / middle, 3) if middle else None
+    rows = [_row(r) for run in runs for r in run["records"] if r[2] == 200]
+    if rows and rows[0]["pod"]:
+        out["slow_share"] = round(sum(1 for r in rows if r["pod"] in slow) / len(rows), 4)
+    for key, field in (("l1_wait_ms", "katyusha_queue_ms"), ("l2_wait_ms", "nonna_queue_ms")):
+        values = [r[field] for r in rows if r[field] is not None]
+        if values:
+            out[key] = round(statistics.fmean(values), 3)
+    return out
+
+
+def utilisation(scenario: lb_quality.Scenario, rate: float, hop_ms: float, pod_ms: float) -> float:
+    """``rate`` over the fleet's capacity when each request holds its pod's slot for its mean service
+    time plus ``pod_ms`` and a round trip of ``2 x hop_ms`` (slow windows not counted)."""
+    capacity = sum(1000.0 / (lb_quality.MEAN_SERVICE_S * 1000.0 / pod.speed + 2 * hop_ms + pod_ms)
+                   for pod in scenario.pods)
+    return round(rate / capacity, 4)
+
+
+def rel(a: float, b: float) -> float:
+    return round((a - b) / b, 3)
+
+
+def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float, lives: dict,
+            seed: int = 7, sim_seeds: int = 5) -> dict:
+    """Every simulated mode against the live runs of one scenario.
+
+    ``idle``: the default overheads (measured idle), the simulator's own arrivals (seed 7; and
+    ``sim_seeds`` seeds for the simulation's own spread); ``idle-trace``: the same overheads, the live
+    run's arrivals; ``run-trace``: each live run's own overheads (:func:`calibration`) and arrivals,
+    the median over the runs.
+    """
+    slow = slow_pods(scenario)
+    live_fig = {p: live_figures(lives[p], slow) for p in policies}
+    trace = arrival_times(rate, duration, seed)
+    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}}
+    spread: dict = {}
+    calib: dict = {}
+    for policy in policies:
+        modes["idle"][policy] = simulate(scenario, policy, rate, duration)
+        seeds = [simulate(scenario, policy, rate, duration, seed=7 + k) for k in range(sim_seeds)]
+        spread[policy] = {q: [r[f"{q}_ms"] for r in seeds] for q in ("p50", "p99")}
+        modes["idle-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace)
+        calib[policy] = [calibration(run["records"]) for run in lives[policy]]
+        runs = [(run, c) for run, c in zip(lives[policy], calib[policy], strict=True) if c]
+        for mode, replay in (("run-trace", False), ("run-replay", True)):
+            per_run = [simulate(scenario, policy, rate, duration, trace=trace, overhead=c,
+                                work=live_work(scenario, run["records"], trace, duration) if replay else None)
+                       for run, c in runs]
+            if per_run:
+                modes[mode][policy] = {**{k: round(statistics.median(r[k] for r in per_run), 2)
+                                          for k in ("p50_ms", "p99_ms", "p999_ms")},
+                                       **{k: round(statistics.fmean(r[k] for r in per_run), 4)
+                                          for k in ("l1_wait_ms", "l2_wait_ms", "slow_share")},
+                                       "p50_runs": [r["p50_ms"] for r in per_run],
+                                       "p99_runs": [r["p99_ms"] for r in per_run],
+                                       # Each live run against its own simulation (its overheads, arrivals).
+                                       "p50_paired_err": [rel(r["p50_ms"], run["p50_ms"])
+                                                          for r, (run, _) in zip(per_run, runs, strict=True)],
+                                       "p99_paired_err": [rel(r["p99_ms"], run["p99_ms"])
+                                                          for r, (run, _) in zip(per_run, runs, strict=True)]}
+    errors: dict = {}
+    for mode, sims in modes.items():
+        if len(sims) < len(policies):
+            continue
+        errors[mode] = {
+            "p50_rel_err": {p: rel(sims[p]["p50_ms"], live_fig[p]["p50_ms"]) for p in policies},
+            "p99_rel_err": {p: rel(sims[p]["p99_ms"], live_fig[p]["p99_ms"]) for p in policies},
+            "same_ranking": ranking(sims) == ranking(live_fig),
+            "ranking": ranking(sims),
+        }
+        errors[mode]["goal_met"] = (all(abs(e) <= 0.15 for e in errors[mode]["p50_rel_err"].values())
+                                    and all(abs(e) <= 0.25 for e in errors[mode]["p99_rel_err"].values())
+                                    and errors[mode]["same_ranking"])
+    defaults = sim_scenario(scenario, policies[0], rate, duration)
+    cals = [c for runs in calib.values() for c in runs if c]
+    load = {"nominal": round(rate / scenario.capacity_rps, 4),
+            "idle_overheads": utilisation(scenario, rate, defaults.hop_s * 1000, defaults.pod_overhead_s * 1000)}
+    if cals:
+        load["run_overheads"] = utilisation(scenario, rate, statistics.median(c["hop"] for c in cals),
+                                            statistics.median(c["pod"] for c in cals))
+    rounds = min(len(lives[p]) for p in policies)
+    round_rankings = [ranking({p: lives[p][i] for p in policies}) for i in range(rounds)]
+    return {"live": live_fig, "live_ranking": ranking(live_fig), "live_round_rankings": round_rankings,
+            "sim": modes, "errors": errors,
+            "sim_spread": spread, "calibration": calib, "utilisation": load}
 
 
 def coldstart_scenario(plan: coldstart_bench.Plan, seed: int = 7):
@@ -241,6 +514,59 @@ def ranking(figures: dict) -> list[str]:
     return sorted(figures, key=lambda policy: (figures[policy]["p99_ms"], policy))
 
 
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:+.0%}"
+
+
+def print_scenario(name: str, result: dict, policies: list[str]) -> None:
+    live_fig, modes, errors = result["live"], result["sim"], result["errors"]
+    shown = [m for m in ("idle", "idle-trace", "run-trace", "run-replay") if m in errors]
+    print(f"\n{name}: live = median of runs (spread = (max - min) / median); errors against it, per mode "
+          f"({', '.join(shown)})")
+    print(f"{'policy':16s} {'p50 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown)
+          + f" {'p99 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown))
+    for p in policies:
+        lv = live_fig[p]
+        print(f"{p:16s} {lv['p50_ms']:9.1f} {lv['p50_spread']:6.0%} "
+              + " ".join(f"{_pct(errors[m]['p50_rel_err'][p]):>10s}" for m in shown)
+              + f" {lv['p99_ms']:9.1f} {lv['p99_spread']:6.0%} "
+              + " ".join(f"{_pct(errors[m]['p99_rel_err'][p]):>10s}" for m in shown))
+    for mode in ("run-trace", "run-replay"):
+        paired = modes.get(mode, {})
+        if paired:
+            print(f"{mode} paired with each live run (sim of the run's own overheads vs that run), p50 / p99 errors:")
+            for p in policies:
+                if p in paired:
+                    print(f"  {p:16s} p50 {' '.join(f'{e:+.0%}' for e in paired[p]['p50_paired_err']):24s} "
+                          f"p99 {' '.join(f'{e:+.0%}' for e in paired[p]['p99_paired_err'])}   "
+                          f"(live p50 {live_fig[p]['p50_runs']}, sim {paired[p]['p50_runs']})")
+            flat50 = [abs(e) for p in paired for e in paired[p]["p50_paired_err"]]
+            flat99 = [abs(e) for p in paired for e in paired[p]["p99_paired_err"]]
+            print(f"  median |error|: p50 {statistics.median(flat50):.0%}, p99 {statistics.median(flat99):.0%}; "
+                  f"within 15% / 25%: {sum(e <= 0.15 for e in flat50)}/{len(flat50)} p50, "
+                  f"{sum(e <= 0.25 for e in flat99)}/{len(flat99)} p99")
+    print(f"live ranking by p99: {result['live_ranking']}")
+    for index, order in enumerate(result["live_round_rankings"]):
+        print(f"  live round {index + 1} alone: {order}")
+    print(f"load on the slots' capacity (service + overheads): {result['utilisation']}")
+    for m in shown:
+        print(f"  {m:10s} ranking: {errors[m]['ranking']}  same: {errors[m]['same_ranking']}  "
+              f"goal met: {errors[m]['goal_met']}")
+    print(f"{'policy':16s} {'L1 live':>8s} {'L1 sim':>8s} {'L2 live':>8s} {'L2 sim':>8s} {'slow live':>9s} "
+          f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s}"
+          f"   (ms means; sim: run-replay)")
+    for p in policies:
+        lv, sm = live_fig[p], modes["run-replay"].get(p) or modes["idle"][p]
+        cal = [c for c in result["calibration"][p] if c]
+
+        def med(key, cal=cal):
+            return statistics.median(c[key] for c in cal) if cal else float("nan")
+        print(f"{p:16s} {lv.get('l1_wait_ms', float('nan')):8.2f} {sm['l1_wait_ms']:8.2f} "
+              f"{lv.get('l2_wait_ms', float('nan')):8.2f} {sm['l2_wait_ms']:8.2f} "
+              f"{lv.get('slow_share', float('nan')):9.3f} {sm['slow_share']:9.3f} {med('hop'):6.2f} {med('pod'):6.2f} "
+              f"{med('client'):6.2f} {med('lateness_ms'):6.2f} {med('lag_ms'):6.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sim_vs_live", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,7 +576,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", action="append", help="policies (default: lb_quality's)")
     parser.add_argument("--scenario", action="append",
                         help=f"lb_quality scenarios to compare (default: {', '.join(SCENARIOS)})")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="live runs per policy, in rounds, each with the same arrivals (default 1)")
+    parser.add_argument("--raw", metavar="PATH", help="write every live request here (after each scenario)")
+    parser.add_argument("--from-raw", metavar="PATH", nargs="+",
+                        help="compare against the live runs of earlier --raw files (no processes started)")
     parser.add_argument("--sim-only", action="store_true", help="simulate only (no processes)")
+    parser.add_argument("--live-only", action="store_true",
+                        help="with --raw: the live runs only (compare later with --from-raw, outside the lock)")
     parser.add_argument("--no-coldstart", action="store_true", help="skip the cold-start comparison")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the live overheads (the scenario's overhead.hop and overhead.pod) and stop")
@@ -264,42 +597,60 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         return 0
     duration = args.duration or (5.0 if args.quick else 20.0)
+    load = args.load
+    saved: dict = {}
+    if args.from_raw:
+        for path in args.from_raw:
+            doc = json.loads(Path(path).read_text())
+            duration, load = doc["duration_s"], doc["load"]
+            for name, by_policy in doc["scenarios"].items():
+                for policy, runs in by_policy.items():
+                    saved.setdefault(name, {}).setdefault(policy, []).extend(runs)
     policies = args.policy or list(lb_quality.KATYUSHA_POLICIES)
-    report: dict = {"duration_s": duration, "load": args.load, "sim": {}, "live": {}, "p50_rel_err": {},
-                    "p99_rel_err": {}, "same_ranking": {}, "coldstart": None}
-    if not args.sim_only:
+    if saved:
+        policies = [p for p in policies if all(p in by_policy for by_policy in saved.values())]
+    report: dict = {"duration_s": duration, "load": load, "repeats": args.repeats, "sim": {}, "live": {},
+                    "p50_rel_err": {}, "p99_rel_err": {}, "same_ranking": {}, "modes": {}, "sim_modes": {},
+                    "sim_spread": {}, "calibration": {}, "coldstart": None}
+    raw: dict = {"duration_s": duration, "load": load, "scenarios": {}}
+    live_side = not args.sim_only and not args.from_raw
+    if live_side:
         lb_quality.exit_on_signals()
     for scenario in lb_quality.scenarios():
-        if scenario.name not in (args.scenario or SCENARIOS):
+        if scenario.name not in (args.scenario or SCENARIOS) or (saved and scenario.name not in saved):
             continue
-        rate = scenario.capacity_rps * args.load
+        rate = scenario.capacity_rps * load
         print(f"== {scenario.name}: {len(scenario.pods)} pods, {scenario.replicas} replica(s), "
               f"{rate:.0f} req/s for {duration:g} s", flush=True)
-        sims = report["sim"][scenario.name] = {}
-        for policy in policies:
-            sims[policy] = simulate(scenario, policy, rate, duration)
-            print(f"  sim  {scenario.name:14s} {policy:16s} p50 {sims[policy]['p50_ms']:8.2f}  "
-                  f"p99 {sims[policy]['p99_ms']:8.2f}", flush=True)
         if args.sim_only:
+            sims = report["sim"][scenario.name] = {}
+            for policy in policies:
+                sims[policy] = simulate(scenario, policy, rate, duration)
+                print(f"  sim  {scenario.name:14s} {policy:16s} p50 {sims[policy]['p50_ms']:8.2f}  "
+                      f"p99 {sims[policy]['p99_ms']:8.2f}", flush=True)
             continue
-        lives = report["live"][scenario.name] = live(scenario, policies, rate, duration)
-        report["p50_rel_err"][scenario.name] = {
-            p: round((sims[p]["p50_ms"] - lives[p]["p50_ms"]) / lives[p]["p50_ms"], 3) for p in policies}
-        report["p99_rel_err"][scenario.name] = {
-            p: round((sims[p]["p99_ms"] - lives[p]["p99_ms"]) / lives[p]["p99_ms"], 3) for p in policies}
-        report["same_ranking"][scenario.name] = ranking(sims) == ranking(lives)
-    if report["live"]:
-        print(f"\n{'scenario':14s} {'policy':16s} {'p50 sim':>9s} {'p50 live':>9s} {'err':>7s} "
-              f"{'p99 sim':>9s} {'p99 live':>9s} {'err':>7s}")
-        for name, lives in report["live"].items():
-            for p in policies:
-                s, lv = report["sim"][name][p], lives[p]
-                print(f"{name:14s} {p:16s} {s['p50_ms']:9.2f} {lv['p50_ms']:9.2f} "
-                      f"{report['p50_rel_err'][name][p]:+7.1%} {s['p99_ms']:9.2f} {lv['p99_ms']:9.2f} "
-                      f"{report['p99_rel_err'][name][p]:+7.1%}")
-            print(f"{name:14s} same ranking by p99: {report['same_ranking'][name]}  "
-                  f"(sim {ranking(report['sim'][name])}, live {ranking(lives)})")
-    if not args.no_coldstart:
+        if saved:
+            lives = saved[scenario.name]
+        else:
+            lives = live(scenario, policies, rate, duration, args.repeats)
+            raw["scenarios"][scenario.name] = lives
+            if args.raw:
+                Path(args.raw).write_text(json.dumps(raw) + "\n")
+            if args.live_only:
+                continue
+        result = compare(scenario, policies, rate, duration, lives)
+        report["live"][scenario.name] = result["live"]
+        report["sim"][scenario.name] = result["sim"]["idle"]
+        report["sim_modes"][scenario.name] = result["sim"]
+        report["modes"][scenario.name] = result["errors"]
+        report["sim_spread"][scenario.name] = result["sim_spread"]
+        report["calibration"][scenario.name] = result["calibration"]
+        report.setdefault("utilisation", {})[scenario.name] = result["utilisation"]
+        report.setdefault("live_round_rankings", {})[scenario.name] = result["live_round_rankings"]
+        for key in ("p50_rel_err", "p99_rel_err", "same_ranking"):
+            report[key][scenario.name] = result["errors"]["idle"][key]
+        print_scenario(scenario.name, result, policies)
+    if not args.no_coldstart and not args.from_raw and not args.live_only:
         if args.sim_only:
             plan = coldstart_bench.QUICK if args.quick else coldstart_bench.FULL
             report["coldstart"] = {"sim": simulate_coldstart(plan)}

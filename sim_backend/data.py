@@ -62,7 +62,8 @@ class DataApp:
             raise
         elapsed = await pod.serve(record, bytes_in)
         body = json.dumps(
-            {"pod": pod.name, "node": pod.node, "service_ms": round(elapsed * 1e3, 3), "bytes_in": bytes_in}
+            {"pod": pod.name, "node": pod.node, "service_ms": round(elapsed * 1e3, 3),
+             "target_ms": round(record["target_ms"], 3), "bytes_in": bytes_in}
         ).encode()
         await send({"type": "http.response.start", "status": 200, "headers": _headers(body)})
         await send({"type": "http.response.body", "body": body})

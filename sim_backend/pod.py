@@ -173,6 +173,7 @@ class Pod:
             "service_start": None,
             "service_end": None,
             "service_ms": None,
+            "target_ms": None,
             "bytes_in": 0,
             "status": None,
         }
@@ -197,6 +198,7 @@ class Pod:
         record["service_start"] = time.time()
         try:
             target = self.distribution.sample(self.rng) / self.effective_speed(start)
+            record["target_ms"] = target * 1e3
             if self.settings.cpu_burn:
                 await burn(target)
             else:

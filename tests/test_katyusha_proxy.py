@@ -242,3 +242,52 @@ async def test_prequal_serves_every_request(fleet):
     with katyusha(*pods, "--policy", "prequal", "--probe-rate", "20") as proxy:
         results = await blast(proxy.url + "/", 40, 4)
         assert [r[0] for r in results] == [200] * 40
+
+
+def _timings(url: str, method: str, body: bytes | None) -> dict[str, float]:
+    """Every Server-Timing line of one response, parsed together."""
+    import http.client
+    import urllib.parse
+
+    from katyusha.core.feedback import parse_server_timing
+
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        conn.request(method, "/", body=body)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        lines = [value for name, value in response.getheaders() if name.lower() == "server-timing"]
+    finally:
+        conn.close()
+    return parse_server_timing(", ".join(lines))
+
+
+@pytest.mark.parametrize("method, body", [("GET", None), ("POST", b"x" * 2000)])
+def test_keep_nonna_headers_also_times_the_upstream_leg(fleet, method, body):
+    # With nonna's headers kept (debugging), katyusha times the dispatch to the pod's head: the
+    # pod's slot is held for it, nonna's queue and app time inside it (benchmarks.sim_vs_live).
+    with katyusha("--pod", fleet[0].spec, "--keep-nonna-headers", "true") as proxy:
+        for _ in range(5):
+            timing = _timings(proxy.url, method, body)
+            assert timing["katyusha-upstream"] >= timing["app"] + timing["nonna-queue"] > 0, timing
+            assert "katyusha-queue" in timing and timing["katyusha-wake"] >= 0
+    with katyusha("--pod", fleet[0].spec) as proxy:
+        timing = _timings(proxy.url, method, body)
+        assert "katyusha-queue" in timing and "katyusha-upstream" not in timing, timing
+        assert "katyusha-wake" not in timing, timing
+
+
+async def test_a_request_let_in_from_the_l1_queue_is_timed_from_its_admission_to_its_dispatch(fleet):
+    from katyusha.core.feedback import parse_server_timing
+
+    # One pod of concurrency 1, four requests at a time: three wait in L1 each time, and each is
+    # dispatched only when its task runs after the admission (the pod idle meanwhile). The loop's
+    # clock (uvloop's) counts whole milliseconds, so a wake of a fraction of one often reads 0.
+    with katyusha("--pod", fleet[0].spec, "--keep-nonna-headers", "true") as proxy:
+        results = await blast(proxy.url + "/", 16, 4)
+    timings = [parse_server_timing(headers["server-timing"]) for _, headers, _ in results]
+    queued = [t for t in timings if t["katyusha-queue"] > 0]
+    assert queued, timings
+    assert all(0 <= t["katyusha-wake"] < t["katyusha-queue"] + t["katyusha-upstream"] for t in queued), timings

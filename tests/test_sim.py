@@ -309,6 +309,34 @@ def test_a_trace_file_is_read_relative_to_the_scenario(tmp_path):
     assert summary["services"]["s"]["completed"] == 2
 
 
+def test_a_trace_with_work_replays_each_requests_work_listed_or_from_the_file(tmp_path):
+    # Each arrival's work (seconds at speed 1) replaces the service's draws: on a pod of speed 0.5,
+    # 10 ms of work is 20 ms of service, whatever service-time says.
+    base = {"duration": "5s", "overhead": {"hop": 0, "pod": 0}, "nodes": [{"name": "n", "speed": 0.5}],
+            "services": [{"name": "s", "pods": 1, "autoscale": False, "service-time": "exp:1s",
+                          "workload": {"kind": "trace", "times": [1.0, 0.5, 2.0], "work": ["30ms", 0.01, "5ms"]}}]}
+    sim = Simulation(parse(base))
+    sim.run()
+    rows = sorted(sim.recorder.rows["requests"], key=lambda row: row[4])
+    # Sorted by time, each work stays with its arrival.
+    assert [(row[4], round(row[7] - row[6], 9)) for row in rows] == [(0.5, 0.02), (1.0, 0.06), (2.0, 0.01)]
+    (tmp_path / "arrivals.csv").write_text("t,work\n1.0,0.03\n0.5,0.01\n2.0,0.005\n", encoding="utf-8")
+    (tmp_path / "s.yaml").write_text(
+        "nodes: [{name: n, speed: 0.5}]\noverhead: {hop: 0, pod: 0}\nservices: [{name: s, pods: 1, "
+        "autoscale: false, service-time: 'exp:1s', workload: {kind: trace, file: arrivals.csv}}]\nduration: 5s\n",
+        encoding="utf-8")
+    from katyusha.sim import load
+
+    sim = Simulation(load(tmp_path / "s.yaml"))
+    sim.run()
+    rows = sorted(sim.recorder.rows["requests"], key=lambda row: row[4])
+    assert [(row[4], round(row[7] - row[6], 9)) for row in rows] == [(0.5, 0.02), (1.0, 0.06), (2.0, 0.01)]
+    with pytest.raises(ConfigError) as caught:
+        parse({**base, "services": [{**base["services"][0], "workload": {"kind": "trace", "times": [1.0],
+                                                                        "work": [0.1, 0.2]}}]})
+    assert caught.value.key == "services[0].workload.work"
+
+
 # -- outputs ---------------------------------------------------------------------------------------------------
 
 

@@ -143,7 +143,8 @@ def test_speed_divides_service_time_and_is_scriptable(warm_pod):
     # const:100ms at speed 0.5 takes 200 ms.
     status, body, took = request("POST", warm_pod.url + "/any/path", raw=b"abcdef")
     assert status == 200
-    assert body == {"pod": "pod-w", "node": "node-7", "service_ms": body["service_ms"], "bytes_in": 6}
+    assert body == {"pod": "pod-w", "node": "node-7", "service_ms": body["service_ms"], "target_ms": 200.0,
+                    "bytes_in": 6}
     assert 190 <= body["service_ms"] <= 600
     assert 0.19 <= took <= 1.0
     try:

@@ -151,10 +151,14 @@ class _Head:
                 raise UpstreamError("the pod's app closed its connection before answering (Nonna-Error: "
                                 "upstream-failed)", origin=handle.entry.url, retryable=True)
         feedback = parse_feedback(headers) if self.uses_feedback else None
-        self.stats.upstream(handle.entry.name, handle.on_head(self.loop.time(), feedback, status, pod_error))
+        upstream = handle.on_head(self.loop.time(), feedback, status, pod_error)
+        self.stats.upstream(handle.entry.name, upstream)
         if raw:
             headers = response_headers(headers)
-        return _downstream(headers, self.keep_nonna, self.request_id, self.timing)
+        timing = self.timing
+        if self.keep_nonna:
+            timing += _UPSTREAM_TIMING % (upstream * 1000.0, _woken_ms(handle))
+        return _downstream(headers, self.keep_nonna, self.request_id, timing)
 
 
 def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | None:
@@ -420,6 +424,9 @@ class DataApp:
                     stats.l1_wait.observe(l1_wait)
                     timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
                               if l1_wait else _NO_WAIT)
+                    now = self._loop.time()
+                    if self.keep_nonna:
+                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0, _woken_ms(handle))
                     headers = response.headers
                     try:
                         # What _Head does for a status under 500: one pass from the pod's
@@ -429,8 +436,7 @@ class DataApp:
                                                   timing)
                         feedback = (parse_feedback(headers) if self.uses_feedback
                                     and (built is None or built[3]) else None)
-                        stats.upstream(handle.entry.name,
-                                       handle.on_head(self._loop.time(), feedback, status))
+                        stats.upstream(handle.entry.name, handle.on_head(now, feedback, status))
                         if built is None:  # a Connection header naming others: the general filter
                             state.server.respond(state.exchange, status, _downstream(
                                 response_headers(headers), self.keep_nonna, state.request_id,
@@ -656,6 +662,17 @@ _SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},
 _SERVER_TIMING_LINE = _SERVER_TIMING + b": "
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _NO_WAIT = b"katyusha-queue;dur=0.000"
+# With keep-nonna-headers (debugging): the time from the dispatch to the pod's response head,
+# the pod's slot held for it, and from the request's admission to that dispatch (a request let
+# in from the L1 queue waits for its task to run: its slot is taken, its pod idle meanwhile).
+# benchmarks.sim_vs_live reads the round trip to nonna and that wake from them.
+_UPSTREAM_TIMING = b", katyusha-upstream;dur=%.3f, katyusha-wake;dur=%.3f"
+
+
+def _woken_ms(handle: Dispatch) -> float:
+    """Milliseconds from the ticket's (last) admission to this try's dispatch."""
+    admitted_at = handle.ticket.admitted_at
+    return 0.0 if admitted_at is None else max(0.0, (handle.sent_at - admitted_at) * 1000.0)
 _METHODS = {m: m.encode() for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS")}
 
 

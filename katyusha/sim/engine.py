@@ -345,7 +345,9 @@ class Simulation:
         fronts = svc.fronts
         front = fronts[svc.next_front]
         svc.next_front = (svc.next_front + 1) % len(fronts)
-        request = Request(front, svc.spec.service_time.sample(svc.work_rng), now, svc.arrivals)
+        works = svc.spec.workload.works
+        work = works[svc.arrivals - 1] if works else svc.spec.service_time.sample(svc.work_rng)
+        request = Request(front, work, now, svc.arrivals)
         self.recorder.arrivals[svc.name] += 1
         balancer = front.balancer
         try:

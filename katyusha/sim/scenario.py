@@ -65,6 +65,7 @@ class Workload:
     amplitude: float = 0.0  # sinusoid
     period: float = 60.0
     times: tuple[float, ...] = ()  # trace: arrival times, sorted
+    works: tuple[float, ...] = ()  # trace: each arrival's work (seconds at speed 1), when given
     requests: int | None = None  # stop after this many arrivals
 
     def rate_at(self, t: float) -> float:
@@ -200,7 +201,7 @@ _TOP = {"seed", "duration", "drain", "nodes", "regions", "services", "katyusha",
 _NODE = {"name", "count", "region", "cpu", "ram-mb", "max-pods", "images", "registry-mbps", "speed"}
 _SERVICE = {"name", "image", "image-size-mb", "start-time", "cpu", "ram-mb", "container-concurrency",
             "queue-depth", "timeout", "service-time", "speed", "pods", "autoscale", "annotations", "workload"}
-_WORKLOAD = {"kind", "rate", "steps", "from", "to", "start", "end", "amplitude", "period", "file", "times",
+_WORKLOAD = {"kind", "rate", "steps", "from", "to", "start", "end", "amplitude", "period", "file", "times", "work",
              "requests"}
 _KATYUSHA = {"replicas", "region", "settings"}
 _SIM_AUTOSCALER = {"enabled", "retire-to"}
@@ -368,7 +369,7 @@ def _workload(value: Any, where: str, base: Path | None) -> Workload:
     values: dict[str, Any] = {"kind": kind,
                               "requests": None if requests is None else whole(requests, f"{where}.requests", low=0)}
     allowed = {"poisson": {"rate"}, "step": {"steps"}, "ramp": {"from", "to", "start", "end"},
-               "sinusoid": {"rate", "amplitude", "period"}, "trace": {"file", "times"}}[kind]
+               "sinusoid": {"rate", "amplitude", "period"}, "trace": {"file", "times", "work"}}[kind]
     for key in spec:
         if key not in allowed | {"kind", "requests"}:
             raise ConfigError(f"{where}.{key}", f"does not apply to a {kind} workload "
@@ -395,29 +396,54 @@ def _workload(value: Any, where: str, base: Path | None) -> Workload:
         if values["ramp_end"] <= values["ramp_start"]:
             raise ConfigError(f"{where}.end", "must be after start")
     if kind == "trace":
-        values["times"] = _trace(spec, where, base)
+        values["times"], values["works"] = _trace(spec, where, base)
     return Workload(**values)
 
 
-def _trace(spec: dict, where: str, base: Path | None) -> tuple[float, ...]:
+def _trace(spec: dict, where: str, base: Path | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Arrival times, sorted, and each one's work when the trace gives it (``work``, or a second
+    column in the file: seconds at speed 1, replacing the service's draws), else ()."""
+    works: list[float] = []
     if "times" in spec:
         raw = listed(spec["times"], f"{where}.times")
-        return tuple(sorted(number(t, f"{where}.times[{i}]") for i, t in enumerate(raw)))
-    name = text(spec.get("file"), f"{where}.file")
-    path = Path(name) if base is None or Path(name).is_absolute() else base / name
-    times = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                cell = line.split(",")[0].strip()
-                if not cell or cell.startswith("#"):
-                    continue
-                try:
-                    times.append(float(cell))
-                except ValueError:
-                    if line_no == 1:
-                        continue  # a header
-                    raise ConfigError(f"{where}.file", f"{path}:{line_no}: not a time in seconds: {cell!r}") from None
-    except OSError as exc:
-        raise ConfigError(f"{where}.file", f"cannot read {path}: {exc.strerror}") from None
-    return tuple(sorted(t for t in times if t >= 0))
+        times = [number(t, f"{where}.times[{i}]") for i, t in enumerate(raw)]
+        if "work" in spec:
+            raw_work = listed(spec["work"], f"{where}.work")
+            if len(raw_work) != len(times):
+                raise ConfigError(f"{where}.work", f"must have one entry per time ({len(times)}), "
+                                                   f"got {len(raw_work)}")
+            works = [_duration(w, f"{where}.work[{i}]") for i, w in enumerate(raw_work)]
+    else:
+        if "work" in spec:
+            raise ConfigError(f"{where}.work", "goes with times; a file gives work as its second column")
+        name = text(spec.get("file"), f"{where}.file")
+        path = Path(name) if base is None or Path(name).is_absolute() else base / name
+        times = []
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for line_no, line in enumerate(handle, 1):
+                    cells = line.split(",")
+                    cell = cells[0].strip()
+                    if not cell or cell.startswith("#"):
+                        continue
+                    try:
+                        times.append(float(cell))
+                        if len(cells) > 1 and cells[1].strip():
+                            works.append(float(cells[1]))
+                    except ValueError:
+                        if line_no == 1 and not times:
+                            continue  # a header
+                        raise ConfigError(f"{where}.file", f"{path}:{line_no}: not a time (and work) in seconds: "
+                                                           f"{line.strip()!r}") from None
+        except OSError as exc:
+            raise ConfigError(f"{where}.file", f"cannot read {path}: {exc.strerror}") from None
+        if works and len(works) != len(times):
+            raise ConfigError(f"{where}.file", f"{path}: a work column must fill every row or none")
+    if works and any(w < 0 for w in works):
+        raise ConfigError(f"{where}.work", "must be >= 0")
+    # A file's negative times are dropped (as before works were read); listed ones are kept.
+    keep = (lambda t: True) if "times" in spec else (lambda t: t >= 0)
+    if works:
+        pairs = sorted((t, w) for t, w in zip(times, works, strict=True) if keep(t))
+        return tuple(t for t, _ in pairs), tuple(w for _, w in pairs)
+    return tuple(sorted(t for t in times if keep(t))), ()

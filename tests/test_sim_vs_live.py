@@ -1,0 +1,59 @@
+"""benchmarks.sim_vs_live's run-calibrated mode: the live run's arrivals replayed, its overheads read back."""
+
+import random
+
+from benchmarks import lb_quality, loadgen
+from benchmarks.sim_vs_live import (
+    RECORD,
+    arrival_times,
+    calibration,
+    record,
+    sim_scenario,
+    simulate,
+)
+from katyusha.sim.engine import Simulation
+
+
+def _heterogeneous():
+    return next(s for s in lb_quality.scenarios() if s.name == "heterogeneous")
+
+
+def test_the_trace_is_lb_quality_measures_arrivals_and_the_simulation_replays_it():
+    rate, duration = 292.5, 2.0
+    times = arrival_times(rate, duration, seed=7)
+    warm = loadgen.poisson_schedule(100.0, lb_quality.WARMUP_S, random.Random(lb_quality.WARMUP_SEED))
+    measured = loadgen.poisson_schedule(rate, duration, random.Random(7))
+    assert times == warm + [lb_quality.WARMUP_S + t for t in measured]
+    sim = Simulation(sim_scenario(_heterogeneous(), "round-robin", rate, duration, trace=times))
+    sim.run()
+    assert sorted(row[4] for row in sim.recorder.rows["requests"]) == sorted(times)
+
+
+def test_calibration_reads_the_overheads_back_from_the_requests_and_the_simulation_holds_slots_for_them():
+    # Requests as the generator records them through katyusha (with nonna's headers kept) and
+    # nonna: katyusha's upstream leg 3 ms over nonna's queue and app (1.5 ms each way), 4 ms of
+    # the client's own outside it, the app 2 ms over the drawn service time.
+    samples = [loadgen.Sample(sent_at=i / 100, latency_ms=7.0 + (30.0 + i % 3) + 4.0, status=200, pod="pod-1",
+                              lag_ms=0.1, timing=f"nonna-queue;dur={i % 3}, app;dur=27, "
+                                                 f"katyusha-queue;dur=7.0, katyusha-upstream;dur={30 + i % 3}",
+                              body=b'{"service_ms": 26.0, "target_ms": 25.0}') for i in range(30)]
+    rows = [record(s) for s in samples]
+    assert all(len(row) == len(RECORD) for row in rows)
+    figures = calibration(rows)
+    assert (figures["hop"], figures["client"], figures["pod"]) == (1.5, 4.0, 2.0)
+    # A wake between admission and dispatch holds the slot with the pod idle: in the hop, not the client's.
+    woken = calibration([row[:-1] + [1.0] for row in rows])
+    assert (woken["hop"], woken["client"], woken["wake_ms"]) == (2.0, 3.0, 1.0)
+    assert figures["lateness_ms"] == 1.0 and figures["nonna_to_app_ms"] == 1.0
+    # Without katyusha's upstream time (nonna's headers not kept), everything outside the queues
+    # and the app is folded into the hop, as --calibrate folds it.
+    folded = calibration([row[:-2] for row in rows])
+    assert (folded["hop"], folded["client"]) == (3.5, 0.0)
+    # The simulation holds each slot for them: at 90% of the nominal capacity, 2 x 1.5 + 2 ms
+    # on a 20 ms service overloads the fleet, and the waits in L1 grow.
+    scenario = _heterogeneous()
+    rate = scenario.capacity_rps * 0.9
+    idle = simulate(scenario, "round-robin", rate, 3.0, overhead={"hop": 0.0, "pod": 0.0})
+    loaded = simulate(scenario, "round-robin", rate, 3.0, overhead=figures)
+    assert loaded["l1_wait_ms"] > 3 * idle["l1_wait_ms"]
+    assert loaded["p50_ms"] > idle["p50_ms"] + 2 * 1.5 + 2.0 + 4.0
