@@ -73,6 +73,16 @@ def test_a_trusted_proxy_s_chain_is_appended_to_as_one_header():
     assert v6[b"forwarded"] == [b'for="[::1]";proto=http;host="a:8080"']
 
 
+def test_an_empty_x_forwarded_host_from_a_trusted_proxy_gives_way_to_host_or_to_none():
+    forwarding = Forwarding(parse_trusted_proxies("trusted-proxies", "10.0.0.0/8"))
+    got = forwarding.rewrite([(b"x-forwarded-host", b""), (b"host", b"h")], "10.1.2.3", "http")
+    assert as_dict(got)[b"x-forwarded-host"] == [b"h"]
+    # No Host either (HTTP/1.0): no X-Forwarded-Host, rather than one with no bytes at all.
+    got = forwarding.rewrite([(b"x-forwarded-host", b"")], "10.1.2.3", "http")
+    assert all(isinstance(value, bytes) for _, value in got)
+    assert b"x-forwarded-host" not in as_dict(got)
+
+
 def test_https_scheme_is_forwarded_as_https():
     got = as_dict(Forwarding().rewrite([(b"host", b"h")], "1.2.3.4", "https"))
     assert got[b"x-forwarded-proto"] == [b"https"]

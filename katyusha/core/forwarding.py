@@ -149,8 +149,11 @@ class Forwarding:
         out.append((_XFF, b", ".join(xff)))
         own_proto = scheme.encode()
         out.append((_XFP, proto or own_proto))
-        if host_seen is not None or host is not None:
-            out.append((_XFH, host_seen or host))
+        # An empty X-Forwarded-Host from a trusted proxy gives way to Host; with no Host either,
+        # there is none to send (not a header without a value: None is no bytes).
+        forwarded_host = host_seen or host
+        if forwarded_host is not None:
+            out.append((_XFH, forwarded_host))
         element = b"for=" + _forwarded_node(address) + b";proto=" + own_proto
         if host is not None:
             element += b";host=" + _quoted(host)
