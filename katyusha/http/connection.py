@@ -280,10 +280,18 @@ class Connection(asyncio.Protocol):
             keep_alive = self._head_keep_alive()
             self.parser = HttpResponseParser(self)
             self._complete(keep_alive)
-        if self._deliver is not None:
+        deliver = self._deliver
+        if deliver is not None:
             # The head came in this read: handed over now, with what of the
             # body came with it (a small response whole, its connection idle again).
-            self._hand_over()
+            # (_hand_over, inline: once per response.)
+            self._deliver = None
+            try:
+                deliver[0](deliver[1], None)
+            except Exception as exc:  # the caller's bug must not break this connection's read
+                self.loop.call_exception_handler({
+                    "message": "exception in a response head callback", "exception": exc,
+                    "protocol": self})
 
     def eof_received(self) -> bool:
         return False
@@ -352,7 +360,16 @@ class Connection(asyncio.Protocol):
                 break
         self._until_close = until_close and status != 204 and status != 304
         response = self._response = Response(status, headers, self)
-        self._resolve(response)
+        # _resolve, inline: once per response.
+        waiter = self._head_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(response)
+            return
+        on_head = self._on_head
+        if on_head is not None:
+            self._on_head = None
+            self._deliver = (on_head, response)
 
     def on_body(self, body: bytes) -> None:
         response = self._response
@@ -529,7 +546,11 @@ class Connection(asyncio.Protocol):
     def _complete(self, keep_alive: bool) -> None:
         response = self._response
         if response is not None and not response._done:
-            response._finish()
+            # Response._finish(), inline: once per response.
+            response._done = True
+            response._conn = None
+            if response._waiter is not None:
+                response._wake()
         if self._pump is not None:
             # The upstream answered before taking the whole request body.
             keep_alive = False
