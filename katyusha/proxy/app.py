@@ -647,7 +647,10 @@ class _FastHead:
                         stats.response(status, handle.entry.name)
                     finally:
                         live.end(ticket)
-                        app._done()
+                        # app._done(), inline: once per request.
+                        app.in_progress -= 1
+                        if app.in_progress == 0:
+                            app._idle.set()
                     return
         elif isinstance(error, Stale):
             app.pools.get(handle.entry.url).stale_retries += 1
