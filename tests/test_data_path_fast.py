@@ -72,6 +72,16 @@ async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_aliv
                 assert got[b"server-timing"][0].startswith(b"katyusha-queue;dur=")
                 assert got[b"x-end"] == [b"1"] and got[b"content-length"] == [b"2"]
 
+                # Forwarding headers of the client's own (not trusted): rewritten as ever.
+                status, got, body = await exchange(
+                    reader, writer, b"GET /plain HTTP/1.1\r\nHost: svc.example\r\nX-Forwarded-For: 6.6.6.6\r\n"
+                    b"Via: 1.0 other\r\nNonna-In-Flight: 3\r\n\r\n")
+                assert status == b"HTTP/1.1 200 OK" and body == b"ok"
+                sent = parse(seen[-1])[1]
+                assert sent[b"x-forwarded-for"] == [b"127.0.0.1"] and b"nonna-in-flight" not in sent
+                assert sent[b"via"] == [b"1.0 other, 1.1 katyusha"]
+                assert got[b"x-request-id"] == sent[b"x-request-id"]
+
                 status, got, body = await exchange(
                     reader, writer, b"GET /chunked HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine\r\n\r\n")
                 assert body == b"ok" and got[b"content-length"] == [b"2"]

@@ -11,6 +11,8 @@ import sys
 import urllib.request
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from katyusha.core.errors import ConfigError
 from katyusha.core.forwarding import Forwarding, parse_trusted_proxies
@@ -71,6 +73,16 @@ def test_a_trusted_proxy_s_chain_is_appended_to_as_one_header():
     assert b"nonna-error" not in got  # never from a client, trusted or not
     v6 = as_dict(forwarding.rewrite([(b"host", b"a:8080")], "::1", "http"))
     assert v6[b"forwarded"] == [b'for="[::1]";proto=http;host="a:8080"']
+
+
+def test_an_empty_x_forwarded_host_from_a_trusted_proxy_gives_way_to_host_or_to_none():
+    forwarding = Forwarding(parse_trusted_proxies("trusted-proxies", "10.0.0.0/8"))
+    got = forwarding.rewrite([(b"x-forwarded-host", b""), (b"host", b"h")], "10.1.2.3", "http")
+    assert as_dict(got)[b"x-forwarded-host"] == [b"h"]
+    # No Host either (HTTP/1.0): no X-Forwarded-Host, rather than one with no bytes at all.
+    got = forwarding.rewrite([(b"x-forwarded-host", b"")], "10.1.2.3", "http")
+    assert all(isinstance(value, bytes) for _, value in got)
+    assert b"x-forwarded-host" not in as_dict(got)
 
 
 def test_https_scheme_is_forwarded_as_https():
@@ -161,3 +173,31 @@ def test_without_nonna_katyusha_still_strips_what_the_app_says_as_nonna_from_cli
     with katyusha("--pod", f"{echo_app.url},name=echo") as proxy:
         _, headers = fetch(proxy.url + "/echo", {"X-Send-Nonna": "1"})
         assert not [name for name in headers if name.startswith("nonna-")]
+
+
+# -- the fast path's one pass: the same header lines as rewrite, then the hop-by-hop filter --
+
+_NAMES = [b"host", b"x-request-id", b"x-keep", b"x-forwarded-for", b"x-forwarded-proto",
+          b"x-forwarded-host", b"forwarded", b"x-real-ip", b"via", b"nonna-queue-length",
+          b"connection", b"te", b"keep-alive", b"content-length", b"transfer-encoding", b"accept"]
+_VALUES = [b"", b"a", b"svc.example:8080", b"10.0.0.1", b"keep-alive", b"close", b"x-keep", b"0"]
+
+
+@given(headers=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=8),
+       client=st.sampled_from(["10.0.0.7", "192.168.1.2", "::1", None]),
+       scheme=st.sampled_from(["http", "https"]))
+@settings(max_examples=400, deadline=None)
+def test_the_one_pass_to_header_lines_gives_what_rewrite_then_the_filter_give(headers, client, scheme):
+    from katyusha.proxy.app import _client_lines, _upstream_lines
+
+    forwarding = Forwarding(parse_trusted_proxies("trusted-proxies", ["10.0.0.0/8"]))
+    general = _upstream_lines(forwarding.rewrite(headers, client, scheme))
+    one_pass = _client_lines(headers, forwarding, client, scheme)
+    names = {name for name, _ in headers}
+    if names & {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                b"x-real-ip", b"via"}:
+        assert one_pass is None  # left to rewrite
+    else:
+        assert one_pass == general
+    # Asked again (the added lines now come from the cache): the same.
+    assert _client_lines(headers, forwarding, client, scheme) == one_pass

@@ -200,6 +200,9 @@ def test_slow_pod_hold_is_a_setting_globally_and_per_service_with_errors_naming_
     defaults = config.validate({})
     assert defaults.service_settings(defaults.service_specs[0]).slow_hold == 0.5
     assert ServiceSettings().slow_hold == 0.5
+    # With fukabunsan (load-aware placement) off, pods are picked round robin and none is held.
+    off = config.validate({"katyusha-enable-fukabunsan": False, "slow-pod-hold": 1})
+    assert off.service_settings(off.service_specs[0]).slow_hold == 0.0
     for raw, key in (({"slow-pod-hold": -1}, "slow-pod-hold"), ({"slow-pod-hold": "x"}, "slow-pod-hold"),
                      ({"services": [{"name": "a", "slow-pod-hold": "x"}]}, "services[0].slow-pod-hold")):
         with pytest.raises(ConfigError) as caught:

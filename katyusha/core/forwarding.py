@@ -38,6 +38,10 @@ _HOST = b"host"
 _NONNA = b"nonna-"
 # The headers this module rewrites; a request with none of them is the common case.
 _REWRITTEN = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _REAL_IP, _VIA})
+# Public, for a driver's own pass (Forwarding.added_lines): the lower-case names rewrite
+# takes apart, and the prefix of the request headers it always drops.
+REWRITTEN = _REWRITTEN
+DROPPED_PREFIX = _NONNA
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -71,6 +75,8 @@ class Forwarding:
         self._verdicts: dict[str, bool] = {}
         # (client, scheme, host) -> the headers rewrite adds for a request that brought none.
         self._tails: dict[tuple, tuple] = {}
+        # The same, as header lines (added_lines).
+        self._tail_lines: dict[tuple, tuple[bytes, int]] = {}
 
     def trusts(self, address: str | None) -> bool:
         """True when ``address`` (the peer of the connection) is inside ``trusted``."""
@@ -101,10 +107,12 @@ class Forwarding:
         via: list[bytes] = []
         proto = host_seen = None
         host = None
-        trusted = self.trusts(client)
+        trusted = None  # asked only of a request that brings a forwarding header
         for item in headers:
             name = item[0]
             if name in _REWRITTEN:
+                if trusted is None:
+                    trusted = self.trusts(client)
                 if name == _VIA:
                     via.append(item[1])
                 elif not trusted:
@@ -128,17 +136,37 @@ class Forwarding:
         if not xff and not forwarded and not via and proto is None and host_seen is None:
             # The common case (no forwarding headers of its own): the headers this adds
             # depend on the client, the scheme and the host alone, so they are kept.
-            key = (client, scheme, host)
-            tail = self._tails.get(key)
-            if tail is None:
-                if len(self._tails) > 4096:
-                    self._tails.clear()
-                tail = self._tails[key] = tuple(self._added(xff, forwarded, via, None, None, host,
-                                                            client, scheme))
-            out += tail
+            out += self._tail((client, scheme, host))
             return out
         out += self._added(xff, forwarded, via, proto, host_seen, host, client, scheme)
         return out
+
+    def added_lines(self, client: str | None, scheme: str, host: bytes | None) -> tuple[bytes, int]:
+        """What :meth:`rewrite` appends to a request that brings none of the forwarding headers
+        (``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``, ``Via``), whose last ``Host`` is ``host``:
+        as header lines (``name: value\r\n`` each), with their count.
+
+        For a driver that writes the pod's head in one pass over the client's headers (the
+        other headers go through unchanged, but ``Nonna-*`` ones, as :meth:`rewrite` says).
+        """
+        key = (client, scheme, host)
+        found = self._tail_lines.get(key)
+        if found is None:
+            tail = self._tail(key)
+            if len(self._tail_lines) > 4096:
+                self._tail_lines.clear()
+            found = self._tail_lines[key] = (b"".join(b"%b: %b\r\n" % item for item in tail),
+                                             len(tail))
+        return found
+
+    def _tail(self, key: tuple) -> tuple:
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) > 4096:
+                self._tails.clear()
+            client, scheme, host = key
+            tail = self._tails[key] = tuple(self._added([], [], [], None, None, host, client, scheme))
+        return tail
 
     def _added(self, xff: list[bytes], forwarded: list[bytes], via: list[bytes], proto: bytes | None,
                host_seen: bytes | None, host: bytes | None, client: str | None, scheme: str) -> Headers:
@@ -149,8 +177,11 @@ class Forwarding:
         out.append((_XFF, b", ".join(xff)))
         own_proto = scheme.encode()
         out.append((_XFP, proto or own_proto))
-        if host_seen is not None or host is not None:
-            out.append((_XFH, host_seen or host))
+        # An empty X-Forwarded-Host from a trusted proxy gives way to Host; with no Host either,
+        # there is none to send (not a header without a value: None is no bytes).
+        forwarded_host = host_seen or host
+        if forwarded_host is not None:
+            out.append((_XFH, forwarded_host))
         element = b"for=" + _forwarded_node(address) + b";proto=" + own_proto
         if host is not None:
             element += b";host=" + _quoted(host)

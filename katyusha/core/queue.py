@@ -187,7 +187,8 @@ class L1Queue:
             return []
         ticket.state = DONE
         self.active -= 1
-        return self._admit(now)
+        # _admit's own first check, without the call in the common case (nothing waits).
+        return self._admit(now) if self.waiting and not self.held else []
 
     def cancel(self, ticket: Ticket, now: float | None = None) -> list[Ticket]:
         """The client left or the request was abandoned: drop the ticket wherever it is.

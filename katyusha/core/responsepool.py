@@ -111,10 +111,14 @@ class ResponsePool:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
         # _clean's common case (a finite float >= 0) inline: this runs once per response.
         sample = (now,
-                  l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else _clean(l1_wait_ms),
-                  l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else _clean(l2_wait_ms),
-                  app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else _clean(app_ms),
-                  latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else _clean(latency_ms),
+                  l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else (
+                  None if l1_wait_ms is None else _clean(l1_wait_ms)),
+                  l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else (
+                  None if l2_wait_ms is None else _clean(l2_wait_ms)),
+                  app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else (
+                  None if app_ms is None else _clean(app_ms)),
+                  latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else (
+                  None if latency_ms is None else _clean(latency_ms)),
                   status)
         self.recorded_total += 1
         pod_ring = self._pods.get(pod)

@@ -56,7 +56,9 @@ class RetryBudget:
 
     def on_request(self, now: float) -> None:
         """A request arrived (it may earn retries)."""
-        slot = self._advance(now)
+        second = math.floor(now)
+        # Within the second of the last call (most calls): its slot, without _advance.
+        slot = second % self.window_s if second == self._second else self._advance(now)
         self._requests[slot] += 1
         self.requests_in_window += 1
 

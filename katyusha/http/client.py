@@ -295,7 +295,16 @@ class Pool:
         head = b"".join(parts)
         if head.count(b"\n") != count or b" " in target:
             raise BadInput(_bad_header(method, target, _lines_as_headers(lines)))
-        return self._start_idle(head, method, timeout, on_head)
+        # _start_idle, inline: once per request on the fast path.
+        conn = self._take_idle()
+        if conn is None:
+            return None
+        try:
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
+        except (Stale, UpstreamError):
+            return None
+        self.reuses += 1
+        return True if on_head is not None else waiter
 
     def _start_idle(self, head: bytes, method: bytes, timeout: float | None, on_head) -> asyncio.Future | bool | None:
         """Send ``head`` on an idle connection (for :meth:`start` and :meth:`start_lines`)."""

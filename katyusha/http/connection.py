@@ -42,7 +42,9 @@ class Response:
     upstream fails mid-body (closed, timed out, malformed).
     """
 
-    __slots__ = ("status", "headers", "_chunks", "_buffered", "_done", "_error", "_waiter", "_conn")
+    # ``complete``: True once the whole body has been received (it may still be buffered here);
+    # a plain attribute, read once per response.
+    __slots__ = ("status", "headers", "_chunks", "_buffered", "complete", "_error", "_waiter", "_conn")
 
     def detach(self) -> TunnelPeer:
         """A 101 answer: take its connection out of the pool, for :func:`~katyusha.http.tunnel.splice`.
@@ -60,20 +62,15 @@ class Response:
         self.headers = headers
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
-        self._done = False
+        self.complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future | None = None
         self._conn: Connection | None = conn
 
     @property
-    def complete(self) -> bool:
-        """True once the whole body has been received (it may still be buffered here)."""
-        return self._done
-
-    @property
     def at_end(self) -> bool:
         """True once the whole body was received and handed out: the next read returns b""."""
-        return self._done and not self._chunks and self._error is None
+        return self.complete and not self._chunks and self._error is None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), or None."""
@@ -96,7 +93,7 @@ class Response:
                 return data
             if self._error is not None:
                 raise self._error
-            if self._done:
+            if self.complete:
                 return b""
             waiter = self._waiter = self._conn.loop.create_future()
             await waiter
@@ -135,7 +132,7 @@ class Response:
     def release(self) -> None:
         """Done with this response: the connection is reused if the body ended, else closed."""
         conn = self._conn
-        if conn is not None and not self._done:
+        if conn is not None and not self.complete:
             conn.fail(UpstreamError("response released before its body ended", origin=conn.origin))
         self._chunks.clear()
         self._buffered = 0
@@ -159,7 +156,7 @@ class Response:
     def _finish(self, error: BaseException | None = None) -> None:
         if error is not None:
             self._error = error
-        self._done = True
+        self.complete = True
         self._conn = None
         if self._waiter is not None:
             self._wake()
@@ -280,10 +277,18 @@ class Connection(asyncio.Protocol):
             keep_alive = self._head_keep_alive()
             self.parser = HttpResponseParser(self)
             self._complete(keep_alive)
-        if self._deliver is not None:
+        deliver = self._deliver
+        if deliver is not None:
             # The head came in this read: handed over now, with what of the
             # body came with it (a small response whole, its connection idle again).
-            self._hand_over()
+            # (_hand_over, inline: once per response.)
+            self._deliver = None
+            try:
+                deliver[0](deliver[1], None)
+            except Exception as exc:  # the caller's bug must not break this connection's read
+                self.loop.call_exception_handler({
+                    "message": "exception in a response head callback", "exception": exc,
+                    "protocol": self})
 
     def eof_received(self) -> bool:
         return False
@@ -352,7 +357,16 @@ class Connection(asyncio.Protocol):
                 break
         self._until_close = until_close and status != 204 and status != 304
         response = self._response = Response(status, headers, self)
-        self._resolve(response)
+        # _resolve, inline: once per response.
+        waiter = self._head_waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(response)
+            return
+        on_head = self._on_head
+        if on_head is not None:
+            self._on_head = None
+            self._deliver = (on_head, response)
 
     def on_body(self, body: bytes) -> None:
         response = self._response
@@ -528,8 +542,12 @@ class Connection(asyncio.Protocol):
 
     def _complete(self, keep_alive: bool) -> None:
         response = self._response
-        if response is not None and not response._done:
-            response._finish()
+        if response is not None and not response.complete:
+            # Response._finish(), inline: once per response.
+            response.complete = True
+            response._conn = None
+            if response._waiter is not None:
+                response._wake()
         if self._pump is not None:
             # The upstream answered before taking the whole request body.
             keep_alive = False

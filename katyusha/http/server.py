@@ -416,7 +416,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if exchange is None:
             return
         exchange.more_body = False
-        exchange.wake()
+        if exchange.waiter is not None:  # most requests: nobody waits for the end of the body
+            exchange.wake()
 
     # -- serving ---------------------------------------------------------
 

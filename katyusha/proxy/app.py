@@ -20,9 +20,11 @@ from itertools import count
 from katyusha.core import protocol
 from katyusha.core.errors import KatyushaError
 from katyusha.core.feedback import nonna_error, parse_feedback
+from katyusha.core.forwarding import DROPPED_PREFIX as _DROPPED
+from katyusha.core.forwarding import REWRITTEN as FORWARDING_HEADERS
 from katyusha.core.forwarding import Forwarding
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
-from katyusha.core.queue import parse_priority
+from katyusha.core.queue import ADMITTED, parse_priority
 from katyusha.core.routing import Router
 from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
@@ -184,6 +186,41 @@ def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | No
         parts += (name, b": ", value, b"\r\n")
         count += 1
     return b"".join(parts), count, has_host, request_id
+
+
+def _client_lines(headers: list, forwarding: Forwarding, client: str | None, scheme: str
+                  ) -> tuple[bytes, int, bool, bytes | None] | None:
+    """:func:`_upstream_lines` of ``forwarding.rewrite(headers, client, scheme)`` in one pass over
+    the client's own headers, for a request that brings no forwarding header (the lines
+    rewrite would add come whole from :meth:`Forwarding.added_lines`; ``Nonna-*`` headers are
+    dropped as rewrite drops them). None for any other request (or a Connection header
+    naming others): the caller takes the general way."""
+    parts: list[bytes] = []
+    count = 0
+    has_host = False
+    host = None
+    request_id = None
+    for name, value in headers:
+        kind = _SPECIAL_CLIENT.get(name)
+        if kind is not None:
+            if kind == _HOP:
+                if name == b"connection" and value not in _PLAIN_CONNECTION:
+                    return None
+                continue
+            if kind == _FORWARDING:
+                return None
+            if kind == _HOST_KIND:
+                has_host = True
+                host = value
+            elif value and request_id is None:
+                request_id = value
+        elif name.startswith(_DROPPED):
+            continue
+        parts += (name, b": ", value, b"\r\n")
+        count += 1
+    added, added_count = forwarding.added_lines(client, scheme, host)
+    parts.append(added)
+    return b"".join(parts), count + added_count, has_host, request_id
 
 
 def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes) -> list:
@@ -359,23 +396,26 @@ class DataApp:
         live = router.only or router.match(_header(headers, _HOST), scope["path"])
         if live is None or live.core.hedge_delay(scope["method"], False) is not None:
             return False  # a request that may be hedged needs its task for the hedge's timer
-        loop = self.loop
+        loop = self._loop or self.loop
         now = loop.time()
         try:
             ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
         self.in_progress += 1
-        handle = live.dispatch(ticket, now) if ticket.admitted else None
-        # One pass from the client's headers (as forwarding rewrote them) to the pod's header
-        # lines, which also finds the request's id (None: a Connection header names others).
+        handle = live.dispatch(ticket, now) if ticket.state is ADMITTED else None
+        # One pass from the client's headers to the pod's header lines (forwarding's
+        # added), which also finds the request's id; when the client brought forwarding
+        # headers, the same from forwarding's rewrite (None: a Connection header names others).
         client = scope["client"]
-        built = _upstream_lines(self.forwarding.rewrite(headers, client[0] if client else None,
-                                                        scope["scheme"]))
+        address = client[0] if client else None
+        built = _client_lines(headers, self.forwarding, address, scope["scheme"])
+        if built is None:
+            built = _upstream_lines(self.forwarding.rewrite(headers, address, scope["scheme"]))
         if built is None:
             request_id, given = self._request_id(headers)
         elif built[3] is None:
-            request_id, given = self._new_request_id(), False
+            request_id, given = b"%b-%x" % (self._id_prefix, next(self._ids)), False
         else:
             request_id, given = built[3], True
         if handle is None or built is None:
@@ -401,59 +441,6 @@ class DataApp:
         if sent is None:
             server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
         return True
-
-    def _fast_answer(self, state: _FastHead, response, error: BaseException | None) -> None:
-        """The pod's head came back on the fast path (or the try failed first, ``error``):
-        answer a whole response, hand on the rest."""
-        live = state.live
-        handle = state.handle
-        pending: object = error
-        if error is None:
-            status = response.status
-            pending = response
-            if response.complete and 200 <= status < 500:
-                try:
-                    body = response.take()
-                except UpstreamError as exc:
-                    response.release()
-                    pending = exc
-                else:
-                    ticket = state.ticket
-                    stats = live.stats
-                    l1_wait = ticket.l1_wait
-                    stats.l1_wait.observe(l1_wait)
-                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-                              if l1_wait else _NO_WAIT)
-                    now = self._loop.time()
-                    if self.keep_nonna:
-                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0, _woken_ms(handle))
-                    headers = response.headers
-                    try:
-                        # What _Head does for a status under 500: one pass from the pod's
-                        # headers to the client's header lines, then feed the core (the pass
-                        # tells whether there is any Nonna-* header to parse feedback from).
-                        built = _downstream_lines(headers, self.keep_nonna, state.request_id,
-                                                  timing)
-                        feedback = (parse_feedback(headers) if self.uses_feedback
-                                    and (built is None or built[3]) else None)
-                        stats.upstream(handle.entry.name, handle.on_head(now, feedback, status))
-                        if built is None:  # a Connection header naming others: the general filter
-                            state.server.respond(state.exchange, status, _downstream(
-                                response_headers(headers), self.keep_nonna, state.request_id,
-                                timing), body)
-                        else:
-                            state.server.respond_lines(state.exchange, status, built[0],
-                                                       built[1], built[2], body)
-                        stats.response(status, handle.entry.name)
-                    finally:
-                        live.end(ticket)
-                        self._done()
-                    return
-        elif isinstance(error, Stale):
-            self.pools.get(handle.entry.url).stale_retries += 1
-            pending = None  # sent again through Pool.request
-        state.server.spawn(state.exchange, _Continue(self, live, state.ticket, state.request_id,
-                                                     state.given, handle, pending))
 
     async def _serve(self, live: LiveService, scope, receive, send, ticket, request_id, given,
                      handle: Dispatch | None = None, pending: object = None) -> None:
@@ -604,7 +591,7 @@ class DataApp:
 
 
 class _FastHead:
-    """A fast-path request waiting for its pod's head: the connection's future calls it."""
+    """A fast-path request waiting for its pod's head: the connection calls it (see ``__call__``)."""
 
     __slots__ = ("app", "live", "ticket", "request_id", "given", "handle", "exchange", "server")
 
@@ -620,7 +607,62 @@ class _FastHead:
         self.server = server
 
     def __call__(self, response, error: BaseException | None) -> None:
-        self.app._fast_answer(self, response, error)
+        """The pod's head came back on the fast path (or the try failed first, ``error``):
+        answer a whole response, hand on the rest. (The connection calls this.)"""
+        app = self.app
+        live = self.live
+        handle = self.handle
+        pending: object = error
+        if error is None:
+            status = response.status
+            pending = response
+            if response.complete and 200 <= status < 500:
+                try:
+                    body = response.take()
+                except UpstreamError as exc:
+                    response.release()
+                    pending = exc
+                else:
+                    ticket = self.ticket
+                    stats = live.stats
+                    admitted_at = ticket.admitted_at  # ticket.l1_wait, without the call
+                    l1_wait = 0.0 if admitted_at is None else admitted_at - ticket.enqueued_at
+                    stats.l1_wait.observe(l1_wait)
+                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                              if l1_wait else _NO_WAIT)
+                    now = app._loop.time()
+                    if app.keep_nonna:
+                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0, _woken_ms(handle))
+                    headers = response.headers
+                    try:
+                        # What _Head does for a status under 500: one pass from the pod's
+                        # headers to the client's header lines, then feed the core (the pass
+                        # tells whether there is any Nonna-* header to parse feedback from).
+                        built = _downstream_lines(headers, app.keep_nonna, self.request_id,
+                                                  timing)
+                        feedback = (parse_feedback(headers) if app.uses_feedback
+                                    and (built is None or built[3]) else None)
+                        stats.upstream(handle.entry.name, handle.on_head(now, feedback, status))
+                        if built is None:  # a Connection header naming others: the general filter
+                            self.server.respond(self.exchange, status, _downstream(
+                                response_headers(headers), app.keep_nonna, self.request_id,
+                                timing), body)
+                        else:
+                            self.server.respond_lines(self.exchange, status, built[0],
+                                                      built[1], built[2], body)
+                        stats.response(status, handle.entry.name)
+                    finally:
+                        live.end(ticket)
+                        # app._done(), inline: once per request.
+                        app.in_progress -= 1
+                        if app.in_progress == 0:
+                            app._idle.set()
+                    return
+        elif isinstance(error, Stale):
+            app.pools.get(handle.entry.url).stale_retries += 1
+            pending = None  # sent again through Pool.request
+        self.server.spawn(self.exchange, _Continue(app, live, self.ticket, self.request_id,
+                                                   self.given, handle, pending))
 
 
 class _Continue:
@@ -659,6 +701,9 @@ _HOST_KIND = 3
 _SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},
                     b"content-length": _HOP, b"transfer-encoding": _HOP,
                     _HOST: _HOST_KIND, _REQUEST_ID: _ID}
+# The client's headers _client_lines treats apart: those, and the ones forwarding rewrites.
+_FORWARDING = 4
+_SPECIAL_CLIENT = {**{name: _FORWARDING for name in FORWARDING_HEADERS}, **_SPECIAL_REQUEST}
 _SERVER_TIMING_LINE = _SERVER_TIMING + b": "
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"Keep-Alive", b"close", b"Close"})
 _NO_WAIT = b"katyusha-queue;dur=0.000"

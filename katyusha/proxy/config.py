@@ -210,7 +210,9 @@ class ProxyConfig(EdgeFields):
                              else spec.pod_capacity_factor),
             capacity_extra=(self.pod_capacity_extra if spec.pod_capacity_extra is None
                             else spec.pod_capacity_extra),
-            slow_hold=self.slow_pod_hold if spec.slow_pod_hold is None else spec.slow_pod_hold,
+            # Holding a slow pod out is load-aware placement: off with fukabunsan.
+            slow_hold=((self.slow_pod_hold if spec.slow_pod_hold is None else spec.slow_pod_hold)
+                       if self.enable_katyusha and self.enable_fukabunsan else 0.0),
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,

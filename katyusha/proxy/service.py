@@ -75,7 +75,10 @@ class LiveService:
 
     def end(self, ticket: ServiceTicket) -> None:
         """``core.end``: the request is over; the tickets let in after it are woken."""
-        _wake(self.core.end(ticket, self.loop.time()))
+        loop = self._loop or self.loop
+        admitted = self.core.end(ticket, loop.time())
+        if admitted:
+            _wake(admitted)
 
     def _waits(self, ticket: ServiceTicket) -> None:
         ticket.payload = self.loop.create_future()

@@ -39,7 +39,9 @@ class JoinShortestQueue(MetricPolicy):
 
     def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
              ) -> PodEntry:
-        self._refreshed(now)
+        moved = self._refresh(now)  # _refreshed, inline: once per pick
+        if moved:
+            self._rekey(moved)
         return self.selector.pick(candidates, now, trace)
 
     def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
@@ -51,10 +53,13 @@ class JoinShortestQueue(MetricPolicy):
     def _refreshed(self, now: float) -> None:
         moved = self._refresh(now)
         if moved:
-            index = self.selector._index
-            if index is not None:
-                for entry in moved:
-                    index.touch(entry)
+            self._rekey(moved)
+
+    def _rekey(self, moved: list[PodEntry]) -> None:
+        index = self.selector._index
+        if index is not None:
+            for entry in moved:
+                index.touch(entry)
 
 
 class ShortestExpectedDelay(MetricPolicy):

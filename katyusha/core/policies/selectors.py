@@ -118,6 +118,9 @@ class Lowest:
                 return chosen
         if self._prepare is not None:
             self._prepare(candidates, now)
+        if trace is None and len(candidates) == 1:
+            # What lowest() answers for one candidate (no tie, no draw), without computing its load.
+            return candidates[0]
         return lowest(candidates, self.metric.load, now, self.rng, trace)
 
     def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
