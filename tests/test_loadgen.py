@@ -7,26 +7,32 @@ from benchmarks.loadgen import poisson_schedule, run_open_loop
 from katyusha.core.feedback import parse_server_timing
 
 
-async def _serial_slow_server(delay_s: float):
-    """An HTTP server that answers one request at a time, each after ``delay_s``."""
-    lock = asyncio.Lock()
-
+async def _server(answer):
+    """An HTTP/1.1 server on loopback: ``await answer(writer)`` for each request head read."""
     async def handle(reader, writer):
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if not head:
-                    break
-                async with lock:
-                    await asyncio.sleep(delay_s)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nNonna-Pod: slow\r\n\r\nok")
-                await writer.drain()
+                await reader.readuntil(b"\r\n\r\n")
+                await answer(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
     return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def _serial_slow_server(delay_s: float):
+    """An HTTP server that answers one request at a time, each after ``delay_s``."""
+    lock = asyncio.Lock()
+
+    async def answer(writer):
+        async with lock:
+            await asyncio.sleep(delay_s)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nNonna-Pod: slow\r\n\r\nok")
+        await writer.drain()
+
+    return await _server(answer)
 
 
 async def test_generator_holds_its_rate_against_a_slow_system():
@@ -62,21 +68,14 @@ async def test_generator_records_connection_errors():
 
 async def _two_timing_lines_server():
     """Answers every request with two Server-Timing lines (nonna's and katyusha's, as katyusha sends them)."""
-    async def handle(reader, writer):
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                body = b'{"service_ms": 20.5, "target_ms": 20.0}'
-                writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: nonna-queue;dur=1.5, app;dur=21.25\r\n"
-                             b"Server-Timing: katyusha-queue;dur=3.000\r\nContent-Length: %d\r\n\r\n%s"
-                             % (len(body), body))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def answer(writer):
+        body = b'{"service_ms": 20.5, "target_ms": 20.0}'
+        writer.write(b"HTTP/1.1 200 OK\r\nServer-Timing: nonna-queue;dur=1.5, app;dur=21.25\r\n"
+                     b"Server-Timing: katyusha-queue;dur=3.000\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
 
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    return await _server(answer)
 
 
 async def test_detail_keeps_every_server_timing_line_the_body_and_the_schedule():
