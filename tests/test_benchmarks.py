@@ -19,7 +19,7 @@ from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every benchmark with a command line.
 RUNNABLE = ("overhead", "lb_quality", "tail_model", "policy_micro", "coldstart", "placement",
-            "forward_micro", "loadgen", "dropin", "chaos", "batch")
+            "forward_micro", "loadgen", "dropin", "chaos", "batch", "calls_per_request")
 # Benchmarks that start processes with helpers from the checkout's tests/ (not installed).
 USING_TESTS = ("dropin", "chaos", "batch")
 
