@@ -11,7 +11,9 @@ so the count, not the machine's speed, fixes the work). The profile's call
 counts over the requests sent are the figures: ``python_calls`` (functions
 written in Python) and ``all_calls`` (built-ins included). With ``--against``
 the same is measured for the ``katyusha`` package at that git ref of this
-checkout, and ``ratio_python_calls`` is this tree's over it. Counts barely
+checkout, and ``ratio_python_calls`` is this tree's over it. JSON: ``versions``
+(``this tree`` and REF: ``requests``, ``python_calls``, ``all_calls``),
+``against``, ``ratio_python_calls``; a bar plot beside it. Counts barely
 move between runs, where req/s on a shared 2-core machine moves by a third.
 """
 
@@ -28,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import peers
+from benchmarks import peers, plots
 from benchmarks.overhead import _FROM_TREE, checkout
 from katyusha.procs import Proc, exit_on_signals
 
@@ -106,20 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     peers.require("nginx")
     exit_on_signals()
-    out: dict = {}
+    versions: dict = {}
     with peers.nginx_static() as backend:
-        out["this_tree"] = count_calls(backend.url, None, args.connections, args.requests)
-        print(f"this tree: {out['this_tree']['python_calls']} Python calls a request "
-              f"({out['this_tree']['all_calls']} with built-ins), {out['this_tree']['requests']} requests", flush=True)
+        versions["this tree"] = mine = count_calls(backend.url, None, args.connections, args.requests)
+        print(f"this tree: {mine['python_calls']} Python calls a request ({mine['all_calls']} with built-ins), "
+              f"{mine['requests']} requests", flush=True)
         if args.against:
             with checkout(args.against) as tree:
-                out[args.against] = count_calls(backend.url, tree, args.connections, args.requests)
-            theirs = out[args.against]
+                versions[args.against] = theirs = count_calls(backend.url, tree, args.connections, args.requests)
             print(f"{args.against}: {theirs['python_calls']} Python calls a request ({theirs['all_calls']} with built-ins)")
-            out["ratio_python_calls"] = round(out["this_tree"]["python_calls"] / theirs["python_calls"], 3)
-            print(f"ratio this tree / {args.against}: {out['ratio_python_calls']}")
+    out = {"versions": versions, "against": args.against,
+           "ratio_python_calls": (round(mine["python_calls"] / versions[args.against]["python_calls"], 3)
+                                  if args.against else None)}
+    if args.against:
+        print(f"ratio this tree / {args.against}: {out['ratio_python_calls']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    plots.write("calls_per_request", out, args.json)
     return 0
 
 

@@ -269,6 +269,15 @@ def _policy_micro(doc: dict, at: Path) -> list:
                  title="one pick of each policy (median of runs)", ylabel="µs per pick (log scale)", log=True)]
 
 
+@plotter("calls_per_request")
+def _calls_per_request(doc: dict, at: Path) -> list:
+    versions = doc["versions"]
+    return [bars(beside(at, "calls"),
+                 {"Python functions": {v: d["python_calls"] for v, d in versions.items()},
+                  "with built-ins": {v: d["all_calls"] for v, d in versions.items()}},
+                 title="calls per body-less request (cProfile, one katyusha worker)", ylabel="calls per request")]
+
+
 @plotter("forward_micro")
 def _forward_micro(doc: dict, at: Path) -> list:
     systems = doc["systems"]

@@ -268,10 +268,11 @@ def _timings(url: str, method: str, body: bytes | None) -> dict[str, float]:
 def test_keep_nonna_headers_also_times_the_upstream_leg(fleet, method, body):
     # With nonna's headers kept (debugging), katyusha times the dispatch to the pod's head: the
     # pod's slot is held for it, nonna's queue and app time inside it (benchmarks.sim_vs_live).
+    # katyusha's loop clock (uvloop's) counts whole milliseconds: its leg may read up to 1 ms short.
     with katyusha("--pod", fleet[0].spec, "--keep-nonna-headers", "true") as proxy:
         for _ in range(5):
             timing = _timings(proxy.url, method, body)
-            assert timing["katyusha-upstream"] >= timing["app"] + timing["nonna-queue"] > 0, timing
+            assert timing["katyusha-upstream"] + 1.0 >= timing["app"] + timing["nonna-queue"] > 0, timing
             assert "katyusha-queue" in timing and timing["katyusha-wake"] >= 0
     with katyusha("--pod", fleet[0].spec) as proxy:
         timing = _timings(proxy.url, method, body)
