@@ -307,7 +307,7 @@ class Pool:
         return True if on_head is not None else waiter
 
     def _start_idle(self, head: bytes, method: bytes, timeout: float | None, on_head) -> asyncio.Future | bool | None:
-        """Send ``head`` on an idle connection (for :meth:`start` and :meth:`start_lines`)."""
+        """Send ``head`` on an idle connection (for :meth:`start`; :meth:`start_lines` has the same steps inline)."""
         conn = self._take_idle()
         if conn is None:
             return None
