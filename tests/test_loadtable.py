@@ -1,6 +1,7 @@
 """The load table: membership, readiness cache, counts, reports and their staleness."""
 
 import json
+import math
 
 import pytest
 
@@ -66,6 +67,21 @@ def test_latency_and_app_ewma():
     assert a.latency_ewma_ms == pytest.approx(20.0) and a.app_ewma_ms == pytest.approx(7.0)
     table.on_response(a, 0.2, 0.030, None)  # no report: app estimate kept
     assert a.app_ewma_ms == pytest.approx(7.0)
+
+
+def test_an_app_time_reported_after_a_silence_weighs_by_the_time_since_the_last():
+    table = LoadTable(app_alpha=0.15)  # app_memory_s: 1 s by default
+    a = table.upsert("a", "http://a")
+    table.on_response(a, 0.0, 0.080, report(0, 0, app_ms=80.0))
+    table.on_response(a, 0.05, 0.080, report(0, 0, app_ms=20.0))  # 50 ms later: app_alpha
+    assert a.app_ewma_ms == pytest.approx(80.0 - 0.15 * 60.0)
+    table.on_response(a, 1.05, 0.020, report(0, 0, app_ms=20.0))  # a second later: 1 - 1/e
+    assert a.app_ewma_ms == pytest.approx(71.0 - (1.0 - math.exp(-1.0)) * 51.0)
+    steady = LoadTable(app_memory_s=math.inf)  # every report app_alpha, whatever the silence
+    b = steady.upsert("b", "http://b")
+    steady.on_response(b, 0.0, 0.080, report(0, 0, app_ms=80.0))
+    steady.on_response(b, 10.0, 0.020, report(0, 0, app_ms=20.0))
+    assert b.app_ewma_ms == pytest.approx(80.0 - 0.15 * 60.0)
 
 
 def test_app_estimate_damps_noise_yet_follows_a_change_of_speed():
@@ -158,7 +174,8 @@ def test_snapshot_is_json():
     "kwargs, key",
     [({"stale_after_s": 0}, "stale_after_s"), ({"stale_after_s": float("nan")}, "stale_after_s"),
      ({"ewma_alpha": 0}, "ewma_alpha"), ({"ewma_alpha": 1.5}, "ewma_alpha"), ({"ewma_alpha": "x"}, "ewma_alpha"),
-     ({"failure_hold_s": -1}, "failure_hold_s"), ({"app_alpha": 0}, "app_alpha")],
+     ({"failure_hold_s": -1}, "failure_hold_s"), ({"app_alpha": 0}, "app_alpha"),
+     ({"app_memory_s": 0}, "app_memory_s"), ({"app_memory_s": "x"}, "app_memory_s")],
 )
 def test_bad_settings_name_the_key(kwargs, key):
     with pytest.raises(ConfigError) as err:

@@ -33,6 +33,10 @@ FAILURE_LOAD = 4
 # How long a pod's own-speed estimate (idle_latency_ms) is trusted without a new
 # sample: a pod shunned for being slow is measured again after this long.
 SPEED_MEMORY_S = 5.0
+# The default app_memory_s: an app time reported this long after the pod's last report
+# weighs 1 - 1/e (0.63) in ``app_ewma_ms`` (1 - exp(-gap / app_memory_s), never less than
+# ``app_alpha``): what a pod did seconds ago says little of what it does now.
+APP_MEMORY_S = 1.0
 
 
 class PodEntry:
@@ -96,16 +100,19 @@ class LoadTable:
     """
 
     def __init__(self, *, stale_after_s: float = 2.0, ewma_alpha: float = 0.3,
-                 app_alpha: float = 0.15, failure_hold_s: float = 1.0):
+                 app_alpha: float = 0.15, failure_hold_s: float = 1.0,
+                 app_memory_s: float = APP_MEMORY_S):
         """Raises ConfigError when ``stale_after_s`` or ``failure_hold_s`` is not positive or
-        ``ewma_alpha`` or ``app_alpha`` not in (0, 1].
+        ``ewma_alpha`` or ``app_alpha`` not in (0, 1], or ``app_memory_s`` not positive.
 
         ``ewma_alpha`` weighs each new end-to-end latency sample, ``app_alpha``
         each app time. App times are what the piggyback policies rank pods by,
         and they are noisy (an exponential service time keeps an average
         weighted 0.3 within -70%/+150% of the mean): a policy that ranks pods
         by noise sends more to whichever pod got lucky. 0.15 still follows a
-        pod that turns four times slower within about five responses.
+        pod that turns four times slower within about five responses. A report
+        that comes ``gap`` seconds after the pod's last weighs ``1 - exp(-gap /
+        app_memory_s)`` when that is more (math.inf: never more).
         """
         if not _is_number(stale_after_s) or not stale_after_s > 0:
             raise ConfigError("stale_after_s", f"must be a positive number of seconds, got {stale_after_s!r}")
@@ -113,11 +120,16 @@ class LoadTable:
             raise ConfigError("ewma_alpha", f"must be in (0, 1], got {ewma_alpha!r}")
         if not _is_number(app_alpha) or not 0 < app_alpha <= 1:
             raise ConfigError("app_alpha", f"must be in (0, 1], got {app_alpha!r}")
+        if not (_is_number(app_memory_s) or app_memory_s == math.inf) or not app_memory_s > 0:
+            raise ConfigError("app_memory_s", f"must be a positive number of seconds, got {app_memory_s!r}")
         if not _is_number(failure_hold_s) or not failure_hold_s > 0:
             raise ConfigError("failure_hold_s", f"must be a positive number of seconds, got {failure_hold_s!r}")
         self.stale_after_s = float(stale_after_s)
         self.ewma_alpha = float(ewma_alpha)
         self.app_alpha = float(app_alpha)
+        self.app_memory_s = float(app_memory_s)
+        # Beyond this silence a report's weight by time is above app_alpha.
+        self._app_gap_s = math.inf if app_alpha >= 1 else -self.app_memory_s * math.log(1.0 - app_alpha)
         self.failure_hold_s = float(failure_hold_s)
         self.version = 0
         self._pods: dict[str, PodEntry] = {}
@@ -265,6 +277,7 @@ class LoadTable:
             return
         entry.reported_queue = feedback.queue_length
         entry.reported_in_flight = feedback.in_flight
+        last_report = entry.reported_at
         entry.reported_at = now
         entry.reported_concurrency = feedback.concurrency
         entry.reported_state = feedback.state
@@ -273,6 +286,11 @@ class LoadTable:
         if app_ms is not None:
             if entry.app_ewma_ms is None:
                 entry.app_ewma_ms = app_ms
+            elif now - last_report > self._app_gap_s:
+                # A report after a silence weighs by the time since the last one, so a pod
+                # sent one request a second (a held pod's probe) is seen fast again at once.
+                weight = max(self.app_alpha, 1.0 - math.exp((last_report - now) / self.app_memory_s))
+                entry.app_ewma_ms += weight * (app_ms - entry.app_ewma_ms)
             else:
                 entry.app_ewma_ms += self.app_alpha * (app_ms - entry.app_ewma_ms)
         for listener in self._listeners:
