@@ -693,9 +693,9 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     print(f"{'policy':16s} {'L1 live':>8s} {'L1 sim':>8s} {'L2 live':>8s} {'L2 sim':>8s} {'slow live':>9s} "
           f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s} {'release':>7s}"
           f" {'pod-rel':>7s}"
-          f"   (ms means; sim: run-replay)")
+          f"   (ms means; sim: run-release)")
     for p in policies:
-        lv, sm = live_fig[p], modes["run-replay"].get(p) or modes["idle"][p]
+        lv, sm = live_fig[p], modes["run-release"].get(p) or modes["idle"][p]
         cal = [c for c in result["calibration"][p] if c]
 
         def med(key, cal=cal):
