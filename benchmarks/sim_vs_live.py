@@ -299,17 +299,24 @@ def release_estimate(records: list[list], replicas: int = 1, min_wait_ms: float 
             continue
         dispatch = r["sent_at"] * 1000.0 + r["lag_ms"] + r["katyusha_queue_ms"] + (r["wake_ms"] or 0.0)
         by_slot.setdefault((index % replicas, r["pod"]), []).append((dispatch, r))
+    return _uncovered(by_slot, "katyusha_queue_ms", min_wait_ms, window,
+                      lambda chain: (sum(r["upstream_ms"] for _, r in chain[:-1])
+                                     + sum(r["wake_ms"] or 0.0 for _, r in chain[1:])))
+
+
+def _uncovered(groups: dict, wait: str, min_wait_ms: float, window: int, covered) -> tuple[float | None, int]:
+    """The median over windows of ``window`` + 1 consecutive (time, row) items of a group, each of
+    whose ``wait`` is at least ``min_wait_ms``, of (last time - first time - ``covered(window)``)
+    / ``window``; and how many windows there were."""
     gaps = []
-    for dispatches in by_slot.values():
-        dispatches.sort(key=lambda x: x[0])
+    for items in groups.values():
+        items.sort(key=lambda x: x[0])
         chain: list = []
-        for item in [*dispatches, None]:
-            if item is not None and item[1]["katyusha_queue_ms"] >= min_wait_ms:
+        for item in [*items, None]:
+            if item is not None and item[1][wait] >= min_wait_ms:
                 chain.append(item)
                 if len(chain) == window + 1:
-                    covered = (sum(r["upstream_ms"] for _, r in chain[:-1])
-                               + sum(r["wake_ms"] or 0.0 for _, r in chain[1:]))
-                    gaps.append((chain[-1][0] - chain[0][0] - covered) / window)
+                    gaps.append((chain[-1][0] - chain[0][0] - covered(chain)) / window)
                     chain = [chain[-1]]
                 continue
             chain = []
@@ -335,19 +342,8 @@ def pod_release_estimate(records: list[list], min_wait_ms: float = 2.0, window: 
         dispatch = r["sent_at"] * 1000.0 + r["lag_ms"] + r["katyusha_queue_ms"] + (r["wake_ms"] or 0.0)
         trip = r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"]
         by_pod.setdefault(r["pod"], []).append((dispatch + trip / 2 + r["nonna_queue_ms"], r))
-    gaps = []
-    for starts in by_pod.values():
-        starts.sort(key=lambda x: x[0])
-        chain: list = []
-        for item in [*starts, None]:
-            if item is not None and item[1]["nonna_queue_ms"] >= min_wait_ms:
-                chain.append(item)
-                if len(chain) == window + 1:
-                    gaps.append((chain[-1][0] - chain[0][0] - sum(r["app_ms"] for _, r in chain[:-1])) / window)
-                    chain = [chain[-1]]
-                continue
-            chain = []
-    return (round(statistics.median(gaps), 4) if gaps else None), len(gaps)
+    return _uncovered(by_pod, "nonna_queue_ms", min_wait_ms, window,
+                      lambda chain: sum(r["app_ms"] for _, r in chain[:-1]))
 
 
 def calibration(records: list[list], replicas: int = 1) -> dict | None:

@@ -8,6 +8,7 @@ from benchmarks.sim_vs_live import (
     arrival_times,
     calibration,
     ordered_pairs,
+    pod_release_estimate,
     ranking_agrees,
     record,
     release_estimate,
@@ -90,3 +91,20 @@ def test_release_estimate_finds_the_slot_time_no_timing_covers():
     assert release_estimate(rows, window=10)[1] == 3
     # Under a light load no window qualifies.
     assert release_estimate([row[:5] + [0.0] + row[6:] for row in rows], window=10) == (None, 0)
+
+
+def test_pod_release_estimate_finds_the_time_nonna_holds_its_slot_between_two_requests():
+    # One pod, requests 1 ms apart, 0.5 ms each way to nonna, 20 ms in the app: they queue in L2,
+    # and nonna starts each 0.3 ms after the one before it ended.
+    rows, free = [], 0.0
+    for i in range(45):
+        arrive = i + 0.5
+        start = max(arrive, free)
+        queue = start - arrive
+        free = start + 20.0 + 0.3
+        rows.append([i / 1000.0, 1.0 + queue + 20.0, 200, "pod-0", 0.0, 0.0, queue, 20.0, 19.5, 19.0,
+                     1.0 + queue + 20.0, 0.0])
+    release, windows = pod_release_estimate(rows, window=10)
+    assert windows == 4 and abs(release - 0.3) < 1e-6
+    # With one replica nonna's queue stays empty: nothing to read.
+    assert pod_release_estimate([row[:6] + [0.0] + row[7:] for row in rows], window=10) == (None, 0)
