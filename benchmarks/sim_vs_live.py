@@ -27,7 +27,12 @@ window edge, at the phase the live run is aligned to), in four modes:
 - ``run-trace``: the live arrivals, and the overheads of each live run read
   from its own requests (:func:`calibration`); the median over the runs;
 - ``run-replay``: as ``run-trace``, and each request's work is the service
-  time the live run's pod drew for it (:func:`live_work`), not a new draw.
+  time the live run's pod drew for it (:func:`live_work`), not a new draw;
+- ``run-release``: as ``run-replay``, and the slots are also held for the two
+  releases read from the run (:func:`release_estimate`: katyusha's work on a
+  response before it ends the request; :func:`pod_release_estimate`: nonna's
+  before it starts the next queued request), the scenario's
+  ``overhead.release`` and ``overhead.pod-release``.
 
 Each ``run-*`` simulation is also compared with its own live run (paired errors).
 
@@ -304,10 +309,15 @@ def release_estimate(records: list[list], replicas: int = 1, min_wait_ms: float 
                                      + sum(r["wake_ms"] or 0.0 for _, r in chain[1:])))
 
 
+# Fewer windows than this (a light load) give no estimate: the few busy stretches of a light
+# load gave estimates several times those of a saturated run, and spread widely.
+MIN_WINDOWS = 20
+
+
 def _uncovered(groups: dict, wait: str, min_wait_ms: float, window: int, covered) -> tuple[float | None, int]:
     """The median over windows of ``window`` + 1 consecutive (time, row) items of a group, each of
     whose ``wait`` is at least ``min_wait_ms``, of (last time - first time - ``covered(window)``)
-    / ``window``; and how many windows there were."""
+    / ``window`` (None under :data:`MIN_WINDOWS` windows); and how many windows there were."""
     gaps = []
     for items in groups.values():
         items.sort(key=lambda x: x[0])
@@ -320,7 +330,7 @@ def _uncovered(groups: dict, wait: str, min_wait_ms: float, window: int, covered
                     chain = [chain[-1]]
                 continue
             chain = []
-    return (round(statistics.median(gaps), 4) if gaps else None), len(gaps)
+    return (round(statistics.median(gaps), 4) if len(gaps) >= MIN_WINDOWS else None), len(gaps)
 
 
 def pod_release_estimate(records: list[list], min_wait_ms: float = 2.0, window: int = 50
@@ -451,7 +461,7 @@ def rel(a: float, b: float) -> float:
 
 
 def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float, lives: dict,
-            seed: int = 7, sim_seeds: int = 5) -> dict:
+            seed: int = 7, sim_seeds: int = 5, releases: dict | None = None) -> dict:
     """Every simulated mode against the live runs of one scenario.
 
     ``idle``: the default overheads (measured idle), the simulator's own arrivals (seed 7; and
@@ -475,7 +485,8 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
         for mode, replay, release in (("run-trace", False, False), ("run-replay", True, False),
                                       ("run-release", True, True)):
             per_run = [simulate(scenario, policy, rate, duration, trace=trace,
-                                overhead=c if release else {**c, "release": 0.0, "pod-release": 0.0},
+                                overhead=({**c, **(releases or {})} if release
+                                          else {**c, "release": 0.0, "pod-release": 0.0}),
                                 work=live_work(scenario, run["records"], trace, duration) if replay else None)
                        for run, c in runs]
             if per_run:
@@ -725,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-coldstart", action="store_true", help="skip the cold-start comparison")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the live overheads (the scenario's overhead.hop and overhead.pod) and stop")
+    parser.add_argument("--release", type=float, metavar="MS",
+                        help="run-release: katyusha's release for every run (default: each run's estimate)")
+    parser.add_argument("--pod-release", type=float, metavar="MS",
+                        help="run-release: nonna's release for every run (default: each run's estimate)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.calibrate:
@@ -735,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         return 0
     duration = args.duration or (5.0 if args.quick else 20.0)
+    releases = {key: value for key, value in (("release", args.release), ("pod-release", args.pod_release))
+                if value is not None}
     load = args.load
     saved: dict = {}
     if args.from_raw:
@@ -747,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     policies = args.policy or list(lb_quality.KATYUSHA_POLICIES)
     if saved:
         policies = [p for p in policies if all(p in by_policy for by_policy in saved.values())]
-    report: dict = {"duration_s": duration, "load": load, "repeats": args.repeats, "sim": {}, "live": {},
+    report: dict = {"duration_s": duration, "load": load, "repeats": args.repeats, "releases": releases or "per run", "sim": {}, "live": {},
                     "p50_rel_err": {}, "p99_rel_err": {}, "same_ranking": {}, "modes": {}, "sim_modes": {},
                     "sim_spread": {}, "calibration": {}, "coldstart": None}
     raw: dict = {"duration_s": duration, "load": load, "scenarios": {}}
@@ -780,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
             save(lives)
             if args.live_only:
                 continue
-        result = compare(scenario, policies, rate, duration, lives)
+        result = compare(scenario, policies, rate, duration, lives, releases=releases)
         report["live"][scenario.name] = result["live"]
         report["sim"][scenario.name] = result["sim"]["idle"]
         report["sim_modes"][scenario.name] = result["sim"]

@@ -84,13 +84,14 @@ def test_release_estimate_finds_the_slot_time_no_timing_covers():
         free = admitted + 0.1 + 20.0 + 0.4
         rows.append([sent / 1000.0, queue + 20.1 + 1.0, 200, "pod-0", 0.0, queue, 0.0, 19.0, 18.5, 18.0,
                      20.0, 0.1])
-    release, windows = release_estimate(rows, window=10)
-    assert windows == 4 and abs(release - 0.4) < 1e-6
+    release, windows = release_estimate(rows, window=1)
+    assert windows == 40 and abs(release - 0.4) < 1e-6
     # A window is broken by a request that did not wait (the pod may have been idle before it).
     rows[15][5] = 0.0
-    assert release_estimate(rows, window=10)[1] == 3
-    # Under a light load no window qualifies.
-    assert release_estimate([row[:5] + [0.0] + row[6:] for row in rows], window=10) == (None, 0)
+    assert release_estimate(rows, window=1)[1] == 38
+    # Too few windows (a light load): no estimate.
+    assert release_estimate(rows, window=2) == (None, 19)
+    assert release_estimate([row[:5] + [0.0] + row[6:] for row in rows], window=1) == (None, 0)
 
 
 def test_pod_release_estimate_finds_the_time_nonna_holds_its_slot_between_two_requests():
@@ -104,7 +105,7 @@ def test_pod_release_estimate_finds_the_time_nonna_holds_its_slot_between_two_re
         free = start + 20.0 + 0.3
         rows.append([i / 1000.0, 1.0 + queue + 20.0, 200, "pod-0", 0.0, 0.0, queue, 20.0, 19.5, 19.0,
                      1.0 + queue + 20.0, 0.0])
-    release, windows = pod_release_estimate(rows, window=10)
-    assert windows == 4 and abs(release - 0.3) < 1e-6
+    release, windows = pod_release_estimate(rows, window=2)
+    assert windows == 21 and abs(release - 0.3) < 1e-6
     # With one replica nonna's queue stays empty: nothing to read.
-    assert pod_release_estimate([row[:6] + [0.0] + row[7:] for row in rows], window=10) == (None, 0)
+    assert pod_release_estimate([row[:6] + [0.0] + row[7:] for row in rows], window=2) == (None, 0)
