@@ -27,7 +27,12 @@ window edge, at the phase the live run is aligned to), in four modes:
 - ``run-trace``: the live arrivals, and the overheads of each live run read
   from its own requests (:func:`calibration`); the median over the runs;
 - ``run-replay``: as ``run-trace``, and each request's work is the service
-  time the live run's pod drew for it (:func:`live_work`), not a new draw.
+  time the live run's pod drew for it (:func:`live_work`), not a new draw;
+- ``run-release``: as ``run-replay``, and the slots are also held for the two
+  releases read from the run (:func:`release_estimate`: katyusha's work on a
+  response before it ends the request; :func:`pod_release_estimate`: nonna's
+  before it starts the next queued request), the scenario's
+  ``overhead.release`` and ``overhead.pod-release``.
 
 Each ``run-*`` simulation is also compared with its own live run (paired errors).
 
@@ -46,6 +51,11 @@ their spread, mean L1 and L2 waits, the slow pods' share), ``sim`` (the
 ``idle`` mode) and ``sim_modes`` (every mode), ``p50_rel_err``,
 ``p99_rel_err`` and ``same_ranking`` (the ``idle`` mode's: (simulated - live)
 / live), ``modes[scenario][mode]`` (the same per mode, and ``goal_met``),
+``same_ranking_ci`` (the ``idle`` mode's, by the tie rule: two policies whose
+live p99 95% bootstrap intervals overlap are a tie, and the simulation agrees
+unless it orders a pair that live does not tie the other way round; per mode
+``same_ranking_ci``, ``ranking_conflicts`` and ``goal_met_ci`` in ``modes``),
+``live_p99_ci95`` and ``live_ordered_pairs`` (the pairs live orders),
 ``sim_spread``, ``calibration`` (per run), ``utilisation`` (the load over the
 slots' capacity with the idle and the run's overheads), ``coldstart``
 (``sim``, ``live``, ``same_cold_starts``, ``first_response_rel_err``,
@@ -58,6 +68,7 @@ import argparse
 import asyncio
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -113,6 +124,9 @@ def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, durati
     }
     if overhead is not None:
         doc["overhead"] = {"hop": f"{overhead['hop']:.6f}ms", "pod": f"{overhead['pod']:.6f}ms"}
+        for key in ("release", "pod-release"):
+            if overhead.get(key):
+                doc["overhead"][key] = f"{overhead[key]:.6f}ms"
     return parse(doc)
 
 
@@ -237,12 +251,15 @@ def record(sample: loadgen.Sample) -> list:
 
 
 def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float,
-         repeats: int = 1, seed: int = 7) -> dict:
+         repeats: int = 1, seed: int = 7, first_round: int = 0, save=None) -> dict:
     """Every policy ``repeats`` times on one fleet, in rounds (the order rotated each round, as
-    lb_quality does), each run with the same arrivals (``seed``); every request recorded."""
+    lb_quality does; ``first_round``: rotated as that round, to split rounds over several
+    invocations), each run with the same arrivals (``seed``); every request recorded.
+    ``save(out)``, when given, is called after each run (a partial result survives a timeout)."""
     out: dict = {policy: [] for policy in policies}
+    began = time.monotonic()
     with lb_quality.fleet(scenario) as pods:
-        for round_ in range(repeats):
+        for round_ in range(first_round, first_round + repeats):
             shift = round_ % len(policies)
             for policy in policies[shift:] + policies[:shift]:
                 samples: list = []
@@ -252,13 +269,94 @@ def live(scenario: lb_quality.Scenario, policies: list[str], rate: float, durati
                     summary, _ = lb_quality.measure(urls, pods, rate, duration, 5.0, seed=seed, samples=samples)
                 out[policy].append({**{k: summary[k] for k in ("p50_ms", "p99_ms", "p999_ms", "errors",
                                                                "send_lag_ms")},
-                                    "per_pod": summary["per_pod"], "records": [record(x) for x in samples]})
-                print(f"  live {scenario.name:14s} {policy:16s} [{round_ + 1}/{repeats}] p50 {summary['p50_ms']:8.2f}  "
-                      f"p99 {summary['p99_ms']:8.2f}", flush=True)
+                                    "per_pod": summary["per_pod"], "records": [record(x) for x in samples],
+                                    # The machine's 1-minute load average as the run ended (others' jobs show).
+                                    "loadavg": round(os.getloadavg()[0], 2)})
+                print(f"  live {scenario.name:14s} {policy:16s} [{round_ + 1}/{first_round + repeats}] "
+                      f"p50 {summary['p50_ms']:8.2f}  p99 {summary['p99_ms']:8.2f}  "
+                      f"({time.monotonic() - began:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+                if save is not None:
+                    save(out)
     return out
 
 
-def calibration(records: list[list]) -> dict | None:
+def release_estimate(records: list[list], replicas: int = 1, min_wait_ms: float = 2.0,
+                     window: int = 50) -> tuple[float | None, int]:
+    """The time a pod's slot stays held after katyusha's timings end, per request (ms), and how many
+    windows the estimate stands on.
+
+    For one katyusha replica (the generator sends request ``i`` to replica ``i % replicas``) and
+    one pod, a window of ``window`` + 1 consecutive dispatches whose requests all waited in L1 (at
+    least ``min_wait_ms``) is a stretch in which the pod's slot was never free: each request was
+    let in when the one before it on that pod ended. The time from the window's first dispatch to
+    its last (on the generator's clock: the send time, its lag, the L1 wait and the wake) less
+    what katyusha's timings cover (each request's upstream time but the last's, each wake but the
+    first's), over ``window``, is the time per request between a response's head and the end of
+    the request (katyusha's own work on the response: the slot is freed only then) that no timing
+    shows. The median over the windows: a window's ends carry the client's hop to katyusha, which
+    is not known and jumps while the generator opens connections (the first window of a run is
+    often several ms a request over the rest). None when no window qualifies (a light load).
+    """
+    rows = [_row(r) for r in records]
+    by_slot: dict = {}
+    for index, r in enumerate(rows):
+        if r["status"] != 200 or None in (r["katyusha_queue_ms"], r["upstream_ms"]) or not r["pod"]:
+            continue
+        dispatch = r["sent_at"] * 1000.0 + r["lag_ms"] + r["katyusha_queue_ms"] + (r["wake_ms"] or 0.0)
+        by_slot.setdefault((index % replicas, r["pod"]), []).append((dispatch, r))
+    return _uncovered(by_slot, "katyusha_queue_ms", min_wait_ms, window,
+                      lambda chain: (sum(r["upstream_ms"] for _, r in chain[:-1])
+                                     + sum(r["wake_ms"] or 0.0 for _, r in chain[1:])))
+
+
+# Fewer windows than this (a light load) give no estimate: the few busy stretches of a light
+# load gave estimates several times those of a saturated run, and spread widely.
+MIN_WINDOWS = 20
+
+
+def _uncovered(groups: dict, wait: str, min_wait_ms: float, window: int, covered) -> tuple[float | None, int]:
+    """The median over windows of ``window`` + 1 consecutive (time, row) items of a group, each of
+    whose ``wait`` is at least ``min_wait_ms``, of (last time - first time - ``covered(window)``)
+    / ``window`` (None under :data:`MIN_WINDOWS` windows); and how many windows there were."""
+    gaps = []
+    for items in groups.values():
+        items.sort(key=lambda x: x[0])
+        chain: list = []
+        for item in [*items, None]:
+            if item is not None and item[1][wait] >= min_wait_ms:
+                chain.append(item)
+                if len(chain) == window + 1:
+                    gaps.append((chain[-1][0] - chain[0][0] - covered(chain)) / window)
+                    chain = [chain[-1]]
+                continue
+            chain = []
+    return (round(statistics.median(gaps), 4) if len(gaps) >= MIN_WINDOWS else None), len(gaps)
+
+
+def pod_release_estimate(records: list[list], min_wait_ms: float = 2.0, window: int = 50
+                         ) -> tuple[float | None, int]:
+    """As :func:`release_estimate`, on nonna's side: the time per request between the end of one
+    request's app timing and the start of the next one's on the same pod, while requests wait
+    in nonna's L2 queue (nonna writes the response, frees the slot, wakes the next request and
+    sends it to the app: the pod's slot is busy and no timing shows it). A request's start is
+    estimated on the generator's clock as its dispatch, half katyusha's round trip to nonna
+    (which is not known each way) and its L2 wait. Windows of ``window`` + 1 consecutive starts
+    on one pod (any replica's requests), every one of which waited at least ``min_wait_ms`` in
+    L2; the median over windows; None when none qualifies (L2 never queues with one replica)."""
+    rows = [_row(r) for r in records]
+    by_pod: dict = {}
+    for r in rows:
+        if (r["status"] != 200 or None in (r["katyusha_queue_ms"], r["upstream_ms"], r["nonna_queue_ms"],
+                                           r["app_ms"]) or not r["pod"]):
+            continue
+        dispatch = r["sent_at"] * 1000.0 + r["lag_ms"] + r["katyusha_queue_ms"] + (r["wake_ms"] or 0.0)
+        trip = r["upstream_ms"] - r["nonna_queue_ms"] - r["app_ms"]
+        by_pod.setdefault(r["pod"], []).append((dispatch + trip / 2 + r["nonna_queue_ms"], r))
+    return _uncovered(by_pod, "nonna_queue_ms", min_wait_ms, window,
+                      lambda chain: sum(r["app_ms"] for _, r in chain[:-1]))
+
+
+def calibration(records: list[list], replicas: int = 1) -> dict | None:
     """The overheads of one live run, from its own requests (answered ones with every timing).
 
     ``hop``: half the mean of katyusha's upstream time (dispatch to the pod's head, which
@@ -289,8 +387,13 @@ def calibration(records: list[list]) -> dict | None:
     else:
         trip, client = outside, [0.0]
     pod = [r["app_ms"] - r["target_ms"] for r in rows]
+    release, release_windows = release_estimate(records, replicas) if timed else (None, 0)
+    pod_release, pod_release_windows = pod_release_estimate(records) if timed else (None, 0)
     return {"requests": len(rows), "hop": round(mean(trip) / 2, 4), "pod": round(mean(pod), 4),
             "client": round(mean(client), 4),
+            # Only the run-release mode holds slots for it (release_estimate; none found: 0).
+            "release": max(0.0, release or 0.0), "release_windows": release_windows,
+            "pod-release": max(0.0, pod_release or 0.0), "pod_release_windows": pod_release_windows,
             "hop_median": round(med(trip) / 2, 4), "pod_median": round(med(pod), 4),
             "client_median": round(med(client), 4), "wake_ms": round(mean(wake), 4),
             "wake_queued_ms": round(mean([w for r, w in zip(rows, wake, strict=True) if r["katyusha_queue_ms"] > 0]
@@ -323,12 +426,34 @@ def live_figures(runs: list[dict], slow: set[str]) -> dict:
     return out
 
 
-def utilisation(scenario: lb_quality.Scenario, rate: float, hop_ms: float, pod_ms: float) -> float:
+def utilisation(scenario: lb_quality.Scenario, rate: float, hop_ms: float, pod_ms: float,
+                release_ms: float = 0.0) -> float:
     """``rate`` over the fleet's capacity when each request holds its pod's slot for its mean service
-    time plus ``pod_ms`` and a round trip of ``2 x hop_ms`` (slow windows not counted)."""
-    capacity = sum(1000.0 / (lb_quality.MEAN_SERVICE_S * 1000.0 / pod.speed + 2 * hop_ms + pod_ms)
+    time plus ``pod_ms``, a round trip of ``2 x hop_ms`` and ``release_ms`` (slow windows not counted)."""
+    capacity = sum(1000.0 / (lb_quality.MEAN_SERVICE_S * 1000.0 / pod.speed + 2 * hop_ms + pod_ms + release_ms)
                    for pod in scenario.pods)
     return round(rate / capacity, 4)
+
+
+def live_intervals(lives: dict, policies: list[str], q: float = 0.99) -> dict:
+    """Each policy's 95% bootstrap interval of its live runs' pooled ``q`` quantile (lb_quality's:
+    runs resampled, then the requests within each; a failed request counts at its latency)."""
+    return {p: list(lb_quality.bootstrap([[r[1] for r in run["records"]] for run in lives[p]], q))
+            for p in policies}
+
+
+def ranking_agrees(simulated: dict, intervals: dict) -> list[list[str]]:
+    """The pairs the simulation orders against live, by the tie rule: two policies whose live p99
+    intervals overlap are a tie (either order agrees); a pair whose intervals do not overlap is
+    ordered, and the simulation disagrees when its p99s put that pair the other way round
+    (equal simulated p99s do not disagree). Empty: the rankings agree. ``simulated``: policy -> p99."""
+    return [[a, b] for a in intervals for b in intervals
+            if intervals[a][1] < intervals[b][0] and simulated[a] > simulated[b]]
+
+
+def ordered_pairs(intervals: dict) -> list[list[str]]:
+    """The pairs live orders (intervals apart), the better policy first."""
+    return [[a, b] for a in intervals for b in intervals if intervals[a][1] < intervals[b][0]]
 
 
 def rel(a: float, b: float) -> float:
@@ -336,7 +461,7 @@ def rel(a: float, b: float) -> float:
 
 
 def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float, lives: dict,
-            seed: int = 7, sim_seeds: int = 5) -> dict:
+            seed: int = 7, sim_seeds: int = 5, releases: dict | None = None) -> dict:
     """Every simulated mode against the live runs of one scenario.
 
     ``idle``: the default overheads (measured idle), the simulator's own arrivals (seed 7; and
@@ -347,7 +472,7 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     slow = slow_pods(scenario)
     live_fig = {p: live_figures(lives[p], slow) for p in policies}
     trace = arrival_times(rate, duration, seed)
-    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}}
+    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
     spread: dict = {}
     calib: dict = {}
     for policy in policies:
@@ -355,10 +480,13 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
         seeds = [simulate(scenario, policy, rate, duration, seed=7 + k) for k in range(sim_seeds)]
         spread[policy] = {q: [r[f"{q}_ms"] for r in seeds] for q in ("p50", "p99")}
         modes["idle-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace)
-        calib[policy] = [calibration(run["records"]) for run in lives[policy]]
+        calib[policy] = [calibration(run["records"], scenario.replicas) for run in lives[policy]]
         runs = [(run, c) for run, c in zip(lives[policy], calib[policy], strict=True) if c]
-        for mode, replay in (("run-trace", False), ("run-replay", True)):
-            per_run = [simulate(scenario, policy, rate, duration, trace=trace, overhead=c,
+        for mode, replay, release in (("run-trace", False, False), ("run-replay", True, False),
+                                      ("run-release", True, True)):
+            per_run = [simulate(scenario, policy, rate, duration, trace=trace,
+                                overhead=({**c, **(releases or {})} if release
+                                          else {**c, "release": 0.0, "pod-release": 0.0}),
                                 work=live_work(scenario, run["records"], trace, duration) if replay else None)
                        for run, c in runs]
             if per_run:
@@ -373,19 +501,27 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
                                                           for r, (run, _) in zip(per_run, runs, strict=True)],
                                        "p99_paired_err": [rel(r["p99_ms"], run["p99_ms"])
                                                           for r, (run, _) in zip(per_run, runs, strict=True)]}
+    intervals = live_intervals(lives, policies)
+    for p in policies:
+        live_fig[p]["p99_ci95"] = intervals[p]
     errors: dict = {}
     for mode, sims in modes.items():
         if len(sims) < len(policies):
             continue
+        conflicts = ranking_agrees({p: sims[p]["p99_ms"] for p in policies}, intervals)
         errors[mode] = {
             "p50_rel_err": {p: rel(sims[p]["p50_ms"], live_fig[p]["p50_ms"]) for p in policies},
             "p99_rel_err": {p: rel(sims[p]["p99_ms"], live_fig[p]["p99_ms"]) for p in policies},
             "same_ranking": ranking(sims) == ranking(live_fig),
             "ranking": ranking(sims),
+            # By the tie rule (ranking_agrees): live ties by overlapping p99 intervals.
+            "same_ranking_ci": not conflicts,
+            "ranking_conflicts": conflicts,
         }
-        errors[mode]["goal_met"] = (all(abs(e) <= 0.15 for e in errors[mode]["p50_rel_err"].values())
-                                    and all(abs(e) <= 0.25 for e in errors[mode]["p99_rel_err"].values())
-                                    and errors[mode]["same_ranking"])
+        within = (all(abs(e) <= 0.15 for e in errors[mode]["p50_rel_err"].values())
+                  and all(abs(e) <= 0.25 for e in errors[mode]["p99_rel_err"].values()))
+        errors[mode]["goal_met"] = within and errors[mode]["same_ranking"]
+        errors[mode]["goal_met_ci"] = within and not conflicts
     defaults = sim_scenario(scenario, policies[0], rate, duration)
     cals = [c for runs in calib.values() for c in runs if c]
     load = {"nominal": round(rate / scenario.capacity_rps, 4),
@@ -393,9 +529,13 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     if cals:
         load["run_overheads"] = utilisation(scenario, rate, statistics.median(c["hop"] for c in cals),
                                             statistics.median(c["pod"] for c in cals))
+        load["run_overheads_release"] = utilisation(scenario, rate, statistics.median(c["hop"] for c in cals),
+                                                    statistics.median(c["pod"] for c in cals),
+                                                    statistics.median(c["release"] for c in cals))
     rounds = min(len(lives[p]) for p in policies)
     round_rankings = [ranking({p: lives[p][i] for p in policies}) for i in range(rounds)]
     return {"live": live_fig, "live_ranking": ranking(live_fig), "live_round_rankings": round_rankings,
+            "live_p99_ci95": intervals, "live_ordered_pairs": ordered_pairs(intervals),
             "sim": modes, "errors": errors,
             "sim_spread": spread, "calibration": calib, "utilisation": load}
 
@@ -520,7 +660,7 @@ def _pct(value: float | None) -> str:
 
 def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     live_fig, modes, errors = result["live"], result["sim"], result["errors"]
-    shown = [m for m in ("idle", "idle-trace", "run-trace", "run-replay") if m in errors]
+    shown = [m for m in ("idle", "idle-trace", "run-trace", "run-replay", "run-release") if m in errors]
     print(f"\n{name}: live = median of runs (spread = (max - min) / median); errors against it, per mode "
           f"({', '.join(shown)})")
     print(f"{'policy':16s} {'p50 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown)
@@ -531,7 +671,7 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
               + " ".join(f"{_pct(errors[m]['p50_rel_err'][p]):>10s}" for m in shown)
               + f" {lv['p99_ms']:9.1f} {lv['p99_spread']:6.0%} "
               + " ".join(f"{_pct(errors[m]['p99_rel_err'][p]):>10s}" for m in shown))
-    for mode in ("run-trace", "run-replay"):
+    for mode in ("run-trace", "run-replay", "run-release"):
         paired = modes.get(mode, {})
         if paired:
             print(f"{mode} paired with each live run (sim of the run's own overheads vs that run), p50 / p99 errors:")
@@ -549,14 +689,20 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     for index, order in enumerate(result["live_round_rankings"]):
         print(f"  live round {index + 1} alone: {order}")
     print(f"load on the slots' capacity (service + overheads): {result['utilisation']}")
+    print("live p99 95% intervals (pooled runs, bootstrap): "
+          + ", ".join(f"{p} {lo:.0f}-{hi:.0f}" for p, (lo, hi) in result["live_p99_ci95"].items()))
+    print(f"live orders {len(result['live_ordered_pairs'])} pairs (intervals apart): "
+          + ", ".join(f"{a} < {b}" for a, b in result["live_ordered_pairs"]))
     for m in shown:
         print(f"  {m:10s} ranking: {errors[m]['ranking']}  same: {errors[m]['same_ranking']}  "
-              f"goal met: {errors[m]['goal_met']}")
+              f"same with ties: {errors[m]['same_ranking_ci']} {errors[m]['ranking_conflicts'] or ''}  "
+              f"goal met: {errors[m]['goal_met']} (with ties: {errors[m]['goal_met_ci']})")
     print(f"{'policy':16s} {'L1 live':>8s} {'L1 sim':>8s} {'L2 live':>8s} {'L2 sim':>8s} {'slow live':>9s} "
-          f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s}"
-          f"   (ms means; sim: run-replay)")
+          f"{'slow sim':>9s} {'hop':>6s} {'pod':>6s} {'client':>6s} {'late':>6s} {'lag':>6s} {'release':>7s}"
+          f" {'pod-rel':>7s}"
+          f"   (ms means; sim: run-release)")
     for p in policies:
-        lv, sm = live_fig[p], modes["run-replay"].get(p) or modes["idle"][p]
+        lv, sm = live_fig[p], modes["run-release"].get(p) or modes["idle"][p]
         cal = [c for c in result["calibration"][p] if c]
 
         def med(key, cal=cal):
@@ -564,7 +710,8 @@ def print_scenario(name: str, result: dict, policies: list[str]) -> None:
         print(f"{p:16s} {lv.get('l1_wait_ms', float('nan')):8.2f} {sm['l1_wait_ms']:8.2f} "
               f"{lv.get('l2_wait_ms', float('nan')):8.2f} {sm['l2_wait_ms']:8.2f} "
               f"{lv.get('slow_share', float('nan')):9.3f} {sm['slow_share']:9.3f} {med('hop'):6.2f} {med('pod'):6.2f} "
-              f"{med('client'):6.2f} {med('lateness_ms'):6.2f} {med('lag_ms'):6.2f}")
+              f"{med('client'):6.2f} {med('lateness_ms'):6.2f} {med('lag_ms'):6.2f} {med('release'):7.3f} "
+              f"{med('pod-release'):7.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -578,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"lb_quality scenarios to compare (default: {', '.join(SCENARIOS)})")
     parser.add_argument("--repeats", type=int, default=1,
                         help="live runs per policy, in rounds, each with the same arrivals (default 1)")
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="rotate the policies' order as from this round (to split rounds over runs)")
     parser.add_argument("--raw", metavar="PATH", help="write every live request here (after each scenario)")
     parser.add_argument("--from-raw", metavar="PATH", nargs="+",
                         help="compare against the live runs of earlier --raw files (no processes started)")
@@ -587,6 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-coldstart", action="store_true", help="skip the cold-start comparison")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the live overheads (the scenario's overhead.hop and overhead.pod) and stop")
+    parser.add_argument("--release", type=float, metavar="MS",
+                        help="run-release: katyusha's release for every run (default: each run's estimate)")
+    parser.add_argument("--pod-release", type=float, metavar="MS",
+                        help="run-release: nonna's release for every run (default: each run's estimate)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.calibrate:
@@ -597,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         return 0
     duration = args.duration or (5.0 if args.quick else 20.0)
+    releases = {key: value for key, value in (("release", args.release), ("pod-release", args.pod_release))
+                if value is not None}
     load = args.load
     saved: dict = {}
     if args.from_raw:
@@ -609,7 +764,7 @@ def main(argv: list[str] | None = None) -> int:
     policies = args.policy or list(lb_quality.KATYUSHA_POLICIES)
     if saved:
         policies = [p for p in policies if all(p in by_policy for by_policy in saved.values())]
-    report: dict = {"duration_s": duration, "load": load, "repeats": args.repeats, "sim": {}, "live": {},
+    report: dict = {"duration_s": duration, "load": load, "repeats": args.repeats, "releases": releases or "per run", "sim": {}, "live": {},
                     "p50_rel_err": {}, "p99_rel_err": {}, "same_ranking": {}, "modes": {}, "sim_modes": {},
                     "sim_spread": {}, "calibration": {}, "coldstart": None}
     raw: dict = {"duration_s": duration, "load": load, "scenarios": {}}
@@ -632,13 +787,17 @@ def main(argv: list[str] | None = None) -> int:
         if saved:
             lives = saved[scenario.name]
         else:
-            lives = live(scenario, policies, rate, duration, args.repeats)
-            raw["scenarios"][scenario.name] = lives
-            if args.raw:
-                Path(args.raw).write_text(json.dumps(raw) + "\n")
+            def save(lives, name=scenario.name):
+                raw["scenarios"][name] = lives
+                if args.raw:
+                    Path(args.raw).write_text(json.dumps(raw) + "\n")
+
+            lives = live(scenario, policies, rate, duration, args.repeats, first_round=args.first_round,
+                         save=save)
+            save(lives)
             if args.live_only:
                 continue
-        result = compare(scenario, policies, rate, duration, lives)
+        result = compare(scenario, policies, rate, duration, lives, releases=releases)
         report["live"][scenario.name] = result["live"]
         report["sim"][scenario.name] = result["sim"]["idle"]
         report["sim_modes"][scenario.name] = result["sim"]
@@ -647,8 +806,10 @@ def main(argv: list[str] | None = None) -> int:
         report["calibration"][scenario.name] = result["calibration"]
         report.setdefault("utilisation", {})[scenario.name] = result["utilisation"]
         report.setdefault("live_round_rankings", {})[scenario.name] = result["live_round_rankings"]
-        for key in ("p50_rel_err", "p99_rel_err", "same_ranking"):
-            report[key][scenario.name] = result["errors"]["idle"][key]
+        report.setdefault("live_p99_ci95", {})[scenario.name] = result["live_p99_ci95"]
+        report.setdefault("live_ordered_pairs", {})[scenario.name] = result["live_ordered_pairs"]
+        for key in ("p50_rel_err", "p99_rel_err", "same_ranking", "same_ranking_ci"):
+            report.setdefault(key, {})[scenario.name] = result["errors"]["idle"][key]
         print_scenario(scenario.name, result, policies)
     if not args.no_coldstart and not args.from_raw and not args.live_only:
         if args.sim_only:

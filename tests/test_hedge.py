@@ -237,7 +237,7 @@ def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
             capacity.started(entry)
             entry.in_flight -= 1
             capacity.ended(entry)
-    assert capacity.slow == {slow}
+    assert list(capacity.slow) == [slow]
     slow.in_flight = 1
     capacity.started(slow)
     assert slow in capacity.full and slow not in capacity.open
@@ -249,7 +249,7 @@ def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
     slow.app_ewma_ms = 20.0
     slow.in_flight = 0
     capacity.ended(slow)
-    assert capacity.slow == set() and slow not in capacity.full and slow in capacity.open
+    assert not capacity.slow and slow not in capacity.full and slow in capacity.open
     slow.in_flight = 1
     capacity.started(slow)
     assert slow not in capacity.full

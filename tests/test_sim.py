@@ -168,6 +168,28 @@ def test_the_live_overheads_are_modelled_by_default_and_can_be_set():
     assert one(overhead={"hop": 0, "pod": 0})[3] == pytest.approx(0.010)
 
 
+def test_overhead_release_holds_the_slot_after_the_response_without_adding_to_its_latency():
+    # Two requests 1 ms apart on one pod of concurrency 1 (10 ms each, no other overhead): the
+    # second waits in L1 for the first's slot, which stays held 5 ms after its response came back.
+    def two(**overhead):
+        svc = {"name": "r", "pods": 1, "autoscale": False, "container-concurrency": 1,
+               "service-time": "const:10ms", "workload": {"kind": "trace", "times": [0.0, 0.001]}}
+        sim = Simulation(scenario([svc], duration=1, overhead={"hop": 0, "pod": 0, **overhead}))
+        summary = sim.run()
+        assert summary["services"]["r"]["completed"] == 2 and sim.unfinished == 0
+        # Each request's dispatch (t2) and latency.
+        return [x for row in sorted(sim.recorder.rows["requests"], key=lambda r: r[4]) for x in (row[5], row[8] - row[4])]
+
+    assert two() == pytest.approx([0.0, 0.010, 0.010, 0.019])
+    assert two(release="5ms") == pytest.approx([0.0, 0.010, 0.015, 0.024])
+    # The pod's own: its response leaves at once, its slot is free only later. With a 2 ms hop each
+    # way, katyusha's next request reaches the pod 4 ms after the response left: a release under
+    # that costs nothing, a longer one makes the request wait for the slot.
+    assert two(hop="2ms") == pytest.approx([0.0, 0.014, 0.014, 0.027])
+    assert two(hop="2ms", **{"pod-release": "3ms"}) == pytest.approx([0.0, 0.014, 0.014, 0.027])
+    assert two(hop="2ms", **{"pod-release": "5ms"}) == pytest.approx([0.0, 0.014, 0.014, 0.028])
+
+
 # -- the same picks live and simulated --------------------------------------------------------------------
 
 
@@ -288,6 +310,8 @@ def test_to_warmdisk_on_another_node_only_from_null():
      "regions.latency[0].one-way"),
     (lambda d: d.update({"overhead": {"hop": "soon"}}), "overhead.hop"),
     (lambda d: d.update({"overhead": {"pod": "-1ms"}}), "overhead.pod"),
+    (lambda d: d.update({"overhead": {"release": "-1ms"}}), "overhead.release"),
+    (lambda d: d.update({"overhead": {"pod-release": "soon"}}), "overhead.pod-release"),
     (lambda d: d.update({"overhead": {"dispatch": "1ms"}}), "overhead.dispatch"),
 ])
 def test_a_bad_scenario_names_its_field(change, field):

@@ -7,7 +7,11 @@ from benchmarks.sim_vs_live import (
     RECORD,
     arrival_times,
     calibration,
+    ordered_pairs,
+    pod_release_estimate,
+    ranking_agrees,
     record,
+    release_estimate,
     sim_scenario,
     simulate,
 )
@@ -57,3 +61,51 @@ def test_calibration_reads_the_overheads_back_from_the_requests_and_the_simulati
     loaded = simulate(scenario, "round-robin", rate, 3.0, overhead=figures)
     assert loaded["l1_wait_ms"] > 3 * idle["l1_wait_ms"]
     assert loaded["p50_ms"] > idle["p50_ms"] + 2 * 1.5 + 2.0 + 4.0
+
+
+def test_ranking_ties_policies_whose_live_intervals_overlap():
+    # a and b overlap (a tie), c is apart from both: only a pair with c is ordered.
+    intervals = {"a": [100, 130], "b": [120, 150], "c": [200, 260]}
+    assert ordered_pairs(intervals) == [["a", "c"], ["b", "c"]]
+    assert ranking_agrees({"a": 140, "b": 110, "c": 300}, intervals) == []  # a tie swapped: agrees
+    assert ranking_agrees({"a": 100, "b": 210, "c": 200}, intervals) == [["b", "c"]]
+    assert ranking_agrees({"a": 150, "b": 150, "c": 150}, intervals) == []  # equal: not the other way
+
+
+def test_release_estimate_finds_the_slot_time_no_timing_covers():
+    # One pod, every request queued in L1: each admitted 0.4 ms after the one before it ended
+    # (its head), a time katyusha's timings do not show. Request i is sent at i ms (no lag),
+    # waits in L1 until the pod frees, is woken in 0.1 ms, and takes 20 ms upstream.
+    rows, free = [], 0.0
+    for i in range(41):
+        sent = float(i)
+        admitted = max(free, sent + 5.0)
+        queue = admitted - sent
+        free = admitted + 0.1 + 20.0 + 0.4
+        rows.append([sent / 1000.0, queue + 20.1 + 1.0, 200, "pod-0", 0.0, queue, 0.0, 19.0, 18.5, 18.0,
+                     20.0, 0.1])
+    release, windows = release_estimate(rows, window=1)
+    assert windows == 40 and abs(release - 0.4) < 1e-6
+    # A window is broken by a request that did not wait (the pod may have been idle before it).
+    rows[15][5] = 0.0
+    assert release_estimate(rows, window=1)[1] == 38
+    # Too few windows (a light load): no estimate.
+    assert release_estimate(rows, window=2) == (None, 19)
+    assert release_estimate([row[:5] + [0.0] + row[6:] for row in rows], window=1) == (None, 0)
+
+
+def test_pod_release_estimate_finds_the_time_nonna_holds_its_slot_between_two_requests():
+    # One pod, requests 1 ms apart, 0.5 ms each way to nonna, 20 ms in the app: they queue in L2,
+    # and nonna starts each 0.3 ms after the one before it ended.
+    rows, free = [], 0.0
+    for i in range(45):
+        arrive = i + 0.5
+        start = max(arrive, free)
+        queue = start - arrive
+        free = start + 20.0 + 0.3
+        rows.append([i / 1000.0, 1.0 + queue + 20.0, 200, "pod-0", 0.0, 0.0, queue, 20.0, 19.5, 19.0,
+                     1.0 + queue + 20.0, 0.0])
+    release, windows = pod_release_estimate(rows, window=2)
+    assert windows == 21 and abs(release - 0.3) < 1e-6
+    # With one replica nonna's queue stays empty: nothing to read.
+    assert pod_release_estimate([row[:6] + [0.0] + row[7:] for row in rows], window=2) == (None, 0)

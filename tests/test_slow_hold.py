@@ -81,7 +81,7 @@ def test_a_slow_pod_is_held_while_the_queue_is_short_and_takes_requests_beyond_i
     now = warm(service, 0.0)
     capacity = service.capacity
     slow = service.table.get("pod-0")
-    assert capacity.slow == {slow}
+    assert list(capacity.slow) == [slow]
     # Break-even: 3 other slots x (4 - 1) = 9 requests may wait before pod-0 is worth it.
     assert capacity.thresholds[slow] == pytest.approx(9.0)
     running = fill_fast_pods(service, now)

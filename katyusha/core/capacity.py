@@ -84,8 +84,11 @@ class PodCapacity:
         # Set when a report changed a capacity: the owner calls rebuild().
         self.stale = False
         # Pods held to their capacity without the extra (see SLOW_RATIO), the
-        # median app time they are judged against, and ends until it is recomputed.
-        self.slow: set[PodEntry] = set()
+        # median app time they are judged against, and ends until it is recomputed. An ordered
+        # set (a dict's keys), visited in the order the pods became slow: review() opens released
+        # pods in that order, and a set's order would follow their addresses, so the same events
+        # could make different picks in another process or after other work in the same one.
+        self.slow: dict[PodEntry, None] = {}
         self.median_app_ms: float | None = None
         self._ends_to_median = 0
         # Slow pods held out (room 0), the queue length each is held up to, when a held one
@@ -125,10 +128,10 @@ class PodCapacity:
                 if cap is not None:
                     caps[entry] = cap
         self.caps = caps
-        self.slow &= caps.keys()
+        self.slow = {entry: None for entry in self.slow if entry in caps}
         self._ready = set(ready)
         # A held pod that left the ready set is no longer held (its slots are not in the total).
-        self.held &= self.slow
+        self.held.intersection_update(self.slow)
         self.held &= self._ready
         total: int | None = 0
         for entry in ready:
@@ -187,7 +190,7 @@ class PodCapacity:
         if slow == (entry in self.slow):
             return
         if slow:
-            self.slow.add(entry)
+            self.slow[entry] = None
             if entry.in_flight >= self.caps[entry] - self.extra:
                 self._close(entry)
         else:
@@ -196,7 +199,7 @@ class PodCapacity:
                 # these back (without it the limit stays short of the pods' room).
                 self._release(entry)
                 self.stale = True
-            self.slow.discard(entry)
+            del self.slow[entry]
         if self.hold:
             self._thresholds()
 

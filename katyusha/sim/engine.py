@@ -243,6 +243,8 @@ class Simulation:
                 # The regions' latency plus the per-hop overhead (docs/simulator.md, "Overheads").
                 self.latency[(a, b)] = scenario.one_way(a, b) + scenario.hop_s
         self.pod_overhead = scenario.pod_overhead_s
+        self.release = scenario.release_s
+        self.pod_release = scenario.pod_release_s
         if scenario.scheduler == "flow":
             self.scheduler = FlowScheduler()
         else:
@@ -427,9 +429,20 @@ class Simulation:
         sidecar = pod.sidecar
         ticket = request.l2
         report = sidecar.head(ticket, now)
+        if self.pod_release:
+            # The response leaves now; the pod's slot is freed a little later (overhead.pod-release).
+            self._respond(request, report, 200, None)
+            self.env.at(now + self.pod_release, self._free_slot, (pod, ticket))
+            return
         woken = sidecar.finish(ticket, now)
         self._respond(request, report, 200, None)
         for other in woken:
+            self._serve(pod, other)
+
+    def _free_slot(self, held: tuple) -> None:
+        """``overhead.pod-release`` after a response left its pod: the slot is free for the next."""
+        pod, ticket = held
+        for other in pod.sidecar.finish(ticket, self.env.now):
             self._serve(pod, other)
 
     def _respond(self, request: Request, report, status: int, error: str | None) -> None:
@@ -448,13 +461,24 @@ class Simulation:
         now = self.env.now
         handle = request.handle
         handle.on_head(now, request.feedback, request.status, request.error)
-        admitted = handle.done(now)
         if self.journal is not None:
             self.journal.append(("head", request.number, now, request.feedback, request.status, request.error))
-        self.open -= 1
         drop = None if request.status == 200 else ("l2-full" if request.error == QUEUE_FULL else "l2-timeout")
+        if self.release:
+            # The request's latency ends here; its pod's slot is held a little longer (overhead.release).
+            self._record(request, request.status, drop)
+            self.env.at(now + self.release, self._release, handle)
+            return
+        admitted = handle.done(now)
+        self.open -= 1
         self._record(request, request.status, drop)
         for ticket in admitted:
+            self._dispatch(ticket)
+
+    def _release(self, handle) -> None:
+        """``overhead.release`` after a response reached katyusha: the request ends, its slot is free."""
+        self.open -= 1
+        for ticket in handle.done(self.env.now):
             self._dispatch(ticket)
 
     def _record(self, request: Request, status: int, drop: str | None) -> None:

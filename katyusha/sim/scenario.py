@@ -150,6 +150,8 @@ class Scenario:
     record_requests: bool = True
     hop_s: float = HOP_S  # one way between katyusha and a pod, each way, on top of the regions' latency
     pod_overhead_s: float = POD_OVERHEAD_S  # per request in a pod beyond its service time, slot held
+    release_s: float = 0.0  # katyusha holds the pod's slot this long after the response reached it
+    pod_release_s: float = 0.0  # the pod (nonna) frees its slot this long after the response left it
     base: Path | None = None
 
     def proxy_config(self, settings: Mapping[str, Any] | None = None):
@@ -207,7 +209,7 @@ _KATYUSHA = {"replicas", "region", "settings"}
 _SIM_AUTOSCALER = {"enabled", "retire-to"}
 _PLACEMENT = {"scheduler"}
 _RECORD = {"interval", "requests"}
-_OVERHEAD = {"hop", "pod"}
+_OVERHEAD = {"hop", "pod", "release", "pod-release"}
 
 
 def load(path: str | Path, *, seed: int | None = None) -> Scenario:
@@ -287,6 +289,8 @@ def parse(document: Any, *, base: Path | None = None, seed: int | None = None) -
     overhead = mapping(top.get("overhead"), "overhead", _OVERHEAD)
     values["hop_s"] = _duration(overhead.get("hop", HOP_S), "overhead.hop")
     values["pod_overhead_s"] = _duration(overhead.get("pod", POD_OVERHEAD_S), "overhead.pod")
+    values["release_s"] = _duration(overhead.get("release", 0), "overhead.release")
+    values["pod_release_s"] = _duration(overhead.get("pod-release", 0), "overhead.pod-release")
     scenario = Scenario(**values)
     # Validate the settings now, so a bad key fails before the run, naming its path.
     scenario.proxy_config()
