@@ -5,7 +5,10 @@ L2 wait (in nonna's queue, from ``Server-Timing``), app time and end-to-end
 latency. Samples (one tuple each) go into rings of at most ``capacity``, one
 per pod, one per node and one for the whole fleet, so recording is one list
 store per ring and memory is bounded by ``capacity`` samples per key and
-``max_keys`` keys. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
+``max_keys`` keys. A response's sample is put aside as given, and the samples
+put aside are written to their rings (checked, then three writes each) in a
+batch, by a summary or every ``_BATCH`` responses: recording costs the
+response path one append. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from katyusha.core.errors import ConfigError
 METRICS = ("l1_wait_ms", "l2_wait_ms", "app_ms", "latency_ms")
 FLEET = "*"
 _INF = math.inf
+# Samples kept aside before they are written to the rings (fewer when the rings are smaller):
+# a summary, or this many more responses, writes them.
+_BATCH = 256
 
 
 class _Ring:
@@ -92,6 +98,9 @@ class ResponsePool:
         self.capacity = capacity
         self.max_keys = max_keys
         self.recorded_total = 0
+        # Samples recorded and not yet in the rings: at most _batch of them.
+        self._pending: list[tuple] = []
+        self._batch = min(capacity, _BATCH)
         self._pods: dict[str, _Ring] = {}
         self._nodes: dict[str, _Ring] = {}
         self._fleet = _Ring(capacity)
@@ -109,39 +118,53 @@ class ResponsePool:
         status: int,
     ) -> None:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
-        # _clean's common case (a finite float >= 0) inline: this runs once per response.
-        sample = (now,
-                  l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else (
-                  None if l1_wait_ms is None else _clean(l1_wait_ms)),
-                  l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else (
-                  None if l2_wait_ms is None else _clean(l2_wait_ms)),
-                  app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else (
-                  None if app_ms is None else _clean(app_ms)),
-                  latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else (
-                  None if latency_ms is None else _clean(latency_ms)),
-                  status)
+        # Kept as given and written to the rings later, a batch at a time (see _flush): the
+        # response path pays one append, not three ring writes and the checks.
         self.recorded_total += 1
-        pod_ring = self._pods.get(pod)
-        if pod_ring is None:
-            pod_ring = self._ring(self._pods, pod)
-        if node:
-            node_ring = self._nodes.get(node)
-            if node_ring is None:
-                node_ring = self._ring(self._nodes, node)
-            rings = (self._fleet, pod_ring, node_ring)
-        else:
-            rings = (self._fleet, pod_ring)
-        for ring in rings:  # each ring: append until full, then overwrite the oldest
-            samples = ring.samples
-            if len(samples) < ring.capacity:
-                samples.append(sample)
+        pending = self._pending
+        pending.append((now, l1_wait_ms, l2_wait_ms, app_ms, latency_ms, status, pod, node))
+        if len(pending) >= self._batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending samples to their rings, in the order they were recorded."""
+        pending, self._pending = self._pending, []
+        pods = self._pods
+        nodes = self._nodes
+        fleet = self._fleet
+        for now, l1_wait_ms, l2_wait_ms, app_ms, latency_ms, status, pod, node in pending:
+            # _clean's common case (a finite float >= 0) inline: this runs once per response.
+            sample = (now,
+                      l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else (
+                      None if l1_wait_ms is None else _clean(l1_wait_ms)),
+                      l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else (
+                      None if l2_wait_ms is None else _clean(l2_wait_ms)),
+                      app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else (
+                      None if app_ms is None else _clean(app_ms)),
+                      latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else (
+                      None if latency_ms is None else _clean(latency_ms)),
+                      status)
+            pod_ring = pods.get(pod)
+            if pod_ring is None:
+                pod_ring = self._ring(pods, pod)
+            if node:
+                node_ring = nodes.get(node)
+                if node_ring is None:
+                    node_ring = self._ring(nodes, node)
+                rings = (fleet, pod_ring, node_ring)
             else:
-                position = ring.pos
-                samples[position] = sample
-                position += 1
-                ring.pos = 0 if position == ring.capacity else position
-            if now > ring.last:
-                ring.last = now
+                rings = (fleet, pod_ring)
+            for ring in rings:  # each ring: append until full, then overwrite the oldest
+                samples = ring.samples
+                if len(samples) < ring.capacity:
+                    samples.append(sample)
+                else:
+                    position = ring.pos
+                    samples[position] = sample
+                    position += 1
+                    ring.pos = 0 if position == ring.capacity else position
+                if now > ring.last:
+                    ring.last = now
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)
@@ -160,6 +183,8 @@ class ResponsePool:
         {"count", "mean", "p50", "p99"}}``. Keys with no sample in the window
         are dropped from the pool.
         """
+        if self._pending:
+            self._flush()
         since = now - self.window_s
         result = {"window_s": self.window_s, "fleet": self._fleet.summary(since)}
         for label, rings in (("pods", self._pods), ("nodes", self._nodes)):
