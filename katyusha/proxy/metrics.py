@@ -78,6 +78,17 @@ class ProxyStats:
         index = sketch_index(seconds)
         sketch[index] = sketch.get(index, 0) + 1
 
+    def answered(self, pod: str, status: int, seconds: float, l1_wait: float) -> None:
+        """A pod's whole response went to the client: ``l1_wait.observe(l1_wait)``,
+        :meth:`upstream` and :meth:`response` in one call (the fast path's, once per request)."""
+        wait = self.l1_wait
+        wait.counts[bisect_left(wait.bounds, l1_wait)] += 1
+        wait.total += l1_wait
+        wait.count += 1
+        self.upstream(pod, seconds)
+        key = (status, pod)
+        self.responses[key] = self.responses.get(key, 0) + 1
+
     def take_recent_latency(self) -> dict[str, dict[int, int]]:
         """The per-pod latency sketches since the last call, which starts new ones."""
         taken, self.recent_latency = self.recent_latency, {}

@@ -446,9 +446,8 @@ class Simulation:
 
     def _at_katyusha(self, request: Request) -> None:
         now = self.env.now
-        handle = request.handle
-        handle.on_head(now, request.feedback, request.status, request.error)
-        admitted = handle.done(now)
+        admitted = request.front.balancer.complete(request.handle, now, request.feedback, request.status,
+                                                   request.error)
         if self.journal is not None:
             self.journal.append(("head", request.number, now, request.feedback, request.status, request.error))
         self.open -= 1
