@@ -27,7 +27,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 _REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 _ANSWER = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 10:00:00 GMT\r\n"
@@ -184,7 +183,7 @@ def _print(name: str, figures: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import plots
+    from benchmarks.calls_per_request import write_beside
     from benchmarks.overhead import checkout
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bytecodes_per_request",
@@ -201,14 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         with checkout(args.against) as tree:
             versions[args.against] = count(tree, args.requests, args.top)
         _print(args.against, versions[args.against])
-    out = {"versions": versions, "against": args.against,
-           "ratio_bytecodes": (round(versions["this tree"]["bytecodes"] / versions[args.against]["bytecodes"], 3)
-                               if args.against else None)}
-    if args.against:
-        print(f"ratio this tree / {args.against}: {out['ratio_bytecodes']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    plots.write("bytecodes_per_request", out, args.json)
+    write_beside("bytecodes_per_request", versions, args.against, "bytecodes", args.json)
     return 0
 
 
