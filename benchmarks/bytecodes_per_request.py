@@ -183,6 +183,7 @@ def _print(name: str, figures: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import plots
     from benchmarks.calls_per_request import write_beside
     from benchmarks.overhead import checkout
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         with checkout(args.against) as tree:
             versions[args.against] = count(tree, args.requests, args.top)
         _print(args.against, versions[args.against])
-    write_beside("bytecodes_per_request", versions, args.against, "bytecodes", args.json)
+    plots.write("bytecodes_per_request", write_beside(versions, args.against, "bytecodes", args.json), args.json)
     return 0
 
 
