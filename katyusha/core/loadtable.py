@@ -295,7 +295,8 @@ class LoadTable:
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None
     ) -> None:
         """A request to ``entry`` ended with its response: :meth:`record_response` and :meth:`on_end`."""
-        self.record_response(entry, now, latency_s, feedback, ended=True)
+        self.record_response(entry, now, latency_s, feedback)
+        self.on_end(entry)
 
     def on_failure(self, entry: PodEntry, now: float) -> None:
         """A request to ``entry`` ended with no response: :meth:`record_failure` and :meth:`on_end`."""
