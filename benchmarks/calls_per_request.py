@@ -117,15 +117,21 @@ def main(argv: list[str] | None = None) -> int:
             with checkout(args.against) as tree:
                 versions[args.against] = theirs = count_calls(backend.url, tree, args.connections, args.requests)
             print(f"{args.against}: {theirs['python_calls']} Python calls a request ({theirs['all_calls']} with built-ins)")
-    out = {"versions": versions, "against": args.against,
-           "ratio_python_calls": (round(mine["python_calls"] / versions[args.against]["python_calls"], 3)
-                                  if args.against else None)}
-    if args.against:
-        print(f"ratio this tree / {args.against}: {out['ratio_python_calls']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    plots.write("calls_per_request", out, args.json)
+    plots.write("calls_per_request", write_beside(versions, args.against, "python_calls", args.json), args.json)
     return 0
+
+
+def write_beside(versions: dict, against: str | None, key: str, json_path: str | None) -> dict:
+    """The JSON of a count of this tree beside REF's: ``versions``, ``against`` and
+    ``ratio_<key>`` (this tree's over REF's, printed); written to ``json_path`` when given."""
+    out = {"versions": versions, "against": against,
+           f"ratio_{key}": (round(versions["this tree"][key] / versions[against][key], 3)
+                            if against else None)}
+    if against:
+        print(f"ratio this tree / {against}: {out[f'ratio_{key}']}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 if __name__ == "__main__":

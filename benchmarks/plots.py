@@ -278,6 +278,14 @@ def _calls_per_request(doc: dict, at: Path) -> list:
                  title="calls per body-less request (cProfile, one katyusha worker)", ylabel="calls per request")]
 
 
+@plotter("bytecodes_per_request")
+def _bytecodes_per_request(doc: dict, at: Path) -> list:
+    versions = doc["versions"]
+    return [bars(beside(at, "bytecodes"), {"bytecodes": {v: d["bytecodes"] for v, d in versions.items()}},
+                 title="Python bytecodes per body-less request (fast path, in process)",
+                 ylabel="bytecodes per request")]
+
+
 @plotter("forward_micro")
 def _forward_micro(doc: dict, at: Path) -> list:
     systems = doc["systems"]

@@ -19,7 +19,8 @@ from katyusha.core.policies import DEFAULT_POLICY, POLICY_NAMES
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every benchmark with a command line.
 RUNNABLE = ("overhead", "lb_quality", "tail_model", "policy_micro", "coldstart", "placement",
-            "forward_micro", "loadgen", "dropin", "chaos", "batch", "calls_per_request")
+            "forward_micro", "loadgen", "dropin", "chaos", "batch", "calls_per_request",
+            "bytecodes_per_request")
 # Benchmarks that start processes with helpers from the checkout's tests/ (not installed).
 USING_TESTS = ("dropin", "chaos", "batch")
 
@@ -136,3 +137,13 @@ def test_overhead_body_runs_watch_memory_for_the_whole_transfer():
     finally:
         grower.kill()
         grower.wait()
+
+
+def test_bytecodes_per_request_counts_the_whole_fast_path():
+    from benchmarks.bytecodes_per_request import count
+
+    figures = count(None, 50, 3)
+    # Parse, route, admit, pick, the pod's head, the answer and the end: thousands of
+    # bytecodes in tens of frames, every request answered on the fast path (count checks).
+    assert 1000 < figures["bytecodes"] < 20000 and 20 < figures["frames"] < 400
+    assert len(figures["top"]) == 3 and figures["us_min"] > 0

@@ -580,3 +580,16 @@ def test_what_the_index_relies_on_from_the_load_table():
     table.remove_listener(heard.append)
     table.on_dispatch(entry, 3.0)
     assert len(heard) == 7  # removed: the dispatch at 3.0 is not heard
+
+
+def test_a_response_that_ends_its_request_is_heard_once_with_both_changes():
+    table = LoadTable(stale_after_s=2.0)
+    entry = table.upsert("p", "http://p")
+    seen = []
+    table.add_listener(lambda e: seen.append((e.in_flight, e.latency_ewma_ms)))
+    table.on_dispatch(entry, 0.0)
+    table.record_response(entry, 0.5, 0.01, None, ended=True)
+    # The dispatch, then one notice after the head and the end (what the index reads is current).
+    assert seen == [(1, None), (0, 10.0)] and entry.in_flight == 0
+    table.record_response(entry, 0.6, 0.01, None, ended=True)  # nothing in flight: never below zero
+    assert entry.in_flight == 0 and len(seen) == 3

@@ -3,9 +3,11 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from katyusha.core.errors import ConfigError
-from katyusha.core.responsepool import ResponsePool, quantile
+from katyusha.core.responsepool import METRICS, ResponsePool, _clean, describe, quantile
 
 
 def rec(pool, pod, node, now, value, status=200, **over):
@@ -82,3 +84,80 @@ def test_bad_settings_raise_config_error():
         with pytest.raises(ConfigError) as err:
             ResponsePool(**kwargs)
         assert err.value.key == key
+
+
+class _OneAtATime:
+    """The pool as it was written before samples were put aside: each response checked and
+    written to its rings at once (reference for the batched pool)."""
+
+    def __init__(self, window_s: float, capacity: int, max_keys: int):
+        self.window_s, self.capacity, self.max_keys = window_s, capacity, max_keys
+        self.pods: dict = {}
+        self.nodes: dict = {}
+        self.fleet = ([], [-float("inf")])
+
+    def _ring(self, rings: dict, key: str):
+        if key not in rings:
+            if len(rings) >= self.max_keys:
+                del rings[min(rings, key=lambda k: rings[k][1][0])]
+            rings[key] = ([], [-float("inf")])
+        return rings[key]
+
+    def record(self, pod, node, now, *, l1_wait_ms, l2_wait_ms, app_ms, latency_ms, status):
+        clean = [_clean(v) for v in (l1_wait_ms, l2_wait_ms, app_ms, latency_ms)]
+        sample = (now, *clean, status)
+        rings = [self.fleet, self._ring(self.pods, pod)]
+        if node:
+            rings.append(self._ring(self.nodes, node))
+        for samples, last in rings:
+            samples.append(sample)
+            del samples[:-self.capacity]
+            last[0] = max(last[0], now)
+
+    def summary(self, now: float) -> dict:
+        since = now - self.window_s
+
+        def stats(samples):
+            live = [s for s in samples if s[0] >= since]
+            out = {"count": len(live), "errors": sum(1 for s in live if s[5] >= 500)}
+            for index, metric in enumerate(METRICS, start=1):
+                out[metric] = describe([s[index] for s in live if s[index] is not None])
+            return out
+
+        result = {"window_s": float(self.window_s), "fleet": stats(self.fleet[0])}
+        for label, rings in (("pods", self.pods), ("nodes", self.nodes)):
+            out = {}
+            for key in list(rings):
+                got = stats(rings[key][0])
+                if got["count"]:
+                    out[key] = got
+                else:
+                    del rings[key]
+            result[label] = out
+        return result
+
+
+_TIMING = st.one_of(st.none(), st.floats(-5, 500), st.integers(-5, 500), st.just(float("nan")),
+                    st.just(float("inf")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(capacity=st.integers(1, 40), max_keys=st.integers(1, 4), steps=st.lists(st.one_of(
+    st.tuples(st.sampled_from(["a", "b", "c", "d", "e"]), st.sampled_from(["", "n1", "n2", "n3"]),
+              st.floats(0, 5), _TIMING, _TIMING, _TIMING, _TIMING, st.sampled_from([200, 404, 503])),
+    st.just("summary")), max_size=300))
+def test_batched_pool_answers_as_one_sample_at_a_time(capacity, max_keys, steps):
+    pool = ResponsePool(window_s=3.0, capacity=capacity, max_keys=max_keys)
+    reference = _OneAtATime(3.0, capacity, max_keys)
+    now = 0.0
+    for step in steps:
+        if step == "summary":
+            assert json.dumps(pool.summary(now)) == json.dumps(reference.summary(now))
+            continue
+        pod, node, advance, l1, l2, app, latency, status = step
+        now += advance
+        for target in (pool, reference):
+            target.record(pod, node, now, l1_wait_ms=l1, l2_wait_ms=l2, app_ms=app, latency_ms=latency,
+                          status=status)
+    assert pool.recorded_total == sum(1 for step in steps if step != "summary")
+    assert json.dumps(pool.summary(now)) == json.dumps(reference.summary(now))

@@ -142,3 +142,141 @@ class ServiceMachine(RuleBasedStateMachine):
 
 TestServiceMachine = ServiceMachine.TestCase
 TestServiceMachine.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+class CompleteTwins(RuleBasedStateMachine):
+    """Two balancers fed the same calls, except that a whole response is ``complete`` on one
+    and ``on_head`` then ``end`` on the other: every answer and every view stays the same."""
+
+    policy = "jsq-piggyback"
+
+    def __init__(self):
+        super().__init__()
+        self.idle: tuple[list, list] = ([], [])
+        self.twins = tuple(ServiceBalancer(
+            ServiceSettings(policy=self.policy, l1_limit=4, queue_length=8, request_timeout=5.0,
+                            retries=1, slow_hold=0.5),
+            rng=random.Random(5), on_idle=idle.append) for idle in self.idle)
+        self.now = 0.0
+        self.tickets: list[tuple] = []
+        self.handles: list[tuple] = []
+        for s in self.twins:
+            s.change_pods(PodChange(upsert=tuple(
+                PodSpec(n, f"http://127.0.0.1:{9000 + i}", f"node-{i % 2}", None, 2)
+                for i, n in enumerate(NAMES[:3]))), 0.0)
+
+    def _tick(self) -> float:
+        self.now += 0.01
+        return self.now
+
+    def _same(self, answers) -> None:
+        a, b = answers
+        assert [self.index(t) for t in a] == [self.index(t) for t in b]
+
+    def index(self, ticket) -> int:
+        for i, pair in enumerate(self.tickets):
+            if ticket in pair:
+                return i
+        raise AssertionError("an unknown ticket")
+
+    @rule()
+    def offer(self):
+        now = self._tick()
+        pair = []
+        for s in self.twins:
+            try:
+                pair.append(s.offer(now))
+            except QueueFull:
+                pair.append(None)
+        assert (pair[0] is None) == (pair[1] is None)
+        if pair[0] is not None:
+            self.tickets.append(tuple(pair))
+
+    @precondition(lambda self: self.tickets)
+    @rule(data=st.data())
+    def dispatch(self, data):
+        pair = data.draw(st.sampled_from(self.tickets))
+        if pair[0].state is not ADMITTED or (pair[0].dispatch is not None and not pair[0].dispatch.ended):
+            return
+        now = self._tick()
+        handles = tuple(s.dispatch(t, now) for s, t in zip(self.twins, pair, strict=True))
+        assert (handles[0] is None) == (handles[1] is None)
+        if handles[0] is not None:
+            assert handles[0].entry.name == handles[1].entry.name
+            self.handles.append(handles)
+
+    @precondition(lambda self: self.handles)
+    @rule(data=st.data(), queue=st.integers(0, 3), app_ms=st.sampled_from([None, 1.0, 40.0]),
+          status=st.sampled_from([200, 404, 500, 503]), early=st.booleans(), report=st.booleans())
+    def whole_response(self, data, queue, app_ms, status, early, report):
+        open_ = [pair for pair in self.handles if not pair[0].ended]
+        a, b = data.draw(st.sampled_from(open_ or self.handles))
+        if early:  # a head already seen: complete falls back to the two calls
+            now = self._tick()
+            a.on_head(now, None, 200)
+            b.on_head(now, None, 200)
+        now = self._tick()
+        feedback = Feedback(queue, 1, 2, 0.5, app_ms, None, None) if report else None
+        admitted_a = a.service.complete(a, now, feedback, status)
+        b.on_head(now, feedback, status)
+        admitted_b = b.service.end(b.ticket, now)
+        self._same((admitted_a, admitted_b))
+
+    @precondition(lambda self: self.handles)
+    @rule(data=st.data(), retryable=st.booleans())
+    def failure(self, data, retryable):
+        now = self._tick()
+        a, b = data.draw(st.sampled_from(self.handles))
+        assert a.on_failure(now, retryable) == b.on_failure(now, retryable)
+        self._same(tuple(s.take_admitted() for s in self.twins))
+
+    @precondition(lambda self: self.tickets)
+    @rule(data=st.data())
+    def end(self, data):
+        now = self._tick()
+        pair = data.draw(st.sampled_from(self.tickets))
+        self._same(tuple(s.end(t, now) for s, t in zip(self.twins, pair, strict=True)))
+
+    @rule(names=st.lists(st.sampled_from(NAMES), min_size=1, max_size=3, unique=True))
+    def upsert(self, names):
+        now = self._tick()
+        pods = tuple(PodSpec(n, f"http://127.0.0.1:{9000 + NAMES.index(n)}", "node-0", None, 2)
+                     for n in names)
+        self._same(tuple(s.change_pods(PodChange(upsert=pods), now).admitted for s in self.twins))
+
+    @rule(name=st.sampled_from(NAMES))
+    def remove(self, name):
+        now = self._tick()
+        self._same(tuple(s.change_pods(PodChange(remove=(name,)), now).admitted for s in self.twins))
+
+    @rule(step=st.floats(0.0, 3.0))
+    def time_passes(self, step):
+        self.now += step
+        expired = [s.expire(self.now) for s in self.twins]
+        self._same(tuple([t for t, _ in e] for e in expired))
+
+    @invariant()
+    def the_same_views(self):
+        a, b = self.twins
+        assert a.state(self.now) == b.state(self.now)
+        assert a.pool.summary(self.now) == b.pool.summary(self.now)
+        assert a.pool.recorded_total == b.pool.recorded_total
+        assert [e.name for e in self.idle[0]] == [e.name for e in self.idle[1]]
+        assert self.learned(a) == self.learned(b)
+
+    def learned(self, service) -> dict:
+        return {}
+
+
+class CompleteTwinsLearning(CompleteTwins):
+    policy = "prequal"  # learns from each response (Policy.learns), reading in_flight
+
+    def learned(self, service) -> dict:
+        return {entry.name: (probe.rif, probe.latency_ms, probe.step_ms, probe.at)
+                for entry, probe in service.policy._pool.items()}
+
+
+TestCompleteTwins = CompleteTwins.TestCase
+TestCompleteTwins.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+TestCompleteTwinsLearning = CompleteTwinsLearning.TestCase
+TestCompleteTwinsLearning.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)

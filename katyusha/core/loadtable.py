@@ -244,15 +244,18 @@ class LoadTable:
 
     def record_response(
         self, entry: PodEntry, now: float, latency_s: float, feedback: Feedback | None,
-        alone: bool = False,
+        alone: bool = False, ended: bool = False,
     ) -> None:
         """A response head came back from ``entry`` after ``latency_s``, with the pod's report if any.
 
         ``alone``: the request was sent while the pod had no other of ours in
         flight, so its latency is the pod's speed (``idle_latency_ms``, weighted
         like app times). ``in_flight`` is left alone: the request ends later
-        (:meth:`on_end`).
+        (:meth:`on_end`), unless ``ended`` (the whole response came back): then
+        this is also :meth:`on_end`, the listeners called once for both.
         """
+        if ended and entry.in_flight > 0:
+            entry.in_flight -= 1
         entry.consecutive_failures = 0
         alpha = self.ewma_alpha
         latency_ms = latency_s * 1000.0

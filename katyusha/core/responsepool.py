@@ -5,48 +5,70 @@ L2 wait (in nonna's queue, from ``Server-Timing``), app time and end-to-end
 latency. Samples (one tuple each) go into rings of at most ``capacity``, one
 per pod, one per node and one for the whole fleet, so recording is one list
 store per ring and memory is bounded by ``capacity`` samples per key and
-``max_keys`` keys. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
+``max_keys`` keys. A response's sample is put aside as given, and the samples
+put aside are written to their rings a batch at a time (one extend of each
+ring a batch touches), by a summary or every ``_BATCH`` responses; timings
+that are no timing (None, negative, NaN) are left out when a summary reads
+them: recording costs the response path one append. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
 """
 
 from __future__ import annotations
 
 import math
+from itertools import groupby
+from operator import itemgetter
 
 from katyusha.core.errors import ConfigError
 
 METRICS = ("l1_wait_ms", "l2_wait_ms", "app_ms", "latency_ms")
 FLEET = "*"
 _INF = math.inf
+# Samples put aside before they are written to the rings (fewer when the rings are smaller):
+# a summary, or this many more responses, writes them.
+_BATCH = 256
+# A sample's time, pod and node.
+_TIME = itemgetter(0)
+_POD = itemgetter(6)
+_NODE = itemgetter(7)
 
 
 class _Ring:
-    """The last ``capacity`` samples of one key, oldest overwritten first.
+    """The last ``capacity`` samples of one key, oldest dropped first (``last``: the newest time).
 
-    Each sample is one tuple ``(time, l1, l2, app, latency, status)``; the
-    list grows to ``capacity`` and is then overwritten in place, so a key
+    Each sample is the tuple :meth:`ResponsePool.record` made, timings as given;
+    the summary leaves out the ones that are no timing (:func:`_clean`). A key
     heard from a few times holds a few samples, not ``capacity`` empty slots.
-    :meth:`ResponsePool.record` writes the three rings of a response in one
-    loop (``pos``: the next slot to overwrite; ``last``: the newest time).
     """
 
-    __slots__ = ("samples", "capacity", "pos", "last")
+    __slots__ = ("samples", "capacity", "last")
 
     def __init__(self, capacity: int):
         self.samples: list[tuple] = []
         self.capacity = capacity
-        self.pos = 0
         self.last = -math.inf
 
     @property
     def size(self) -> int:
         return len(self.samples)
 
+    def add(self, samples: list[tuple]) -> None:
+        """Add ``samples`` (in the order recorded), dropping the oldest beyond ``capacity``."""
+        kept = self.samples
+        kept += samples
+        excess = len(kept) - self.capacity
+        if excess > 0:
+            del kept[:excess]
+        newest = max(map(_TIME, samples))
+        if newest > self.last:
+            self.last = newest
+
     def summary(self, since: float) -> dict:
         live = [sample for sample in self.samples if sample[0] >= since]
         errors = sum(1 for sample in live if sample[5] >= 500)
         result: dict = {"count": len(live), "errors": errors}
         for index, metric in enumerate(METRICS, start=1):
-            result[metric] = describe([sample[index] for sample in live if sample[index] is not None])
+            values = [_clean(sample[index]) for sample in live]
+            result[metric] = describe([value for value in values if value is not None])
         return result
 
 
@@ -92,6 +114,9 @@ class ResponsePool:
         self.capacity = capacity
         self.max_keys = max_keys
         self.recorded_total = 0
+        # Samples recorded and not yet in the rings: at most _batch of them.
+        self._pending: list[tuple] = []
+        self._batch = min(capacity, _BATCH)
         self._pods: dict[str, _Ring] = {}
         self._nodes: dict[str, _Ring] = {}
         self._fleet = _Ring(capacity)
@@ -109,39 +134,40 @@ class ResponsePool:
         status: int,
     ) -> None:
         """Add one response's timings (None for a timing not known). An empty ``node`` is kept per pod only."""
-        # _clean's common case (a finite float >= 0) inline: this runs once per response.
-        sample = (now,
-                  l1_wait_ms if l1_wait_ms.__class__ is float and 0.0 <= l1_wait_ms < _INF else (
-                  None if l1_wait_ms is None else _clean(l1_wait_ms)),
-                  l2_wait_ms if l2_wait_ms.__class__ is float and 0.0 <= l2_wait_ms < _INF else (
-                  None if l2_wait_ms is None else _clean(l2_wait_ms)),
-                  app_ms if app_ms.__class__ is float and 0.0 <= app_ms < _INF else (
-                  None if app_ms is None else _clean(app_ms)),
-                  latency_ms if latency_ms.__class__ is float and 0.0 <= latency_ms < _INF else (
-                  None if latency_ms is None else _clean(latency_ms)),
-                  status)
+        # Put aside as given; _flush writes a batch to the rings (and the summary leaves out
+        # what is no timing): the response path pays one append.
         self.recorded_total += 1
-        pod_ring = self._pods.get(pod)
-        if pod_ring is None:
-            pod_ring = self._ring(self._pods, pod)
-        if node:
-            node_ring = self._nodes.get(node)
-            if node_ring is None:
-                node_ring = self._ring(self._nodes, node)
-            rings = (self._fleet, pod_ring, node_ring)
-        else:
-            rings = (self._fleet, pod_ring)
-        for ring in rings:  # each ring: append until full, then overwrite the oldest
-            samples = ring.samples
-            if len(samples) < ring.capacity:
-                samples.append(sample)
-            else:
-                position = ring.pos
-                samples[position] = sample
-                position += 1
-                ring.pos = 0 if position == ring.capacity else position
-            if now > ring.last:
-                ring.last = now
+        pending = self._pending
+        pending.append((now, l1_wait_ms, l2_wait_ms, app_ms, latency_ms, status, pod, node))
+        if len(pending) >= self._batch:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the samples put aside to their rings: each ring gets them in the order recorded,
+        and new keys come in the order first heard, as one sample at a time would have it."""
+        pending, self._pending = self._pending, []
+        self._fleet.add(pending)
+        for rings, key_of in ((self._pods, _POD), (self._nodes, _NODE)):
+            keys = dict.fromkeys(map(key_of, pending))
+            samples = pending
+            if key_of is _NODE and not all(keys):  # a sample without a node is kept per pod only
+                keys = {key: None for key in keys if key}
+                samples = [sample for sample in pending if sample[7]]
+            new = [key for key in keys if key not in rings]
+            if len(rings) + len(new) > self.max_keys:
+                # A key makes room for another: which one goes depends on when each was heard
+                # from, so one sample at a time.
+                for sample in samples:
+                    self._ring(rings, key_of(sample)).add([sample])
+                continue
+            for key in new:
+                rings[key] = _Ring(self.capacity)
+            if len(keys) == 1:
+                for key in keys:
+                    rings[key].add(samples)
+            elif keys:
+                for key, group in groupby(sorted(samples, key=key_of), key_of):
+                    rings[key].add(list(group))
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)
@@ -160,6 +186,8 @@ class ResponsePool:
         {"count", "mean", "p50", "p99"}}``. Keys with no sample in the window
         are dropped from the pool.
         """
+        if self._pending:
+            self._flush()
         since = now - self.window_s
         result = {"window_s": self.window_s, "fleet": self._fleet.summary(since)}
         for label, rings in (("pods", self._pods), ("nodes", self._nodes)):

@@ -10,8 +10,9 @@ proxy, a simulator) does the I/O and calls it. A request's life::
     handle.on_head(now, feedback, status)    # the response head came back
     handle.on_failure(now, retryable, sent_nothing=...)  # or: no response; True: dispatch again
     service.end(ticket, now)                 # the request ended (also: handle.done(now))
+    service.complete(handle, now, feedback, status)  # or both at once: a whole response
 
-``end`` and ``done`` are the one exit of a request whatever happened (it was
+``end``, ``done`` and ``complete`` are the one exit of a request whatever happened (it was
 never admitted, the client left, it failed, it succeeded): they end the open
 try, if any, and give the L1 slot back, once. Each try counts one request
 in ``PodEntry.in_flight`` from ``dispatch`` until it ends (``on_failure``,
@@ -367,6 +368,10 @@ class ServiceBalancer:
             if hedge.state is not _ENDED:
                 self._end_try(hedge, now)
             ticket.hedge = None
+        return self._release(ticket, now)
+
+    def _release(self, ticket: ServiceTicket, now: float) -> list[ServiceTicket]:
+        """The rest of :meth:`end` once the ticket's tries ended: its L1 slot (or place) given back."""
         state = ticket.state
         if state is ADMITTED:
             admitted = self.queue.release(ticket, now)
@@ -382,6 +387,23 @@ class ServiceBalancer:
         if self._admitted:
             admitted += self.take_admitted()
         return admitted  # type: ignore[return-value]
+
+    def complete(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int,
+                 pod_error: str | None = None) -> list[ServiceTicket]:
+        """A whole response came back for ``handle``'s try and the request ended with it:
+        ``handle.on_head(now, feedback, status, pod_error)`` then ``end(handle.ticket, now)``,
+        in one call (what a driver does for a response that arrived whole). Returns the
+        tickets admitted in its place."""
+        ticket = handle.ticket
+        if handle.state is not _OPEN or ticket.hedge is not None or ticket.dispatch is not handle:
+            handle.on_head(now, feedback, status, pod_error)
+            return self.end(ticket, now)
+        # The common case (one open try, no hedge): on_head's and end's steps, the table told
+        # of the head and the end in one call.
+        handle.state = _HEAD
+        self._end_try(handle, now, True, self._headed(handle, now, feedback, status, pod_error, True))
+        ticket.dispatch = None  # see end(): the cycle between the ticket and its try
+        return self._release(ticket, now)
 
     def hedge_delay(self, method: str, body: bool | int | None) -> float | None:
         """Seconds after which a request of this kind is hedged (:meth:`hedge`); None: never.
@@ -462,7 +484,9 @@ class ServiceBalancer:
     # -- the handle's calls --------------------------------------------------
 
     def _headed(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int,
-                pod_error: str | None) -> None:
+                pod_error: str | None, ending: bool = False) -> bool:
+        """``ending``: the try ends with this head (:meth:`complete`); True when the table
+        counted it out already (the caller's ``on_end`` is then done)."""
         entry = handle.entry
         if self.health.response(entry, now, status, pod_error):
             self._health_changed(entry, now)
@@ -477,9 +501,13 @@ class ServiceBalancer:
                 ticket.dispatch, ticket.hedge = handle, first
         if self.hedger.enabled:
             self.hedger.observe(latency)
-        self.table.record_response(entry, now, latency, feedback, handle.alone)
         if self._observes:
+            # A learning policy reads the pod's in_flight as it was before the end.
+            self.table.record_response(entry, now, latency, feedback, handle.alone)
             self.policy.observe(entry, now, latency, feedback)
+            ending = False
+        else:
+            self.table.record_response(entry, now, latency, feedback, handle.alone, ending)
         pool = self.pool
         if pool is not None:
             pool.record(
@@ -490,14 +518,17 @@ class ServiceBalancer:
                 latency_ms=latency * 1000.0,
                 status=status,
             )
+        return ending
 
-    def _end_try(self, handle: Dispatch, now: float, failed: bool = True) -> None:
-        """Count the try out once; a try that saw no head is a failure of its pod (unless not ``failed``)."""
+    def _end_try(self, handle: Dispatch, now: float, failed: bool = True, counted: bool = False) -> None:
+        """Count the try out once; a try that saw no head is a failure of its pod (unless not ``failed``).
+        ``counted``: the table counted it out already (:meth:`_headed`, ending)."""
         entry = handle.entry
         if handle.state is _OPEN and failed:
             self.table.record_failure(entry, now)
         handle.state = _ENDED
-        self.table.on_end(entry)
+        if not counted:
+            self.table.on_end(entry)
         self.capacity.ended(entry, now)
         if self._leaving and entry.in_flight == 0 and entry in self._leaving:
             self._leaving.discard(entry)

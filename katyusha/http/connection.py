@@ -208,7 +208,6 @@ class Connection(asyncio.Protocol):
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
-        self._until_close = False
         self._upgrade = False
         # After a 101: bytes of the new protocol, kept until the tunnel takes over.
         self._tunnel: bytearray | None = None
@@ -302,7 +301,7 @@ class Connection(asyncio.Protocol):
         if not self._active:
             self._on_idle(self, False)
             return
-        if self._response is not None and self._until_close and not self._informational:
+        if self._response is not None and not self._informational and self._until_close():
             self._complete(False)
             return
         if not self._got_bytes:
@@ -349,14 +348,9 @@ class Connection(asyncio.Protocol):
             self._informational = True
             self._head_bytes = 0
             return
-        headers = self._headers
-        until_close = True
-        for name, _ in headers:
-            if name == b"content-length" or name == b"transfer-encoding":
-                until_close = False
-                break
-        self._until_close = until_close and status != 204 and status != 304
-        response = self._response = Response(status, headers, self)
+        # Whether its body ends with the connection is asked only if the connection closes
+        # (_until_close), not of every response.
+        response = self._response = Response(status, self._headers, self)
         # _resolve, inline: once per response.
         waiter = self._head_waiter
         if waiter is not None:
@@ -424,7 +418,6 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._head_only = head_only
         self._response = None
-        self._until_close = False
         self._informational = False
         self._upgrade = upgrade
         self._head_bytes = 0
@@ -594,6 +587,18 @@ class Connection(asyncio.Protocol):
             self.loop.call_exception_handler({
                 "message": "exception in a response head callback", "exception": exc,
                 "protocol": self})
+
+    def _until_close(self) -> bool:
+        """Whether the response's body is delimited by the end of the connection (it has
+        neither Content-Length nor Transfer-Encoding, and may have a body; not a 101)."""
+        response = self._response
+        status = response.status
+        if status < 200 or status == 204 or status == 304:
+            return False
+        for name, _ in response.headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return False
+        return True
 
     def _head_keep_alive(self) -> bool:
         if self.parser.get_http_version() != "1.1":

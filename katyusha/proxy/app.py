@@ -624,25 +624,27 @@ class _FastHead:
                     pending = exc
                 else:
                     ticket = self.ticket
-                    stats = live.stats
                     admitted_at = ticket.admitted_at  # ticket.l1_wait, without the call
                     l1_wait = 0.0 if admitted_at is None else admitted_at - ticket.enqueued_at
-                    stats.l1_wait.observe(l1_wait)
                     timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
                               if l1_wait else _NO_WAIT)
                     now = app._loop.time()
+                    latency = now - handle.sent_at
                     if app.keep_nonna:
-                        timing += _UPSTREAM_TIMING % ((now - handle.sent_at) * 1000.0, _woken_ms(handle))
+                        timing += _UPSTREAM_TIMING % (latency * 1000.0, _woken_ms(handle))
                     headers = response.headers
+                    ended = False
                     try:
                         # What _Head does for a status under 500: one pass from the pod's
-                        # headers to the client's header lines, then feed the core (the pass
-                        # tells whether there is any Nonna-* header to parse feedback from).
+                        # headers to the client's header lines (it tells whether there is
+                        # any Nonna-* header to parse feedback from), then the core's one
+                        # call for a whole response (the head and the end), then the answer.
                         built = _downstream_lines(headers, app.keep_nonna, self.request_id,
                                                   timing)
                         feedback = (parse_feedback(headers) if app.uses_feedback
                                     and (built is None or built[3]) else None)
-                        stats.upstream(handle.entry.name, handle.on_head(now, feedback, status))
+                        live.complete(handle, now, feedback, status)
+                        ended = True
                         if built is None:  # a Connection header naming others: the general filter
                             self.server.respond(self.exchange, status, _downstream(
                                 response_headers(headers), app.keep_nonna, self.request_id,
@@ -650,9 +652,10 @@ class _FastHead:
                         else:
                             self.server.respond_lines(self.exchange, status, built[0],
                                                       built[1], built[2], body)
-                        stats.response(status, handle.entry.name)
+                        live.stats.answered(handle.entry.name, status, latency, l1_wait)
                     finally:
-                        live.end(ticket)
+                        if not ended:  # the core's call failed, or what came before it
+                            live.end(ticket)
                         # app._done(), inline: once per request.
                         app.in_progress -= 1
                         if app.in_progress == 0:

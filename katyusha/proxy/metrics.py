@@ -10,7 +10,9 @@ service's L1 queue and load table as they are then. Every family carries a
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -53,39 +55,115 @@ class Histogram:
         return out
 
 
+def _observe_all(histogram: Histogram, values: tuple[float, ...]) -> None:
+    """``histogram.observe`` of each of ``values``, in order, the buckets counted in C."""
+    counts = histogram.counts
+    for bucket, n in Counter(map(partial(bisect_left, histogram.bounds), values)).items():
+        counts[bucket] += n
+    total = histogram.total
+    for value in values:  # one at a time, as observe adds them: the same float sum
+        total += value
+    histogram.total = total
+    histogram.count += len(values)
+
+
+# Fast answers put aside before they are counted (ProxyStats.answered).
+_ANSWERS_BATCH = 256
+
+
 class ProxyStats:
-    """Counters the request path updates; read by the collector and by admin JSON views."""
+    """Counters the request path updates; read by the collector and by admin JSON views.
+
+    The fast path's answers (:meth:`answered`) are put aside and counted a batch
+    at a time, before anything reads or writes the counts they go into: every
+    view is the same as if each had been counted at once.
+    """
 
     def __init__(self) -> None:
-        self.responses: dict[tuple[int, str], int] = {}
+        self._responses: dict[tuple[int, str], int] = {}
         self.upstream_failures: dict[tuple[str, str], int] = {}
         self.retries = 0
-        self.l1_wait = Histogram()
-        self.upstream_latency = Histogram()
+        self._l1_wait = Histogram()
+        self._upstream_latency = Histogram()
         # Latencies per pod since the dashboard's last sample (katyusha.dashboard.samples sketches).
-        self.recent_latency: dict[str, dict[int, int]] = {}
+        self._recent_latency: dict[str, dict[int, int]] = {}
         self.demand_posts = 0
+        # Answers not counted yet: (pod, status, seconds, l1 wait), at most _ANSWERS_BATCH.
+        self._answers: list[tuple[str, int, float, float]] = []
+
+    @property
+    def responses(self) -> dict[tuple[int, str], int]:
+        """Responses sent, by (status, pod)."""
+        if self._answers:
+            self._count_answers()
+        return self._responses
+
+    @property
+    def l1_wait(self) -> Histogram:
+        if self._answers:
+            self._count_answers()
+        return self._l1_wait
+
+    @property
+    def upstream_latency(self) -> Histogram:
+        if self._answers:
+            self._count_answers()
+        return self._upstream_latency
+
+    @property
+    def recent_latency(self) -> dict[str, dict[int, int]]:
+        if self._answers:
+            self._count_answers()
+        return self._recent_latency
 
     def upstream(self, pod: str, seconds: float) -> None:
         """A pod's response head arrived ``seconds`` after dispatch."""
-        histogram = self.upstream_latency  # Histogram.observe, inline: once per response
+        if self._answers:
+            self._count_answers()
+        histogram = self._upstream_latency  # Histogram.observe, inline: once per response
         histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
         histogram.total += seconds
         histogram.count += 1
-        sketch = self.recent_latency.get(pod)
+        sketch = self._recent_latency.get(pod)
         if sketch is None:
-            sketch = self.recent_latency[pod] = {}
+            sketch = self._recent_latency[pod] = {}
         index = sketch_index(seconds)
         sketch[index] = sketch.get(index, 0) + 1
 
+    def answered(self, pod: str, status: int, seconds: float, l1_wait: float) -> None:
+        """A pod's whole response went to the client: ``l1_wait.observe(l1_wait)``,
+        :meth:`upstream` and :meth:`response`, counted with the next batch (the fast
+        path's, once per request)."""
+        answers = self._answers
+        answers.append((pod, status, seconds, l1_wait))
+        if len(answers) >= _ANSWERS_BATCH:
+            self._count_answers()
+
+    def _count_answers(self) -> None:
+        """Count the answers put aside, in order (each count's float sums as one at a time)."""
+        answers, self._answers = self._answers, []
+        pods, statuses, latencies, waits = zip(*answers, strict=True)
+        _observe_all(self._l1_wait, waits)
+        _observe_all(self._upstream_latency, latencies)
+        recent = self._recent_latency
+        for (pod, index), n in Counter(zip(pods, map(sketch_index, latencies), strict=True)).items():
+            sketch = recent.get(pod)
+            if sketch is None:
+                sketch = recent[pod] = {}
+            sketch[index] = sketch.get(index, 0) + n
+        responses = self._responses
+        for key, n in Counter(zip(statuses, pods, strict=True)).items():
+            responses[key] = responses.get(key, 0) + n
+
     def take_recent_latency(self) -> dict[str, dict[int, int]]:
         """The per-pod latency sketches since the last call, which starts new ones."""
-        taken, self.recent_latency = self.recent_latency, {}
+        taken, self._recent_latency = self.recent_latency, {}
         return taken
 
     def response(self, status: int, pod: str) -> None:
         key = (status, pod)
-        self.responses[key] = self.responses.get(key, 0) + 1
+        responses = self.responses
+        responses[key] = responses.get(key, 0) + 1
 
     def failure(self, pod: str, reason: str) -> None:
         key = (pod, reason)

@@ -80,6 +80,12 @@ class LiveService:
         if admitted:
             _wake(admitted)
 
+    def complete(self, handle: Dispatch, now: float, feedback, status: int) -> None:
+        """``core.complete``: a whole response ended the request; the tickets let in after it are woken."""
+        admitted = self.core.complete(handle, now, feedback, status)
+        if admitted:
+            _wake(admitted)
+
     def _waits(self, ticket: ServiceTicket) -> None:
         ticket.payload = self.loop.create_future()
         if self._timer_at is None or ticket.deadline < self._timer_at:

@@ -460,7 +460,11 @@ class Simulation:
     def _at_katyusha(self, request: Request) -> None:
         now = self.env.now
         handle = request.handle
-        handle.on_head(now, request.feedback, request.status, request.error)
+        if self.release:
+            handle.on_head(now, request.feedback, request.status, request.error)
+        else:
+            admitted = request.front.balancer.complete(handle, now, request.feedback, request.status,
+                                                       request.error)
         if self.journal is not None:
             self.journal.append(("head", request.number, now, request.feedback, request.status, request.error))
         drop = None if request.status == 200 else ("l2-full" if request.error == QUEUE_FULL else "l2-timeout")
@@ -469,7 +473,6 @@ class Simulation:
             self._record(request, request.status, drop)
             self.env.at(now + self.release, self._release, handle)
             return
-        admitted = handle.done(now)
         self.open -= 1
         self._record(request, request.status, drop)
         for ticket in admitted:

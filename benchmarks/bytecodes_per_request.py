@@ -1,0 +1,209 @@
+"""Python bytecodes and calls per body-less request on katyusha's fast path, in process: figures that do not move with the machine's load.
+
+Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N]
+[--top N] [--json PATH]``. Needs nothing outside the package (no sockets, no nginx).
+
+katyusha's data app is built as ``katyusha serve --pod URL`` builds it (one
+service, default policy, L1 queue and metrics on), with its HTTP server
+protocol and one pooled upstream connection on fake transports whose ``write``
+only counts. Each request is one ``GET /`` with a ``Host`` header fed to the
+server protocol, and one nginx-like answer (5 headers, a 23-byte body) fed to
+the upstream connection: the whole body-less path (parse, route, admit,
+pick, the pod's head, the answer, the core's end) without the syscalls and
+the event loop. After a warm-up, ``sys.settrace`` counts the bytecodes
+executed (``f_trace_opcodes``) and the Python frames entered per request;
+``--top`` lists the functions with the most bytecodes. These counts are
+exact for a given tree (a few tenths move with periodic work such as a
+pick's speed refresh); time on this machine is not, so the microseconds
+printed beside them (the fastest of 9 rounds) are only a hint. With
+``--against`` the same is measured for the ``katyusha`` package at that git
+ref. JSON: ``versions`` (``this tree`` and REF: ``requests``, ``bytecodes``,
+``frames``, ``us_min``, ``top``), ``against``, ``ratio_bytecodes``; a bar plot beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+_REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+_ANSWER = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 10:00:00 GMT\r\n"
+           b"Content-Type: text/plain\r\nContent-Length: 23\r\nConnection: keep-alive\r\n\r\n"
+           b"hello from the backend\n")
+_UPSTREAM = "http://127.0.0.1:9"
+
+# Run in a child: this module first (it imports no katyusha), then katyusha from the tree.
+_CHILD = (
+    "import sys; tree = sys.argv.pop(1); import benchmarks.bytecodes_per_request as b\n"
+    "if tree:\n"
+    "    sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]\n"
+    "    sys.path.insert(0, tree)\n"
+    "b.child(int(sys.argv[1]), int(sys.argv[2]))\n"
+)
+
+
+class _Transport:
+    """A transport that takes every write and counts it."""
+
+    def __init__(self):
+        self.writes = 0
+
+    def write(self, data) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name, default=None):
+        return {"sockname": ("127.0.0.1", 8080), "peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _ServerState:
+    def __init__(self):
+        self.connections: set = set()
+        self.tasks: set = set()
+        self.total_requests = 0
+
+
+class _Config:
+    loaded = True
+    root_path = ""
+
+    def __init__(self, app):
+        self.loaded_app = app
+
+
+def child(requests: int, top: int) -> None:
+    """Measure the katyusha found first on sys.path; print the figures as JSON."""
+    import asyncio
+    import gc
+    import time
+
+    import uvloop
+
+    from katyusha.http.connection import Connection
+    from katyusha.proxy import config as settings
+    from katyusha.proxy.cli import build_parser, flags_from_args
+    from katyusha.proxy.runtime import Proxy, data_http
+
+    async def run() -> dict:
+        loop = asyncio.get_running_loop()
+        flags = flags_from_args(build_parser().parse_args(["--pod", f"{_UPSTREAM},name=backend,node=local"]))
+        config = settings.load(flags=flags, environ={})
+        proxy = Proxy(config)
+        pool = proxy.pools.get(_UPSTREAM)
+        pool._loop = loop
+        upstream = Connection(pool.origin, loop, pool._on_idle, pool.high_water, pool.max_head)
+        to_pod = _Transport()
+        upstream.connection_made(to_pod)
+        upstream.reused = True
+        pool._on_idle(upstream, True)
+        server = data_http(config)(_Config(proxy.data), _ServerState(), {}, _loop=loop)
+        to_client = _Transport()
+        server.connection_made(to_client)
+
+        def one() -> None:
+            server.data_received(_REQUEST)
+            upstream.data_received(_ANSWER)
+
+        for _ in range(500):
+            one()
+        counts = {"bytecodes": 0, "frames": 0}
+        per_code: dict = {}
+
+        def local(frame, event, arg):
+            if event == "opcode":
+                counts["bytecodes"] += 1
+                code = frame.f_code
+                per_code[code] = per_code.get(code, 0) + 1
+            return local
+
+        driver = one.__code__
+
+        def enter(frame, event, arg):
+            if frame.f_code is driver:
+                return None  # this loop's own call is not the path's
+            counts["frames"] += 1
+            frame.f_trace_opcodes = True
+            return local
+
+        sys.settrace(enter)
+        for _ in range(requests):
+            one()
+        sys.settrace(None)
+        rounds = []
+        for _ in range(9):
+            gc.collect()
+            start = time.perf_counter()
+            for _ in range(requests):
+                one()
+            rounds.append((time.perf_counter() - start) / requests * 1e6)
+        sent = 500 + requests * 10
+        if to_client.writes != sent or to_pod.writes != sent:
+            raise RuntimeError(f"not every request took the fast path: {to_client.writes} answers, "
+                               f"{to_pod.writes} requests to the pod, of {sent}")
+        ranked = sorted(per_code.items(), key=lambda item: -item[1])[:top]
+        return {
+            "requests": requests,
+            "bytecodes": round(counts["bytecodes"] / requests, 1),
+            "frames": round(counts["frames"] / requests, 2),
+            "us_min": round(min(rounds), 2),
+            "top": [[f"{code.co_filename.rpartition('katyusha/')[2]}:{code.co_firstlineno} {code.co_name}",
+                     round(n / requests, 1)] for code, n in ranked],
+        }
+
+    print(json.dumps(uvloop.run(run())))
+
+
+def count(tree: str | None, requests: int, top: int) -> dict:
+    """The figures of the installed katyusha (``tree`` None) or of the package in ``tree``."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, tree or "", str(requests), str(top)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"the measurement failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _print(name: str, figures: dict) -> None:
+    print(f"{name}: {figures['bytecodes']} bytecodes and {figures['frames']} Python frames a request "
+          f"({figures['us_min']} µs at best, {figures['requests']} requests)", flush=True)
+    for where, n in figures["top"]:
+        print(f"  {n:7.1f}  {where}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import plots
+    from benchmarks.calls_per_request import write_beside
+    from benchmarks.overhead import checkout
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bytecodes_per_request",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--against", metavar="REF", help="also count the katyusha package at this git ref")
+    parser.add_argument("--requests", type=int, default=2000, help="requests counted (and per timed round)")
+    parser.add_argument("--top", type=int, default=12, help="functions listed, most bytecodes first")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    versions: dict = {}
+    versions["this tree"] = count(None, args.requests, args.top)
+    _print("this tree", versions["this tree"])
+    if args.against:
+        with checkout(args.against) as tree:
+            versions[args.against] = count(tree, args.requests, args.top)
+        _print(args.against, versions[args.against])
+    plots.write("bytecodes_per_request", write_beside(versions, args.against, "bytecodes", args.json), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
