@@ -77,6 +77,10 @@ def test_an_app_time_reported_after_a_silence_weighs_by_the_time_since_the_last(
     assert a.app_ewma_ms == pytest.approx(80.0 - 0.15 * 60.0)
     table.on_response(a, 1.05, 0.020, report(0, 0, app_ms=20.0))  # a second later: 1 - 1/e
     assert a.app_ewma_ms == pytest.approx(71.0 - (1.0 - math.exp(-1.0)) * 51.0)
+    seeded = table.upsert("c", "http://c")
+    seeded.app_ewma_ms = 80.0  # an estimate set without a report (as tests and tools seed one)
+    table.on_response(seeded, 2.0, 0.020, report(0, 0, app_ms=20.0))
+    assert seeded.app_ewma_ms == pytest.approx(80.0 - 0.15 * 60.0)
     steady = LoadTable(app_memory_s=math.inf)  # every report app_alpha, whatever the silence
     b = steady.upsert("b", "http://b")
     steady.on_response(b, 0.0, 0.080, report(0, 0, app_ms=80.0))

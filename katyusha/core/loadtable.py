@@ -289,7 +289,7 @@ class LoadTable:
         if app_ms is not None:
             if entry.app_ewma_ms is None:
                 entry.app_ewma_ms = app_ms
-            elif now - last_report > self._app_gap_s:
+            elif last_report is not None and now - last_report > self._app_gap_s:
                 # A report after a silence weighs by the time since the last one, so a pod
                 # sent one request a second (a held pod's probe) is seen fast again at once.
                 weight = max(self.app_alpha, 1.0 - math.exp((last_report - now) / self.app_memory_s))
