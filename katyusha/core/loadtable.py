@@ -290,9 +290,10 @@ class LoadTable:
             if entry.app_ewma_ms is None:
                 entry.app_ewma_ms = app_ms
             elif last_report is not None and now - last_report > self._app_gap_s:
-                # A report after a silence weighs by the time since the last one, so a pod
-                # sent one request a second (a held pod's probe) is seen fast again at once.
-                weight = max(self.app_alpha, 1.0 - math.exp((last_report - now) / self.app_memory_s))
+                # A report after a silence weighs by the time since the last one (past
+                # _app_gap_s that weight is above app_alpha), so a pod sent one request a
+                # second (a held pod's probe) is seen fast again at once.
+                weight = 1.0 - math.exp((last_report - now) / self.app_memory_s)
                 entry.app_ewma_ms += weight * (app_ms - entry.app_ewma_ms)
             else:
                 entry.app_ewma_ms += self.app_alpha * (app_ms - entry.app_ewma_ms)
