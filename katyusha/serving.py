@@ -14,7 +14,8 @@ Tools that start these processes (tests, the fleet runner) parse it with
 1. ``on_drain`` runs at once (the process's ``/healthz`` turns 503);
 2. for ``drain_grace`` seconds the data port still accepts and serves new
    connections, so a balancer or Kubernetes in front stops sending first;
-3. the data listener closes and idle connections with it; ``on_stop`` runs
+3. the data listener closes and idle kept-alive connections with it (one
+   accepted but not yet sent on is served its first request); ``on_stop`` runs
    (katyusha answers what is queued) while requests in flight finish, up to
    ``graceful_timeout``. A data socket inherited from a supervisor
    (:func:`inherited_socket`) stays open in the supervisor: this process

@@ -104,3 +104,44 @@ def test_sigterm_during_a_burst_resets_no_connection_within_drain_grace(upstream
     after = [outcome for at, outcome in results if at > signalled + grace + 0.3]
     assert after and set(after) <= {"ConnectionRefusedError"}, after[:5]
     assert slow and slow[0].startswith(b"HTTP/1.1 200") and slow[0].endswith(b"slept")
+
+
+@pytest.mark.parametrize("kind", ["katyusha", "nonna"])
+def test_a_connection_accepted_as_the_listener_closes_is_served_its_first_request(upstream, kind):
+    """drain-grace 0 (a supervisor restarting the process): a connection already accepted
+    gets its request answered, with ``connection: close``; its client could not know to
+    send it again. A kept-alive connection between requests closes at once."""
+    if kind == "katyusha":
+        argv = [script("katyusha"), "serve", "--pod", f"{upstream.url},name=up"]
+    else:
+        argv = [script("nonna"), "--upstream", upstream.url, "--concurrency", "0"]
+    proc = Proc([*argv, "--port", "0", "--admin-port", "0", "--drain-grace", "0"], ready_timeout=30)
+    host, port = proc.url.removeprefix("http://").rsplit(":", 1)
+    try:
+        fresh = [socket.create_connection((host, int(port)), timeout=10) for _ in range(4)]
+        kept = socket.create_connection((host, int(port)), timeout=10)
+        kept.sendall(b"GET /sleep?s=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert kept.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # every connection accepted, none has sent its request yet
+        proc.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        replies = []
+        for sock in fresh:
+            sock.sendall(b"GET /sleep?s=0 HTTP/1.1\r\nHost: t\r\n\r\n")
+        for sock in fresh:
+            reply = b""
+            try:
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            except OSError as exc:
+                reply = type(exc).__name__.encode()
+            replies.append(reply)
+            sock.close()
+        assert kept.recv(65536) == b""  # closed between requests
+        kept.close()
+        assert proc.popen.wait(15) == 0
+    finally:
+        proc.kill()
+    for reply in replies:
+        head = reply.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 200") and b"connection: close" in head, reply[:80]

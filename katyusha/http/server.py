@@ -75,6 +75,8 @@ log = logging.getLogger("katyusha.http")
 
 HIGH_WATER = 64 * 1024
 LINGER_SECONDS = 2.0
+# On a graceful shutdown, how long a connection with no request yet has to send its head.
+FIRST_REQUEST_GRACE = 0.5
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -113,7 +115,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
-        "_config", "_sniffing", "_fast", "_burst", "__weakref__",
+        "_config", "_sniffing", "_fast", "_burst", "_stopping", "__weakref__",
     )
 
     @classmethod
@@ -173,6 +175,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._active: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
         self._closing = False
+        # Set by a graceful shutdown: the request under way (or the first one) is the last.
+        self._stopping = False
         # Set once the byte stream cannot be parsed further: later bytes are dropped.
         self._broken = False
         # An error to answer once the requests before it were answered.
@@ -364,6 +368,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
         exchange = Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
         exchange.asterisk = asterisk
+        if self._stopping:
+            exchange.keep_alive = False
         if parser.should_upgrade():
             exchange.upgrade = True
             exchange.keep_alive = False
@@ -844,14 +850,32 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Called by uvicorn on graceful shutdown: close when idle, else after the response."""
+        """Called by uvicorn on graceful shutdown: the request under way is the connection's last.
+
+        A kept-alive connection between requests closes now (a client whose request
+        crossed the close sends it again, as HTTP clients do on a reused connection).
+        A connection accepted just before the listener closed, or one whose head is
+        on its way, is still served that request (with ``connection: close``): its
+        client has no earlier answer to tell it the connection was good, so it would
+        not send again. One that sends nothing within FIRST_REQUEST_GRACE closes.
+        """
         if self._phase is _TUNNEL:
             return  # an upgraded connection ends when its tunnel does (or at the shutdown timeout)
+        self._stopping = True
+        exchange = self._active
+        if exchange is not None and not exchange.complete:
+            exchange.keep_alive = False
+        elif self._phase is _HEAD and not self._closing:
+            self.loop.call_later(FIRST_REQUEST_GRACE, self._close_unless_busy)
+        else:
+            self._close()
+        for pending in self._pipeline:
+            pending.keep_alive = False
+
+    def _close_unless_busy(self) -> None:
         exchange = self._active
         if exchange is None or exchange.complete:
             self._close()
-        else:
-            exchange.keep_alive = False
 
 
 def _accepts_one_at_a_time(loop) -> bool:
