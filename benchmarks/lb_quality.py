@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                         help="also the default policy with these `katyusha serve` arguments (space-separated), "
                              "named NAME, with its own ratios in `variants` (repeatable; e.g. "
-                             "--variant 'extra1=--pod-capacity-extra 1')")
+                             "--variant 'extra0=--pod-capacity-extra 0')")
     parser.add_argument("--no-hedge", action="store_true", help="do not run katyusha with hedging on")
     parser.add_argument("--hedge-all", action="store_true",
                         help=f"run katyusha with hedging on in every scenario (default: {HEDGE_SCENARIO} only)")

@@ -55,7 +55,7 @@ class Setting:
     policy: str = "jsq-piggyback"
     capacity_factor: float = 1.0
     hedge: bool = False
-    capacity_extra: int = 0
+    capacity_extra: int = ServiceSettings.capacity_extra
     hedge_max_utilisation: float = 0.9
     hedge_delay: float | None = None  # None: auto (the recent p95)
     hedge_quantile: float = 0.95
@@ -73,6 +73,8 @@ SETTINGS = (
     Setting("sed cap2 hedge", "sed-piggyback", 2.0, True),
     Setting("sed nocap", "sed-piggyback", 0.0),
     Setting("round-robin cap1", "round-robin"),
+    Setting("jsq cap1+0", capacity_extra=0),
+    Setting("jsq cap1+0 no hold", capacity_extra=0, slow_hold=0.0),
     Setting("jsq cap1+1", capacity_extra=1),
     Setting("sed cap1+1", "sed-piggyback", capacity_extra=1),
     Setting("jsq hold 0.5", slow_hold=0.5),
@@ -80,8 +82,8 @@ SETTINGS = (
     # Models of the peers: a least-connections proxy with no per-pod cap (nginx
     # least_conn, HAProxy leastconn), and one holding requests to the pods'
     # concurrency (HAProxy leastconn with maxconn).
-    Setting("peer leastconn", "least-in-flight", 0.0, slow_hold=0.0),
-    Setting("peer leastconn maxconn", "least-in-flight", 1.0, slow_hold=0.0),
+    Setting("peer leastconn", "least-in-flight", 0.0, slow_hold=0.0, capacity_extra=0),
+    Setting("peer leastconn maxconn", "least-in-flight", 1.0, slow_hold=0.0, capacity_extra=0),
 )
 
 
@@ -207,11 +209,11 @@ def hedging(seconds: float, seeds: int) -> int:
     """Print p99 / p99.9 and pod requests per request on heavy-tail, with and without hedging."""
     scenario = next(s for s in scenarios() if s.name == "heavy-tail")
     chosen = (Setting("defaults"), Setting("hedging on", hedge=True),
-              Setting("extra 1", capacity_extra=1), Setting("extra 1, hedging", hedge=True, capacity_extra=1),
+              Setting("extra 0", capacity_extra=0), Setting("extra 0, hedging", hedge=True, capacity_extra=0),
               Setting("hedging, max util 1", hedge=True, hedge_max_utilisation=1.0),
               Setting("hedging p90", hedge=True, hedge_quantile=0.9),
-              Setting("peer leastconn", "least-in-flight", 0.0),
-              Setting("peer maxconn", "least-in-flight", 1.0))
+              Setting("peer leastconn", "least-in-flight", 0.0, capacity_extra=0),
+              Setting("peer maxconn", "least-in-flight", 1.0, capacity_extra=0))
     for load in (0.5, 0.7, 0.9):
         print(f"{int(load * 100)}%", flush=True)
         for setting in chosen:

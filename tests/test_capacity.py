@@ -65,15 +65,16 @@ async def wait_waiting(proxy, count: int, timeout: float = 10.0) -> None:
     raise AssertionError(f"never {count} waiting: {demand}")
 
 
-async def test_a_pod_gets_at_most_its_concurrency_the_rest_waits_in_l1(pods):
+async def test_a_pod_gets_at_most_its_concurrency_and_one_more_the_rest_waits_in_l1(pods):
     spec = pods[0].spec + ",concurrency=1"
     with katyusha("--pod", spec) as proxy:
         results = await blast(proxy.url + "/", 20, 20)
         assert statuses(results) == {200: 20}
         _, state = admin(proxy, "GET", "/pods")
-        assert state["queue"]["limit"] == 1
+        # Its concurrency and the one extra request that waits in nonna (pod-capacity-extra 1).
+        assert state["queue"]["limit"] == 2
         assert state["queue"]["configured_limit"] == 1000
-        assert state["pods"][0]["capacity"] == 1
+        assert state["pods"][0]["capacity"] == 2
         assert state["pods"][0]["concurrency"] == 1
     # The same burst with the cap off overflows nonna's one-deep queue.
     with katyusha("--pod", spec, "--set", "pod-capacity-factor=0") as proxy:
@@ -93,7 +94,7 @@ async def test_held_burst_is_spread_over_the_pods_as_they_join(pods):
         served = collections.Counter(headers["nonna-pod"] for _, headers, _ in results)
         assert served["pod-0"] >= 5 and served["pod-1"] >= 5, served
         _, state = admin(proxy, "GET", "/pods")
-        assert state["queue"]["limit"] == 2
+        assert state["queue"]["limit"] == 4  # two pods of concurrency 1, each with its extra one
 
 
 async def test_capacity_is_learned_from_nonna_concurrency_when_not_given(pods):
@@ -109,8 +110,8 @@ async def test_capacity_is_learned_from_nonna_concurrency_when_not_given(pods):
         [row] = state["pods"]
         assert row["concurrency"] is None
         assert row["reported_concurrency"] == 2
-        assert row["capacity"] == 2
-        assert state["queue"]["limit"] == 2
+        assert row["capacity"] == 3  # 2 at once, 1 waiting in nonna
+        assert state["queue"]["limit"] == 3
 
 
 @pytest.mark.parametrize("raw", ["-1", "abc", "nan", "inf", "", True])

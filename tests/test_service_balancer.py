@@ -13,6 +13,9 @@ from katyusha.core.service import ServiceBalancer, ServiceSettings
 
 
 def service(**settings) -> ServiceBalancer:
+    # The counts below are in slots of concurrency: no extra slot unless a test asks for one
+    # (the default, 1, is test_the_default_capacity_is_the_concurrency_and_one_more below).
+    settings.setdefault("capacity_extra", 0)
     idle = []
     balancer = ServiceBalancer(ServiceSettings(**settings), rng=random.Random(7), on_idle=idle.append)
     balancer.idle = idle  # type: ignore[attr-defined]
@@ -190,6 +193,15 @@ def test_capacity_is_learned_from_reports_and_lowers_the_l1_limit():
     handle.on_head(0.4, None, 200)
     s.end(second, 0.5)
     assert counts(s)["caps"] == {"pod-0": 3} and s.queue.limit == 1000
+
+
+def test_the_default_capacity_is_the_concurrency_and_one_more():
+    s = ServiceBalancer(ServiceSettings(), rng=random.Random(7))
+    s.change_pods(PodChange(upsert=(pod("pod-0", 2), pod("pod-1", 1))), 0.0)
+    assert counts(s)["caps"] == {"pod-0": 3, "pod-1": 2} and s.queue.limit == 5
+    tickets = [s.offer(0.0) for _ in range(6)]
+    assert [t.admitted for t in tickets] == [True] * 5 + [False]
+    assert sorted(s.dispatch(t, 0.0).entry.name for t in tickets[:5]) == ["pod-0"] * 3 + ["pod-1"] * 2
 
 
 def test_given_concurrency_times_factor_and_pods_with_room_first():

@@ -210,14 +210,17 @@ async def test_high_priority_request_is_admitted_before_queued_low_ones(tmp_path
                 while admin(proxy, "GET", "/demand")[1][key] < count:
                     await asyncio.sleep(0.02)
 
+            # The pod holds two: its one slot and the one that waits in nonna (the extra slot).
             tasks = [asyncio.ensure_future(request("first", None))]
             await asyncio.wait_for(demand_reaches("in_flight", 1), 5)
+            tasks.append(asyncio.ensure_future(request("second", None)))
+            await asyncio.wait_for(demand_reaches("in_flight", 2), 5)
             for index in range(3):
                 tasks.append(asyncio.ensure_future(request(f"low-{index}", "0")))
                 await asyncio.wait_for(demand_reaches("waiting", index + 1), 5)
             tasks.append(asyncio.ensure_future(request("high", "1")))
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
-            assert finished == ["first", "high", "low-0", "low-1", "low-2"]
+            assert finished == ["first", "second", "high", "low-0", "low-1", "low-2"]
             status, _, body = await get(proxy.url + "/", headers={"X-Priority": "urgent"})
             assert status == 400 and b"x-priority" in body and b"urgent" in body
     finally:

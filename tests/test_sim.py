@@ -87,10 +87,12 @@ def erlang_c_wait(c: int, arrival: float, service: float) -> float:
 @pytest.mark.parametrize(("c", "rate", "requests"), [(1, 50.0, 100_000), (2, 120.0, 100_000)])
 def test_mmc_mean_wait_matches_erlang_c(c, rate, requests):
     # Exponential service of mean 10 ms on c pods of container concurrency 1; katyusha's per-pod
-    # capacity holds the L1 limit at c, so requests wait in L1 first-in first-out: an M/M/c queue
-    # (with the live overheads off: they add a constant to each service and idle time between two).
+    # capacity, with no extra slot, holds the L1 limit at c, so requests wait in L1 first-in
+    # first-out: an M/M/c queue (with the live overheads off: they add a constant to each service
+    # and idle time between two). The default extra slot would queue one more at each pod.
     sim = Simulation(scenario([fixed(pods=c, rate=rate, requests=requests)], seed=7, duration=100_000,
-                              overhead={"hop": 0, "pod": 0}))
+                              overhead={"hop": 0, "pod": 0},
+                              katyusha={"settings": {"pod-capacity-extra": 0}}))
     summary = sim.run()
     assert summary["services"]["q"]["drops"] == 0
     rows = sim.recorder.rows["requests"]
@@ -169,12 +171,14 @@ def test_the_live_overheads_are_modelled_by_default_and_can_be_set():
 
 
 def test_overhead_release_holds_the_slot_after_the_response_without_adding_to_its_latency():
-    # Two requests 1 ms apart on one pod of concurrency 1 (10 ms each, no other overhead): the
-    # second waits in L1 for the first's slot, which stays held 5 ms after its response came back.
+    # Two requests 1 ms apart on one pod of concurrency 1 (10 ms each, no other overhead, no extra
+    # slot): the second waits in L1 for the first's slot, which stays held 5 ms after its response
+    # came back.
     def two(**overhead):
         svc = {"name": "r", "pods": 1, "autoscale": False, "container-concurrency": 1,
                "service-time": "const:10ms", "workload": {"kind": "trace", "times": [0.0, 0.001]}}
-        sim = Simulation(scenario([svc], duration=1, overhead={"hop": 0, "pod": 0, **overhead}))
+        sim = Simulation(scenario([svc], duration=1, overhead={"hop": 0, "pod": 0, **overhead},
+                                  katyusha={"settings": {"pod-capacity-extra": 0}}))
         summary = sim.run()
         assert summary["services"]["r"]["completed"] == 2 and sim.unfinished == 0
         # Each request's dispatch (t2) and latency.

@@ -26,7 +26,8 @@ APP_MS = {"pod-0": 80.0, "pod-1": 20.0, "pod-2": 20.0, "pod-3": 20.0}
 
 
 def balancer(hold: float) -> ServiceBalancer:
-    service = ServiceBalancer(ServiceSettings(slow_hold=hold), rng=random.Random(1))
+    # One slot per pod (no extra), so the hold's arithmetic below counts slots as pods.
+    service = ServiceBalancer(ServiceSettings(slow_hold=hold, capacity_extra=0), rng=random.Random(1))
     service.change_pods(PodChange(upsert=tuple(
         PodSpec(name, f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i, name in enumerate(APP_MS))), 0.0)
     return service
@@ -106,6 +107,23 @@ def test_a_slow_pod_is_held_while_the_queue_is_short_and_takes_requests_beyond_i
     assert service.queue.active == 4 and service.queue.waiting == 9
 
 
+def test_with_the_default_extra_slot_a_held_pod_gets_nothing_while_the_fast_pods_are_full():
+    """Each fast pod holds 2 (its concurrency and the extra); the L1 limit counts no slot of the
+    held pod-0, so the 7th request waits for a fast pod instead of being let in with no pod
+    having room (then any pod may be picked: idle pod-0 would be)."""
+    service = ServiceBalancer(ServiceSettings(slow_hold=1.0), rng=random.Random(1))
+    service.change_pods(PodChange(upsert=tuple(
+        PodSpec(name, f"http://127.0.0.1:{9000 + i}", "node-1", None, 1) for i, name in enumerate(APP_MS))), 0.0)
+    assert service.settings.capacity_extra == 1
+    now = warm(service, 0.0)
+    slow = service.table.get("pod-0")
+    tickets = [service.offer(now) for _ in range(7)]
+    assert slow in service.capacity.held
+    sent = [service.dispatch(t, now).entry.name for t in tickets if t.admitted]
+    assert sorted(sent) == ["pod-1", "pod-1", "pod-2", "pod-2", "pod-3", "pod-3"]
+    assert tickets[-1].waiting and slow.in_flight == 0 and service.queue.limit == 6
+
+
 def test_a_held_pod_gets_a_request_after_a_while_without_one():
     service = balancer(hold=1.0)
     now = warm(service, 0.0)
@@ -159,7 +177,7 @@ def test_the_l1_limit_follows_the_held_pods_as_app_times_change(seed):
     """Two equal pods with heavy-tailed app times (lognormal, sigma 1, mean 10 ms; 60% load), the
     defaults: a pod is now and then slow against a median a round of ends old, held with a
     request in flight, and let go when its own end finds it no longer slow. After every end the
-    L1 limit is the ready pods' slots less the held ones': no slot is lost for good (a lost one
+    L1 limit is the ready pods' room (two each, one while slow, none while held): no slot is lost for good (a lost one
     turned the simulator's M/M/2 into an M/M/1, its queue growing without end)."""
     import heapq
 
@@ -181,7 +199,9 @@ def test_the_l1_limit_follows_the_held_pods_as_app_times_change(seed):
             handle = ticket.dispatch
             handle.on_head(now, Feedback(0, 1, 1, 0.0, app_ms.pop(ticket), handle.entry.name, None), 200)
             admitted = service.end(ticket, now)
-            room = sum(1 for entry in service.table.ready() if entry not in capacity.held)
+            # Each pod's concurrency and its extra one; a slow pod without the extra; a held one none.
+            room = sum(0 if entry in capacity.held else 1 if entry in capacity.slow else 2
+                       for entry in service.table.ready())
             assert service.queue.limit == room, (now, capacity.held, capacity.slow)
         for t in admitted:
             if t.admitted:
@@ -272,19 +292,20 @@ def slow_and_fast_pods():
 
 
 async def served_by_pod(pods, *args: str) -> collections.Counter:
-    """400 requests, 6 at a time, through katyusha with ``args``: how many each pod served."""
+    """400 requests, 8 at a time, through katyusha with ``args``: how many each pod served."""
     with katyusha(*[a for pod in pods for a in ("--pod", pod.spec + ",concurrency=1")],
                   "--keep-nonna-headers", "true", *args) as proxy:
-        results = await blast(proxy.url + "/", 400, 6)
+        results = await blast(proxy.url + "/", 400, 8)
         assert collections.Counter(status for status, _, _ in results) == {200: 400}
         _, state = admin(proxy, "GET", "/pods")
         by_name = {pod["name"]: pod for pod in state["pods"]}
-        assert by_name["pod-0"]["capacity"] == 1
+        assert by_name["pod-0"]["capacity"] == 2  # concurrency 1 and the extra (not used while slow)
     return collections.Counter(headers["nonna-pod"] for _, headers, _ in results)
 
 
 async def test_with_the_defaults_a_much_slower_pod_is_left_out_while_the_queue_is_short(slow_and_fast_pods):
-    """Six clients keep two requests waiting for three fast pods: with the defaults they wait for a
+    """Eight clients keep two requests waiting for three fast pods (each holding its request and
+    one waiting in nonna, the default extra slot): with the defaults they wait for a
     fast pod (pod-0 gets its first request, then one a second to see whether it is still slow);
     with the hold off, pod-0 takes a request whenever it is idle, its share of the work."""
     held = await served_by_pod(slow_and_fast_pods)

@@ -14,8 +14,10 @@ a burst held while no pod was ready goes out no faster than pods can take it.
 (one waits in nonna while the pod works), but a request waiting behind a
 slow pod's work waits long: a pod whose app time (``PodEntry.app_ewma_ms``)
 is above ``SLOW_RATIO`` times the median of the pods' is *slow* and held to
-its capacity without the extra. A pod is classed when one of its requests
-ends, against the median recomputed once per round of the pods' ends.
+its capacity without the extra, and its extra is out of the L1 limit (else,
+with every pod at its room, one more request is let in and may be sent to
+any pod, a held one too). A pod is classed when one of its requests ends,
+against the median recomputed once per round of the pods' ends.
 
 ``hold`` (0: off) keeps a slow pod out of picking while the L1 queue is
 short, the threshold rule of the slow-server problem: a request waiting for
@@ -92,13 +94,18 @@ class PodCapacity:
         self.median_app_ms: float | None = None
         self._ends_to_median = 0
         # Slow pods held out (room 0), the queue length each is held up to, when a held one
-        # is let in for a probe, and the slots held pods keep out of the L1 limit.
+        # is let in for a probe, and the slots kept out of the L1 limit: a ready slow pod's
+        # extra, a held one's whole capacity. ``moved``: the slow set changed what is kept
+        # out since the owner last read :meth:`limit` (it clears it).
         self.held: set[PodEntry] = set()
         self.thresholds: dict[PodEntry, float] = {}
         self._probe_at: dict[PodEntry, float] = {}
         self._withheld = 0
-        # The ready pods' total capacity (None: one is uncapped), from the last rebuild.
+        self.moved = False
+        # The ready pods' total capacity (None: one is uncapped), from the last rebuild, and
+        # the extra slots in it (what a hedge does not count as room: it would wait in nonna).
         self._total: int | None = None
+        self.ready_extras = 0
 
     # -- membership rate ---------------------------------------------------
 
@@ -141,7 +148,13 @@ class PodCapacity:
                 break
             total += cap
         self._total = total
-        self._withheld = sum(self._unheld_room(entry) for entry in self.held)
+        watch = self.watch
+        self.ready_extras = self.extra * sum(
+            1 for entry in ready if entry in caps and watch.get(entry) is not UNPROVEN) if total else 0
+        ready_set = self._ready
+        self._withheld = sum(caps[entry] if entry in self.held else self.extra
+                             for entry in self.slow if entry in ready_set)
+        self.moved = False
         if self.hold:
             self._thresholds()
         full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
@@ -170,6 +183,14 @@ class PodCapacity:
         if self._classes and entry in self.slow:
             return 0 if entry in self.held else cap - self.extra
         return cap
+
+    def idle_slot(self, entry: PodEntry) -> bool:
+        """Whether ``entry`` would start one more request at once: below its capacity without the
+        extra (an unproven pod's single request has none)."""
+        cap = self.caps.get(entry)
+        if cap is None:
+            return True
+        return entry.in_flight < (cap if self.watch.get(entry) is UNPROVEN else cap - self.extra)
 
     def _unheld_room(self, entry: PodEntry) -> int:
         """A slow pod's room when it is not held."""
@@ -200,6 +221,11 @@ class PodCapacity:
                 self._release(entry)
                 self.stale = True
             del self.slow[entry]
+        if self.extra and entry in self._ready:
+            # Its extra slot leaves or rejoins the L1 limit: an admitted request finds a pod
+            # with room, never one beyond it (all full, any pod may be picked: a held one too).
+            self._withheld += self.extra if slow else -self.extra
+            self.moved = True
         if self.hold:
             self._thresholds()
 
@@ -257,7 +283,8 @@ class PodCapacity:
 
     def limit(self, configured: int | None) -> int | None:
         """The configured L1 limit, lowered to the ready pods' total capacity (at the last
-        :meth:`rebuild`, less the held pods' slots) when each has one."""
+        :meth:`rebuild`, less the slow pods' extra and the held pods' slots) when each has one."""
+        self.moved = False
         total = self._total
         if configured is None or not total:
             return configured

@@ -15,8 +15,9 @@ A hedge costs load, so it is bounded three ways:
   most ``budget`` x requests + that burst) (:class:`HedgeBudget`);
 - no hedge while the service is near its capacity: requests wait in the L1
   queue, or the admitted ones fill ``max_utilisation`` of the L1 limit in
-  force (the pods' total capacity when it is known). The balancer also
-  requires another ready pod with room.
+  force (the pods' total capacity when it is known), its extra slots left
+  out. The balancer also requires another ready pod with a free slot of its
+  concurrency (an extra slot would leave the hedge waiting in nonna).
 
 The delay is either set (``delay``) or ``auto``: the service's recent p95 of
 dispatch-to-head latency, from :class:`LatencySketch` (the last ``window``

@@ -88,7 +88,7 @@ class ServiceSettings:
     queue_length: int = 10_000
     request_timeout: float = 30.0
     capacity_factor: float = 1.0
-    capacity_extra: int = 0
+    capacity_extra: int = 1
     slow_hold: float = 0.5
     uses_feedback: bool = True
     stale_after: float = 2.0
@@ -382,7 +382,8 @@ class ServiceBalancer:
         capacity = self.capacity
         if capacity.stale:
             admitted += self._resync(now)
-        elif capacity.slow and capacity.hold and capacity.review(self.queue.waiting, now):
+        elif ((capacity.slow and capacity.hold and capacity.review(self.queue.waiting, now))
+              or capacity.moved):
             admitted += self.queue.set_limit(capacity.limit(self.settings.l1_limit), now)
         if self._admitted:
             admitted += self.take_admitted()
@@ -423,7 +424,13 @@ class ServiceBalancer:
         if delay is None:
             return None
         queue = self.queue
-        return delay if hedger.may_afford(queue.waiting, queue.active, queue.limit) else None
+        return delay if hedger.may_afford(queue.waiting, queue.active, self._hedge_limit()) else None
+
+    def _hedge_limit(self) -> int | None:
+        """The L1 limit without the pods' extra slots: a hedge is for a pod that starts it at once."""
+        limit = self.queue.limit
+        extras = self.capacity.ready_extras
+        return limit if limit is None or not extras else max(1, limit - extras)
 
     def hedge(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """A second try of the ticket's open try, on another pod, if one is affordable now.
@@ -433,20 +440,23 @@ class ServiceBalancer:
         (its handle is ``ticket.dispatch`` again after :meth:`Dispatch.on_head`).
         None (no hedge) when the first try has answered or ended, the ticket
         was hedged already, the service is near capacity or out of hedge budget,
-        or no other ready pod has room.
+        or no other ready pod has a free slot of its concurrency (an extra slot
+        would leave the hedge waiting in nonna; the L1 limit it is judged against
+        leaves the extras out too).
         """
         first = ticket.dispatch
         hedger = self.hedger
         if (not hedger.enabled or ticket.hedged or first is None or first.state is not _OPEN
                 or ticket.state is not ADMITTED):
             return None
-        others = [entry for entry in self.capacity.candidates(self.table.ready())
-                  if entry is not first.entry and entry not in self.capacity.full]
+        capacity = self.capacity
+        others = [entry for entry in capacity.candidates(self.table.ready())
+                  if entry is not first.entry and entry not in capacity.full and capacity.idle_slot(entry)]
         if not others:
             hedger.skipped_no_pod += 1
             return None
         queue = self.queue
-        if not hedger.affordable(queue.waiting, queue.active, queue.limit):
+        if not hedger.affordable(queue.waiting, queue.active, self._hedge_limit()):
             return None
         trace = self.trace
         entry = self.policy.pick(others, now) if trace is None else trace.pick(others, now)
@@ -686,6 +696,7 @@ class ServiceBalancer:
         row["concurrency"] = spec.concurrency if spec is not None else None
         row["capacity"] = self.capacity.caps.get(entry)
         row["held"] = entry in self.capacity.held
+        row["slow"] = entry in self.capacity.slow
         row.update(self.health.row(entry, now))
         return row
 

@@ -96,7 +96,7 @@ class ProxyConfig(EdgeFields):
     probe_rate: float = 4.0
     stale_after: float = 2.0
     pod_capacity_factor: float = 1.0
-    pod_capacity_extra: int = 0
+    pod_capacity_extra: int = 1
     slow_pod_hold: float = 0.5
     shutdown_timeout: float = 30.0
     seed: int | None = None
