@@ -24,7 +24,7 @@ from katyusha.core.forwarding import DROPPED_PREFIX as _DROPPED
 from katyusha.core.forwarding import REWRITTEN as FORWARDING_HEADERS
 from katyusha.core.forwarding import Forwarding
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
-from katyusha.core.queue import ADMITTED, parse_priority
+from katyusha.core.queue import parse_priority
 from katyusha.core.routing import Router
 from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
@@ -399,11 +399,12 @@ class DataApp:
         loop = self._loop or self.loop
         now = loop.time()
         try:
-            ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
+            # The offer and, when admitted at once, the dispatch: one core call.
+            ticket = live.offer_dispatch(now, scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
         self.in_progress += 1
-        handle = live.dispatch(ticket, now) if ticket.state is ADMITTED else None
+        handle = ticket.dispatch
         # One pass from the client's headers to the pod's header lines (forwarding's
         # added), which also finds the request's id; when the client brought forwarding
         # headers, the same from forwarding's rewrite (None: a Connection header names others).
