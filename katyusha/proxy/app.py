@@ -251,28 +251,29 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
     has_id = False
     has_length = False
     has_nonna = False
-    count = 2
+    kinds = _RESPONSE_KINDS
     for name, value in headers:
-        kind = _SPECIAL_RESPONSE.get(name)
-        if kind is not None:
-            if kind == _HOP:
-                if name == b"connection" and value not in _PLAIN_CONNECTION:
-                    return None
-                continue
+        kind = kinds[name]
+        if kind is None:  # most headers: passed on as they are
+            parts += (name, b": ", value, b"\r\n")
+        elif kind == _NONNA_KIND:
+            has_nonna = True
+            if keep_nonna:
+                parts += (name, b": ", value, b"\r\n")
+        elif kind == _HOP:
+            if name == b"connection" and value not in _PLAIN_CONNECTION:
+                return None
+        else:
             if kind == _LENGTH:
                 has_length = True
             else:
                 has_id = True
-        elif name.startswith(_NONNA):
-            has_nonna = True
-            if not keep_nonna:
-                continue
-        parts += (name, b": ", value, b"\r\n")
-        count += 1
-    if has_id:
-        count -= 1
-    else:
+            parts += (name, b": ", value, b"\r\n")
+    # Four parts a line; then X-Request-Id when the pod sent none, and Server-Timing.
+    count = (len(parts) >> 2) + 1
+    if not has_id:
         parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
+        count += 1
     parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
     return b"".join(parts), count, has_length, has_nonna
 
@@ -700,6 +701,28 @@ _HOP, _LENGTH, _ID = 0, 1, 2
 _SPECIAL_RESPONSE = {**{name: _HOP for name in _HOP_RESPONSE}, b"content-length": _LENGTH,
                      _REQUEST_ID: _ID}
 _REQUEST_ID_LINE = _REQUEST_ID + b": "
+_NONNA_KIND = 5
+# Names longer than this are classified each time rather than kept.
+_KIND_NAME_MAX = 64
+_KINDS_MAX = 1024
+
+
+class _ResponseKinds(dict):
+    """What _downstream_lines does with each response header name: a kind of
+    ``_SPECIAL_RESPONSE``, ``_NONNA_KIND`` or None (passed on), one dict lookup a header.
+    A name not seen before is classified on the miss and kept, up to ``_KINDS_MAX``
+    names of at most ``_KIND_NAME_MAX`` bytes (pods send a few names over and over)."""
+
+    __slots__ = ()
+
+    def __missing__(self, name: bytes) -> int | None:
+        kind = _NONNA_KIND if name.startswith(_NONNA) else None
+        if len(name) <= _KIND_NAME_MAX and len(self) < _KINDS_MAX:
+            self[name] = kind
+        return kind
+
+
+_RESPONSE_KINDS = _ResponseKinds(_SPECIAL_RESPONSE)
 # The request headers _upstream_lines treats apart: framing goes with hop-by-hop (no body here).
 _HOST_KIND = 3
 _SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},
