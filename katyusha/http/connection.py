@@ -383,7 +383,13 @@ class Connection(asyncio.Protocol):
         if self._head_only or response is None or response.status == 101:
             # A 101 has no body: the connection waits for its tunnel (detach).
             return
-        self._complete(self.parser.should_keep_alive())
+        # _complete(), inline: once per response.
+        if not response.complete:
+            response.complete = True
+            response._conn = None
+            if response._waiter is not None:
+                response._wake()
+        self._end(self.parser.should_keep_alive() and self._pump is None)
 
     # Used by the pool and the response.
 

@@ -392,7 +392,14 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self._phase = _BUSY
         self._parsing = exchange
         if self._active is None:
-            self._start(exchange)
+            fast = self._fast
+            if fast is not None and not exchange.has_body and not exchange.upgrade and not asterisk:
+                # _start(), inline for the app's fast path: once per body-less request.
+                self._active = exchange
+                if not fast(exchange, self):
+                    self.spawn(exchange, self.app)
+            else:
+                self._start(exchange)
         else:
             # Pipelined: answered after the one in progress; stop reading meanwhile.
             self._pipeline.append(exchange)
