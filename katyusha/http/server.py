@@ -338,8 +338,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
         headers = self._headers
         asterisk = False
         if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
-            raw_path = raw_path.partition(b"#")[0]
+            if b"?" in url or b"#" in url:
+                raw_path, _, query = url.partition(b"?")
+                raw_path = raw_path.partition(b"#")[0]
+            else:  # most targets: a path alone
+                raw_path = url
+                query = b""
         elif url == b"*":
             if method != "OPTIONS":
                 raise Refusal(400, "the request target * is only for OPTIONS")
