@@ -437,7 +437,8 @@ class DataApp:
             # pod's head: no future, no loop callback in between.
             sent = self.pools.get(handle.entry.url).start_lines(
                 method, target, lines, count, has_host, timeout=self.upstream_timeout,
-                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server))
+                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server),
+                now=now)
         except Exception:  # BadInput and the like: the ASGI path answers them
             sent = None
         if sent is None:
