@@ -115,3 +115,32 @@ async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_aliv
             writer.close()
         finally:
             await asyncio.to_thread(proxy.terminate)
+
+
+def test_response_header_names_are_sorted_out_the_same_however_many_a_pod_invents():
+    """The client's header lines from a pod's headers: what it passes on, drops and adds does
+    not change with how many different names pods sent before (names are kept to classify
+    them only up to a bound, so a pod inventing a new name every response grows nothing)."""
+    from katyusha.proxy import app
+
+    def lines(headers, keep_nonna=False):
+        built = app._downstream_lines(headers, keep_nonna, b"id-1", b"katyusha-queue;dur=0.000")
+        return built and (built[0].split(b"\r\n")[:-1], built[1], built[2], built[3])
+
+    headers = [(b"server", b"pod"), (b"content-length", b"2"), (b"keep-alive", b"timeout=5"),
+               (b"nonna-queue-length", b"0"), (b"x-end", b"1")]
+    expected = ([b"server: pod", b"content-length: 2", b"x-end: 1", b"x-request-id: id-1",
+                 b"server-timing: katyusha-queue;dur=0.000"], 5, True, True)
+    assert lines(headers) == expected
+    for i in range(3 * app._KINDS_MAX):
+        invented = [(b"x-invented-%d" % i, b"v"), (b"nonna-invented-%d" % i, b"1"),
+                    (b"x-" + b"long" * 40, b"w")]
+        assert lines(invented) == ([b"x-invented-%d: v" % i, b"x-" + b"long" * 40 + b": w",
+                                    b"x-request-id: id-1",
+                                    b"server-timing: katyusha-queue;dur=0.000"], 4, False, True)
+        assert lines(invented, keep_nonna=True)[0][1] == b"nonna-invented-%d: 1" % i
+    assert len(app._RESPONSE_KINDS) <= app._KINDS_MAX
+    assert lines(headers) == expected
+    assert lines([(b"x-request-id", b"from-pod"), (b"connection", b"close")]) == (
+        [b"x-request-id: from-pod", b"server-timing: katyusha-queue;dur=0.000"], 2, False, False)
+    assert lines([(b"connection", b"keep-alive, x-hop")]) is None  # the general filter's case

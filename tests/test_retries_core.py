@@ -99,3 +99,34 @@ def test_bad_budget_names_the_setting(kwargs, key):
     with pytest.raises(ConfigError) as info:
         RetryBudget(**kwargs)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_budget_counts_each_second_as_a_plain_model_does(seed):
+    """Requests and retries counted in one-second buckets over the last ``window_s`` seconds
+    (a call whose clock went back counts in the latest second): every answer and count as a
+    model that keeps a count per second and sums the window each time."""
+    rng = random.Random(seed)
+    window = rng.choice([1, 3, 10])
+    budget = RetryBudget(0.2, rng.choice([0.0, 0.5, 1.0]), window)
+    requests: dict[int, int] = {}
+    retries: dict[int, int] = {}
+    latest = None
+    now = rng.uniform(-5.0, 5.0)
+    for _ in range(300):
+        now += rng.choice([0.0, 0.001, 0.3, 0.99, 1.0, 2.5, 15.0, -0.7])
+        second = int(now // 1) if latest is None else max(int(now // 1), latest)
+        latest = second
+        in_window = range(second - window + 1, second + 1)
+        if rng.random() < 0.7:
+            budget.on_request(now)
+            requests[second] = requests.get(second, 0) + 1
+        else:
+            limit = (0.2 * sum(requests.get(s, 0) for s in in_window)
+                     + budget.min_per_s * window)
+            fits = sum(retries.get(s, 0) for s in in_window) + 1 <= limit
+            assert budget.allow(now) == fits
+            if fits:
+                retries[second] = retries.get(second, 0) + 1
+        assert budget.requests_in_window == sum(requests.get(s, 0) for s in in_window)
+        assert budget.retries_in_window == sum(retries.get(s, 0) for s in in_window)

@@ -152,6 +152,27 @@ def test_admitted_but_the_last_pod_left_waits_again_until_a_pod_joins():
     assert s.queue.admitted_total == 1
 
 
+def test_offer_dispatch_sends_an_admitted_request_at_once_and_leaves_the_others_waiting():
+    s = service(request_timeout=5.0, l1_limit=1)
+    # No pod: the queue holds the request; nothing is dispatched.
+    first = s.offer_dispatch(0.0)
+    assert first.waiting and first.dispatch is None and s.needs_pods
+    assert s.change_pods(PodChange(upsert=(pod("pod-0"),)), 1.0).admitted == [first]
+    s.end(first, 1.1)
+    # A pod with room: admitted and sent, the try's handle on the ticket.
+    second = s.offer_dispatch(2.0, idempotent=False)
+    handle = second.dispatch
+    assert second.admitted and handle.entry.name == "pod-0" and handle.sent_at == 2.0
+    assert not second.idempotent and second.tries_left == 2  # the default retries
+    assert s.table.get("pod-0").in_flight == 1
+    # The L1 limit is taken: the next one waits, undispatched, until the first ends.
+    third = s.offer_dispatch(2.5)
+    assert third.waiting and third.dispatch is None
+    assert s.complete(handle, 3.0, None, 200) == [third]
+    assert s.dispatch(third, 3.0).entry.name == "pod-0"
+    assert s.queue.admitted_total == 3
+
+
 def test_a_removed_pod_drains_its_requests_before_it_is_idle():
     s = service(capacity_factor=0)
     s.change_pods(PodChange(upsert=(pod("pod-0"), pod("pod-1"))), 0.0)

@@ -192,6 +192,32 @@ class CompleteTwins(RuleBasedStateMachine):
         if pair[0] is not None:
             self.tickets.append(tuple(pair))
 
+    @rule(idempotent=st.booleans())
+    def offer_dispatch(self, idempotent):
+        """One twin offers and dispatches in one call, the other in two: the same ticket, pod
+        and waiting (``ticket.dispatch`` None when it waits)."""
+        now = self._tick()
+        a, b = self.twins
+        try:
+            ticket_a = a.offer_dispatch(now, idempotent=idempotent)
+        except QueueFull:
+            ticket_a = None
+        try:
+            ticket_b = b.offer(now, idempotent=idempotent)
+        except QueueFull:
+            assert ticket_a is None
+            return
+        assert ticket_a is not None
+        handle_b = b.dispatch(ticket_b, now) if ticket_b.state is ADMITTED else None
+        handle_a = ticket_a.dispatch
+        assert ticket_a.state is ticket_b.state
+        assert ticket_a.idempotent == ticket_b.idempotent == idempotent
+        assert (handle_a is None) == (handle_b is None)
+        self.tickets.append((ticket_a, ticket_b))
+        if handle_a is not None:
+            assert handle_a.entry.name == handle_b.entry.name
+            self.handles.append((handle_a, handle_b))
+
     @precondition(lambda self: self.tickets)
     @rule(data=st.data())
     def dispatch(self, data):

@@ -34,6 +34,10 @@ class RetryBudget:
         self._requests = [0] * window_s
         self._retries = [0] * window_s
         self._second = None
+        # The current second's slot, and the times that fall in that second: [_from, _until).
+        self._slot = 0
+        self._from = math.inf
+        self._until = -math.inf
         self.requests_in_window = 0
         self.retries_in_window = 0
         self.exhausted = 0
@@ -52,13 +56,16 @@ class RetryBudget:
                 self._requests[slot] = 0
                 self._retries[slot] = 0
             self._second = second
-        return self._second % self.window_s
+        second = self._second
+        self._from = second
+        self._until = second + 1
+        self._slot = slot = second % self.window_s
+        return slot
 
     def on_request(self, now: float) -> None:
         """A request arrived (it may earn retries)."""
-        second = math.floor(now)
         # Within the second of the last call (most calls): its slot, without _advance.
-        slot = second % self.window_s if second == self._second else self._advance(now)
+        slot = self._slot if self._from <= now < self._until else self._advance(now)
         self._requests[slot] += 1
         self.requests_in_window += 1
 

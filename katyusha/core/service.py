@@ -7,6 +7,7 @@ proxy, a simulator) does the I/O and calls it. A request's life::
     ticket = service.offer(now)              # QueueFull (503) when the queue is full
     # ticket.admitted, or wait until a call below returns it (wake it then)
     handle = service.dispatch(ticket, now)   # None: no pod is ready, the ticket waits again
+    ticket = service.offer_dispatch(now)     # or both at once: handle in ticket.dispatch (or None)
     handle.on_head(now, feedback, status)    # the response head came back
     handle.on_failure(now, retryable, sent_nothing=...)  # or: no response; True: dispatch again
     service.end(ticket, now)                 # the request ended (also: handle.done(now))
@@ -321,6 +322,22 @@ class ServiceBalancer:
             if hedge.state is not _ENDED:
                 raise ValueError(f"dispatch while the ticket's hedge is still open: {hedge!r}")
             ticket.hedge = None
+        return self._send(ticket, now, avoid)
+
+    def offer_dispatch(self, now: float, *, idempotent: bool = True) -> ServiceTicket:
+        """:meth:`offer` of a request (priority 0) and, when it is admitted at once,
+        :meth:`dispatch` of it, in one call: ``ticket.dispatch`` is then the try's handle.
+        It is None when the ticket waits: not admitted, or admitted while no pod is
+        ready (it then waits again at the front, as after ``dispatch``). Raises as
+        :meth:`offer` does."""
+        ticket = self.offer(now, idempotent=idempotent)
+        if ticket.state is ADMITTED:
+            # dispatch()'s checks hold for a ticket just made: no try yet, no hedge.
+            self._send(ticket, now, ())
+        return ticket
+
+    def _send(self, ticket: ServiceTicket, now: float, avoid: Sequence[PodEntry]) -> Dispatch | None:
+        """The rest of :meth:`dispatch` once its checks passed: the pick and the try's handle."""
         ready = self.table.ready()
         if not ready:
             self.queue.hold()

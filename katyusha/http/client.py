@@ -277,10 +277,12 @@ class Pool:
         return self._start_idle(head, method, timeout, on_head)
 
     def start_lines(self, method: bytes, target: bytes, lines: bytes, count: int, has_host: bool,
-                    *, timeout: float | None = None, on_head=None) -> asyncio.Future | bool | None:
+                    *, timeout: float | None = None, on_head=None, now: float | None = None
+                    ) -> asyncio.Future | bool | None:
         """:meth:`start` with the header lines already built: ``count`` lines of
         ``name: value\r\n`` with no hop-by-hop or framing header (``has_host``: Host is
-        among them). Raises BadInput for a line break in them or a space in ``target``."""
+        among them). Raises BadInput for a line break in them or a space in ``target``.
+        ``now``: the loop's time, when the caller has just read it."""
         if self._closed or not self._idle:
             return None
         parts = [method, b" ", target, b" HTTP/1.1\r\n", lines]
@@ -296,11 +298,11 @@ class Pool:
         if head.count(b"\n") != count or b" " in target:
             raise BadInput(_bad_header(method, target, _lines_as_headers(lines)))
         # _start_idle, inline: once per request on the fast path.
-        conn = self._take_idle()
+        conn = self._take_idle(now)
         if conn is None:
             return None
         try:
-            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head)
+            waiter = conn.start(head, None, None, timeout, method == b"HEAD", False, on_head, now)
         except (Stale, UpstreamError):
             return None
         self.reuses += 1
@@ -364,11 +366,11 @@ class Pool:
             raise BadInput(_bad_header(method, target, headers))
         return head, chunked
 
-    def _take_idle(self) -> Connection | None:
+    def _take_idle(self, now: float | None = None) -> Connection | None:
         idle = self._idle
         if not idle:
             return None
-        oldest_ok = self._loop.time() - self.idle_timeout
+        oldest_ok = (self._loop.time() if now is None else now) - self.idle_timeout
         while idle:
             conn = idle.pop()
             if conn.closed:

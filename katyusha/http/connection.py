@@ -383,7 +383,13 @@ class Connection(asyncio.Protocol):
         if self._head_only or response is None or response.status == 101:
             # A 101 has no body: the connection waits for its tunnel (detach).
             return
-        self._complete(self.parser.should_keep_alive())
+        # _complete(), inline: once per response.
+        if not response.complete:
+            response.complete = True
+            response._conn = None
+            if response._waiter is not None:
+                response._wake()
+        self._end(self.parser.should_keep_alive() and self._pump is None)
 
     # Used by the pool and the response.
 
@@ -396,6 +402,7 @@ class Connection(asyncio.Protocol):
         head_only: bool,
         upgrade: bool = False,
         on_head: Callable[[Response | None, BaseException | None], None] | None = None,
+        now: float | None = None,
     ) -> asyncio.Future | None:
         """Send one request; the returned future gets the response once its head arrived.
 
@@ -408,6 +415,7 @@ class Connection(asyncio.Protocol):
         once, ``on_head(response, None)`` at the end of the read that brought
         the head (so a small response arrives whole), or ``on_head(None,
         error)`` from a later loop callback when the exchange failed first.
+        ``now``: the loop's time, when the caller has just read it.
         """
         if self.closed or self.transport.is_closing():
             if self.reused:
@@ -429,7 +437,9 @@ class Connection(asyncio.Protocol):
         if timeout is not None:
             self._timeout = timeout
             self._timed = True
-            self.last_activity = now = self.loop.time()
+            if now is None:
+                now = self.loop.time()
+            self.last_activity = now
             due = now + timeout
             timer = self._timer
             if timer is None or self._timer_at > due:

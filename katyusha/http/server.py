@@ -338,8 +338,12 @@ class LeanHTTPProtocol(asyncio.Protocol):
         headers = self._headers
         asterisk = False
         if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
-            raw_path = raw_path.partition(b"#")[0]
+            if b"?" in url or b"#" in url:
+                raw_path, _, query = url.partition(b"?")
+                raw_path = raw_path.partition(b"#")[0]
+            else:  # most targets: a path alone
+                raw_path = url
+                query = b""
         elif url == b"*":
             if method != "OPTIONS":
                 raise Refusal(400, "the request target * is only for OPTIONS")
@@ -392,7 +396,14 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self._phase = _BUSY
         self._parsing = exchange
         if self._active is None:
-            self._start(exchange)
+            fast = self._fast
+            if fast is not None and not exchange.has_body and not exchange.upgrade and not asterisk:
+                # _start(), inline for the app's fast path: once per body-less request.
+                self._active = exchange
+                if not fast(exchange, self):
+                    self.spawn(exchange, self.app)
+            else:
+                self._start(exchange)
         else:
             # Pipelined: answered after the one in progress; stop reading meanwhile.
             self._pipeline.append(exchange)

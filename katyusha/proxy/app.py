@@ -24,7 +24,7 @@ from katyusha.core.forwarding import DROPPED_PREFIX as _DROPPED
 from katyusha.core.forwarding import REWRITTEN as FORWARDING_HEADERS
 from katyusha.core.forwarding import Forwarding
 from katyusha.core.protocol import NONNA_PREFIX, REQUEST_ID
-from katyusha.core.queue import ADMITTED, parse_priority
+from katyusha.core.queue import parse_priority
 from katyusha.core.routing import Router
 from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
@@ -251,28 +251,29 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
     has_id = False
     has_length = False
     has_nonna = False
-    count = 2
+    kinds = _RESPONSE_KINDS
     for name, value in headers:
-        kind = _SPECIAL_RESPONSE.get(name)
-        if kind is not None:
-            if kind == _HOP:
-                if name == b"connection" and value not in _PLAIN_CONNECTION:
-                    return None
-                continue
+        kind = kinds[name]
+        if kind is None:  # most headers: passed on as they are
+            parts += (name, b": ", value, b"\r\n")
+        elif kind == _NONNA_KIND:
+            has_nonna = True
+            if keep_nonna:
+                parts += (name, b": ", value, b"\r\n")
+        elif kind == _HOP:
+            if name == b"connection" and value not in _PLAIN_CONNECTION:
+                return None
+        else:
             if kind == _LENGTH:
                 has_length = True
             else:
                 has_id = True
-        elif name.startswith(_NONNA):
-            has_nonna = True
-            if not keep_nonna:
-                continue
-        parts += (name, b": ", value, b"\r\n")
-        count += 1
-    if has_id:
-        count -= 1
-    else:
+            parts += (name, b": ", value, b"\r\n")
+    # Four parts a line; then X-Request-Id when the pod sent none, and Server-Timing.
+    count = (len(parts) >> 2) + 1
+    if not has_id:
         parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
+        count += 1
     parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
     return b"".join(parts), count, has_length, has_nonna
 
@@ -399,11 +400,12 @@ class DataApp:
         loop = self._loop or self.loop
         now = loop.time()
         try:
-            ticket = live.offer(now, 0, scope["method"] in IDEMPOTENT)
+            # The offer and, when admitted at once, the dispatch: one core call.
+            ticket = live.offer_dispatch(now, scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
         self.in_progress += 1
-        handle = live.dispatch(ticket, now) if ticket.state is ADMITTED else None
+        handle = ticket.dispatch
         # One pass from the client's headers to the pod's header lines (forwarding's
         # added), which also finds the request's id; when the client brought forwarding
         # headers, the same from forwarding's rewrite (None: a Connection header names others).
@@ -435,7 +437,8 @@ class DataApp:
             # pod's head: no future, no loop callback in between.
             sent = self.pools.get(handle.entry.url).start_lines(
                 method, target, lines, count, has_host, timeout=self.upstream_timeout,
-                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server))
+                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server),
+                now=now)
         except Exception:  # BadInput and the like: the ASGI path answers them
             sent = None
         if sent is None:
@@ -699,6 +702,28 @@ _HOP, _LENGTH, _ID = 0, 1, 2
 _SPECIAL_RESPONSE = {**{name: _HOP for name in _HOP_RESPONSE}, b"content-length": _LENGTH,
                      _REQUEST_ID: _ID}
 _REQUEST_ID_LINE = _REQUEST_ID + b": "
+_NONNA_KIND = 5
+# Names longer than this are classified each time rather than kept.
+_KIND_NAME_MAX = 64
+_KINDS_MAX = 1024
+
+
+class _ResponseKinds(dict):
+    """What _downstream_lines does with each response header name: a kind of
+    ``_SPECIAL_RESPONSE``, ``_NONNA_KIND`` or None (passed on), one dict lookup a header.
+    A name not seen before is classified on the miss and kept, up to ``_KINDS_MAX``
+    names of at most ``_KIND_NAME_MAX`` bytes (pods send a few names over and over)."""
+
+    __slots__ = ()
+
+    def __missing__(self, name: bytes) -> int | None:
+        kind = _NONNA_KIND if name.startswith(_NONNA) else None
+        if len(name) <= _KIND_NAME_MAX and len(self) < _KINDS_MAX:
+            self[name] = kind
+        return kind
+
+
+_RESPONSE_KINDS = _ResponseKinds(_SPECIAL_RESPONSE)
 # The request headers _upstream_lines treats apart: framing goes with hop-by-hop (no body here).
 _HOST_KIND = 3
 _SPECIAL_REQUEST = {**{name: _HOP for name in REQUEST_HOP_BY_HOP},

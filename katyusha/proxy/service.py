@@ -66,6 +66,14 @@ class LiveService:
             self._waits(ticket)
         return ticket
 
+    def offer_dispatch(self, now: float, idempotent: bool) -> ServiceTicket:
+        """``core.offer_dispatch`` (priority 0): the handle is ``ticket.dispatch``; a ticket
+        that must wait (None there) gets its future. Raises QueueFull."""
+        ticket = self.core.offer_dispatch(now, idempotent=idempotent)
+        if ticket.dispatch is None:
+            self._waits(ticket)
+        return ticket
+
     def dispatch(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """``core.dispatch``; when no pod is ready the ticket waits again on a new future."""
         handle = self.core.dispatch(ticket, now)
