@@ -141,16 +141,18 @@ class PodCapacity:
         self.held.intersection_update(self.slow)
         self.held &= self._ready
         total: int | None = 0
+        unproven = 0  # ready pods on their single first request: no extra in their capacity
+        watch = self.watch
         for entry in ready:
             cap = caps.get(entry)
             if cap is None:
                 total = None
                 break
             total += cap
+            if watch and watch.get(entry) is UNPROVEN:
+                unproven += 1
         self._total = total
-        watch = self.watch
-        self.ready_extras = self.extra * sum(
-            1 for entry in ready if entry in caps and watch.get(entry) is not UNPROVEN) if total else 0
+        self.ready_extras = self.extra * (len(ready) - unproven) if total else 0
         ready_set = self._ready
         self._withheld = sum(caps[entry] if entry in self.held else self.extra
                              for entry in self.slow if entry in ready_set)
