@@ -257,6 +257,35 @@ def test_a_slow_pod_loses_its_extra_slot_and_gets_it_back_when_fast_again():
         (e for e in entries.values() if e not in capacity.full), key=lambda e: e.name)
 
 
+def test_slow_pods_extra_slots_do_not_count_twice_against_hedging():
+    # Ten pods of concurrency 1 with the default extra slot: 20 requests admitted, 10 started at
+    # once. Three pods twice as slow as the others lose their extra (not held: below 2.5x), so
+    # the L1 limit is 17 and 10 requests still start at once: with 8 active a hedge is affordable
+    # (under 90% of 10 slots). Counting the slow pods' extra twice made it 7 slots and no hedge.
+    s = service(pods=10, concurrency=1, delay=0.01, budget=1.0)
+    entries = sorted(s.table.pods(), key=lambda e: e.name)
+    for index, entry in enumerate(entries):
+        entry.app_ewma_ms = 40.0 if index < 3 else 20.0
+    for _ in range(2):
+        for entry in entries:
+            entry.in_flight += 1
+            s.capacity.started(entry)
+            entry.in_flight -= 1
+            s.capacity.ended(entry)
+    assert len(s.capacity.slow) == 3 and not s.capacity.held
+    first = s.offer(0.0)  # one request through the balancer hands the L1 limit the change
+    s.dispatch(first, 0.0)
+    s.end(first, 0.0)
+    tickets = [s.offer(0.0) for _ in range(8)]
+    for ticket in tickets:
+        s.dispatch(ticket, 0.0)
+    assert s.queue.limit == 17 and s.queue.active == 8 and s.queue.waiting == 0
+    assert s.hedge_delay("GET", False) == 0.01
+    # At 9 active of 10 slots it is near capacity: no hedge.
+    s.dispatch(s.offer(0.0), 0.0)
+    assert s.hedge_delay("GET", False) is None
+
+
 def test_no_hedge_is_armed_while_one_would_not_be_affordable():
     # Two pods of concurrency 1, budget 100%: armed while a pod is free, not once both are busy.
     s = service(pods=2, concurrency=1, delay=0.01, budget=1.0)

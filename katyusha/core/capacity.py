@@ -152,10 +152,11 @@ class PodCapacity:
             if watch and watch.get(entry) is UNPROVEN:
                 unproven += 1
         self._total = total
-        self.ready_extras = self.extra * (len(ready) - unproven) if total else 0
         ready_set = self._ready
-        self._withheld = sum(caps[entry] if entry in self.held else self.extra
-                             for entry in self.slow if entry in ready_set)
+        slow_ready = [entry for entry in self.slow if entry in ready_set]
+        self._withheld = sum(caps[entry] if entry in self.held else self.extra for entry in slow_ready)
+        # A slow pod's extra is withheld already (its whole capacity while held).
+        self.ready_extras = self.extra * (len(ready) - unproven - len(slow_ready)) if total else 0
         self.moved = False
         if self.hold:
             self._thresholds()
@@ -214,7 +215,7 @@ class PodCapacity:
             return
         if slow:
             self.slow[entry] = None
-            if entry.in_flight >= self.caps[entry] - self.extra:
+            if entry.in_flight >= self._unheld_room(entry):
                 self._close(entry)
         else:
             if entry in self.held:
@@ -227,6 +228,7 @@ class PodCapacity:
             # Its extra slot leaves or rejoins the L1 limit: an admitted request finds a pod
             # with room, never one beyond it (all full, any pod may be picked: a held one too).
             self._withheld += self.extra if slow else -self.extra
+            self.ready_extras += -self.extra if slow else self.extra
             self.moved = True
         if self.hold:
             self._thresholds()
@@ -291,6 +293,14 @@ class PodCapacity:
         if configured is None or not total:
             return configured
         return min(configured, max(1, total - self._withheld))
+
+    def slots_limit(self, configured: int | None) -> int | None:
+        """:meth:`limit` without the extra slots still in it: the requests the ready pods start at
+        once (what a hedge is judged against: one more would wait in nonna). Changes nothing."""
+        total = self._total
+        if configured is None or not total:
+            return configured
+        return min(configured, max(1, total - self._withheld - self.ready_extras))
 
     # -- per request -------------------------------------------------------
 

@@ -445,9 +445,7 @@ class ServiceBalancer:
 
     def _hedge_limit(self) -> int | None:
         """The L1 limit without the pods' extra slots: a hedge is for a pod that starts it at once."""
-        limit = self.queue.limit
-        extras = self.capacity.ready_extras
-        return limit if limit is None or not extras else max(1, limit - extras)
+        return self.capacity.slots_limit(self.settings.l1_limit)
 
     def hedge(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """A second try of the ticket's open try, on another pod, if one is affordable now.
