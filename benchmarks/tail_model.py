@@ -9,8 +9,9 @@ percent between runs. This drives the same core object the proxy drives,
 policy, load table, hedging), with a small discrete-event model of the
 fleets of lb_quality.py: pods of a given container concurrency and speed,
 nonna's FIFO L2 queue in front of each, a report on every response, 0.5 ms
-each way on the wire, Poisson or bursty arrivals. A hedge's loser keeps its
-pod busy until its work is done (the model does not credit cancellation).
+each way on the wire, Poisson or bursty arrivals. A hedge's loser still
+waiting in nonna's queue is dropped there (as nonna drops a request whose
+connection closed); one already running keeps its pod busy to the end.
 Each combination of settings runs the same arrival and service-time draws,
 so differences are the settings'. Two settings model the peers: least
 connections with no cap (nginx ``least_conn``, HAProxy ``leastconn``) and with
@@ -77,6 +78,7 @@ SETTINGS = (
     Setting("jsq cap1+0 no hold", capacity_extra=0, slow_hold=0.0),
     Setting("jsq cap1+1", capacity_extra=1),
     Setting("sed cap1+1", "sed-piggyback", capacity_extra=1),
+    Setting("jsq hold 0.25", slow_hold=0.25),
     Setting("jsq hold 0.5", slow_hold=0.5),
     Setting("jsq hold 1", slow_hold=1.0),
     # Models of the peers: a least-connections proxy with no per-pod cap (nginx
@@ -163,6 +165,8 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
             if ticket.admitted:
                 dispatch(ticket, now)
         elif kind == "reach":
+            if data.ended:
+                continue  # a hedge's loser cancelled on its way: nonna sees the closed connection
             pod = by_name[data.entry.name]
             pod.queue.append((data, now))
             if pod.running < pod.concurrency:
@@ -190,6 +194,13 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
             other = ticket.hedge
             if other is not None and other is not handle:
                 other.abandon(now)
+                # nonna drops a cancelled request still waiting in its queue (one already
+                # running keeps its pod busy to the end).
+                waiting = by_name[other.entry.name].queue
+                for index, (queued, _) in enumerate(waiting):
+                    if queued is other:
+                        del waiting[index]
+                        break
             latencies.append((now - answered.pop(ticket)) * 1000)
             for admitted in service.end(ticket, now):
                 dispatch(admitted, now)
