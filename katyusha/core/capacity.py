@@ -40,6 +40,7 @@ pick never filters the pod set per request. The bound is per process.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import filterfalse, repeat
 
 from katyusha.core.loadtable import PodEntry
 
@@ -72,6 +73,9 @@ class PodCapacity:
         self._classes = bool(self.extra or self.hold)
         self.learn = learn
         self.given: dict[PodEntry, int] = {}
+        # The capacity each given concurrency makes (None: unlimited), kept with ``given``:
+        # rebuild() reads it rather than working each pod's out again.
+        self._given_caps: dict[PodEntry, int | None] = {}
         # Pods learning their capacity from reports: the concurrency their
         # capacity was last computed from (or UNPROVEN).
         self.watch: dict[PodEntry, object] = {}
@@ -101,6 +105,9 @@ class PodCapacity:
         self.thresholds: dict[PodEntry, float] = {}
         self._probe_at: dict[PodEntry, float] = {}
         self._withheld = 0
+        # The slots of the ready pods that are not slow (what _thresholds() weighs a slow
+        # pod's extra work against), kept as pods turn slow or fast between rebuilds.
+        self._fast = 0
         self.moved = False
         # The ready pods' total capacity (None: one is uncapped), from the last rebuild, and
         # the extra slots in it (what a hedge does not count as room: it would wait in nonna).
@@ -113,6 +120,8 @@ class PodCapacity:
         """A pod joined or was updated with ``concurrency`` (None: not given)."""
         if concurrency is not None:
             self.given[entry] = concurrency
+            self._given_caps[entry] = (None if concurrency == 0
+                                       else max(1, int(concurrency * self.factor)) + self.extra)
             self.watch.pop(entry, None)
         elif entry not in self.given and self.factor and self.learn:
             reported = entry.reported_concurrency
@@ -121,6 +130,7 @@ class PodCapacity:
     def forget(self, entry: PodEntry) -> None:
         """A pod left the set."""
         self.given.pop(entry, None)
+        self._given_caps.pop(entry, None)
         self.watch.pop(entry, None)
         self.thresholds.pop(entry, None)
         self._probe_at.pop(entry, None)
@@ -128,42 +138,79 @@ class PodCapacity:
     def rebuild(self, pods: Sequence[PodEntry], ready: Sequence[PodEntry]) -> None:
         """Recompute every capacity, the full pods and the open list (after a change of pods)."""
         self.stale = False
-        caps: dict[PodEntry, int] = {}
-        if self.factor:
-            for entry in pods:
-                cap = self.capacity_of(entry)
-                if cap is not None:
-                    caps[entry] = cap
+        caps = self._caps(pods) if self.factor else {}
         self.caps = caps
-        self.slow = {entry: None for entry in self.slow if entry in caps}
-        self._ready = set(ready)
+        slow = self.slow
+        if slow:
+            slow = self.slow = {entry: None for entry in slow if entry in caps}
+        self._ready = ready_set = set(ready)
         # A held pod that left the ready set is no longer held (its slots are not in the total).
-        self.held.intersection_update(self.slow)
-        self.held &= self._ready
+        held = self.held
+        if held:
+            held.intersection_update(slow)
+            held &= ready_set
         total: int | None = 0
         unproven = 0  # ready pods on their single first request: no extra in their capacity
         watch = self.watch
-        for entry in ready:
-            cap = caps.get(entry)
-            if cap is None:
-                total = None
-                break
-            total += cap
-            if watch and watch.get(entry) is UNPROVEN:
-                unproven += 1
+        if watch:
+            for entry in ready:
+                cap = caps.get(entry)
+                if cap is None:
+                    total = None
+                    break
+                total += cap
+                if watch.get(entry) is UNPROVEN:
+                    unproven += 1
+        else:
+            try:
+                total = sum(map(caps.__getitem__, ready))
+            except KeyError:
+                total = None  # a ready pod is uncapped
         self._total = total
-        ready_set = self._ready
-        slow_ready = [entry for entry in self.slow if entry in ready_set]
-        self._withheld = sum(caps[entry] if entry in self.held else self.extra for entry in slow_ready)
+        extra = self.extra
+        withheld = slow_slots = slow_ready = 0
+        for entry in slow:
+            if entry in ready_set:
+                cap = caps[entry]
+                slow_ready += 1
+                slow_slots += cap
+                withheld += cap if entry in held else extra
+        self._withheld = withheld
         # A slow pod's extra is withheld already (its whole capacity while held).
-        self.ready_extras = self.extra * (len(ready) - unproven - len(slow_ready)) if total else 0
+        self.ready_extras = extra * (len(ready) - unproven - slow_ready) if total else 0
+        self._fast = (total if total is not None else sum(map(caps.get, ready, repeat(0)))) - slow_slots
         self.moved = False
         if self.hold:
             self._thresholds()
-        full = self.full = {entry for entry, cap in caps.items() if entry.in_flight >= self._room(entry, cap)}
+        # The pods at their room: at their capacity, a slow one at it less the extra, a held one always.
+        full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
+        if slow and self._classes:
+            for entry in slow:
+                if entry.in_flight >= (0 if entry in held else caps[entry] - extra):
+                    full.add(entry)
+                else:
+                    full.discard(entry)
+        self.full = full
         self.built_from = ready
-        self.open = [entry for entry in ready if entry not in full] if full else list(ready)
-        self._pos = {entry: index for index, entry in enumerate(self.open)}
+        self.open = open_ = list(filterfalse(full.__contains__, ready)) if full else list(ready)
+        self._pos = dict(zip(open_, range(len(open_))))
+
+    def _caps(self, pods: Sequence[PodEntry]) -> dict[PodEntry, int]:
+        """Each capped pod's capacity, in ``pods``' order (as :meth:`capacity_of` gives it)."""
+        given_caps = self._given_caps
+        if (not self.watch and len(given_caps) == len(pods)
+                and all(map(given_caps.__contains__, pods))):
+            # Every pod's concurrency was given: their capacities are known already.
+            caps = dict(zip(pods, map(given_caps.__getitem__, pods)))
+            if None in caps.values():
+                caps = {entry: cap for entry, cap in caps.items() if cap is not None}
+            return caps
+        caps = {}
+        for entry in pods:
+            cap = self.capacity_of(entry)
+            if cap is not None:
+                caps[entry] = cap
+        return caps
 
     @property
     def order(self) -> dict[PodEntry, int]:
@@ -213,6 +260,8 @@ class PodCapacity:
         slow = median is not None and app is not None and app > SLOW_RATIO * median
         if slow == (entry in self.slow):
             return
+        if entry in self._ready:
+            self._fast += -self.caps[entry] if slow else self.caps[entry]
         if slow:
             self.slow[entry] = None
             if entry.in_flight >= self._unheld_room(entry):
@@ -240,8 +289,7 @@ class PodCapacity:
         thresholds.clear()
         if not self.slow or not median:
             return
-        ready = self._ready
-        fast = sum(cap for entry, cap in self.caps.items() if entry in ready and entry not in self.slow)
+        fast = self._fast
         if not fast:
             return  # nowhere else to wait for: slow pods are not held
         for entry in self.slow:
@@ -253,7 +301,9 @@ class PodCapacity:
         """Hold or release each slow pod for ``waiting`` requests in L1; True when the L1 limit changed."""
         changed = False
         thresholds = self.thresholds
-        for entry in self.slow:
+        # Only a pod with a threshold can be held, only a held one released: with none held,
+        # the pods with a threshold (in the slow set's order) are all there is to visit.
+        for entry in self.slow if self.held else thresholds:
             threshold = thresholds.get(entry)
             hold = (threshold is not None and waiting <= threshold and entry in self._ready
                     and now < self._probe_at.get(entry, now + 1.0))
