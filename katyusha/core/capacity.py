@@ -301,9 +301,11 @@ class PodCapacity:
         """Hold or release each slow pod for ``waiting`` requests in L1; True when the L1 limit changed."""
         changed = False
         thresholds = self.thresholds
-        # Only a pod with a threshold can be held, only a held one released: with none held,
-        # the pods with a threshold (in the slow set's order) are all there is to visit.
-        for entry in self.slow if self.held else thresholds:
+        # Only a pod with a threshold can be held, only a held one released: while every held
+        # pod has a threshold, the pods with one (a subsequence of the slow set, kept in its
+        # order by _thresholds) are all there is to visit, in the order a visit of all takes.
+        held = self.held
+        for entry in thresholds if not held or thresholds.keys() >= held else self.slow:
             threshold = thresholds.get(entry)
             hold = (threshold is not None and waiting <= threshold and entry in self._ready
                     and now < self._probe_at.get(entry, now + 1.0))
