@@ -283,7 +283,8 @@ class SlotPhases:
 
     def asked_for(self, names: Iterable[str]) -> int:
         """How many of ``names`` are waking or serving."""
-        return sum(1 for name in names if self.of(name) in ASKED_FOR)
+        # of() for each, in C: a name not listed is free (None here), not asked for.
+        return sum(map(ASKED_FOR.__contains__, map(self._phase.get, names)))
 
     def counts(self, names: Iterable[str]) -> dict[str, int]:
         """How many of ``names`` are in each phase, plus ``slots``, their number."""

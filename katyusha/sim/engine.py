@@ -60,6 +60,7 @@ from katyusha.core.podstate import (
     PodState,
 )
 from katyusha.core.protocol import QUEUE_FULL, QUEUE_TIMEOUT
+from katyusha.core.queue import ADMITTED
 from katyusha.core.scaling import Demand, ScaleController, merge_replicas
 from katyusha.core.service import ServiceBalancer
 from katyusha.core.sidecar import Sidecar
@@ -353,17 +354,24 @@ class Simulation:
         self.recorder.arrivals[svc.name] += 1
         balancer = front.balancer
         try:
-            ticket = balancer.offer(now)
+            # offer() then, when admitted, dispatch() (_dispatch's first step) in one call.
+            ticket = balancer.offer_dispatch(now)
         except QueueFull:
             self._record(request, 503, "l1-full")
             return
         self.open += 1
         ticket.payload = request
         request.ticket = ticket
-        if self.journal is not None:
-            self.journal.append(("offer", request.number, now))
-        if ticket.state == "admitted":
-            self._dispatch(ticket)
+        journal = self.journal
+        if journal is not None:
+            journal.append(("offer", request.number, now))
+        if ticket.state is ADMITTED:
+            handle = ticket.dispatch
+            if handle is None:  # no pod was ready: the ticket waits again
+                self._arm(front)
+                self._poke(svc)
+                return
+            self._sent(request, handle, now)
         else:
             self._arm(front)
             if balancer.needs_pods:
@@ -378,12 +386,16 @@ class Simulation:
             self._arm(front)
             self._poke(front.service)
             return
+        self._sent(request, handle, now)
+
+    def _sent(self, request: Request, handle, now: float) -> None:
+        """The balancer sent ``request`` to a pod (``handle``): on the wire to it."""
         request.handle = handle
         request.t2 = now
         pod = request.pod = self.pods[handle.entry.name]
         if self.journal is not None:
             self.journal.append(("pick", request.number, now, pod.name))
-        delay = self.latency[(front.region, pod.node.region)]
+        delay = self.latency[(request.front.region, pod.node.region)]
         if delay:
             self.env.at(now + delay, self._at_pod, request)
         else:
