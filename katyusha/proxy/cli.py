@@ -51,7 +51,8 @@ class _Version(argparse.Action):
         from katyusha import __version__
         from katyusha.compiled import describe
 
-        parser.exit(message=f"katyusha {__version__}: {describe()}\n")
+        sys.stdout.write(f"katyusha {__version__}: {describe()}\n")
+        parser.exit()
 
 
 def _dest(key: str) -> str:
