@@ -84,6 +84,12 @@ def test_an_extension_with_no_build_record_loads_as_python(tmp_path):
     assert finder.as_python["katyusha.core.mod"] == "no build record for it"
 
 
+def test_the_switches_are_no_unknown_settings():
+    from katyusha.proxy.config import from_env
+
+    assert from_env({ENV_PURE: "1", "KATYUSHA_COMPILE": "1"}) == {}
+
+
 def test_the_finder_is_first_on_the_meta_path():
     assert isinstance(sys.meta_path[0], CompiledFinder)
 
