@@ -1,6 +1,6 @@
 """Python bytecodes and calls per body-less request on katyusha's fast path, in process: figures that do not move with the machine's load.
 
-Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N]
+Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N] [--compiled-vs-pure PAIRS]
 [--top N] [--json PATH]``. Needs nothing outside the package (no sockets, no nginx).
 
 katyusha's data app is built as ``katyusha serve --pod URL`` builds it (one
@@ -19,6 +19,9 @@ printed beside them (the fastest of 9 rounds) are only a hint. With
 ``--against`` the same is measured for the ``katyusha`` package at that git
 ref. JSON: ``versions`` (``this tree`` and REF: ``requests``, ``bytecodes``,
 ``frames``, ``us_min``, ``top``), ``against``, ``ratio_bytecodes``; a bar plot beside it.
+``--compiled-vs-pure PAIRS`` times this tree's path instead with its compiled
+modules (setup.py, ``KATYUSHA_COMPILE``) and as pure Python
+(``KATYUSHA_PURE_PYTHON=1``), alternately, and prints each pair's fastest round.
 """
 
 from __future__ import annotations
