@@ -174,13 +174,13 @@ def child(requests: int, top: int) -> None:
     print(json.dumps(figures))
 
 
-def count(tree: str | None, requests: int, top: int, *, pure: str | None = None) -> dict:
+def count(tree: str | None, requests: int, top: int, *, pure: str = "1") -> dict:
     """The figures of the installed katyusha (``tree`` None) or of the package in ``tree``.
 
-    ``pure``: the child's ``KATYUSHA_PURE_PYTHON`` ("1": every compiled module
-    as its .py; module names: those); None leaves the environment's.
+    ``pure``: the child's ``KATYUSHA_PURE_PYTHON``: "1" (the default) counts the
+    Python path, compiled modules or not; "0" uses the compiled ones where built.
     """
-    env = None if pure is None else {**os.environ, "KATYUSHA_PURE_PYTHON": pure}
+    env = {**os.environ, "KATYUSHA_PURE_PYTHON": pure}
     out = subprocess.run([sys.executable, "-c", _CHILD, tree or "", str(requests), str(top)],
                          capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
