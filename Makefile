@@ -5,18 +5,25 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-deps system-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
+.PHONY: compile test test-deps system-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Reinstall when pyproject.toml changes.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,containers]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The request path compiled with Cython, in place (optional, docs/performance.md:
+# compiled as they are, these modules run slower than CPython 3.11's own
+# interpreter). KATYUSHA_PURE_PYTHON=1 runs the .py files anyway; an edited .py
+# runs as Python, with a warning, until the next `make compile`.
+compile: $(STAMP)
+	KATYUSHA_COMPILE=$${KATYUSHA_COMPILE:-1} $(BIN)/python setup.py -q build_ext --inplace
 
 test: $(STAMP) test-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Python bytecodes and calls per body-less request on katyusha's fast path, in process: figures that do not move with the machine's load.
 
-Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N]
+Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N] [--compiled-vs-pure PAIRS]
 [--top N] [--json PATH]``. Needs nothing outside the package (no sockets, no nginx).
 
 katyusha's data app is built as ``katyusha serve --pod URL`` builds it (one
@@ -19,12 +19,16 @@ printed beside them (the fastest of 9 rounds) are only a hint. With
 ``--against`` the same is measured for the ``katyusha`` package at that git
 ref. JSON: ``versions`` (``this tree`` and REF: ``requests``, ``bytecodes``,
 ``frames``, ``us_min``, ``top``), ``against``, ``ratio_bytecodes``; a bar plot beside it.
+``--compiled-vs-pure PAIRS`` times this tree's path instead with its compiled
+modules (setup.py, ``KATYUSHA_COMPILE``) and as pure Python
+(``KATYUSHA_PURE_PYTHON=1``), alternately, and prints each pair's fastest round.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -163,13 +167,22 @@ def child(requests: int, top: int) -> None:
                      round(n / requests, 1)] for code, n in ranked],
         }
 
-    print(json.dumps(uvloop.run(run())))
+    from katyusha.compiled import status
+
+    figures = uvloop.run(run())
+    figures["compiled_modules"] = len(status()["compiled"])
+    print(json.dumps(figures))
 
 
-def count(tree: str | None, requests: int, top: int) -> dict:
-    """The figures of the installed katyusha (``tree`` None) or of the package in ``tree``."""
+def count(tree: str | None, requests: int, top: int, *, pure: str = "1") -> dict:
+    """The figures of the installed katyusha (``tree`` None) or of the package in ``tree``.
+
+    ``pure``: the child's ``KATYUSHA_PURE_PYTHON``: "1" (the default) counts the
+    Python path, compiled modules or not; "0" uses the compiled ones where built.
+    """
+    env = {**os.environ, "KATYUSHA_PURE_PYTHON": pure}
     out = subprocess.run([sys.executable, "-c", _CHILD, tree or "", str(requests), str(top)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"the measurement failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -180,6 +193,29 @@ def _print(name: str, figures: dict) -> None:
           f"({figures['us_min']} µs at best, {figures['requests']} requests)", flush=True)
     for where, n in figures["top"]:
         print(f"  {n:7.1f}  {where}")
+
+
+def compiled_vs_pure(pairs: int, requests: int, json_path: str | None) -> int:
+    """The in-process path timed compiled and pure, alternately (which first alternates too)."""
+    runs: dict[str, list[float]] = {"compiled": [], "pure": []}
+    for pair in range(pairs):
+        order = ("compiled", "pure") if pair % 2 == 0 else ("pure", "compiled")
+        for name in order:
+            figures = count(None, requests, 0, pure="1" if name == "pure" else "0")
+            if name == "compiled" and not figures["compiled_modules"]:
+                raise SystemExit("nothing compiled here: build first (python setup.py build_ext --inplace)")
+            runs[name].append(figures["us_min"])
+            print(f"pair {pair + 1} {name:8s} {figures['us_min']:6.2f} µs a request at best "
+                  f"({figures['bytecodes']} bytecodes, {figures['compiled_modules']} modules compiled)",
+                  flush=True)
+    best = {name: min(values) for name, values in runs.items()}
+    wins = sum(c < p for c, p in zip(runs["compiled"], runs["pure"], strict=True))
+    print(f"best of all: compiled {best['compiled']:.2f} µs, pure {best['pure']:.2f} µs, "
+          f"ratio {best['compiled'] / best['pure']:.3f}; compiled faster in {wins} of {pairs} pairs")
+    if json_path:
+        with open(json_path, "w") as file:
+            json.dump({"us_min": runs, "ratio_best": round(best["compiled"] / best["pure"], 3)}, file, indent=2)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests counted (and per timed round)")
     parser.add_argument("--top", type=int, default=12, help="functions listed, most bytecodes first")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--compiled-vs-pure", type=int, metavar="PAIRS", default=0,
+                        help="instead: time this tree compiled and with KATYUSHA_PURE_PYTHON=1, "
+                             "alternately, PAIRS times (needs the extensions built)")
     args = parser.parse_args(argv)
+    if args.compiled_vs_pure:
+        return compiled_vs_pure(args.compiled_vs_pure, args.requests, args.json)
     versions: dict = {}
     versions["this tree"] = count(None, args.requests, args.top)
     _print("this tree", versions["this tree"])

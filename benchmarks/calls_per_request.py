@@ -77,7 +77,8 @@ def count_calls(backend_url: str, tree: str | None, connections: int, requests: 
         code = _PROFILED + (_INSTALLED if tree is None else _FROM_TREE)
         argv = [sys.executable, "-c", code, out, *([tree] if tree else []), "serve", "--port", str(port),
                 "--admin-port", "0", "--pod", f"{backend_url},name=backend,node=local", "--config", str(config)]
-        proc = Proc(argv, ready_timeout=30)
+        # The Python path's calls: compiled modules (setup.py), if built, are not used.
+        proc = Proc(argv, ready_timeout=30, env={"KATYUSHA_PURE_PYTHON": "1"})
         try:
             peers.wait_port(port)
             warm = asyncio.run(_client(port, connections, 200))

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import os
 import resource
 import socket
 import statistics
@@ -50,12 +51,13 @@ _FROM_TREE = (
 
 @contextlib.contextmanager
 def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None,
-             tree: str | None = None) -> Iterator[peers.Running]:
+             tree: str | None = None, env: dict | None = None) -> Iterator[peers.Running]:
     """katyusha as users run it: default policy, L1 queue and metrics on.
 
     ``http_server`` picks the data port's HTTP protocol ("lean", "uvicorn");
     None leaves the default. ``tree``: a folder holding another version's
     ``katyusha`` package, run instead of the installed one (``--against``).
+    ``env``: more environment for the process (``KATYUSHA_PURE_PYTHON``).
     """
     port = peers.free_port()
     with tempfile.TemporaryDirectory(prefix="bench-katyusha-") as tmp:
@@ -67,7 +69,7 @@ def katyusha(upstream: str, *, workers: int = 1, http_server: str | None = None,
         command = [script("katyusha")] if tree is None else [sys.executable, "-c", _FROM_TREE, tree]
         argv = [*command, "serve", "--port", str(port), "--admin-port", "0",
                 "--pod", f"{upstream},name=backend,node=local", "--config", str(config)]
-        proc = Proc(argv, ready_timeout=30)
+        proc = Proc(argv, ready_timeout=30, env=env)
         try:
             peers.wait_port(port)
             yield peers.Running(f"katyusha-{workers}w", f"http://127.0.0.1:{port}", proc.popen)
@@ -153,13 +155,20 @@ def checkout(ref: str) -> Iterator[str]:
         yield tmp
 
 
+# The compiled modules (setup.py, KATYUSHA_COMPILE=1) used, or their .py.
+COMPILED = {"KATYUSHA_PURE_PYTHON": "0"}
+PURE = {"KATYUSHA_PURE_PYTHON": "1"}
+
+
 def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
-                       against: tuple[str, str] | None = None) -> dict:
+                       against: tuple[str, str] | None = None,
+                       compiled_vs_pure: bool = False) -> dict:
+    env = COMPILED if compiled_vs_pure else None
     systems = {
         "direct": lambda: direct(backend_url),
         "haproxy": lambda: peers.haproxy_proxy([backend_url]),
         "nginx": lambda: peers.nginx_proxy([backend_url]),
-        "katyusha": lambda: katyusha(backend_url, workers=1),
+        "katyusha": lambda: katyusha(backend_url, workers=1, env=env),
         "katyusha-2w": lambda: katyusha(backend_url, workers=2),
         # The same proxy on uvicorn's own HTTP protocol: what the lean one buys.
         "katyusha-uvicorn": lambda: katyusha(backend_url, http_server="uvicorn"),
@@ -168,6 +177,9 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
         # The same proxy at another commit, in the same rounds: an A/B in one run.
         ref, tree = against
         systems["katyusha@" + ref] = lambda: katyusha(backend_url, tree=tree)
+    if compiled_vs_pure:
+        # The same tree with its compiled modules and as pure Python, in the same rounds.
+        systems["katyusha-pure"] = lambda: katyusha(backend_url, env=PURE)
     samples: dict[str, dict[int, list[wrk.WrkResult]]] = {
         name: {c: [] for c in CONNECTIONS} for name in systems
     }
@@ -202,6 +214,9 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
     per_round = [k.rps / h.rps for k, h in zip(samples["katyusha"][32], samples["haproxy"][32],
                                                 strict=True)]
     table["_ratio_vs_haproxy_per_round"] = per_round
+    if compiled_vs_pure:
+        table["_pure_ratio_vs_haproxy_per_round"] = [
+            k.rps / h.rps for k, h in zip(samples["katyusha-pure"][32], samples["haproxy"][32], strict=True)]
     for name, by_conns in samples.items():
         table[name] = {}
         for conns, results in by_conns.items():
@@ -334,6 +349,26 @@ def print_table(table: dict) -> None:
                   f"{fig['p50_ms']:8.2f} {fig['p99_ms']:8.2f} {fig['errors']:6d}")
 
 
+_KEYS = ("ratio_rps_vs_haproxy", "added_p50_ms", "ratio_rps_vs_haproxy_256", "p99_ratio_vs_haproxy_256")
+
+
+def _keys(table: dict, name: str) -> dict:
+    """The goal keys of one katyusha system of the table (as the top-level ones are for ``katyusha``)."""
+    return {
+        "ratio_rps_vs_haproxy": round(table[name]["32"]["rps"] / table["haproxy"]["32"]["rps"], 3),
+        "added_p50_ms": round(table[name]["32"]["p50_ms"] - table["direct"]["32"]["p50_ms"], 3),
+        "ratio_rps_vs_haproxy_256": round(table[name]["256"]["rps"] / table["haproxy"]["256"]["rps"], 3),
+        "p99_ratio_vs_haproxy_256": round(table[name]["256"]["p99_ms"] / table["haproxy"]["256"]["p99_ms"], 3),
+    }
+
+
+def describe(env: dict) -> str:
+    """What ``katyusha serve --version`` says with ``env``: compiled modules in use or not."""
+    out = subprocess.run([script("katyusha"), "serve", "--version"], capture_output=True, text=True,
+                         check=False, env={**os.environ, **env})
+    return (out.stdout or out.stderr).strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -341,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
     parser.add_argument("--rounds", type=int, help="rounds per system (default 3, quick 1)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 3)")
+    parser.add_argument("--compiled-vs-pure", action="store_true",
+                        help="also run katyusha with KATYUSHA_PURE_PYTHON=1 beside it (the tree's "
+                             "compiled modules against their .py), in the same rounds (key pure)")
     parser.add_argument("--against", metavar="REF",
                         help="also run katyusha (one worker) as it is at git REF of this checkout, "
                              "in the same rounds (key ratio_rps_vs_against)")
@@ -348,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     peers.require("nginx", "haproxy", "wrk")
     # Unwind on SIGTERM or Ctrl-C, so nginx, HAProxy and katyusha are all stopped.
     exit_on_signals()
+    if args.compiled_vs_pure:
+        for env in (COMPILED, PURE):
+            print(f"katyusha with {env}: {describe(env)}")
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     started = time.monotonic()
@@ -355,10 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backend: nginx at {backend.url}; {rounds} round(s) of {duration:g} s per run")
         against = None if args.against is None else (args.against, stack.enter_context(
             checkout(args.against)))
-        table = measure_throughput(backend.url, rounds=rounds, duration_s=duration, against=against)
+        table = measure_throughput(backend.url, rounds=rounds, duration_s=duration, against=against,
+                                   compiled_vs_pure=args.compiled_vs_pure)
         memory = measure_memory(backend.url, connections=2000 if args.quick else 10_000)
     bodies = measure_bodies(20 if args.quick else BODY_MB)
     per_round = table.pop("_ratio_vs_haproxy_per_round")
+    pure_per_round = table.pop("_pure_ratio_vs_haproxy_per_round", None)
     print_table(table)
     ratio = table["katyusha"]["32"]["rps"] / table["haproxy"]["32"]["rps"]
     added = table["katyusha"]["32"]["p50_ms"] - table["direct"]["32"]["p50_ms"]
@@ -381,6 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_lean_vs_uvicorn": (
             round(table["katyusha"]["32"]["rps"] / table["katyusha-uvicorn"]["32"]["rps"], 3)
             if "katyusha-uvicorn" in table else None),
+        "ratio_vs_haproxy_per_round": [round(r, 3) for r in per_round],
+        # katyusha-pure's keys beside katyusha's (--compiled-vs-pure).
+        "pure": (dict(_keys(table, "katyusha-pure"), ratio_vs_haproxy_per_round=[
+            round(r, 3) for r in pure_per_round]) if pure_per_round is not None else None),
+        "ratio_rps_compiled_vs_pure": (
+            {conns: round(table["katyusha"][conns]["rps"] / table["katyusha-pure"][conns]["rps"], 3)
+             for conns in ("32", "256")} if pure_per_round is not None else None),
         "memory": memory,
         "bodies": bodies,
         "quick": args.quick,
@@ -394,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     print("deepest accept queue at 256 connections: katyusha "
           f"{table['katyusha']['256']['accept_queue_max']}, HAProxy "
           f"{table['haproxy']['256']['accept_queue_max']}")
+    if pure_per_round is not None:
+        print(f"per-round ratios at 32: compiled {result['ratio_vs_haproxy_per_round']}, "
+              f"pure {result['pure']['ratio_vs_haproxy_per_round']}")
+        for name, keys in (("compiled", _keys(table, "katyusha")), ("pure", result["pure"])):
+            print(f"{name:8s} " + ", ".join(f"{key} {keys[key]}" for key in _KEYS))
+        print(f"compiled / pure req/s: {result['ratio_rps_compiled_vs_pure']}")
     print(f"memory: {json.dumps(memory)}")
     print(f"bodies: {json.dumps(bodies)}")
     if args.json:

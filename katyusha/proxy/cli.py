@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Precedence, low to high: --config file, environment variables, flags. "
         "See docs/katyusha.md for every setting.",
     )
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="print the version, whether the hot path runs compiled, and exit")
     parser.add_argument("--config", metavar="FILE", help="YAML settings or a config-ikukantai ConfigMap")
     parser.add_argument(
         "--pod", action="append", default=None, metavar="URL[,name=N,node=M,admin=URL,concurrency=C]",
@@ -40,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{setting.doc} (env {setting.env})".replace("%", "%%"),
         )
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: says which of the request path's modules are compiled (katyusha.compiled)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from katyusha import __version__
+        from katyusha.compiled import describe
+
+        sys.stdout.write(f"katyusha {__version__}: {describe()}\n")
+        parser.exit()
 
 
 def _dest(key: str) -> str:

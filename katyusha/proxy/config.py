@@ -63,6 +63,9 @@ from katyusha.proxy.services_config import (
 __all__ = ["PodSpec", "ProxyConfig", "ServiceSpec", "load", "parse_pod", "validate"]
 
 ENV_CONFIG_FILE = "KATYUSHA_CONFIG"
+# Variables named KATYUSHA_* that are no setting: the config file, and the build's
+# and the import's switches of the compiled modules (setup.py, katyusha.compiled).
+ENV_NOT_SETTINGS = frozenset({ENV_CONFIG_FILE, "KATYUSHA_PURE_PYTHON", "KATYUSHA_COMPILE"})
 
 
 @dataclass(frozen=True)
@@ -582,7 +585,7 @@ def from_env(environ: Mapping[str, str]) -> dict[str, object]:
         setting = BY_ENV.get(name)
         if setting is not None:
             out[setting.key] = value
-        elif name.startswith("KATYUSHA_") and name != ENV_CONFIG_FILE:
+        elif name.startswith("KATYUSHA_") and name not in ENV_NOT_SETTINGS:
             raise ConfigError(name, "unknown environment setting (see docs/katyusha.md)")
     return out
 
