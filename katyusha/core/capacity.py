@@ -193,7 +193,7 @@ class PodCapacity:
         self.full = full
         self.built_from = ready
         self.open = open_ = list(filterfalse(full.__contains__, ready)) if full else list(ready)
-        self._pos = dict(zip(open_, range(len(open_))))
+        self._pos = dict(zip(open_, range(len(open_)), strict=True))
 
     def _caps(self, pods: Sequence[PodEntry]) -> dict[PodEntry, int]:
         """Each capped pod's capacity, in ``pods``' order (as :meth:`capacity_of` gives it)."""
@@ -201,7 +201,7 @@ class PodCapacity:
         if (not self.watch and len(given_caps) == len(pods)
                 and all(map(given_caps.__contains__, pods))):
             # Every pod's concurrency was given: their capacities are known already.
-            caps = dict(zip(pods, map(given_caps.__getitem__, pods)))
+            caps = dict(zip(pods, map(given_caps.__getitem__, pods), strict=True))
             if None in caps.values():
                 caps = {entry: cap for entry, cap in caps.items() if cap is not None}
             return caps
