@@ -120,8 +120,7 @@ class PodCapacity:
         """A pod joined or was updated with ``concurrency`` (None: not given)."""
         if concurrency is not None:
             self.given[entry] = concurrency
-            self._given_caps[entry] = (None if concurrency == 0
-                                       else max(1, int(concurrency * self.factor)) + self.extra)
+            self._given_caps[entry] = self._capacity_for(concurrency)
             self.watch.pop(entry, None)
         elif entry not in self.given and self.factor and self.learn:
             reported = entry.reported_concurrency
@@ -186,7 +185,7 @@ class PodCapacity:
         full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
         if slow and self._classes:
             for entry in slow:
-                if entry.in_flight >= (0 if entry in held else caps[entry] - extra):
+                if entry.in_flight >= self._room(entry, caps[entry]):
                     full.add(entry)
                 else:
                     full.discard(entry)
@@ -224,6 +223,10 @@ class PodCapacity:
             concurrency = entry.reported_concurrency
         if concurrency is None:
             return 1 if self.watch.get(entry) is UNPROVEN else None
+        return self._capacity_for(concurrency)
+
+    def _capacity_for(self, concurrency: int) -> int | None:
+        """The capacity a pod of ``concurrency`` gets (None: 0, unlimited)."""
         if concurrency == 0:
             return None
         return max(1, int(concurrency * self.factor)) + self.extra
@@ -341,18 +344,20 @@ class PodCapacity:
         """The configured L1 limit, lowered to the ready pods' total capacity (at the last
         :meth:`rebuild`, less the slow pods' extra and the held pods' slots) when each has one."""
         self.moved = False
-        total = self._total
-        if configured is None or not total:
-            return configured
-        return min(configured, max(1, total - self._withheld))
+        return self._lowered(configured, self._withheld)
 
     def slots_limit(self, configured: int | None) -> int | None:
         """:meth:`limit` without the extra slots still in it: the requests the ready pods start at
         once (what a hedge is judged against: one more would wait in nonna). Changes nothing."""
+        return self._lowered(configured, self._withheld + self.ready_extras)
+
+    def _lowered(self, configured: int | None, kept_out: int) -> int | None:
+        """``configured`` lowered to the ready pods' total capacity less ``kept_out`` (at least 1),
+        when each ready pod has a capacity."""
         total = self._total
         if configured is None or not total:
             return configured
-        return min(configured, max(1, total - self._withheld - self.ready_extras))
+        return min(configured, max(1, total - kept_out))
 
     # -- per request -------------------------------------------------------
 
