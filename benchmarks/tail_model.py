@@ -108,22 +108,26 @@ class _Pod:
 
 def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds: float = 60.0,
              seed: int = 1) -> dict:
-    """p99/p99.9 (ms) and pod requests per request of ``setting`` on ``scenario`` (one replica)."""
+    """p99/p99.9 (ms) and pod requests per request of ``setting`` on ``scenario``.
+
+    With ``scenario.replicas`` above 1, that many balancers share the pods, each knowing only
+    what its own requests tell it, and the arrivals go to them in turn (as loadgen.py sends).
+    """
     hedge = HedgeSettings(enabled=setting.hedge, max_utilisation=setting.hedge_max_utilisation,
                           delay=setting.hedge_delay, quantile=setting.hedge_quantile)
-    service = ServiceBalancer(ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
-                                              capacity_extra=setting.capacity_extra, hedge=hedge,
-                                              slow_hold=setting.slow_hold),
-                              rng=random.Random(seed))
+    settings = ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
+                               capacity_extra=setting.capacity_extra, hedge=hedge,
+                               slow_hold=setting.slow_hold)
+    replicas = max(1, scenario.replicas)
+    services = [ServiceBalancer(settings, rng=random.Random(seed if r == 0 else seed * 1000 + r))
+                for r in range(replicas)]
     pods = [_Pod(p.name, p.speed, scenario.concurrency, bool(p.slow_schedule)) for p in scenario.pods]
-    service.change_pods(PodChange(upsert=tuple(
-        PodSpec(p.name, f"http://{p.name}", "n", None, None) for p in pods)), 0.0)
+    for service in services:
+        service.change_pods(PodChange(upsert=tuple(
+            PodSpec(p.name, f"http://{p.name}", "n", None, None) for p in pods)), 0.0)
     by_name = {p.name: p for p in pods}
     distribution = parse_service_time(scenario.service)
     work_rng = random.Random(seed + 1)
-    rate = load * scenario.capacity_rps
-    schedule = (mmpp_schedule if scenario.arrivals == "mmpp" else poisson_schedule)(
-        rate, seconds, random.Random(seed + 2))
     events: list = []
     seq = 0
 
@@ -132,18 +136,18 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
         seq += 1
         heapq.heappush(events, (when, seq, kind, data))
 
-    for t in schedule:
-        at(t, "arrive", None)
+    for index, t in enumerate(_arrivals(scenario, load, seconds, seed)):
+        at(t, "arrive", services[index % replicas])
     latencies: list[float] = []
     pod_requests = 0
-    answered: dict = {}  # ticket -> arrival time, while unanswered
+    answered: dict = {}  # ticket -> (arrival time, its balancer), while unanswered
 
     def send(handle, now: float) -> None:
         nonlocal pod_requests
         pod_requests += 1
         at(now + WIRE_S, "reach", handle)
 
-    def dispatch(ticket, now: float) -> None:
+    def dispatch(service: ServiceBalancer, ticket, now: float) -> None:
         handle = service.dispatch(ticket, now)
         if handle is None:
             return
@@ -160,10 +164,10 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
     while events:
         now, _, kind, data = heapq.heappop(events)
         if kind == "arrive":
-            ticket = service.offer(now)
-            answered[ticket] = now
+            ticket = data.offer(now)
+            answered[ticket] = (now, data)
             if ticket.admitted:
-                dispatch(ticket, now)
+                dispatch(data, ticket, now)
         elif kind == "reach":
             if data.ended:
                 continue  # a hedge's loser cancelled on its way: nonna sees the closed connection
@@ -182,7 +186,7 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
         elif kind == "hedge":
             ticket = data
             if ticket in answered:
-                second = service.hedge(ticket, now)
+                second = answered[ticket][1].hedge(ticket, now)
                 if second is not None:
                     send(second, now)
         else:  # head
@@ -201,14 +205,58 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
                     if queued is other:
                         del waiting[index]
                         break
-            latencies.append((now - answered.pop(ticket)) * 1000)
+            arrived, service = answered.pop(ticket)
+            latencies.append((now - arrived) * 1000)
             for admitted in service.end(ticket, now):
-                dispatch(admitted, now)
+                dispatch(service, admitted, now)
+    return _tail(latencies, pod_requests, sum(s.hedger.sent for s in services),
+                 sum(s.hedger.won for s in services))
+
+
+def _arrivals(scenario: Scenario, load: float, seconds: float, seed: int) -> list[float]:
+    rate = load * scenario.capacity_rps
+    return (mmpp_schedule if scenario.arrivals == "mmpp" else poisson_schedule)(
+        rate, seconds, random.Random(seed + 2))
+
+
+def _tail(latencies: list[float], pod_requests: int, hedges: int = 0, won: int = 0) -> dict:
     latencies.sort()
     n = len(latencies)
     return {"p99_ms": round(latencies[int(0.99 * n)], 2), "p999_ms": round(latencies[int(0.999 * n)], 2),
             "requests": n, "pod_requests_per_request": round(pod_requests / max(1, n), 4),
-            "hedges": service.hedger.sent, "hedges_won": service.hedger.won}
+            "hedges": hedges, "hedges_won": won}
+
+
+def clairvoyant(scenario: Scenario, *, load: float = 0.9, seconds: float = 60.0, seed: int = 1) -> dict:
+    """A reference no balancer reaches: each request, on arrival, goes to the pod that finishes it first.
+
+    It knows every request's work and every pod's speed and backlog exactly, has one view over
+    all replicas, and sends each request to the slot where it would end earliest (first come,
+    first served on each pod; the wire both ways as in :func:`simulate`). Not a proven optimum
+    (holding a request back could help a later one), but a dispatcher that knows neither the
+    work nor the speeds does not come near it; its p99 over a peer's says how much room a goal
+    leaves on these draws.
+    """
+    distribution = parse_service_time(scenario.service)
+    work_rng = random.Random(seed + 1)
+    pods = [_Pod(p.name, p.speed, scenario.concurrency, bool(p.slow_schedule)) for p in scenario.pods]
+    free_at = [[0.0] * pod.concurrency for pod in pods]  # per pod, when each slot frees
+    latencies = []
+    for t in _arrivals(scenario, load, seconds, seed):
+        work = distribution.sample(work_rng)
+        reach = t + WIRE_S
+        best = None
+        for i, pod in enumerate(pods):
+            slots = free_at[i]
+            slot = min(range(len(slots)), key=slots.__getitem__)
+            begin = max(reach, slots[slot])
+            end = begin + work / pod.speed_at(begin)
+            if best is None or end < best[0]:
+                best = (end, i, slot)
+        end, i, slot = best
+        free_at[i][slot] = end
+        latencies.append((end + WIRE_S - t) * 1000)
+    return _tail(latencies, len(latencies))
 
 
 def _set_wire(seconds: float) -> None:
@@ -236,6 +284,42 @@ def hedging(seconds: float, seeds: int) -> int:
     return 0
 
 
+def room(fleets: list[Scenario], load: float, seconds: float, seeds: int, path: str | None) -> int:
+    """Print, per scenario, p99 of the clairvoyant reference, the defaults and the peer models, and
+    the first two over the better peer model's; medians per split."""
+    peers = [s for s in SETTINGS if s.name.startswith("peer")]
+    default = SETTINGS[0]
+    table: dict = {}
+    for scenario in fleets:
+        p99 = {}
+        runs = {"clairvoyant": lambda seed, c=scenario: clairvoyant(c, load=load, seconds=seconds, seed=seed)}
+        for setting in (default, *peers):
+            runs[setting.name] = lambda seed, c=scenario, s=setting: simulate(c, s, load=load, seconds=seconds,
+                                                                              seed=seed)
+        for name, run in runs.items():
+            p99[name] = statistics.median(run(seed)["p99_ms"] for seed in range(1, seeds + 1))
+        best = min(p99[s.name] for s in peers)
+        row = {"split": scenario.split, "p99_ms": p99,
+               "clairvoyant_over_best_peer": round(p99["clairvoyant"] / best, 3),
+               "default_over_best_peer": round(p99[default.name] / best, 3)}
+        table[scenario.name] = row
+        print(f"{scenario.name:14s} {scenario.split:8s} " + "  ".join(f"{k}: {v:.0f}" for k, v in p99.items())
+              + f"   clairvoyant/peer {row['clairvoyant_over_best_peer']:.2f}"
+              f"  default/peer {row['default_over_best_peer']:.2f}", flush=True)
+    summary = {}
+    for split in ("named", "tune", "heldout"):
+        rows = [row for row in table.values() if row["split"] == split]
+        if rows:
+            summary[split] = {key: round(statistics.median(r[key] for r in rows), 3)
+                              for key in ("clairvoyant_over_best_peer", "default_over_best_peer")}
+            print(f"median {split:8s} clairvoyant/peer {summary[split]['clairvoyant_over_best_peer']:.2f}"
+                  f"  default/peer {summary[split]['default_over_best_peer']:.2f}")
+    if path:
+        Path(path).write_text(json.dumps({"load": load, "seconds": seconds, "seeds": seeds, "wire_ms": WIRE_S * 1000,
+                                          "scenarios": table, "median": summary}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tail_model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,11 +334,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these settings (repeatable; the peer models always run), e.g. 'jsq cap1+1'")
     parser.add_argument("--hedging", action="store_true",
                         help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
+    parser.add_argument("--room", action="store_true",
+                        help="only: per scenario, the clairvoyant reference's p99 and the defaults' "
+                             "over the better peer model's (how far below the peers a goal can go)")
     args = parser.parse_args(argv)
     _set_wire(args.wire_ms / 1000.0)
+    fleets = scenarios() + drawn_scenarios(args.drawn)
     if args.hedging:
         return hedging(args.seconds, args.seeds)
-    fleets = [s for s in scenarios() if s.replicas == 1] + drawn_scenarios(args.drawn)
+    if args.room:
+        return room(fleets, args.load, args.seconds, args.seeds, args.json)
     chosen = [s for s in SETTINGS if not args.only or s.name in args.only or s.name.startswith("peer")]
     table: dict = {}
     for scenario in fleets:

@@ -147,3 +147,32 @@ def test_bytecodes_per_request_counts_the_whole_fast_path():
     # bytecodes in tens of frames, every request answered on the fast path (count checks).
     assert 1000 < figures["bytecodes"] < 20000 and 20 < figures["frames"] < 400
     assert len(figures["top"]) == 3 and figures["us_min"] > 0
+
+
+def test_tail_models_clairvoyant_reference_is_first_come_first_served_on_one_pod():
+    """On one pod the clairvoyant dispatcher is an M/M/1 queue: its sojourn time is exponential
+    with rate mu - lambda, so p99 = ln(100) / (mu - lambda), plus the wire both ways."""
+    import math
+
+    from benchmarks import tail_model
+    from benchmarks.lb_quality import PodSpec, Scenario
+
+    one = Scenario("one", [PodSpec("pod-0")])  # exp 20 ms: mu 50/s; at half load lambda 25/s
+    got = tail_model.clairvoyant(one, load=0.5, seconds=2000.0, seed=3)
+    expected = math.log(100) / 25.0 * 1000 + 2 * tail_model.WIRE_S * 1000
+    assert abs(got["p99_ms"] - expected) / expected < 0.08, (got, expected)
+
+
+def test_tail_model_replicas_each_hold_a_pod_to_its_own_cap():
+    """Three replicas of a balancer holding each pod to one request do not see each other's
+    requests (as three HAProxy processes with maxconn 1): a pod runs up to three at once, so the
+    replicas' p99 is above one balancer's on the same pods and arrivals."""
+    from benchmarks import tail_model
+    from benchmarks.lb_quality import scenarios
+
+    by_name = {s.name: s for s in scenarios()}
+    peer = next(s for s in tail_model.SETTINGS if s.name == "peer leastconn maxconn")
+    one = tail_model.simulate(by_name["heterogeneous"], peer, seconds=30.0, seed=1)
+    three = tail_model.simulate(by_name["replicas"], peer, seconds=30.0, seed=1)
+    assert one["requests"] == three["requests"]
+    assert three["p99_ms"] > 1.3 * one["p99_ms"], (one, three)
