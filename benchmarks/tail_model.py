@@ -18,8 +18,11 @@ connections with no cap (nginx ``least_conn``, HAProxy ``leastconn``) and with
 each pod held to its concurrency (HAProxy ``leastconn`` + ``maxconn``).
 Output: p99 and p99.9 per scenario and setting at 90% load, and per setting
 the median over scenarios of its p99 over the better peer model's, on the
-named, tune and held-out sets apart. A model, not a measurement: it guides
-the choice, lb_quality.py judges it.
+named, tune and held-out sets apart. ``--room`` prints instead, per
+scenario, a clairvoyant dispatcher's p99 (:func:`clairvoyant`: how far below
+the peers any balancer could go) and the defaults', over the better peer
+model's. ``replicas`` runs three balancers sharing the pods. A model, not a
+measurement: it guides the choice, lb_quality.py judges it.
 """
 
 from __future__ import annotations
