@@ -73,6 +73,26 @@ def test_window_is_memory_bounded():
     assert set(pool.summary(2010.0)["pods"]) == {"c", "d", "e"}
 
 
+def test_memory_stays_flat_and_figures_stay_the_same_past_the_window():
+    # 4 pods on 2 nodes, 20 responses a second for 1,000 s, a 10 s window: the rings
+    # could hold 1,024 samples a key, but only the last 10 s can count in a summary.
+    pool = ResponsePool(window_s=10.0)
+    reference = _OneAtATime(10.0, 1024, 4096)
+    held = []
+    for step in range(20_000):
+        now = step / 20.0
+        pod = f"p{step % 4}"
+        for target in (pool, reference):
+            rec(target, pod, f"n{step % 2}", now, float(step % 97))
+        if step % 2_000 == 1_999:
+            assert json.dumps(pool.summary(now)) == json.dumps(reference.summary(now))
+            held.append(sum(ring.size for rings in (pool._pods, pool._nodes) for ring in rings.values())
+                        + pool._fleet.size)
+    # After a summary the pool holds the 201 samples of the last 10 s (both ends in), each in
+    # its pod's, its node's and the fleet's ring: not up to 1,024 a ring (7,168 here).
+    assert held == [3 * 201] * 10
+
+
 def test_quantile_interpolates():
     assert quantile([1.0], 0.99) == 1.0
     assert quantile([0.0, 10.0], 0.5) == 5.0
