@@ -11,12 +11,13 @@ ring a batch touches), by a summary or every ``_BATCH`` responses; timings
 that are no timing (None, negative, NaN) are left out when a summary reads
 them: recording costs the response path one append. Only samples younger than ``window_s`` count in a summary; quantiles are computed there, not on record.
 
-A batch written also drops, from the front of each ring it touches, the
-samples older than ``window_s`` before the newest response recorded: a
-summary is asked at a ``now`` no earlier than that (the driver's clock does
-not go back), so they would never count again. Memory then follows the
-responses of one window, not ``capacity`` per key: at 10,000 pods no ring
-fills in minutes, and every sample would stay.
+A summary keeps only the samples it counted: it is asked at a ``now`` no
+earlier than the last (the driver's clock does not go back), so the older
+ones would never count again. While someone reads the pool, its memory
+follows one window of responses rather than ``capacity`` samples a key (at
+10,000 pods no ring fills in minutes). The response path does not trim:
+dropping a sample costs about what keeping it does (docs/simulator.md,
+"Scale").
 """
 
 from __future__ import annotations
@@ -58,26 +59,20 @@ class _Ring:
     def size(self) -> int:
         return len(self.samples)
 
-    def add(self, samples: list[tuple], since: float) -> None:
-        """Add ``samples`` (in the order recorded), dropping the oldest beyond ``capacity`` and
-        the leading ones older than ``since``."""
+    def add(self, samples: list[tuple]) -> None:
+        """Add ``samples`` (in the order recorded), dropping the oldest beyond ``capacity``."""
         kept = self.samples
         kept += samples
         excess = len(kept) - self.capacity
         if excess > 0:
             del kept[:excess]
-        if kept[0][0] < since:
-            # Recorded in order, so the old samples lead: dropping them costs what they cost to keep.
-            old, size = 1, len(kept)
-            while old < size and kept[old][0] < since:
-                old += 1
-            del kept[:old]
         newest = max(map(_TIME, samples))
         if newest > self.last:
             self.last = newest
 
     def summary(self, since: float) -> dict:
-        live = [sample for sample in self.samples if sample[0] >= since]
+        """Statistics of the samples from ``since`` on; the older ones are dropped (see the module)."""
+        self.samples = live = [sample for sample in self.samples if sample[0] >= since]
         errors = sum(1 for sample in live if sample[5] >= 500)
         result: dict = {"count": len(live), "errors": errors}
         for index, metric in enumerate(METRICS, start=1):
@@ -130,8 +125,6 @@ class ResponsePool:
         self.recorded_total = 0
         # Samples recorded and not yet in the rings: at most _batch of them.
         self._pending: list[tuple] = []
-        # The newest time recorded: samples older than it, less window_s, are dropped.
-        self._newest = -_INF
         self._batch = min(capacity, _BATCH)
         self._pods: dict[str, _Ring] = {}
         self._nodes: dict[str, _Ring] = {}
@@ -162,13 +155,7 @@ class ResponsePool:
         """Write the samples put aside to their rings: each ring gets them in the order recorded,
         and new keys come in the order first heard, as one sample at a time would have it."""
         pending, self._pending = self._pending, []
-        newest = max(map(_TIME, pending))
-        if newest > self._newest:
-            self._newest = newest
-        # A summary counts the samples younger than window_s at its ``now``, which is no earlier
-        # than the newest sample recorded: the ones older than that, less window_s, never count again.
-        since = self._newest - self.window_s
-        self._fleet.add(pending, since)
+        self._fleet.add(pending)
         for rings, key_of in ((self._pods, _POD), (self._nodes, _NODE)):
             keys = dict.fromkeys(map(key_of, pending))
             samples = pending
@@ -180,16 +167,16 @@ class ResponsePool:
                 # A key makes room for another: which one goes depends on when each was heard
                 # from, so one sample at a time.
                 for sample in samples:
-                    self._ring(rings, key_of(sample)).add([sample], since)
+                    self._ring(rings, key_of(sample)).add([sample])
                 continue
             for key in new:
                 rings[key] = _Ring(self.capacity)
             if len(keys) == 1:
                 for key in keys:
-                    rings[key].add(samples, since)
+                    rings[key].add(samples)
             elif keys:
                 for key, group in groupby(sorted(samples, key=key_of), key_of):
-                    rings[key].add(list(group), since)
+                    rings[key].add(list(group))
 
     def _ring(self, rings: dict[str, _Ring], key: str) -> _Ring:
         ring = rings.get(key)
@@ -206,7 +193,8 @@ class ResponsePool:
         ``{"window_s", "fleet", "pods": {name: stats}, "nodes": {name: stats}}``,
         where stats is ``{"count", "errors" (status >= 500), and per timing
         {"count", "mean", "p50", "p99"}}``. Keys with no sample in the window
-        are dropped from the pool.
+        are dropped from the pool, and so are the samples older than the
+        window: ``now`` must not go back from one summary to the next.
         """
         if self._pending:
             self._flush()
