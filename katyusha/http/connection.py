@@ -12,7 +12,6 @@ even looked at the body: small responses free their connection at once.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -60,7 +59,8 @@ class Response:
     def __init__(self, status: int, headers: list[tuple[bytes, bytes]], conn: Connection):
         self.status = status
         self.headers = headers
-        self._chunks: deque[bytes] = deque()
+        # A list, not a deque: most bodies come in one read, and a reader takes all at once.
+        self._chunks: list[bytes] = []
         self._buffered = 0
         self.complete = False
         self._error: BaseException | None = None
@@ -84,7 +84,7 @@ class Response:
         while True:
             chunks = self._chunks
             if chunks:
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self._buffered = 0
                 conn = self._conn
@@ -109,7 +109,7 @@ class Response:
         chunks = self._chunks
         if not chunks:
             return b""
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._buffered = 0
         return data
@@ -202,9 +202,11 @@ class Connection(asyncio.Protocol):
         self._head_only = False
         self._head_waiter: asyncio.Future | None = None
         # Or, without a future (start's on_head): the callback until the head
-        # came, then it and the response until data_received hands it over.
+        # came, then it (``_deliver``) and the response (``_delivered``) until
+        # data_received hands it over.
         self._on_head: Callable[[Response | None, BaseException | None], None] | None = None
-        self._deliver: tuple | None = None
+        self._deliver: Callable[[Response | None, BaseException | None], None] | None = None
+        self._delivered: Response | None = None
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._informational = False
@@ -282,8 +284,10 @@ class Connection(asyncio.Protocol):
             # body came with it (a small response whole, its connection idle again).
             # (_hand_over, inline: once per response.)
             self._deliver = None
+            response = self._delivered
+            self._delivered = None
             try:
-                deliver[0](deliver[1], None)
+                deliver(response, None)
             except Exception as exc:  # the caller's bug must not break this connection's read
                 self.loop.call_exception_handler({
                     "message": "exception in a response head callback", "exception": exc,
@@ -360,7 +364,8 @@ class Connection(asyncio.Protocol):
         on_head = self._on_head
         if on_head is not None:
             self._on_head = None
-            self._deliver = (on_head, response)
+            self._deliver = on_head
+            self._delivered = response
 
     def on_body(self, body: bytes) -> None:
         response = self._response
@@ -561,7 +566,7 @@ class Connection(asyncio.Protocol):
         self._head_waiter = None
         self._on_head = None
         self._response = None
-        self._headers = []
+        # (_headers is left to on_message_begin, which starts each head's list afresh.)
         self._timed = False
         pump = self._pump
         if pump is not None:
@@ -586,11 +591,12 @@ class Connection(asyncio.Protocol):
         on_head = self._on_head
         if on_head is not None:
             self._on_head = None
-            self._deliver = (on_head, response)
+            self._deliver = on_head
+            self._delivered = response
 
     def _hand_over(self) -> None:
-        on_head, response = self._deliver
-        self._deliver = None
+        on_head, response = self._deliver, self._delivered
+        self._deliver = self._delivered = None
         try:
             on_head(response, None)
         except Exception as exc:  # the caller's bug must not break this connection's read
