@@ -125,7 +125,7 @@ def test_response_header_names_are_sorted_out_the_same_however_many_a_pod_invent
 
     def lines(headers, keep_nonna=False):
         built = app._downstream_lines(headers, keep_nonna, b"id-1", b"katyusha-queue;dur=0.000")
-        return built and (built[0].split(b"\r\n")[:-1], built[1], built[2], built[3])
+        return built and (b"".join(built[0]).split(b"\r\n")[:-1], built[1], built[2], built[3])
 
     headers = [(b"server", b"pod"), (b"content-length", b"2"), (b"keep-alive", b"timeout=5"),
                (b"nonna-queue-length", b"0"), (b"x-end", b"1")]
@@ -144,3 +144,67 @@ def test_response_header_names_are_sorted_out_the_same_however_many_a_pod_invent
     assert lines([(b"x-request-id", b"from-pod"), (b"connection", b"close")]) == (
         [b"x-request-id: from-pod", b"server-timing: katyusha-queue;dur=0.000"], 2, False, False)
     assert lines([(b"connection", b"keep-alive, x-hop")]) is None  # the general filter's case
+
+
+async def test_a_whole_answer_from_header_pieces_is_one_write_and_a_line_break_in_a_header_is_refused():
+    """The server's answer from the pieces of its header lines (as the fast path hands them):
+    status line, lines, framing and body in one write; newlines in the body are the body's, a
+    line break inside a header value closes the connection with nothing written."""
+    from katyusha.http.server import LeanHTTPProtocol
+
+    class Transport:
+        def __init__(self):
+            self.writes, self.closed = [], False
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name, default=None):
+            return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+    class App:
+        def __init__(self):
+            self.taken = []
+
+        def fast(self, exchange, server):
+            self.taken.append(exchange)
+            return True
+
+        async def __call__(self, scope, receive, send):  # pragma: no cover - never reached
+            raise AssertionError
+
+    class Config:
+        loaded, root_path = True, ""
+
+        def __init__(self, app):
+            self.loaded_app = app
+
+    class State:
+        connections, tasks, total_requests = set(), set(), 0
+
+    def served(request):
+        app, transport = App(), Transport()
+        server = LeanHTTPProtocol(Config(app), State(), {}, _loop=asyncio.get_running_loop())
+        server.connection_made(transport)
+        server.data_received(request)
+        return server, transport, app.taken[0]
+
+    server, transport, taken = served(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.respond_lines(taken, 200, [b"x-a", b": ", b"1", b"\r\n", b"x-b: 2\r\n"], 2, False,
+                         b"line\nline\n")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\nx-a: 1\r\nx-b: 2\r\ncontent-length: 10\r\n\r\n"
+                                b"line\nline\n"]
+    assert not transport.closed
+    # HTTP/1.0 asking for keep-alive is told so; a HEAD answer carries no body.
+    server, transport, taken = served(b"HEAD /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    server.respond_lines(taken, 200, [b"content-length: 3\r\n"], 1, True, b"abc")
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: keep-alive\r\n\r\n"]
+    server, transport, taken = served(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    server.respond_lines(taken, 200, [b"x-a", b": ", b"1\r\nx-evil: 1", b"\r\n"], 1, False, b"ok")
+    assert transport.writes == [] and transport.closed

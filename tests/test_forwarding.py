@@ -197,7 +197,9 @@ def test_the_one_pass_to_header_lines_gives_what_rewrite_then_the_filter_give(he
     if names & {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
                 b"x-real-ip", b"via"}:
         assert one_pass is None  # left to rewrite
-    else:
-        assert one_pass == general
+    elif general is None:
+        assert one_pass is None
+    else:  # the same lines (joined: the pieces may be cut differently)
+        assert (b"".join(one_pass[0]), *one_pass[1:]) == (b"".join(general[0]), *general[1:])
     # Asked again (the added lines now come from the cache): the same.
     assert _client_lines(headers, forwarding, client, scheme) == one_pass

@@ -586,6 +586,31 @@ async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_
         await pool.close()
 
 
+async def test_start_lines_takes_the_pieces_of_its_lines_and_joins_the_head_once():
+    heads = []
+
+    async def handler(reader, writer, index):
+        while True:
+            heads.append(await read_request_head(reader))
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with raw_server(handler) as url:
+        pool = Pool(url)
+        (await pool.request(b"GET", b"/warm")).release()
+        got = asyncio.get_running_loop().create_future()
+        assert pool.start_lines(b"GET", b"/p", [b"x-a", b": ", b"1", b"\r\n", b"x-b: 2\r\n"], 2,
+                                False, on_head=lambda response, error: got.set_result(
+                                    (response.status, response.take()))) is True
+        assert await asyncio.wait_for(got, 5) == (200, b"ok")
+        assert heads[1].startswith(b"GET /p HTTP/1.1\r\nx-a: 1\r\nx-b: 2\r\nhost: 127.0.0.1:")
+        with pytest.raises(BadInput):  # a line break inside a piece: nothing sent
+            pool.start_lines(b"GET", b"/", [b"x-a", b": ", b"1\r\nx-c: 3", b"\r\n"], 1, False,
+                             on_head=lambda *_: None)
+        assert pool.idle_count == 1
+        await pool.close()
+
+
 async def test_start_lines_refuses_a_line_break_and_needs_an_idle_connection(upstream):
     pool = Pool(upstream.url)
     # No idle connection yet: the caller sends the request through Pool.request instead.

@@ -276,16 +276,21 @@ class Pool:
         head, _ = self._head(method, target, headers, None, False)
         return self._start_idle(head, method, timeout, on_head)
 
-    def start_lines(self, method: bytes, target: bytes, lines: bytes, count: int, has_host: bool,
-                    *, timeout: float | None = None, on_head=None, now: float | None = None
-                    ) -> asyncio.Future | bool | None:
+    def start_lines(self, method: bytes, target: bytes, lines: bytes | list[bytes], count: int,
+                    has_host: bool, *, timeout: float | None = None, on_head=None,
+                    now: float | None = None) -> asyncio.Future | bool | None:
         """:meth:`start` with the header lines already built: ``count`` lines of
-        ``name: value\r\n`` with no hop-by-hop or framing header (``has_host``: Host is
+        ``name: value\r\n`` (as bytes, or as a list of the pieces they join from: the head is
+        then joined once) with no hop-by-hop or framing header (``has_host``: Host is
         among them). Raises BadInput for a line break in them or a space in ``target``.
         ``now``: the loop's time, when the caller has just read it."""
         if self._closed or not self._idle:
             return None
-        parts = [method, b" ", target, b" HTTP/1.1\r\n", lines]
+        parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+        if lines.__class__ is list:
+            parts += lines
+        else:
+            parts.append(lines)
         count += 2
         if not has_host:
             parts.append(self._host_header)
@@ -296,7 +301,8 @@ class Pool:
         parts.append(b"\r\n")
         head = b"".join(parts)
         if head.count(b"\n") != count or b" " in target:
-            raise BadInput(_bad_header(method, target, _lines_as_headers(lines)))
+            raise BadInput(_bad_header(method, target, _lines_as_headers(
+                lines if lines.__class__ is bytes else b"".join(lines))))
         # _start_idle, inline: once per request on the fast path.
         conn = self._take_idle(now)
         if conn is None:

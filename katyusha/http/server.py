@@ -483,34 +483,51 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.transport.write(data)
         self._finish(exchange)
 
-    def respond_lines(self, exchange: Exchange, status: int, lines: bytes, count: int,
+    def respond_lines(self, exchange: Exchange, status: int, lines: bytes | list[bytes], count: int,
                       has_length: bool, body: bytes) -> None:
         """A whole response in one write, its header lines already built: ``count`` lines of
-        ``name: value\r\n``, with no hop-by-hop header and, when ``has_length``, the body's
-        own Content-Length. This adds the status line, the Content-Length when missing and
-        the connection's framing, as :meth:`respond` would."""
+        ``name: value\r\n`` (as bytes, or as a list of the pieces they join from), with no
+        hop-by-hop header and, when ``has_length``, the body's own Content-Length. This adds
+        the status line, the Content-Length when missing and the connection's framing, as
+        :meth:`respond` would, and joins the whole answer once."""
         if exchange.disconnected or self._closing or exchange.started:
             return
         exchange.started = True
-        if lines.count(b"\n") != count:
+        no_body = exchange.head_only or status in NO_BODY_STATUS or status < 200
+        parts = [STATUS.get(status) or status_line(status)]
+        if lines.__class__ is list:
+            parts += lines
+        else:
+            parts.append(lines)
+        # The status line and the blank line, then one a framing line.
+        count += 2
+        if not has_length and not no_body:
+            parts.append(b"content-length: %d\r\n" % len(body))
+            count += 1
+        if not exchange.keep_alive or self._closing or (self._deferred is not None
+                                                        and not self._pipeline):
+            exchange.keep_alive = False
+            parts.append(b"connection: close\r\n\r\n")
+            count += 1
+        elif exchange.scope["http_version"] != "1.1":
+            parts.append(b"connection: keep-alive\r\n\r\n")
+            count += 1
+        else:
+            parts.append(b"\r\n")
+        if no_body or not body:
+            data = b"".join(parts)
+            head_end = len(data)
+        else:
+            parts.append(body)
+            data = b"".join(parts)
+            head_end = len(data) - len(body)
+        if data.count(b"\n", 0, head_end) != count:
             # A line break inside a name or value would let the pod split the response.
             log.error("exception in the ASGI app", exc_info=RuntimeError(
                 "a response header name or value contains a line break"))
             self._close()
             return
-        no_body = exchange.head_only or status in NO_BODY_STATUS or status < 200
-        head = (STATUS.get(status) or status_line(status)) + lines
-        if not has_length and not no_body:
-            head += b"content-length: %d\r\n" % len(body)
-        if not exchange.keep_alive or self._closing or (self._deferred is not None
-                                                        and not self._pipeline):
-            exchange.keep_alive = False
-            head += b"connection: close\r\n\r\n"
-        elif exchange.scope["http_version"] != "1.1":
-            head += b"connection: keep-alive\r\n\r\n"
-        else:
-            head += b"\r\n"
-        self.transport.write(head if no_body or not body else head + body)
+        self.transport.write(data)
         self._finish(exchange)
 
     async def _run(self, exchange: Exchange, app) -> None:

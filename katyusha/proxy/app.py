@@ -163,9 +163,10 @@ class _Head:
         return _downstream(headers, self.keep_nonna, self.request_id, timing)
 
 
-def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | None:
+def _upstream_lines(headers: list) -> tuple[list[bytes], int, bool, bytes | None] | None:
     """A body-less request's headers (as forwarding rewrote them) as the pod's header lines,
-    in one pass: (lines, their count, whether Host is among them, the X-Request-Id the client
+    in one pass: (the pieces the lines join from, not joined: ``Pool.start_lines`` joins the
+    whole head once; their count, whether Host is among them, the X-Request-Id the client
     gave or None). Hop-by-hop headers and any framing are dropped, as ``request_headers`` and
     ``Pool`` do; None when a Connection header names other headers to drop."""
     parts: list[bytes] = []
@@ -185,11 +186,11 @@ def _upstream_lines(headers: list) -> tuple[bytes, int, bool, bytes | None] | No
                 request_id = value
         parts += (name, b": ", value, b"\r\n")
         count += 1
-    return b"".join(parts), count, has_host, request_id
+    return parts, count, has_host, request_id
 
 
 def _client_lines(headers: list, forwarding: Forwarding, client: str | None, scheme: str
-                  ) -> tuple[bytes, int, bool, bytes | None] | None:
+                  ) -> tuple[list[bytes], int, bool, bytes | None] | None:
     """:func:`_upstream_lines` of ``forwarding.rewrite(headers, client, scheme)`` in one pass over
     the client's own headers, for a request that brings no forwarding header (the lines
     rewrite would add come whole from :meth:`Forwarding.added_lines`; ``Nonna-*`` headers are
@@ -220,7 +221,7 @@ def _client_lines(headers: list, forwarding: Forwarding, client: str | None, sch
         count += 1
     added, added_count = forwarding.added_lines(client, scheme, host)
     parts.append(added)
-    return b"".join(parts), count + added_count, has_host, request_id
+    return parts, count + added_count, has_host, request_id
 
 
 def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes) -> list:
@@ -242,11 +243,12 @@ def _downstream(headers: list, keep_nonna: bool, request_id: bytes, timing: byte
 
 
 def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing: bytes
-                      ) -> tuple[bytes, int, bool, bool] | None:
+                      ) -> tuple[list[bytes], int, bool, bool] | None:
     """:func:`_downstream` of a pod's raw headers, as header lines in one pass, for
-    ``LeanHTTPProtocol.respond_lines``: (lines, their count, whether Content-Length is
-    among them, whether the pod sent any ``Nonna-*`` header). None when a Connection
-    header names other headers to drop."""
+    ``LeanHTTPProtocol.respond_lines``: (the pieces the lines join from, not joined: the
+    server joins the whole answer once; their count; whether Content-Length is among them;
+    whether the pod sent any ``Nonna-*`` header). None when a Connection header names other
+    headers to drop."""
     parts: list[bytes] = []
     has_id = False
     has_length = False
@@ -275,7 +277,7 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
         parts += (_REQUEST_ID_LINE, request_id, b"\r\n")
         count += 1
     parts += (_SERVER_TIMING_LINE, timing, b"\r\n")
-    return b"".join(parts), count, has_length, has_nonna
+    return parts, count, has_length, has_nonna
 
 
 class DataApp:
@@ -425,7 +427,7 @@ class DataApp:
             return True
         lines, count, has_host, _ = built
         if not given:
-            lines += b"%b: %b\r\n" % (_REQUEST_ID, request_id)
+            lines += (_REQUEST_ID_LINE, request_id, b"\r\n")
             count += 1
         try:
             target = scope["raw_path"]
