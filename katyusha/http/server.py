@@ -79,6 +79,9 @@ LINGER_SECONDS = 2.0
 FIRST_REQUEST_GRACE = 0.5
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _DISCONNECT = {"type": "http.disconnect"}
+# The methods' names as the parser gives them, to their str (one lookup, no decode a request).
+_METHOD_NAMES = {name.encode(): name for name in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _ALLOW = b"GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"
 # Connections accepted at once beside the one the event loop accepted, as
@@ -331,7 +334,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self.parser
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("ascii")
         if method == "CONNECT":
             raise Refusal(405, "CONNECT is not supported: this is a reverse proxy")
         url = self._url
@@ -370,25 +374,29 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
-        exchange = Exchange(scope, parser.should_keep_alive(), self._expect, method == "HEAD")
-        exchange.asterisk = asterisk
-        if self._stopping:
-            exchange.keep_alive = False
-        if parser.should_upgrade():
+        exchange = Exchange(scope, parser.should_keep_alive() and not self._stopping, self._expect,
+                            method == "HEAD")
+        # What most requests leave at the class defaults is set only when it differs.
+        if asterisk:
+            exchange.asterisk = True
+        upgrade = parser.should_upgrade()
+        if upgrade:
             exchange.upgrade = True
             exchange.keep_alive = False
             exchange.tunnel_data = bytearray()
             scope["extensions"] = {TUNNEL_EXTENSION: {}}
-        if self._length is not None and self.max_body is not None:
+        length = self._length
+        if length is not None and self.max_body is not None:
             try:
-                declared = int(self._length)
+                declared = int(length)
             except ValueError:
                 declared = 0  # the parser refuses a bad Content-Length itself
             if declared > self.max_body:
                 raise Refusal(413, f"request body of {declared} bytes is larger than "
                                     f"{self.max_body} (max-body-bytes)")
-        if not exchange.upgrade and (self._chunked or (self._length is not None
-                                                       and self._length.strip() != b"0")):
+        has_body = not upgrade and (self._chunked or (length is not None
+                                                      and length.strip() != b"0"))
+        if has_body:
             exchange.has_body = True
             self._phase = _BODY
             self._since = self.loop.time()
@@ -397,7 +405,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._parsing = exchange
         if self._active is None:
             fast = self._fast
-            if fast is not None and not exchange.has_body and not exchange.upgrade and not asterisk:
+            if fast is not None and not has_body and not upgrade and not asterisk:
                 # _start(), inline for the app's fast path: once per body-less request.
                 self._active = exchange
                 if not fast(exchange, self):
