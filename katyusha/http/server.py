@@ -492,12 +492,13 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._finish(exchange)
 
     def respond_lines(self, exchange: Exchange, status: int, lines: bytes | list[bytes], count: int,
-                      has_length: bool, body: bytes) -> None:
+                      has_length: bool, body: bytes, now: float | None = None) -> None:
         """A whole response in one write, its header lines already built: ``count`` lines of
         ``name: value\r\n`` (as bytes, or as a list of the pieces they join from), with no
         hop-by-hop header and, when ``has_length``, the body's own Content-Length. This adds
         the status line, the Content-Length when missing and the connection's framing, as
-        :meth:`respond` would, and joins the whole answer once."""
+        :meth:`respond` would, and joins the whole answer once. ``now``: the loop's time, when
+        the caller has just read it (the connection's idle time starts then)."""
         if exchange.disconnected or self._closing or exchange.started:
             return
         exchange.started = True
@@ -536,7 +537,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             self._close()
             return
         self.transport.write(data)
-        self._finish(exchange)
+        self._finish(exchange, now)
 
     async def _run(self, exchange: Exchange, app) -> None:
         receive = self._receiver(exchange)
@@ -642,7 +643,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         """Whether the connection closes after the response being written, whatever it says."""
         return self._closing or (self._deferred is not None and not self._pipeline)
 
-    def _finish(self, exchange: Exchange) -> None:
+    def _finish(self, exchange: Exchange, now: float | None = None) -> None:
         exchange.complete = True
         if exchange.waiter is not None:
             exchange.wake()
@@ -663,7 +664,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             return
         elif self._phase is _BUSY:
             self._phase = _IDLE
-            self._since = self.loop.time()
+            self._since = self.loop.time() if now is None else now
         if self.read_paused:
             self._resume_reading()
 

@@ -656,7 +656,7 @@ class _FastHead:
                                 timing), body)
                         else:
                             self.server.respond_lines(self.exchange, status, built[0],
-                                                      built[1], built[2], body)
+                                                      built[1], built[2], body, now)
                         live.stats.answered(handle.entry.name, status, latency, l1_wait)
                     finally:
                         if not ended:  # the core's call failed, or what came before it
