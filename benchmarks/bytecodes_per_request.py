@@ -1,7 +1,7 @@
 """Python bytecodes and calls per body-less request on katyusha's fast path, in process: figures that do not move with the machine's load.
 
 Run as ``python -m benchmarks.bytecodes_per_request [--against REF] [--requests N] [--compiled-vs-pure PAIRS]
-[--top N] [--json PATH]``. Needs nothing outside the package (no sockets, no nginx).
+[--time-against REF --pairs N] [--top N] [--json PATH]``. Needs nothing outside the package (no sockets, no nginx).
 
 katyusha's data app is built as ``katyusha serve --pod URL`` builds it (one
 service, default policy, L1 queue and metrics on), with its HTTP server
@@ -22,6 +22,9 @@ ref. JSON: ``versions`` (``this tree`` and REF: ``requests``, ``bytecodes``,
 ``--compiled-vs-pure PAIRS`` times this tree's path instead with its compiled
 modules (setup.py, ``KATYUSHA_COMPILE``) and as pure Python
 (``KATYUSHA_PURE_PYTHON=1``), alternately, and prints each pair's fastest round.
+``--time-against REF --pairs N`` times this tree's path and REF's, alternately (which
+first alternating too), N pairs, each the fastest of 9 rounds in its own child process:
+JSON ``us_min`` (both lists), ``ratio_best``, ``faster_pairs``.
 """
 
 from __future__ import annotations
@@ -218,6 +221,30 @@ def compiled_vs_pure(pairs: int, requests: int, json_path: str | None) -> int:
     return 0
 
 
+def time_against(ref: str, pairs: int, requests: int, json_path: str | None) -> int:
+    """The in-process path of this tree and of ``ref``, timed alternately (which first alternates too)."""
+    from benchmarks.overhead import checkout
+
+    runs: dict[str, list[float]] = {"this tree": [], ref: []}
+    with checkout(ref) as tree:
+        for pair in range(pairs):
+            order = ("this tree", ref) if pair % 2 == 0 else (ref, "this tree")
+            for name in order:
+                figures = count(None if name == "this tree" else tree, requests, 0)
+                runs[name].append(figures["us_min"])
+                print(f"pair {pair + 1} {name:12s} {figures['us_min']:6.2f} µs a request at best "
+                      f"({figures['bytecodes']} bytecodes)", flush=True)
+    best = {name: min(values) for name, values in runs.items()}
+    faster = sum(a < b for a, b in zip(runs["this tree"], runs[ref], strict=True))
+    print(f"best of all: this tree {best['this tree']:.2f} µs, {ref} {best[ref]:.2f} µs, ratio "
+          f"{best['this tree'] / best[ref]:.3f}; this tree faster in {faster} of {pairs} pairs")
+    if json_path:
+        with open(json_path, "w") as file:
+            json.dump({"against": ref, "us_min": runs, "ratio_best": round(best["this tree"] / best[ref], 3),
+                       "faster_pairs": faster}, file, indent=2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks import plots
     from benchmarks.calls_per_request import write_beside
@@ -232,7 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compiled-vs-pure", type=int, metavar="PAIRS", default=0,
                         help="instead: time this tree compiled and with KATYUSHA_PURE_PYTHON=1, "
                              "alternately, PAIRS times (needs the extensions built)")
+    parser.add_argument("--time-against", metavar="REF",
+                        help="instead: time this tree and the package at REF alternately (--pairs)")
+    parser.add_argument("--pairs", type=int, default=6, help="pairs for --time-against")
     args = parser.parse_args(argv)
+    if args.time_against:
+        return time_against(args.time_against, args.pairs, args.requests, args.json)
     if args.compiled_vs_pure:
         return compiled_vs_pure(args.compiled_vs_pure, args.requests, args.json)
     versions: dict = {}

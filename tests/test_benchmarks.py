@@ -176,3 +176,16 @@ def test_tail_model_replicas_each_hold_a_pod_to_its_own_cap():
     three = tail_model.simulate(by_name["replicas"], peer, seconds=30.0, seed=1)
     assert one["requests"] == three["requests"]
     assert three["p99_ms"] > 1.3 * one["p99_ms"], (one, three)
+
+
+def test_bytecodes_per_request_times_this_tree_against_a_ref_alternately(tmp_path):
+    import json
+
+    from benchmarks.bytecodes_per_request import time_against
+
+    path = tmp_path / "against.json"
+    assert time_against("HEAD", 1, 50, str(path)) == 0
+    figures = json.loads(path.read_text())
+    assert figures["against"] == "HEAD" and set(figures["us_min"]) == {"this tree", "HEAD"}
+    assert all(len(values) == 1 and values[0] > 0 for values in figures["us_min"].values())
+    assert figures["ratio_best"] > 0 and figures["faster_pairs"] in (0, 1)
