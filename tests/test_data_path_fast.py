@@ -208,35 +208,3 @@ async def test_a_whole_answer_from_header_pieces_is_one_write_and_a_line_break_i
     server, transport, taken = served(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     server.respond_lines(taken, 200, [b"x-a", b": ", b"1\r\nx-evil: 1", b"\r\n"], 1, False, b"ok")
     assert transport.writes == [] and transport.closed
-
-
-def test_the_per_request_objects_made_without_the_class_call_equal_the_class_calls():
-    """The request path makes its per-request objects with plain functions rather than the
-    class call (cheaper on CPython 3.11): each must hold what the class's ``__init__`` sets,
-    every slot or attribute, so the two cannot drift apart."""
-    from katyusha.core import service
-    from katyusha.core.loadtable import LoadTable
-    from katyusha.http import connection, exchange
-    from katyusha.proxy import app
-
-    def fields(obj):
-        names = [name for klass in type(obj).__mro__ for name in getattr(klass, "__slots__", ())
-                 if name != "__weakref__"]
-        return {name: getattr(obj, name) for name in names} | dict(getattr(obj, "__dict__", {}))
-
-    scope = {"type": "http"}
-    for args in ((scope, True, False, True), (scope, False, True, False)):
-        assert fields(exchange.new_exchange(*args)) == fields(exchange.Exchange(*args))
-    conn = object()
-    assert fields(connection._new_response(200, [(b"a", b"1")], conn)) == fields(
-        connection.Response(200, [(b"a", b"1")], conn))
-    assert fields(service._new_ticket(None, 1.0, 31.0, 0)) == fields(
-        service.ServiceTicket(None, 1.0, 31.0, 0))
-    entry = LoadTable().upsert("pod-a", "http://a", "node", ready=True)
-    ticket = service._new_ticket(None, 1.0, 31.0, 0)
-    for in_flight in (0, 1, 2):
-        entry.in_flight = in_flight
-        assert fields(service._new_dispatch("svc", ticket, entry, 2.0)) == fields(
-            service.Dispatch("svc", ticket, entry, 2.0))
-    args = ("app", "live", ticket, b"id", True, "handle", "exchange", "server")
-    assert fields(app._new_fast_head(*args)) == fields(app._FastHead(*args))

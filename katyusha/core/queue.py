@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from katyusha.core.errors import BadInput, ConfigError, QueueFull
@@ -42,8 +41,7 @@ class Ticket:
     """One request's place in the L1 queue. ``payload`` is the caller's, untouched.
 
     A caller that needs more per-request state subclasses it (with
-    ``__slots__``) and passes the class as ``L1Queue(ticket_class=...)``, or a
-    function that makes one.
+    ``__slots__``) and passes the class as ``L1Queue(ticket_class=...)``.
     """
 
     __slots__ = ("payload", "enqueued_at", "deadline", "priority", "state", "admitted_at", "_heap_seq")
@@ -80,13 +78,11 @@ class L1Queue:
         max_length: int = 10_000,
         default_timeout_s: float = 30.0,
         priority_classes: int = 1,
-        ticket_class: Callable[[Any, float, float, int], Ticket] = Ticket,
+        ticket_class: type[Ticket] = Ticket,
     ):
         """``limit`` None means unlimited. Raises ConfigError (naming the argument) for bad values.
 
-        ``ticket_class`` is what :meth:`offer` calls to make a ticket, with the payload, the
-        offer's time, its deadline and its priority: :class:`Ticket`, a subclass, or a
-        function returning one (which may skip the class call's ``__init__``, once per request).
+        ``ticket_class`` is what :meth:`offer` builds: :class:`Ticket` or a subclass.
         """
         _check_limit(limit)
         if not _is_int(max_length) or max_length < 0:

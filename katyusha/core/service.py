@@ -133,30 +133,6 @@ class ServiceTicket(Ticket):
         return 0.0 if admitted_at is None else admitted_at - self.enqueued_at
 
 
-_new = object.__new__
-
-
-def _new_ticket(payload, enqueued_at: float, deadline: float, priority: int) -> ServiceTicket:
-    """``ServiceTicket(payload, enqueued_at, deadline, priority)`` without the class call (the
-    L1 queue makes one per request; see :func:`_new_dispatch`)."""
-    ticket = _new(ServiceTicket)
-    ticket.payload = payload
-    ticket.enqueued_at = enqueued_at
-    ticket.deadline = deadline
-    ticket.priority = priority
-    ticket.state = WAITING
-    ticket.admitted_at = None
-    ticket._heap_seq = -1
-    ticket.tries_left = 0
-    ticket.tried = None
-    ticket.dispatch = None
-    ticket.hedge = None
-    ticket.hedged = False
-    ticket.idempotent = True
-    ticket.maybe_executed = False
-    return ticket
-
-
 class Dispatch:
     """One try of a request on one pod: the per-request handle (see the module docstring)."""
 
@@ -258,6 +234,9 @@ class Dispatch:
         return f"Dispatch({self.entry.name!r}, state={self.state})"
 
 
+_new = object.__new__
+
+
 def _new_dispatch(service: ServiceBalancer, ticket: ServiceTicket, entry: PodEntry, sent_at: float
                   ) -> Dispatch:
     """``Dispatch(service, ticket, entry, sent_at)`` without the class call (once per try):
@@ -298,7 +277,7 @@ class ServiceBalancer:
             max_length=settings.queue_length,
             default_timeout_s=settings.request_timeout,
             priority_classes=settings.priority_classes,
-            ticket_class=_new_ticket,
+            ticket_class=ServiceTicket,
         )
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
