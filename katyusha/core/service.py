@@ -234,24 +234,6 @@ class Dispatch:
         return f"Dispatch({self.entry.name!r}, state={self.state})"
 
 
-_new = object.__new__
-
-
-def _new_dispatch(service: ServiceBalancer, ticket: ServiceTicket, entry: PodEntry, sent_at: float
-                  ) -> Dispatch:
-    """``Dispatch(service, ticket, entry, sent_at)`` without the class call (once per try):
-    CPython 3.11 runs a class's Python ``__init__`` from C in a fresh interpreter frame, where
-    this function's call stays in the caller's."""
-    handle = _new(Dispatch)
-    handle.service = service
-    handle.ticket = ticket
-    handle.entry = entry
-    handle.sent_at = sent_at
-    handle.state = _OPEN
-    handle.alone = entry.in_flight == 1
-    return handle
-
-
 class ServiceBalancer:
     """Admission, picking and the pod set of one service; see the module docstring."""
 
@@ -381,7 +363,7 @@ class ServiceBalancer:
                      else trace.pick(candidates, now))
         self.table.on_dispatch(entry, now)
         self.capacity.started(entry)
-        handle = ticket.dispatch = _new_dispatch(self, ticket, entry, now)
+        handle = ticket.dispatch = Dispatch(self, ticket, entry, now)
         return handle
 
     def end(self, ticket: ServiceTicket, now: float) -> list[ServiceTicket]:
@@ -495,7 +477,7 @@ class ServiceBalancer:
         entry = self.policy.pick(others, now) if trace is None else trace.pick(others, now)
         self.table.on_dispatch(entry, now)
         self.capacity.started(entry)
-        handle = ticket.hedge = _new_dispatch(self, ticket, entry, now)
+        handle = ticket.hedge = Dispatch(self, ticket, entry, now)
         ticket.hedged = True
         hedger.sent += 1
         return handle

@@ -169,24 +169,6 @@ class Response:
                 waiter.set_result(None)
 
 
-_new = object.__new__
-
-
-def _new_response(status: int, headers: list[tuple[bytes, bytes]], conn: Connection) -> Response:
-    """``Response(status, headers, conn)`` without the class call (once per response; see
-    :func:`katyusha.http.exchange.new_exchange`)."""
-    response = _new(Response)
-    response.status = status
-    response.headers = headers
-    response._chunks = []
-    response._buffered = 0
-    response.complete = False
-    response._error = None
-    response._waiter = None
-    response._conn = conn
-    return response
-
-
 class Connection(asyncio.Protocol):
     """The protocol of one upstream connection; owned by a Pool, one exchange at a time."""
 
@@ -372,7 +354,7 @@ class Connection(asyncio.Protocol):
             return
         # Whether its body ends with the connection is asked only if the connection closes
         # (_until_close), not of every response.
-        response = self._response = _new_response(status, self._headers, self)
+        response = self._response = Response(status, self._headers, self)
         # _resolve, inline: once per response.
         waiter = self._head_waiter
         if waiter is not None:

@@ -89,22 +89,6 @@ class Exchange:
                 waiter.set_result(None)
 
 
-_new = object.__new__
-
-
-def new_exchange(scope: dict, keep_alive: bool, expect_continue: bool, head_only: bool) -> Exchange:
-    """``Exchange(scope, keep_alive, expect_continue, head_only)``, made without the class call
-    (once per request): CPython 3.11 runs a class's Python ``__init__`` from C in a fresh
-    interpreter frame, where this function's call stays in the caller's."""
-    exchange = _new(Exchange)
-    exchange.scope = scope
-    exchange.body = bytearray()
-    exchange.expect_continue = expect_continue
-    exchange.keep_alive = keep_alive
-    exchange.head_only = head_only
-    return exchange
-
-
 def response_head(exchange: Exchange, body: bytes, more: bool, close: bool) -> bytes:
     """The response head, framed for what the app declared, and the first body bytes.
 

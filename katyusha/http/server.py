@@ -64,7 +64,6 @@ from katyusha.http.exchange import (
     absolute_form,
     frame_body,
     head_too_large,
-    new_exchange,
     response_head,
     status_line,
 )
@@ -375,8 +374,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "state": self.app_state.copy(),
         }
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
-        exchange = new_exchange(scope, parser.should_keep_alive() and not self._stopping,
-                                self._expect, method == "HEAD")
+        exchange = Exchange(scope, parser.should_keep_alive() and not self._stopping, self._expect,
+                            method == "HEAD")
         # What most requests leave at the class defaults is set only when it differs.
         if asterisk:
             exchange.asterisk = True

@@ -439,8 +439,7 @@ class DataApp:
             # pod's head: no future, no loop callback in between.
             sent = self.pools.get(handle.entry.url).start_lines(
                 method, target, lines, count, has_host, timeout=self.upstream_timeout,
-                on_head=_new_fast_head(self, live, ticket, request_id, given, handle, exchange,
-                                       server),
+                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server),
                 now=now)
         except Exception:  # BadInput and the like: the ASGI path answers them
             sent = None
@@ -672,25 +671,6 @@ class _FastHead:
             pending = None  # sent again through Pool.request
         self.server.spawn(self.exchange, _Continue(app, live, self.ticket, self.request_id,
                                                    self.given, handle, pending))
-
-
-_new = object.__new__
-
-
-def _new_fast_head(app: DataApp, live: LiveService, ticket, request_id: bytes, given: bool,
-                   handle: Dispatch, exchange, server) -> _FastHead:
-    """``_FastHead(...)`` without the class call (once per request; see
-    :func:`katyusha.http.exchange.new_exchange`)."""
-    head = _new(_FastHead)
-    head.app = app
-    head.live = live
-    head.ticket = ticket
-    head.request_id = request_id
-    head.given = given
-    head.handle = handle
-    head.exchange = exchange
-    head.server = server
-    return head
 
 
 class _Continue:
