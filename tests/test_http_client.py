@@ -559,18 +559,26 @@ async def test_response_head_past_max_head_is_a_protocol_error_without_reading_i
         assert len(sent) < 100, "the client kept reading an endless head"
 
 
-async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_brought_it():
-    heads = []
+@contextlib.asynccontextmanager
+async def _warm_pool_answering_ok(heads: list, extra_lines: bytes = b""):
+    """A Pool with one idle connection to a server answering every request 200 "ok" (with
+    ``extra_lines`` in its head); each request head the server reads goes to ``heads``."""
 
     async def handler(reader, writer, index):
         while True:
             heads.append(await read_request_head(reader))
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-pod: a\r\n\r\nok")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + extra_lines + b"\r\nok")
             await writer.drain()
 
     async with raw_server(handler) as url:
         pool = Pool(url)
         (await pool.request(b"GET", b"/warm")).release()
+        yield pool
+
+
+async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_brought_it():
+    heads = []
+    async with _warm_pool_answering_ok(heads, b"x-pod: a\r\n") as pool:
         got = asyncio.get_running_loop().create_future()
 
         def on_head(response, error):
@@ -588,16 +596,7 @@ async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_
 
 async def test_start_lines_takes_the_pieces_of_its_lines_and_joins_the_head_once():
     heads = []
-
-    async def handler(reader, writer, index):
-        while True:
-            heads.append(await read_request_head(reader))
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            await writer.drain()
-
-    async with raw_server(handler) as url:
-        pool = Pool(url)
-        (await pool.request(b"GET", b"/warm")).release()
+    async with _warm_pool_answering_ok(heads) as pool:
         got = asyncio.get_running_loop().create_future()
         assert pool.start_lines(b"GET", b"/p", [b"x-a", b": ", b"1", b"\r\n", b"x-b: 2\r\n"], 2,
                                 False, on_head=lambda response, error: got.set_result(
