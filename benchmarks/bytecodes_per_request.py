@@ -198,51 +198,48 @@ def _print(name: str, figures: dict) -> None:
         print(f"  {n:7.1f}  {where}")
 
 
-def compiled_vs_pure(pairs: int, requests: int, json_path: str | None) -> int:
-    """The in-process path timed compiled and pure, alternately (which first alternates too)."""
-    runs: dict[str, list[float]] = {"compiled": [], "pure": []}
+def _alternate(first: str, second: str, measure, pairs: int, json_path: str | None, **meta) -> int:
+    """Time ``first`` and ``second`` alternately (which first alternates too), ``pairs`` pairs:
+    ``measure(name)`` is one run's figures. Prints each run and the best of all; JSON ``us_min``
+    (both lists), ``ratio_best`` (first over second), ``faster_pairs`` (where first was), ``meta``."""
+    runs: dict[str, list[float]] = {first: [], second: []}
     for pair in range(pairs):
-        order = ("compiled", "pure") if pair % 2 == 0 else ("pure", "compiled")
-        for name in order:
-            figures = count(None, requests, 0, pure="1" if name == "pure" else "0")
-            if name == "compiled" and not figures["compiled_modules"]:
-                raise SystemExit("nothing compiled here: build first (python setup.py build_ext --inplace)")
+        for name in (first, second) if pair % 2 == 0 else (second, first):
+            figures = measure(name)
             runs[name].append(figures["us_min"])
-            print(f"pair {pair + 1} {name:8s} {figures['us_min']:6.2f} µs a request at best "
+            print(f"pair {pair + 1} {name:12s} {figures['us_min']:6.2f} µs a request at best "
                   f"({figures['bytecodes']} bytecodes, {figures['compiled_modules']} modules compiled)",
                   flush=True)
     best = {name: min(values) for name, values in runs.items()}
-    wins = sum(c < p for c, p in zip(runs["compiled"], runs["pure"], strict=True))
-    print(f"best of all: compiled {best['compiled']:.2f} µs, pure {best['pure']:.2f} µs, "
-          f"ratio {best['compiled'] / best['pure']:.3f}; compiled faster in {wins} of {pairs} pairs")
+    ratio = round(best[first] / best[second], 3)
+    faster = sum(a < b for a, b in zip(runs[first], runs[second], strict=True))
+    print(f"best of all: {first} {best[first]:.2f} µs, {second} {best[second]:.2f} µs, "
+          f"ratio {ratio:.3f}; {first} faster in {faster} of {pairs} pairs")
     if json_path:
         with open(json_path, "w") as file:
-            json.dump({"us_min": runs, "ratio_best": round(best["compiled"] / best["pure"], 3)}, file, indent=2)
+            json.dump({**meta, "us_min": runs, "ratio_best": ratio, "faster_pairs": faster}, file, indent=2)
     return 0
+
+
+def compiled_vs_pure(pairs: int, requests: int, json_path: str | None) -> int:
+    """The in-process path timed compiled and pure, alternately (which first alternates too)."""
+
+    def measure(name: str) -> dict:
+        figures = count(None, requests, 0, pure="1" if name == "pure" else "0")
+        if name == "compiled" and not figures["compiled_modules"]:
+            raise SystemExit("nothing compiled here: build first (python setup.py build_ext --inplace)")
+        return figures
+
+    return _alternate("compiled", "pure", measure, pairs, json_path)
 
 
 def time_against(ref: str, pairs: int, requests: int, json_path: str | None) -> int:
     """The in-process path of this tree and of ``ref``, timed alternately (which first alternates too)."""
     from benchmarks.overhead import checkout
 
-    runs: dict[str, list[float]] = {"this tree": [], ref: []}
     with checkout(ref) as tree:
-        for pair in range(pairs):
-            order = ("this tree", ref) if pair % 2 == 0 else (ref, "this tree")
-            for name in order:
-                figures = count(None if name == "this tree" else tree, requests, 0)
-                runs[name].append(figures["us_min"])
-                print(f"pair {pair + 1} {name:12s} {figures['us_min']:6.2f} µs a request at best "
-                      f"({figures['bytecodes']} bytecodes)", flush=True)
-    best = {name: min(values) for name, values in runs.items()}
-    faster = sum(a < b for a, b in zip(runs["this tree"], runs[ref], strict=True))
-    print(f"best of all: this tree {best['this tree']:.2f} µs, {ref} {best[ref]:.2f} µs, ratio "
-          f"{best['this tree'] / best[ref]:.3f}; this tree faster in {faster} of {pairs} pairs")
-    if json_path:
-        with open(json_path, "w") as file:
-            json.dump({"against": ref, "us_min": runs, "ratio_best": round(best["this tree"] / best[ref], 3),
-                       "faster_pairs": faster}, file, indent=2)
-    return 0
+        return _alternate("this tree", ref, lambda name: count(None if name == "this tree" else tree, requests, 0),
+                          pairs, json_path, against=ref)
 
 
 def main(argv: list[str] | None = None) -> int:
