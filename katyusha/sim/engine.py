@@ -366,12 +366,7 @@ class Simulation:
         if journal is not None:
             journal.append(("offer", request.number, now))
         if ticket.state is ADMITTED:
-            handle = ticket.dispatch
-            if handle is None:  # no pod was ready: the ticket waits again
-                self._arm(front)
-                self._poke(svc)
-                return
-            self._sent(request, handle, now)
+            self._sent(request, ticket.dispatch, now)
         else:
             self._arm(front)
             if balancer.needs_pods:
@@ -381,15 +376,16 @@ class Simulation:
         request: Request = ticket.payload
         front = request.front
         now = self.env.now
-        handle = front.balancer.dispatch(ticket, now)
+        self._sent(request, front.balancer.dispatch(ticket, now), now)
+
+    def _sent(self, request: Request, handle, now: float) -> None:
+        """The balancer sent ``request`` to a pod (``handle``): on the wire to it; or, ``handle``
+        None, no pod was ready and the ticket waits again (the front's timer armed, pods asked for)."""
         if handle is None:
+            front = request.front
             self._arm(front)
             self._poke(front.service)
             return
-        self._sent(request, handle, now)
-
-    def _sent(self, request: Request, handle, now: float) -> None:
-        """The balancer sent ``request`` to a pod (``handle``): on the wire to it."""
         request.handle = handle
         request.t2 = now
         pod = request.pod = self.pods[handle.entry.name]
