@@ -20,6 +20,7 @@ Named scenarios:
 - ``bursty``: the heterogeneous pods under a two-state modulated Poisson process.
 - ``pods32``: 32 pods (exp 100 ms), four of them four times slower.
 - ``mixed``: 8 pods of speeds 0.25 to 2.
+- ``replicas-concurrency``: the ``concurrency`` pods behind 3 balancer replicas.
 
 The held-out set: scenarios drawn from those families (pod count, concurrency,
 service-time shape, arrivals, speeds) with a fixed seed; the even-numbered
@@ -137,7 +138,8 @@ def scenarios() -> list[Scenario]:
             Scenario(HEDGE_SCENARIO, _pods([1.0] * 8), shape="lognormal"),
             Scenario("bursty", hetero, arrivals="mmpp"),
             Scenario("pods32", _pods([0.25] * 4 + [1.0] * 28), mean_s=0.100),
-            Scenario("mixed", _pods([0.25, 0.5, 0.5, 1.0, 1.0, 1.0, 2.0, 2.0]))]
+            Scenario("mixed", _pods([0.25, 0.5, 0.5, 1.0, 1.0, 1.0, 2.0, 2.0])),
+            Scenario("replicas-concurrency", hetero, replicas=3, concurrency=4, mean_s=_fitting(hetero, 4))]
 
 
 def drawn_scenarios(count: int, seed: int = HELDOUT_SEED) -> list[Scenario]:

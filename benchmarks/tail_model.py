@@ -64,7 +64,17 @@ class Setting:
     hedge_delay: float | None = None  # None: auto (the recent p95)
     hedge_quantile: float = 0.95
     slow_hold: float = ServiceSettings.slow_hold
+    share_pods: bool = ServiceSettings.share_pods
 
+
+# Models of the peers: a least-connections proxy with no per-pod cap (nginx least_conn, HAProxy
+# leastconn), and one holding requests to the pods' concurrency (HAProxy leastconn with maxconn),
+# neither reading another replica's load.
+PEERS = (
+    Setting("peer leastconn", "least-in-flight", 0.0, slow_hold=0.0, capacity_extra=0, share_pods=False),
+    Setting("peer leastconn maxconn", "least-in-flight", 1.0, slow_hold=0.0, capacity_extra=0,
+            share_pods=False),
+)
 
 SETTINGS = (
     Setting("jsq cap1 (default)"),
@@ -84,11 +94,8 @@ SETTINGS = (
     Setting("jsq hold 0.25", slow_hold=0.25),
     Setting("jsq hold 0.5", slow_hold=0.5),
     Setting("jsq hold 1", slow_hold=1.0),
-    # Models of the peers: a least-connections proxy with no per-pod cap (nginx
-    # least_conn, HAProxy leastconn), and one holding requests to the pods'
-    # concurrency (HAProxy leastconn with maxconn).
-    Setting("peer leastconn", "least-in-flight", 0.0, slow_hold=0.0, capacity_extra=0),
-    Setting("peer leastconn maxconn", "least-in-flight", 1.0, slow_hold=0.0, capacity_extra=0),
+    Setting("jsq cap1 no sharing", share_pods=False),
+    *PEERS,
 )
 
 
@@ -120,7 +127,7 @@ def simulate(scenario: Scenario, setting: Setting, *, load: float = 0.9, seconds
                           delay=setting.hedge_delay, quantile=setting.hedge_quantile)
     settings = ServiceSettings(policy=setting.policy, capacity_factor=setting.capacity_factor,
                                capacity_extra=setting.capacity_extra, hedge=hedge,
-                               slow_hold=setting.slow_hold)
+                               slow_hold=setting.slow_hold, share_pods=setting.share_pods)
     replicas = max(1, scenario.replicas)
     services = [ServiceBalancer(settings, rng=random.Random(seed if r == 0 else seed * 1000 + r))
                 for r in range(replicas)]
@@ -274,8 +281,7 @@ def hedging(seconds: float, seeds: int) -> int:
               Setting("extra 0", capacity_extra=0), Setting("extra 0, hedging", hedge=True, capacity_extra=0),
               Setting("hedging, max util 1", hedge=True, hedge_max_utilisation=1.0),
               Setting("hedging p90", hedge=True, hedge_quantile=0.9),
-              Setting("peer leastconn", "least-in-flight", 0.0, capacity_extra=0),
-              Setting("peer maxconn", "least-in-flight", 1.0, capacity_extra=0))
+              *PEERS)
     for load in (0.5, 0.7, 0.9):
         print(f"{int(load * 100)}%", flush=True)
         for setting in chosen:
@@ -290,7 +296,7 @@ def hedging(seconds: float, seeds: int) -> int:
 def room(fleets: list[Scenario], load: float, seconds: float, seeds: int, path: str | None) -> int:
     """Print, per scenario, p99 of the clairvoyant reference, the defaults and the peer models, and
     the first two over the better peer model's; medians per split."""
-    peers = [s for s in SETTINGS if s.name.startswith("peer")]
+    peers = PEERS
     default = SETTINGS[0]
     table: dict = {}
     for scenario in fleets:

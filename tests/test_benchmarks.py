@@ -189,3 +189,24 @@ def test_bytecodes_per_request_times_this_tree_against_a_ref_alternately(tmp_pat
     assert figures["against"] == "HEAD" and set(figures["us_min"]) == {"this tree", "HEAD"}
     assert all(len(values) == 1 and values[0] > 0 for values in figures["us_min"].values())
     assert figures["ratio_best"] > 0 and figures["faster_pairs"] in (0, 1)
+
+
+def test_tail_model_replicas_sharing_pods_cut_the_tail_at_concurrency_above_one():
+    """Three replicas in front of pods of concurrency 4 (room 5 each): counting the others'
+    requests from the pods' reports (share-pods, the default: a room cut by up to half) keeps
+    requests in each replica's L1 rather than queued in nonna behind the others', and p99 falls
+    against each replica holding a pod to its own room; one balancer alone is not changed by it."""
+    from benchmarks import tail_model
+    from benchmarks.lb_quality import scenarios
+
+    by_name = {s.name: s for s in scenarios()}
+    shared, alone = tail_model.SETTINGS[0], tail_model.Setting("no sharing", share_pods=False)
+    assert shared.share_pods
+    replicas = by_name["replicas-concurrency"]
+    with_sharing = tail_model.simulate(replicas, shared, seconds=30.0, seed=1)
+    without = tail_model.simulate(replicas, alone, seconds=30.0, seed=1)
+    assert with_sharing["requests"] == without["requests"]
+    assert with_sharing["p99_ms"] < 0.92 * without["p99_ms"], (with_sharing, without)
+    one = by_name["concurrency"]
+    assert (tail_model.simulate(one, shared, seconds=5.0, seed=1)
+            == tail_model.simulate(one, alone, seconds=5.0, seed=1))

@@ -146,3 +146,16 @@ def test_bad_key_fails_at_start_with_its_name(tmp_path):
     done = run_serve("--set", "no-such-key=1")
     assert done.returncode != 0
     assert "no-such-key" in done.stderr
+
+
+def test_share_pods_is_a_setting_globally_and_per_service_with_errors_naming_it():
+    c = config.validate({"share-pods": False, "services": [
+        {"name": "a", "pods": []}, {"name": "b", "path-prefix": "/b", "pods": [], "share-pods": True}]})
+    assert [c.service_settings(spec).share_pods for spec in c.service_specs] == [False, True]
+    defaults = config.validate({})
+    assert defaults.service_settings(defaults.service_specs[0]).share_pods is True
+    for raw, key in (({"share-pods": "sometimes"}, "share-pods"),
+                     ({"services": [{"name": "a", "share-pods": 3}]}, "services[0].share-pods")):
+        with pytest.raises(ConfigError) as caught:
+            config.validate(raw)
+        assert caught.value.key == key

@@ -200,7 +200,7 @@ def test_capacity_is_learned_from_reports_and_lowers_the_l1_limit():
     first, second = s.offer(0.0), s.offer(0.0)
     assert not second.admitted
     handle = s.dispatch(first, 0.0)
-    handle.on_head(0.1, report(concurrency=3), 200)
+    handle.on_head(0.1, report(in_flight=0, concurrency=3), 200)
     assert s.end(first, 0.2) == [second]
     assert counts(s)["caps"] == {"pod-0": 3} and s.queue.limit == 3
     # A pod that reports no concurrency after its first request is not capped.
@@ -223,6 +223,64 @@ def test_the_default_capacity_is_the_concurrency_and_one_more():
     tickets = [s.offer(0.0) for _ in range(6)]
     assert [t.admitted for t in tickets] == [True] * 5 + [False]
     assert sorted(s.dispatch(t, 0.0).entry.name for t in tickets[:5]) == ["pod-0"] * 3 + ["pod-1"] * 2
+
+
+def _replica_after_a_report_of_others(share_pods: bool) -> ServiceBalancer:
+    """One of several replicas in front of pod-0 and pod-1 (concurrency 4: room 5 each, the
+    defaults): its one request to pod-0 comes back with pod-0's report of two other requests
+    running there (another replica's)."""
+    s = ServiceBalancer(ServiceSettings(share_pods=share_pods), rng=random.Random(7))
+    s.change_pods(PodChange(upsert=(pod("pod-0", 4), pod("pod-1", 4))), 0.0)
+    ticket = s.offer(0.0)
+    handle = s.dispatch(ticket, 0.0, avoid=[s.table.get("pod-1")])
+    assert handle.entry.name == "pod-0"
+    handle.on_head(0.01, Feedback(0, 2, 4, 0.0, 10.0, "pod-0", None), 200)
+    s.end(ticket, 0.01)
+    return s
+
+
+def test_a_replica_counts_other_replicas_requests_at_a_pod_out_of_its_room():
+    s = _replica_after_a_report_of_others(share_pods=True)
+    assert s.settings.share_pods  # the default
+    pod0, pod1 = s.table.get("pod-0"), s.table.get("pod-1")
+    row = s.pod_row(pod0, 0.01)
+    assert (row["others"], row["room"], row["capacity"]) == (2, 3, 5)
+    # pod-0's two cut slots are out of the L1 limit: of nine requests eight go out, three to
+    # pod-0, and the ninth waits in L1 for a slot rather than behind the others at pod-0.
+    assert s.queue.limit == 8
+    tickets = [s.offer(0.02) for _ in range(9)]
+    assert [t.admitted for t in tickets] == [True] * 8 + [False]
+    sent = [s.dispatch(t, 0.02).entry.name for t in tickets[:8]]
+    assert (sent.count("pod-0"), sent.count("pod-1")) == (3, 5)
+    # pod-0 answers with the others gone (its report counts our two left there): its room is
+    # whole again, the waiting request let in and sent there.
+    first = next(t for t in tickets[:8] if t.dispatch.entry is pod0)
+    first.dispatch.on_head(0.03, Feedback(0, 2, 4, 0.0, 10.0, "pod-0", None), 200)
+    assert s.end(first, 0.03) == [tickets[8]]
+    assert s.pod_row(pod0, 0.03)["room"] == 5 and s.queue.limit == 10
+    assert s.dispatch(tickets[8], 0.03).entry is pod0
+    # However many the others hold, a replica keeps half its room (rounded up): pod-1's report
+    # of ten requests there, four of them ours, cuts its room of 5 by 2, not 5.
+    t = next(t for t in tickets[:8] if t.dispatch.entry is pod1)
+    t.dispatch.on_head(0.04, Feedback(6, 4, 4, 0.0, 10.0, "pod-1", None), 200)
+    s.end(t, 0.04)
+    assert (s.pod_row(pod1, 0.04)["others"], s.pod_row(pod1, 0.04)["room"]) == (6, 3)
+    assert s.queue.limit == 8
+    # A report older than stale-after cuts nothing: pod-1's next end brings none.
+    t = next(t for t in tickets[:8] if t.dispatch is not None and t.dispatch.entry is pod1)
+    later = 0.05 + s.settings.stale_after
+    t.dispatch.on_head(later, None, 200)
+    s.end(t, later)
+    assert (s.pod_row(pod1, later)["others"], s.pod_row(pod1, later)["room"]) == (0, 5)
+
+
+def test_without_share_pods_a_replica_fills_a_pod_other_replicas_hold():
+    s = _replica_after_a_report_of_others(share_pods=False)
+    assert s.pod_row(s.table.get("pod-0"), 0.01)["room"] == 5 and s.queue.limit == 10
+    tickets = [s.offer(0.02) for _ in range(9)]
+    assert all(t.admitted for t in tickets)
+    sent = [s.dispatch(t, 0.02).entry.name for t in tickets]
+    assert (sent.count("pod-0"), sent.count("pod-1")) == (4, 5)
 
 
 def test_given_concurrency_times_factor_and_pods_with_room_first():

@@ -37,7 +37,7 @@ def answer(service: ServiceBalancer, ticket, now: float) -> list:
     """The ticket's pod answers with its report; the request ends. Returns the tickets admitted."""
     handle = ticket.dispatch
     name = handle.entry.name
-    handle.on_head(now, Feedback(0, 1, 1, 0.0, APP_MS[name], name, None), 200)
+    handle.on_head(now, Feedback(0, 0, 1, 0.0, APP_MS[name], name, None), 200)
     return service.end(ticket, now)
 
 
@@ -197,7 +197,9 @@ def test_the_l1_limit_follows_the_held_pods_as_app_times_change(seed):
                 heapq.heappush(events, (now + rng.expovariate(120.0), seq + 1, None))
         else:
             handle = ticket.dispatch
-            handle.on_head(now, Feedback(0, 1, 1, 0.0, app_ms.pop(ticket), handle.entry.name, None), 200)
+            # The pod's report: our other request there, if any (no other balancer sends to it).
+            handle.on_head(now, Feedback(0, handle.entry.in_flight - 1, 1, 0.0, app_ms.pop(ticket),
+                                         handle.entry.name, None), 200)
             admitted = service.end(ticket, now)
             # Each pod's concurrency and its extra one; a slow pod without the extra; a held one none.
             room = sum(0 if entry in capacity.held else 1 if entry in capacity.slow else 2
@@ -236,7 +238,9 @@ def seconds_to_forgive(seed: int) -> float:
                 heapq.heappush(events, (now + rng.expovariate(rate), seq + 1, None))
         else:
             handle = ticket.dispatch
-            handle.on_head(now, Feedback(0, 1, 1, 0.0, app_ms.pop(ticket), handle.entry.name, None), 200)
+            # The pod's report: our other request there, if any (no other balancer sends to it).
+            handle.on_head(now, Feedback(0, handle.entry.in_flight - 1, 1, 0.0, app_ms.pop(ticket),
+                                         handle.entry.name, None), 200)
             admitted = service.end(ticket, now)
         held = held or (4.0 < now < 5.0 and slow in capacity.held)
         if now >= 5.0 and slow not in capacity.thresholds:

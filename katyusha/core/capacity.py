@@ -31,6 +31,23 @@ break-even point); beyond it, it takes requests as any pod. The owner calls
 let in for one request after ``HOLD_PROBE_S`` without one, so a pod slow for
 a while is seen again when it is fast.
 
+``shared`` (0: off) counts other balancers' requests: several katyusha
+replicas in front of the same pods each hold a pod to its capacity, so
+together they would put that many times as many requests on it, queued in
+nonna's FIFO rather than in L1 where any pod that frees could take them. A
+pod's report (``Nonna-Queue-Length`` + ``Nonna-In-Flight``, plus what was
+sent to it since) less this process's ``in_flight`` is what others hold
+there; when a request to the pod ends and its last report is at most
+``shared`` seconds old, the pod's room is cut by that many (:attr:`others`),
+but by no more than half (rounded down): a pod with none of ours is always
+sent one, its answer bringing the next report, and a replica cut by the
+others' load keeps half its room, so that when replicas together want more
+than a pod holds they share it rather than one taking it and the other's
+requests waiting in its L1 (cut to one request, the second of two replicas in
+the simulator's worked example got a sixth of the first pod's requests while
+the service scaled from zero). The cut slots are out of the L1 limit while
+they are cut.
+
 The count compared with a capacity is the pod's one in-flight count,
 ``PodEntry.in_flight``; this class only watches it. The pods with room are
 kept as a list updated in O(1) as pods fill and free (:attr:`open`), so a
@@ -61,14 +78,22 @@ _UNWATCHED = object()
 class PodCapacity:
     """Capacities, the full pods and the ready pods with room, for one service's load table."""
 
-    def __init__(self, factor: float, *, learn: bool, extra: int = 0, hold: float = 0.0):
+    def __init__(self, factor: float, *, learn: bool, extra: int = 0, hold: float = 0.0,
+                 shared: float = 0.0):
         """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency;
         ``extra`` requests are allowed beyond ``factor`` x concurrency (one waiting in nonna hides
         the round trip between two requests from a pod of concurrency 1); ``hold``: slow pods
-        are held out while the L1 queue is short (see the module docstring)."""
+        are held out while the L1 queue is short; ``shared``: the age in seconds up to which a
+        pod's report cuts its room by what other balancers hold there (see the module
+        docstring)."""
         self.factor = float(factor)
         self.extra = int(extra)
         self.hold = float(hold)
+        self.shared = float(shared)
+        # Other balancers' requests at each pod, by its last report (pods with none left out),
+        # and the room each ready pod is cut by for them (in the L1 limit's kept-out slots).
+        self.others: dict[PodEntry, int] = {}
+        self._cuts: dict[PodEntry, int] = {}
         # Slow pods are classed only when something depends on it.
         self._classes = bool(self.extra or self.hold)
         self.learn = learn
@@ -133,6 +158,7 @@ class PodCapacity:
         self.watch.pop(entry, None)
         self.thresholds.pop(entry, None)
         self._probe_at.pop(entry, None)
+        self.others.pop(entry, None)
 
     def rebuild(self, pods: Sequence[PodEntry], ready: Sequence[PodEntry]) -> None:
         """Recompute every capacity, the full pods and the open list (after a change of pods)."""
@@ -174,6 +200,15 @@ class PodCapacity:
                 slow_ready += 1
                 slow_slots += cap
                 withheld += cap if entry in held else extra
+        cuts = self._cuts
+        cuts.clear()
+        if self.others:
+            for entry, others in self.others.items():
+                if entry in ready_set and entry in caps:
+                    cut = self._cut(entry, caps[entry], others)
+                    if cut:
+                        cuts[entry] = cut
+                        withheld += cut
         self._withheld = withheld
         # A slow pod's extra is withheld already (its whole capacity while held).
         self.ready_extras = extra * (len(ready) - unproven - slow_ready) if total else 0
@@ -183,12 +218,11 @@ class PodCapacity:
             self._thresholds()
         # The pods at their room: at their capacity, a slow one at it less the extra, a held one always.
         full = {entry for entry, cap in caps.items() if entry.in_flight >= cap}
-        if slow and self._classes:
-            for entry in slow:
-                if entry.in_flight >= self._room(entry, caps[entry]):
-                    full.add(entry)
-                else:
-                    full.discard(entry)
+        for entry in (*slow, *cuts) if slow and self._classes else cuts:
+            if entry.in_flight >= self._room(entry, caps[entry]):
+                full.add(entry)
+            else:
+                full.discard(entry)
         self.full = full
         self.built_from = ready
         self.open = open_ = list(filterfalse(full.__contains__, ready)) if full else list(ready)
@@ -232,10 +266,50 @@ class PodCapacity:
         return max(1, int(concurrency * self.factor)) + self.extra
 
     def _room(self, entry: PodEntry, cap: int) -> int:
-        """Requests ``entry`` may hold now: its capacity, less the extra while it is slow, 0 while held."""
+        """Requests ``entry`` may hold now: its capacity, less the extra while it is slow, 0 while
+        held, less its cut for other balancers' requests."""
         if self._classes and entry in self.slow:
-            return 0 if entry in self.held else cap - self.extra
-        return cap
+            cap = 0 if entry in self.held else cap - self.extra
+        cuts = self._cuts
+        return cap - cuts.get(entry, 0) if cuts else cap
+
+    def room(self, entry: PodEntry) -> int | None:
+        """Requests ``entry`` may hold from this process now (None: not capped)."""
+        cap = self.caps.get(entry)
+        return None if cap is None else self._room(entry, cap)
+
+    def _cut(self, entry: PodEntry, cap: int, others: int) -> int:
+        """What ``others`` requests of other balancers cut ``entry``'s room by: at most half of it
+        (rounded down), so the room left is never below half (rounded up)."""
+        if self._classes and entry in self.slow:
+            cap = 0 if entry in self.held else cap - self.extra
+        half = cap // 2
+        return others if others < half else half
+
+    def _recut(self, entry: PodEntry) -> None:
+        """``entry``'s cut again (its report, slowness or hold changed), the L1 limit's kept-out
+        slots with it; then into or out of the open list as its room says."""
+        cuts = self._cuts
+        old = cuts.get(entry, 0)
+        others = self.others.get(entry)
+        cut = (self._cut(entry, self.caps[entry], others)
+               if others and entry in self._ready and entry in self.caps else 0)
+        if cut == old:
+            return
+        if cut:
+            cuts[entry] = cut
+        else:
+            del cuts[entry]
+        self._withheld += cut - old
+        self.moved = True
+        cap = self.caps.get(entry)
+        if cap is None:
+            return
+        if entry.in_flight >= self._room(entry, cap):
+            if entry not in self.full:
+                self._close(entry)
+        else:
+            self._reopen(entry)
 
     def idle_slot(self, entry: PodEntry) -> bool:
         """Whether ``entry`` would start one more request at once: below its capacity without the
@@ -243,7 +317,8 @@ class PodCapacity:
         cap = self.caps.get(entry)
         if cap is None:
             return True
-        return entry.in_flight < (cap if self.watch.get(entry) is UNPROVEN else cap - self.extra)
+        return (entry.in_flight + self.others.get(entry, 0)
+                < (cap if self.watch.get(entry) is UNPROVEN else cap - self.extra))
 
     def _unheld_room(self, entry: PodEntry) -> int:
         """A slow pod's room when it is not held."""
@@ -267,7 +342,7 @@ class PodCapacity:
             self._fast += -self.caps[entry] if slow else self.caps[entry]
         if slow:
             self.slow[entry] = None
-            if entry.in_flight >= self._unheld_room(entry):
+            if entry.in_flight >= self._room(entry, self.caps[entry]):
                 self._close(entry)
         else:
             if entry in self.held:
@@ -282,6 +357,8 @@ class PodCapacity:
             self._withheld += self.extra if slow else -self.extra
             self.ready_extras += -self.extra if slow else self.extra
             self.moved = True
+        if entry in self.others:
+            self._recut(entry)
         if self.hold:
             self._thresholds()
 
@@ -318,6 +395,8 @@ class PodCapacity:
             if hold:
                 self.held.add(entry)
                 self._withheld += self._unheld_room(entry)
+                if entry in self._cuts:
+                    self._recut(entry)
                 if entry not in self.full:
                     self._close(entry)
             else:
@@ -328,6 +407,8 @@ class PodCapacity:
         """A held pod takes requests again (room back, into the open list when it has some)."""
         self.held.discard(entry)
         self._withheld -= self._unheld_room(entry)
+        if entry in self.others:
+            self._recut(entry)
         self._reopen(entry)
 
     def _close(self, entry: PodEntry) -> None:
@@ -393,6 +474,19 @@ class PodCapacity:
             self._classify(entry)
         if self.full and entry in self.full:
             self._reopen(entry)
+        shared = self.shared
+        if shared:
+            # Other balancers' requests at the pod: its report (with what was sent since) less ours.
+            reported_at = entry.reported_at
+            others = (entry.reported_queue + entry.reported_in_flight + entry.dispatched_since_report
+                      - entry.in_flight if reported_at is not None and now - reported_at <= shared else 0)
+            known = self.others
+            if others > 0:
+                if known.get(entry) != others and entry in self.caps:
+                    known[entry] = others
+                    self._recut(entry)
+            elif known and known.pop(entry, None) is not None:
+                self._recut(entry)
         watch = self.watch
         if watch:
             seen = watch.get(entry, _UNWATCHED)
@@ -400,3 +494,4 @@ class PodCapacity:
                 # The pod told its concurrency (or its first request ended).
                 watch[entry] = entry.reported_concurrency
                 self.stale = True
+

@@ -91,6 +91,7 @@ class ServiceSettings:
     capacity_factor: float = 1.0
     capacity_extra: int = 1
     slow_hold: float = 0.5
+    share_pods: bool = True
     uses_feedback: bool = True
     stale_after: float = 2.0
     retries: int = 2
@@ -264,7 +265,8 @@ class ServiceBalancer:
         self.pool = ResponsePool() if settings.uses_feedback else None
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
         self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra,
-                                    hold=settings.slow_hold)
+                                    hold=settings.slow_hold,
+                                    shared=settings.stale_after if settings.share_pods else 0.0)
         self.health = PodHealth(settings.health)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
         self.hedger = Hedger(settings.hedge)
@@ -710,8 +712,11 @@ class ServiceBalancer:
         row["admin"] = spec.admin if spec is not None else None
         row["concurrency"] = spec.concurrency if spec is not None else None
         row["capacity"] = self.capacity.caps.get(entry)
-        row["held"] = entry in self.capacity.held
-        row["slow"] = entry in self.capacity.slow
+        capacity = self.capacity
+        row["held"] = entry in capacity.held
+        row["slow"] = entry in capacity.slow
+        row["others"] = capacity.others.get(entry, 0)
+        row["room"] = capacity.room(entry)
         row.update(self.health.row(entry, now))
         return row
 

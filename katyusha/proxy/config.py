@@ -101,6 +101,7 @@ class ProxyConfig(EdgeFields):
     pod_capacity_factor: float = 1.0
     pod_capacity_extra: int = 1
     slow_pod_hold: float = 0.5
+    share_pods: bool = True
     shutdown_timeout: float = 30.0
     seed: int | None = None
     log_level: str = "warning"
@@ -216,6 +217,7 @@ class ProxyConfig(EdgeFields):
             # Holding a slow pod out is load-aware placement: off with fukabunsan.
             slow_hold=((self.slow_pod_hold if spec.slow_pod_hold is None else spec.slow_pod_hold)
                        if self.enable_katyusha and self.enable_fukabunsan else 0.0),
+            share_pods=self.share_pods if spec.share_pods is None else spec.share_pods,
             uses_feedback=self.uses_feedback,
             stale_after=self.stale_after,
             retries=self.retries,
@@ -404,6 +406,9 @@ SETTINGS: tuple[Setting, ...] = (
     _setting("slow-pod-hold", "slow_pod_hold", parse_non_negative_float,
              "0: off; else a pod 2.5x slower than the median or more is left out while the L1 queue is"
              " shorter than this x the other pods' slots x (its slowness - 1)"),
+    _setting("share-pods", "share_pods", parse_bool,
+             "false: each replica holds a pod to its capacity whatever other katyusha replicas send it;"
+             " true: a pod's room is cut by the requests others hold there, by its report"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),

@@ -160,6 +160,7 @@ class ServiceSpec:
     pod_capacity_factor: float | None = None
     pod_capacity_extra: int | None = None
     slow_pod_hold: float | None = None
+    share_pods: bool | None = None
     hedge: bool | None = None
     hedge_delay: float | None | str = "global"  # "global": the global hedge-delay (None is auto)
     hedge_budget: float | None = None
@@ -189,6 +190,7 @@ _OPTIONAL = (
     ("pod-capacity-factor", "pod_capacity_factor"),
     ("pod-capacity-extra", "pod_capacity_extra"),
     ("slow-pod-hold", "slow_pod_hold"),
+    ("share-pods", "share_pods"),
     ("hedge", "hedge"),
     ("hedge-budget", "hedge_budget"),
 )
@@ -200,6 +202,7 @@ _OPTIONAL_PARSERS = {
     "pod-capacity-factor": parse_non_negative_float,
     "pod-capacity-extra": int_in_range(0, 1000),
     "slow-pod-hold": parse_non_negative_float,
+    "share-pods": parse_bool,
     "hedge": parse_bool,
     "hedge-budget": parse_hedge_budget,
 }
