@@ -281,9 +281,7 @@ class PodCapacity:
     def _cut(self, entry: PodEntry, cap: int, others: int) -> int:
         """What ``others`` requests of other balancers cut ``entry``'s room by: at most half of it
         (rounded down), so the room left is never below half (rounded up)."""
-        if self._classes and entry in self.slow:
-            cap = 0 if entry in self.held else cap - self.extra
-        half = cap // 2
+        half = (self._room(entry, cap) + self._cuts.get(entry, 0)) // 2  # the room before its cut
         return others if others < half else half
 
     def _recut(self, entry: PodEntry) -> None:
@@ -494,4 +492,3 @@ class PodCapacity:
                 # The pod told its concurrency (or its first request ended).
                 watch[entry] = entry.reported_concurrency
                 self.stale = True
-

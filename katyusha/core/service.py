@@ -711,8 +711,8 @@ class ServiceBalancer:
         spec = self.specs.get(entry.name)
         row["admin"] = spec.admin if spec is not None else None
         row["concurrency"] = spec.concurrency if spec is not None else None
-        row["capacity"] = self.capacity.caps.get(entry)
         capacity = self.capacity
+        row["capacity"] = capacity.caps.get(entry)
         row["held"] = entry in capacity.held
         row["slow"] = entry in capacity.slow
         row["others"] = capacity.others.get(entry, 0)
