@@ -581,14 +581,14 @@ async def test_start_lines_hands_a_small_response_over_whole_from_the_read_that_
     async with _warm_pool_answering_ok(heads, b"x-pod: a\r\n") as pool:
         got = asyncio.get_running_loop().create_future()
 
-        def on_head(response, error):
-            # Called once, the body already in and the connection idle again.
+        def on_head(response, error, now):
+            # Called once, the body already in and the connection idle again (since that read).
             got.set_result((response.status, response.complete, response.take(), error,
-                            pool.idle_count))
+                            pool.idle_count, now == pool._idle[-1].idle_since))
 
         assert pool.start_lines(b"GET", b"/x?y=1", b"x-a: 1\r\n", 1, False, timeout=5,
                                 on_head=on_head) is True
-        assert await asyncio.wait_for(got, 5) == (200, True, b"ok", None, 1)
+        assert await asyncio.wait_for(got, 5) == (200, True, b"ok", None, 1, True)
         assert heads[1].startswith(b"GET /x?y=1 HTTP/1.1\r\nx-a: 1\r\nhost: 127.0.0.1:")
         assert pool.reuses == 1 and pool.connects == 1
         await pool.close()
@@ -599,7 +599,7 @@ async def test_start_lines_takes_the_pieces_of_its_lines_and_joins_the_head_once
     async with _warm_pool_answering_ok(heads) as pool:
         got = asyncio.get_running_loop().create_future()
         assert pool.start_lines(b"GET", b"/p", [b"x-a", b": ", b"1", b"\r\n", b"x-b: 2\r\n"], 2,
-                                False, on_head=lambda response, error: got.set_result(
+                                False, on_head=lambda response, error, now: got.set_result(
                                     (response.status, response.take()))) is True
         assert await asyncio.wait_for(got, 5) == (200, b"ok")
         assert heads[1].startswith(b"GET /p HTTP/1.1\r\nx-a: 1\r\nx-b: 2\r\nhost: 127.0.0.1:")
@@ -633,8 +633,8 @@ async def test_on_head_gets_stale_when_the_kept_alive_connection_closes_unanswer
         (await pool.request(b"GET", b"/")).release()
         got = asyncio.get_running_loop().create_future()
         assert pool.start_lines(b"GET", b"/", b"", 0, False,
-                                on_head=lambda response, error: got.set_result((response, error))
+                                on_head=lambda response, error, now: got.set_result((response, error, now))
                                 ) is True
-        response, error = await asyncio.wait_for(got, 5)
-        assert response is None and type(error).__name__ == "Stale"
+        response, error, now = await asyncio.wait_for(got, 5)
+        assert response is None and type(error).__name__ == "Stale" and now is None
         await pool.close()

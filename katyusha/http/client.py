@@ -268,7 +268,7 @@ class Pool:
         :meth:`request`). Raises BadInput as :meth:`request` does.
 
         With ``on_head`` no future is made: True when the request went out,
-        and ``on_head(response, error)`` is called once as
+        and ``on_head(response, error, now)`` is called once as
         :meth:`Connection.start` says; None as above.
         """
         if self._closed or not self._idle:
@@ -428,10 +428,12 @@ class Pool:
             ) from None
         return conn
 
-    def _on_idle(self, conn: Connection, reusable: bool) -> None:
+    def _on_idle(self, conn: Connection, reusable: bool, now: float | None = None) -> None:
+        """The connection's exchange ended: kept idle when ``reusable`` (idle since ``now``, the
+        time of the read that ended its response, when given), closed otherwise."""
         idle = self._idle
         if reusable and not self._closed and len(idle) < self.max_idle:
-            conn.idle_since = self._loop.time()
+            conn.idle_since = self._loop.time() if now is None else now
             idle.append(conn)
             return
         if not reusable:

@@ -176,7 +176,7 @@ class Connection(asyncio.Protocol):
         self,
         origin: str,
         loop: asyncio.AbstractEventLoop,
-        on_idle: Callable[[Connection, bool], None],
+        on_idle: Callable[..., None],  # (connection, reusable[, now]): Pool._on_idle
         high_water: int = DEFAULT_HIGH_WATER,
         max_head: int = DEFAULT_MAX_HEAD,
     ):
@@ -204,8 +204,8 @@ class Connection(asyncio.Protocol):
         # Or, without a future (start's on_head): the callback until the head
         # came, then it (``_deliver``) and the response (``_delivered``) until
         # data_received hands it over.
-        self._on_head: Callable[[Response | None, BaseException | None], None] | None = None
-        self._deliver: Callable[[Response | None, BaseException | None], None] | None = None
+        self._on_head: Callable[[Response | None, BaseException | None, float | None], None] | None = None
+        self._deliver: Callable[[Response | None, BaseException | None, float | None], None] | None = None
         self._delivered: Response | None = None
         self._response: Response | None = None
         self._headers: list[tuple[bytes, bytes]] = []
@@ -221,6 +221,8 @@ class Connection(asyncio.Protocol):
         self._timer_at = 0.0
         self._timed = False
         self.last_activity = 0.0
+        # The loop's time at the start of the latest read.
+        self.read_at = 0.0
 
     # asyncio.Protocol
 
@@ -240,8 +242,11 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._got_bytes = True
+        # One clock read a read: the timeout's activity, the pool's idle mark (_end) and the
+        # time handed to on_head (the answer's) are all this read's.
+        self.read_at = now = self.loop.time()
         if self._timed:
-            self.last_activity = self.loop.time()
+            self.last_activity = now
         in_head = self._response is None
         try:
             self.parser.feed_data(data)
@@ -287,7 +292,7 @@ class Connection(asyncio.Protocol):
             response = self._delivered
             self._delivered = None
             try:
-                deliver(response, None)
+                deliver(response, None, now)
             except Exception as exc:  # the caller's bug must not break this connection's read
                 self.loop.call_exception_handler({
                     "message": "exception in a response head callback", "exception": exc,
@@ -406,7 +411,7 @@ class Connection(asyncio.Protocol):
         timeout: float | None,
         head_only: bool,
         upgrade: bool = False,
-        on_head: Callable[[Response | None, BaseException | None], None] | None = None,
+        on_head: Callable[[Response | None, BaseException | None, float | None], None] | None = None,
         now: float | None = None,
     ) -> asyncio.Future | None:
         """Send one request; the returned future gets the response once its head arrived.
@@ -417,10 +422,12 @@ class Connection(asyncio.Protocol):
         once when a reused connection is already closed.
 
         With ``on_head`` there is no future (None is returned): it is called
-        once, ``on_head(response, None)`` at the end of the read that brought
-        the head (so a small response arrives whole), or ``on_head(None,
-        error)`` from a later loop callback when the exchange failed first.
-        ``now``: the loop's time, when the caller has just read it.
+        once, ``on_head(response, None, now)`` at the end of the read that
+        brought the head (so a small response arrives whole; ``now`` is the
+        loop's time at the start of that read, the connection's idle mark too),
+        or ``on_head(None, error, None)`` from a later loop callback when the
+        exchange failed first. ``now``: the loop's time, when the caller has
+        just read it.
         """
         if self.closed or self.transport.is_closing():
             if self.reused:
@@ -531,7 +538,7 @@ class Connection(asyncio.Protocol):
         elif on_head is not None:
             self._on_head = None
             # As a future's callback would be: never from inside the caller's own call.
-            self.loop.call_soon(on_head, None, error)
+            self.loop.call_soon(on_head, None, error, None)
         elif self._response is not None:
             self._response._finish(error)
         self._end(False)
@@ -579,7 +586,8 @@ class Connection(asyncio.Protocol):
         self.reused = True
         if not keep_alive and not self.closed:
             self.abort()
-        self._on_idle(self, keep_alive and not self.closed)
+        # Reusable only at the end of a response, inside the read that brought it: idle since then.
+        self._on_idle(self, keep_alive and not self.closed, self.read_at)
 
     def _resolve(self, response: Response) -> None:
         """The exchange's response head arrived: resolve its future, or keep it for :meth:`_hand_over`."""
@@ -598,7 +606,7 @@ class Connection(asyncio.Protocol):
         on_head, response = self._deliver, self._delivered
         self._deliver = self._delivered = None
         try:
-            on_head(response, None)
+            on_head(response, None, self.read_at)
         except Exception as exc:  # the caller's bug must not break this connection's read
             self.loop.call_exception_handler({
                 "message": "exception in a response head callback", "exception": exc,

@@ -611,9 +611,11 @@ class _FastHead:
         self.exchange = exchange
         self.server = server
 
-    def __call__(self, response, error: BaseException | None) -> None:
+    def __call__(self, response, error: BaseException | None, now: float | None) -> None:
         """The pod's head came back on the fast path (or the try failed first, ``error``):
-        answer a whole response, hand on the rest. (The connection calls this.)"""
+        answer a whole response, hand on the rest. (The connection calls this; ``now`` is the
+        loop's time at the read that brought the head: the core's, the latency's and the
+        client connection's idle mark.)"""
         app = self.app
         live = self.live
         handle = self.handle
@@ -633,7 +635,6 @@ class _FastHead:
                     l1_wait = 0.0 if admitted_at is None else admitted_at - ticket.enqueued_at
                     timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
                               if l1_wait else _NO_WAIT)
-                    now = app._loop.time()
                     latency = now - handle.sent_at
                     if app.keep_nonna:
                         timing += _UPSTREAM_TIMING % (latency * 1000.0, _woken_ms(handle))
