@@ -358,20 +358,17 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if "%" in path:
             path = unquote(path)
         version = parser.get_http_version()
+        # The keys the app's fast path and the answer read; _run adds the rest of the ASGI
+        # scope before an app task sees it, which most body-less requests never need.
         scope = {
-            "type": "http",
-            "asgi": _ASGI,
             "http_version": version,
-            "server": self.server,
             "client": self.client,
             "scheme": self.scheme,
             "method": method,
-            "root_path": self.root_path,
             "path": self.root_path + path if self.root_path else path,
             "raw_path": raw_path,
             "query_string": query,
             "headers": headers,
-            "state": self.app_state.copy(),
         }
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
         exchange = Exchange(scope, parser.should_keep_alive() and not self._stopping, self._expect,
@@ -540,10 +537,17 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._finish(exchange, now)
 
     async def _run(self, exchange: Exchange, app) -> None:
+        scope = exchange.scope
+        # The rest of the ASGI scope (on_headers_complete built what the fast path reads).
+        scope["type"] = "http"
+        scope["asgi"] = _ASGI
+        scope["server"] = self.server
+        scope["root_path"] = self.root_path
+        scope["state"] = self.app_state.copy()
         receive = self._receiver(exchange)
         send = self._sender(exchange)
         try:
-            await app(exchange.scope, receive, send)
+            await app(scope, receive, send)
         except BaseException as exc:
             if isinstance(exc, ResponseAborted):
                 log.warning("%s", exc)
