@@ -172,7 +172,7 @@ async def test_a_whole_answer_from_header_pieces_is_one_write_and_a_line_break_i
         def __init__(self):
             self.taken = []
 
-        def fast(self, exchange, server):
+        def fast(self, exchange, server, now=None):
             self.taken.append(exchange)
             return True
 

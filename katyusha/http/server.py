@@ -115,7 +115,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "app", "loop", "server_state", "connections", "tasks", "app_state", "root_path",
         "keepalive_timeout", "header_timeout", "body_timeout", "max_body", "max_headers",
         "transport", "parser", "server", "client", "scheme", "read_paused", "write_paused",
-        "_drain", "_timer", "_timer_at", "_phase", "_since", "_head_started", "_active",
+        "_drain", "_timer", "_timer_at", "_phase", "_since", "_read_at", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
         "_config", "_sniffing", "_fast", "_burst", "_stopping", "__weakref__",
@@ -174,6 +174,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._timer_at = 0.0
         self._phase = _HEAD
         self._since = 0.0
+        # The loop's time at the start of the read being parsed (data_received).
+        self._read_at = 0.0
         self._head_started = False
         self._active: Exchange | None = None
         self._pipeline: deque[Exchange] = deque()
@@ -241,9 +243,11 @@ class LeanHTTPProtocol(asyncio.Protocol):
             if len(upgrading.tunnel_data) > HIGH_WATER:
                 self._pause_reading()
             return
+        # One clock read a read: the parser's callbacks below take this read's time.
+        self._read_at = now = self.loop.time()
         if self._phase is _IDLE:
             self._phase = _HEAD
-            self._since = self.loop.time()
+            self._since = now
         self._head_started = True
         try:
             self.parser.feed_data(data)
@@ -306,7 +310,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self._chunked = False
         if self._phase is not _HEAD:
             self._phase = _HEAD
-            self._since = self.loop.time()
+            self._since = self._read_at
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -396,7 +400,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if has_body:
             exchange.has_body = True
             self._phase = _BODY
-            self._since = self.loop.time()
+            self._since = self._read_at
         else:
             self._phase = _BUSY
         self._parsing = exchange
@@ -405,7 +409,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
             if fast is not None and not has_body and not upgrade and not asterisk:
                 # _start(), inline for the app's fast path: once per body-less request.
                 self._active = exchange
-                if not fast(exchange, self):
+                if not fast(exchange, self, self._read_at):
                     self.spawn(exchange, self.app)
             else:
                 self._start(exchange)
@@ -421,7 +425,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         exchange.received += len(body)
         if self.max_body is not None and exchange.received > self.max_body:
             raise Refusal(413, f"request body larger than {self.max_body} bytes (max-body-bytes)")
-        self._since = self.loop.time()
+        self._since = self._read_at
         exchange.body += body
         if len(exchange.body) > HIGH_WATER:
             self._pause_reading()
@@ -431,7 +435,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         if self._active is None and not self._pipeline:
             # Answered before its body ended (OPTIONS *, an early error): idle now.
             self._phase = _IDLE
-            self._since = self.loop.time()
+            self._since = self._read_at
         else:
             self._phase = _BUSY
         exchange = self._parsing
@@ -463,8 +467,9 @@ class LeanHTTPProtocol(asyncio.Protocol):
     def spawn(self, exchange: Exchange, app) -> None:
         """Run ``app(scope, receive, send)`` for ``exchange`` in a task, as any request is run.
 
-        The app's ``fast(exchange, server)`` (when it has one) is offered each
-        body-less request first; it returns False to leave it to the task, or
+        The app's ``fast(exchange, server, now=None)`` (when it has one) is offered each
+        body-less request first (``now``: the loop's time of the read that brought the
+        request, when it is offered from that read); it returns False to leave it to the task, or
         True after it took it: it then answers with :meth:`respond` or hands
         it on with this method.
         """

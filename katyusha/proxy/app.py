@@ -381,7 +381,7 @@ class DataApp:
 
     # -- the fast path: a body-less request without a task until the pod answers --
 
-    def fast(self, exchange, server) -> bool:
+    def fast(self, exchange, server, now: float | None = None) -> bool:
         """Take a body-less request from katyusha's HTTP server without a task (see LeanHTTPProtocol.spawn).
 
         The same steps as :meth:`__call__`: when the ticket is admitted at
@@ -390,6 +390,7 @@ class DataApp:
         connection's callback; anything else (waiting, a new connection, an
         error, a streamed or failed response) goes on in a task, in the same
         code as the ASGI path. False leaves the request to ``__call__``.
+        ``now``: the loop's time, when the server has just read it.
         """
         if self.priority_header is not None:
             return False
@@ -399,8 +400,8 @@ class DataApp:
         live = router.only or router.match(_header(headers, _HOST), scope["path"])
         if live is None or live.core.hedge_delay(scope["method"], False) is not None:
             return False  # a request that may be hedged needs its task for the hedge's timer
-        loop = self._loop or self.loop
-        now = loop.time()
+        if now is None:
+            now = (self._loop or self.loop).time()
         try:
             # The offer and, when admitted at once, the dispatch: one core call.
             ticket = live.offer_dispatch(now, scope["method"] in IDEMPOTENT)
