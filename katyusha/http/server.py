@@ -118,7 +118,7 @@ class LeanHTTPProtocol(asyncio.Protocol):
         "_drain", "_timer", "_timer_at", "_phase", "_since", "_read_at", "_head_started", "_active",
         "_pipeline", "_closing", "_broken", "_deferred", "_upgrading", "_parsing", "_url",
         "_headers", "_head_bytes", "_raw_head", "_in_head", "_expect", "_length", "_chunked",
-        "_config", "_sniffing", "_fast", "_burst", "_stopping", "__weakref__",
+        "_config", "_sniffing", "_fast", "_exchange_class", "_burst", "_stopping", "__weakref__",
     )
 
     @classmethod
@@ -146,6 +146,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
         self.app = config.loaded_app
         # An app may take body-less requests without a task (see _start and respond).
         self._fast = getattr(self.app, "fast", None)
+        # An app with a fast path may make its requests' exchanges of its own Exchange subclass.
+        self._exchange_class = getattr(self.app, "exchange_class", Exchange)
         self.loop = _loop or asyncio.get_event_loop()
         self.server_state = server_state
         self.connections = server_state.connections
@@ -375,8 +377,8 @@ class LeanHTTPProtocol(asyncio.Protocol):
             "headers": headers,
         }
         # HTTP/1.0 keeps the connection only when it asks to (Connection: keep-alive).
-        exchange = Exchange(scope, parser.should_keep_alive() and not self._stopping, self._expect,
-                            method == "HEAD")
+        exchange = self._exchange_class(scope, parser.should_keep_alive() and not self._stopping,
+                                        self._expect, method == "HEAD")
         # What most requests leave at the class defaults is set only when it differs.
         if asterisk:
             exchange.asterisk = True

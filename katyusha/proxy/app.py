@@ -30,6 +30,7 @@ from katyusha.core.service import Dispatch
 from katyusha.http import PoolSet, ReplayableReceive, UpstreamError, forward
 from katyusha.http.connection import Stale
 from katyusha.http.errors import ConnectFailed, ResponseAborted
+from katyusha.http.exchange import Exchange
 from katyusha.http.forward import REQUEST_HOP_BY_HOP, relay_response, response_headers
 from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
@@ -280,8 +281,95 @@ def _downstream_lines(headers: list, keep_nonna: bool, request_id: bytes, timing
     return parts, count, has_length, has_nonna
 
 
+class FastExchange(Exchange):
+    """An exchange of katyusha's HTTP server that can wait for its pod's head on the fast path.
+
+    The server makes each exchange of this class (``DataApp.exchange_class``). When
+    :meth:`DataApp.fast` sends the request from the parser's callback, it keeps here
+    what the answer needs (``app``, ``live``, ``request_id``, ``given``, ``handle``,
+    ``server``) and hands the exchange itself to the pool as the head's callback (see
+    ``__call__``): no object of its own a request for the wait.
+    """
+
+    app: DataApp
+    live: LiveService
+    request_id: bytes
+    given: bool
+    handle: Dispatch
+    server: object
+
+    def __call__(self, response, error: BaseException | None, now: float | None) -> None:
+        """The pod's head came back on the fast path (or the try failed first, ``error``):
+        answer a whole response, hand on the rest. (The connection calls this; ``now`` is the
+        loop's time at the read that brought the head: the core's, the latency's and the
+        client connection's idle mark.)"""
+        app = self.app
+        live = self.live
+        handle = self.handle
+        # Called once: the exchange lets go of its server (no cycle through the server's
+        # last exchange).
+        server = self.server
+        self.server = None
+        pending: object = error
+        if error is None:
+            status = response.status
+            pending = response
+            if response.complete and 200 <= status < 500:
+                try:
+                    body = response.take()
+                except UpstreamError as exc:
+                    response.release()
+                    pending = exc
+                else:
+                    ticket = handle.ticket
+                    admitted_at = ticket.admitted_at  # ticket.l1_wait, without the call
+                    l1_wait = 0.0 if admitted_at is None else admitted_at - ticket.enqueued_at
+                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
+                              if l1_wait else _NO_WAIT)
+                    latency = now - handle.sent_at
+                    if app.keep_nonna:
+                        timing += _UPSTREAM_TIMING % (latency * 1000.0, _woken_ms(handle))
+                    headers = response.headers
+                    ended = False
+                    try:
+                        # What _Head does for a status under 500: one pass from the pod's
+                        # headers to the client's header lines (it tells whether there is
+                        # any Nonna-* header to parse feedback from), then the core's one
+                        # call for a whole response (the head and the end), then the answer.
+                        built = _downstream_lines(headers, app.keep_nonna, self.request_id,
+                                                  timing)
+                        feedback = (parse_feedback(headers) if app.uses_feedback
+                                    and (built is None or built[3]) else None)
+                        live.complete(handle, now, feedback, status)
+                        ended = True
+                        if built is None:  # a Connection header naming others: the general filter
+                            server.respond(self, status, _downstream(
+                                response_headers(headers), app.keep_nonna, self.request_id,
+                                timing), body)
+                        else:
+                            server.respond_lines(self, status, built[0],
+                                                      built[1], built[2], body, now)
+                        live.stats.answered(handle.entry.name, status, latency, l1_wait)
+                    finally:
+                        if not ended:  # the core's call failed, or what came before it
+                            live.end(ticket)
+                        # app._done(), inline: once per request.
+                        app.in_progress -= 1
+                        if app.in_progress == 0:
+                            app._idle.set()
+                    return
+        elif isinstance(error, Stale):
+            app.pools.get(handle.entry.url).stale_retries += 1
+            pending = None  # sent again through Pool.request
+        server.spawn(self, _Continue(app, live, handle.ticket, self.request_id,
+                                                   self.given, handle, pending))
+
+
 class DataApp:
     """The raw ASGI app of the data port, in front of one or more services."""
+
+    # What katyusha's HTTP server makes for each request (the fast path waits on it).
+    exchange_class = FastExchange
 
     def __init__(self, config: ProxyConfig, services: list[LiveService], pools: PoolSet,
                  *, on_startup=None, on_shutdown=None):
@@ -436,15 +524,22 @@ class DataApp:
             if query:
                 target = target + b"?" + query
             method = _METHODS.get(scope["method"]) or scope["method"].encode()
-            # The connection calls back at the end of the read that brings the
-            # pod's head: no future, no loop callback in between.
+            # What the answer needs, on the exchange (a FastExchange: see exchange_class).
+            exchange.app = self
+            exchange.live = live
+            exchange.request_id = request_id
+            exchange.given = given
+            exchange.handle = handle
+            exchange.server = server
+            # The connection calls the exchange back at the end of the read that brings
+            # the pod's head: no future, no loop callback in between.
             sent = self.pools.get(handle.entry.url).start_lines(
                 method, target, lines, count, has_host, timeout=self.upstream_timeout,
-                on_head=_FastHead(self, live, ticket, request_id, given, handle, exchange, server),
-                now=now)
+                on_head=exchange, now=now)
         except Exception:  # BadInput and the like: the ASGI path answers them
             sent = None
         if sent is None:
+            exchange.server = None
             server.spawn(exchange, _Continue(self, live, ticket, request_id, given, handle, None))
         return True
 
@@ -596,85 +691,6 @@ class DataApp:
             pass
 
 
-class _FastHead:
-    """A fast-path request waiting for its pod's head: the connection calls it (see ``__call__``)."""
-
-    __slots__ = ("app", "live", "ticket", "request_id", "given", "handle", "exchange", "server")
-
-    def __init__(self, app: DataApp, live: LiveService, ticket, request_id: bytes, given: bool,
-                 handle: Dispatch, exchange, server):
-        self.app = app
-        self.live = live
-        self.ticket = ticket
-        self.request_id = request_id
-        self.given = given
-        self.handle = handle
-        self.exchange = exchange
-        self.server = server
-
-    def __call__(self, response, error: BaseException | None, now: float | None) -> None:
-        """The pod's head came back on the fast path (or the try failed first, ``error``):
-        answer a whole response, hand on the rest. (The connection calls this; ``now`` is the
-        loop's time at the read that brought the head: the core's, the latency's and the
-        client connection's idle mark.)"""
-        app = self.app
-        live = self.live
-        handle = self.handle
-        pending: object = error
-        if error is None:
-            status = response.status
-            pending = response
-            if response.complete and 200 <= status < 500:
-                try:
-                    body = response.take()
-                except UpstreamError as exc:
-                    response.release()
-                    pending = exc
-                else:
-                    ticket = self.ticket
-                    admitted_at = ticket.admitted_at  # ticket.l1_wait, without the call
-                    l1_wait = 0.0 if admitted_at is None else admitted_at - ticket.enqueued_at
-                    timing = (b"katyusha-queue;dur=%.3f" % (l1_wait * 1000.0)
-                              if l1_wait else _NO_WAIT)
-                    latency = now - handle.sent_at
-                    if app.keep_nonna:
-                        timing += _UPSTREAM_TIMING % (latency * 1000.0, _woken_ms(handle))
-                    headers = response.headers
-                    ended = False
-                    try:
-                        # What _Head does for a status under 500: one pass from the pod's
-                        # headers to the client's header lines (it tells whether there is
-                        # any Nonna-* header to parse feedback from), then the core's one
-                        # call for a whole response (the head and the end), then the answer.
-                        built = _downstream_lines(headers, app.keep_nonna, self.request_id,
-                                                  timing)
-                        feedback = (parse_feedback(headers) if app.uses_feedback
-                                    and (built is None or built[3]) else None)
-                        live.complete(handle, now, feedback, status)
-                        ended = True
-                        if built is None:  # a Connection header naming others: the general filter
-                            self.server.respond(self.exchange, status, _downstream(
-                                response_headers(headers), app.keep_nonna, self.request_id,
-                                timing), body)
-                        else:
-                            self.server.respond_lines(self.exchange, status, built[0],
-                                                      built[1], built[2], body, now)
-                        live.stats.answered(handle.entry.name, status, latency, l1_wait)
-                    finally:
-                        if not ended:  # the core's call failed, or what came before it
-                            live.end(ticket)
-                        # app._done(), inline: once per request.
-                        app.in_progress -= 1
-                        if app.in_progress == 0:
-                            app._idle.set()
-                    return
-        elif isinstance(error, Stale):
-            app.pools.get(handle.entry.url).stale_retries += 1
-            pending = None  # sent again through Pool.request
-        self.server.spawn(self.exchange, _Continue(app, live, self.ticket, self.request_id,
-                                                   self.given, handle, pending))
-
-
 class _Continue:
     """The rest of a fast-path request in a task, as an ASGI app: the same code as ``__call__``'s."""
 
@@ -776,3 +792,4 @@ def _header(headers, wanted: bytes) -> bytes | None:
         if name == wanted:
             return value
     return None
+
