@@ -474,7 +474,7 @@ class DataApp:
 
         The same steps as :meth:`__call__`: when the ticket is admitted at
         once, a pod is picked and an idle connection to it is at hand, the
-        request goes out from here and :meth:`_fast_head` answers from the
+        request goes out from here and the exchange (:class:`FastExchange`) answers from the
         connection's callback; anything else (waiting, a new connection, an
         error, a streamed or failed response) goes on in a task, in the same
         code as the ASGI path. False leaves the request to ``__call__``.
