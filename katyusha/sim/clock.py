@@ -74,8 +74,13 @@ class Environment:
         """Call ``callback(argument)`` at simulated time ``when`` (never before ``now``)."""
         now = self.now
         if when > now and when < _FAR:
-            # _put's common case inline (a later bucket that has events already): most events.
-            bucket = self._buckets.get(int(when * self._per_s))
+            # _put's common cases inline: the bucket being run (a hop of a millisecond or
+            # less), or a later one that has events already (most of the others).
+            number = int(when * self._per_s)
+            if number == self._current_id:
+                heappush(self._current, (when, next(self._seq), callback, argument))
+                return
+            bucket = self._buckets.get(number)
             if bucket is not None:
                 bucket.append((when, next(self._seq), callback, argument))
                 return
@@ -114,23 +119,25 @@ class Environment:
         try:
             while True:
                 current = self._current
-                if current:
-                    first = current[0]
-                else:
-                    first = first_of()
-                    if first is None:
+                if not current:
+                    if first_of() is None:
                         break
                     current = self._current
-                when = first[0]
-                if when > limit:
-                    if until is not None and self.now < until:
-                        self.now = until
-                    break
-                heappop(current)
-                self.now = when
-                first[2](first[3])
-                count += 1
-                if stop is not None and stop():
-                    return
+                # The bucket's events while they are due. One scheduled meanwhile is never
+                # earlier than now (at() and after() see to it), so it joins this heap or a
+                # later bucket and this bucket stays the one being run.
+                while current:
+                    first = current[0]
+                    when = first[0]
+                    if when > limit:
+                        if until is not None and self.now < until:
+                            self.now = until
+                        return
+                    heappop(current)
+                    self.now = when
+                    first[2](first[3])
+                    count += 1
+                    if stop is not None and stop():
+                        return
         finally:
             self.events += count
