@@ -132,6 +132,8 @@ class _Index:
         # from; an event that changed neither (a dispatch, an end) leaves it as it was.
         self._seen_report: list = []
         self._seen_failed: list = []
+        # Per position: the due time _schedule last worked out (the key holds until then).
+        self._until: list[float] = []
         # Picks that found a pod whose key had changed unannounced (see Lowest).
         self.repairs = 0
 
@@ -151,6 +153,7 @@ class _Index:
             self._due_at = [math.inf] * len(ready)
             self._seen_report = [_NEVER] * len(ready)
             self._seen_failed = [_NEVER] * len(ready)
+            self._until = [-math.inf] * len(ready)
             self._rebuild(ready, now)
         else:
             dirty = self._dirty
@@ -158,12 +161,23 @@ class _Index:
                 self._rekey_many(dirty, now)
                 dirty.clear()
             due = self._due
-            while due and due[0][0] <= now:
-                when, position = heappop(due)
-                if self._due_at[position] == when:
-                    self._due_at[position] = math.inf
-                    self._seen_report[position] = _NEVER  # work its next due time out
-                    self._rekey(position, ready[position], now)
+            if due and due[0][0] <= now:
+                due_at = self._due_at
+                until = self._until
+                while due and due[0][0] <= now:
+                    when, position = heappop(due)
+                    if due_at[position] == when:
+                        later = until[position]
+                        if later > now:
+                            # Worked out from a report (or failure) renewed since: the pod was
+                            # re-keyed then (the table's listener), and its key holds until the
+                            # renewal's due time, which was not pushed (this one was earlier).
+                            due_at[position] = later
+                            heappush(due, (later, position))
+                        else:
+                            due_at[position] = math.inf
+                            self._seen_report[position] = _NEVER  # work its next due time out
+                            self._rekey(position, ready[position], now)
         self._now = now
 
     def _schedule(self, position: int, entry: PodEntry, now: float) -> None:
@@ -180,6 +194,7 @@ class _Index:
         if when <= now:
             # Not changed yet at its due time (rounding): look again just after now.
             when = math.nextafter(now, math.inf)
+        self._until[position] = when
         if when < self._due_at[position]:
             self._due_at[position] = when
             heappush(self._due, (when, position))
