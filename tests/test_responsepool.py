@@ -93,6 +93,23 @@ def test_memory_stays_flat_and_figures_stay_the_same_past_the_window():
     assert held == [3 * 201] * 10
 
 
+@pytest.mark.parametrize("capacity", [1024, 5])
+def test_a_large_fleet_answers_as_one_sample_at_a_time(capacity):
+    # 300 pods on 60 nodes: a batch of responses touches nearly as many rings as it has
+    # samples (each then written one at a time rather than sorted into groups); with a
+    # capacity of 5 every pod's and node's ring overflows and drops its oldest.
+    pool = ResponsePool(window_s=50.0, capacity=capacity)
+    reference = _OneAtATime(50.0, capacity, 4096)
+    for step in range(6_000):
+        now = step / 100.0
+        pod = (step * 7919) % 300
+        for target in (pool, reference):
+            rec(target, f"p{pod}", f"n{pod % 60}", now, float(step % 89))
+        if step % 1_000 == 999:
+            assert json.dumps(pool.summary(now)) == json.dumps(reference.summary(now))
+    assert json.dumps(pool.summary(60.0)) == json.dumps(reference.summary(60.0))
+
+
 def test_quantile_interpolates():
     assert quantile([1.0], 0.99) == 1.0
     assert quantile([0.0, 10.0], 0.5) == 5.0

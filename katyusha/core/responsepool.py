@@ -174,6 +174,17 @@ class ResponsePool:
             if len(keys) == 1:
                 for key in keys:
                     rings[key].add(samples)
+            elif 4 * len(keys) > len(samples):
+                # Most samples have a ring of their own in this batch (a large fleet): one append
+                # each, as _Ring.add of a one-sample list does, rather than sorting them into groups.
+                for sample in samples:
+                    ring = rings[key_of(sample)]
+                    kept = ring.samples
+                    kept.append(sample)
+                    if len(kept) > ring.capacity:
+                        del kept[0]
+                    if sample[0] > ring.last:
+                        ring.last = sample[0]
             elif keys:
                 for key, group in groupby(sorted(samples, key=key_of), key_of):
                     rings[key].add(list(group))
