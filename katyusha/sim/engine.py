@@ -77,7 +77,7 @@ class SimNode:
     """One machine: capacity, region, the images on its disk, its pods."""
 
     __slots__ = ("name", "group", "region", "cpu_m", "ram_mib", "max_pods", "static_images", "disk",
-                 "registry_mbps", "speed", "pods", "_model", "serving", "in_flight")
+                 "registry_mbps", "speed", "pods", "_model", "serving", "in_flight", "delay_from", "delay_to")
 
     def __init__(self, name: str, group, ):
         self.name = name
@@ -95,6 +95,9 @@ class SimNode:
         # For the node-use samples: pods warm or active here, and requests executing on them.
         self.serving = 0
         self.in_flight = 0
+        # Seconds from each region to this node and back (Simulation.latency, looked up per request).
+        self.delay_from: dict[str, float] = {}
+        self.delay_to: dict[str, float] = {}
 
     def has_image(self, image: str) -> bool:
         return image in self.static_images or self.disk[image] > 0
@@ -125,6 +128,8 @@ class SimService:
         self.created = 0
         self.autoscaled = False
         self.arriving = True
+        # The workload's peak rate (a property of a frozen workload: read once, not per arrival).
+        self.peak_rate = spec.workload.peak_rate
 
 
 class Front:
@@ -243,6 +248,10 @@ class Simulation:
             for b in regions:
                 # The regions' latency plus the per-hop overhead (docs/simulator.md, "Overheads").
                 self.latency[(a, b)] = scenario.one_way(a, b) + scenario.hop_s
+        for node in self.nodes:
+            for region in regions:
+                node.delay_from[region] = self.latency[(region, node.region)]
+                node.delay_to[region] = self.latency[(node.region, region)]
         self.pod_overhead = scenario.pod_overhead_s
         self.release = scenario.release_s
         self.pod_release = scenario.pod_release_s
@@ -326,7 +335,7 @@ class Simulation:
                 return False
             self.env.at(when, self._arrive, svc)
             return True
-        peak = workload.peak_rate
+        peak = svc.peak_rate
         if peak <= 0:
             return False
         rng = svc.arrival_rng
@@ -391,7 +400,7 @@ class Simulation:
         pod = request.pod = self.pods[handle.entry.name]
         if self.journal is not None:
             self.journal.append(("pick", request.number, now, pod.name))
-        delay = self.latency[(request.front.region, pod.node.region)]
+        delay = pod.node.delay_from[request.front.region]  # self.latency's
         if delay:
             self.env.at(now + delay, self._at_pod, request)
         else:
@@ -459,7 +468,7 @@ class Simulation:
                                     report.queue_s * 1000.0, report.app_s * 1000.0, pod.name, pod.node.name)
         request.status = status
         request.error = error
-        delay = self.latency[(pod.node.region, request.front.region)]
+        delay = pod.node.delay_to[request.front.region]  # self.latency's
         if delay:
             self.env.at(self.env.now + delay, self._at_katyusha, request)
         else:
