@@ -152,10 +152,14 @@ class Lifecycle:
 
     def request_started(self, now: float) -> None:
         """Count one executing request (warm becomes active); raises IllegalTransition when not serving."""
-        self.advance(now)
-        self.machine.request_started()
+        machine = self.machine
+        if machine.transition is not None or self._pending:  # advance()'s own first test (per request)
+            self.advance(now)
+        machine.request_started()
 
     def request_finished(self, now: float) -> None:
         """Count one request done; the pod is warm again when none is left."""
-        self.advance(now)
-        self.machine.request_finished()
+        machine = self.machine
+        if machine.transition is not None or self._pending:
+            self.advance(now)
+        machine.request_finished()

@@ -39,7 +39,7 @@ class JoinShortestQueue(MetricPolicy):
 
     def pick(self, candidates: Sequence[PodEntry], now: float, trace: Trace | None = None
              ) -> PodEntry:
-        moved = self._refresh(now)  # _refreshed, inline: once per pick
+        moved = self._refresh(now)  # once per pick: the keys the median moves are re-keyed first
         if moved:
             self._rekey(moved)
         return self.selector.pick(candidates, now, trace)
@@ -47,13 +47,10 @@ class JoinShortestQueue(MetricPolicy):
     def pick_except(self, candidates: Sequence[PodEntry], ready: list[PodEntry], excluded,
                     order: dict[PodEntry, int] | None, now: float, trace: Trace | None = None
                     ) -> PodEntry:
-        self._refreshed(now)
-        return self.selector.pick_except(candidates, ready, excluded, order, now, trace)
-
-    def _refreshed(self, now: float) -> None:
-        moved = self._refresh(now)
+        moved = self._refresh(now)  # once per pick: the keys the median moves are re-keyed first
         if moved:
             self._rekey(moved)
+        return self.selector.pick_except(candidates, ready, excluded, order, now, trace)
 
     def _rekey(self, moved: list[PodEntry]) -> None:
         index = self.selector._index
