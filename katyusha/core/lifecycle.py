@@ -30,6 +30,9 @@ __all__ = ["Lifecycle"]
 class Lifecycle:
     """One pod's state, its timed step in progress and the walk it is on, driven by ``now``."""
 
+    # Slots: one per pod, read on every request's start and end (see Sidecar).
+    __slots__ = ("machine", "_walk", "_pending")
+
     def __init__(self, state: PodState = NULL, costs: PodCosts | None = None):
         """Raises ConfigError when ``state`` is active (requests make a pod active)."""
         self.machine = PodMachine(state, costs)

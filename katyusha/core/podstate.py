@@ -212,6 +212,9 @@ class PodMachine:
     follow the requests: active while at least one executes.
     """
 
+    # Slots: one per pod, read on every request's start and end (see katyusha.core.sidecar.Sidecar).
+    __slots__ = ("state", "costs", "transition", "in_flight", "image_pulls", "cold_starts", "transitions")
+
     def __init__(self, state: PodState = NULL, costs: PodCosts | None = None):
         if state is ACTIVE:
             raise ConfigError("state", "a pod cannot start active (active means requests are executing)")

@@ -71,6 +71,11 @@ class Ticket:
 class L1Queue:
     """Concurrency-limited admission queue; see the module docstring for the rules."""
 
+    # Slots: nonna's L2 queue is one of these per pod, read on every request (see Sidecar).
+    __slots__ = ("limit", "max_length", "default_timeout_s", "priority_classes", "ticket_class", "waiting",
+                 "active", "held", "admitted_total", "rejected_total", "expired_total", "cancelled_total",
+                 "_classes", "_deadlines", "_seq", "_fifo_dead", "_heap_dead")
+
     def __init__(
         self,
         *,
