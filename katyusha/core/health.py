@@ -153,6 +153,8 @@ class PodHealth:
     afresh). Calls about an unknown key do nothing.
     """
 
+    __slots__ = ("settings", "_pods", "events", "version")
+
     def __init__(self, settings: HealthSettings | None = None):
         self.settings = settings or HealthSettings()
         self._pods: dict[Hashable, PodState] = {}

@@ -151,6 +151,8 @@ class HedgeBudget:
 class Hedger:
     """One service's hedging: settings, its latency sketch, its budget and counts."""
 
+    __slots__ = ("settings", "enabled", "sketch", "budget", "sent", "won", "skipped_busy", "skipped_no_pod")
+
     def __init__(self, settings: HedgeSettings):
         self.settings = settings
         self.enabled = settings.enabled

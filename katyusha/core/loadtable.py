@@ -99,6 +99,9 @@ class LoadTable:
     ``ready()`` and rebuild it only then.
     """
 
+    __slots__ = ("stale_after_s", "ewma_alpha", "app_alpha", "app_memory_s", "_app_gap_s", "failure_hold_s", "version",
+                 "_pods", "_ready", "_listeners", "_sampled", "_sampled_at")
+
     def __init__(self, *, stale_after_s: float = 2.0, ewma_alpha: float = 0.3,
                  app_alpha: float = 0.15, failure_hold_s: float = 1.0,
                  app_memory_s: float = APP_MEMORY_S):

@@ -112,6 +112,9 @@ def _clean(value: float | None) -> float | None:
 class ResponsePool:
     """Rolling windows of response timings; see the module docstring."""
 
+    __slots__ = ("window_s", "capacity", "max_keys", "recorded_total", "_pending", "_batch", "_pods", "_nodes",
+                 "_fleet")
+
     def __init__(self, *, window_s: float = 60.0, capacity: int = 1024, max_keys: int = 4096):
         """Raises ConfigError for a non-positive ``window_s``, ``capacity`` or ``max_keys``."""
         if not isinstance(window_s, int | float) or not window_s > 0 or window_s == math.inf:

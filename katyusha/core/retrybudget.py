@@ -20,6 +20,9 @@ from katyusha.core.errors import ConfigError
 class RetryBudget:
     """Allows a retry while retries in the window stay within ``ratio`` x requests + ``min_per_s`` x window."""
 
+    __slots__ = ("ratio", "min_per_s", "window_s", "_requests", "_retries", "_second", "_slot", "_from", "_until",
+                 "requests_in_window", "retries_in_window", "exhausted")
+
     def __init__(self, ratio: float = 0.2, min_per_s: float = 10.0, window_s: int = 10):
         """Raises ConfigError naming ``retry-budget`` or ``retry-budget-min`` for a bad value."""
         if not _number(ratio) or ratio < 0:

@@ -117,6 +117,9 @@ class Groups:
 class _Index:
     """What every index shares: tracking which ready pods may have a new key since the last pick."""
 
+    __slots__ = ("table", "timed", "_dirty", "_ready", "_version", "_now", "_position", "_due", "_due_at",
+                 "_seen_report", "_seen_failed", "_until", "repairs")
+
     def __init__(self, table: LoadTable, *, timed: bool):
         self.table = table
         self.timed = timed
@@ -217,6 +220,8 @@ class _Index:
 class LowestIndex(_Index):
     """The ready pods by ``key(entry, now)``; ``timed`` when the key moves with time as estimated_load does."""
 
+    __slots__ = ("_key_of", "_keys", "_groups")
+
     def __init__(self, table: LoadTable, key: Callable[[PodEntry, float], object], *, timed: bool):
         super().__init__(table, timed=timed)
         self._key_of = key
@@ -307,6 +312,8 @@ class DelayIndex(_Index):
     sorted app times. A median of 0 cannot be factored out: :meth:`lowest`
     returns None and the pick scans.
     """
+
+    __slots__ = ("metric", "_band", "_apps", "_app", "_keys", "_median_class", "_outliers")
 
     def __init__(self, table: LoadTable, metric):
         super().__init__(table, timed=True)
