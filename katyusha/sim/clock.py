@@ -1,50 +1,57 @@
 """The simulated clock: a time and a calendar of callbacks, as SimPy's ``Environment`` without processes.
 
 Time moves only in :meth:`Environment.run`, which takes the earliest
-``(time, seq, callback, argument)`` and calls ``callback(argument)``. Ties go
-to the order of scheduling (``seq``), so a run is deterministic. Callbacks
-rather than generator processes: the core objects are plain calls taking
-``now``, so a request's life is a few scheduled calls, and a callback costs
-less than resuming a generator (docs/simulator.md has the measurement).
+``(time, callback, argument)`` and calls ``callback(argument)``. Ties go to
+the order of scheduling, so a run is deterministic. Callbacks rather than
+generator processes: the core objects are plain calls taking ``now``, so a
+request's life is a few scheduled calls, and a callback costs less than
+resuming a generator (docs/simulator.md has the measurement).
 
 The events wait in a calendar rather than one heap: a bucket per
-``resolution`` of simulated time (a list, appended to), and a small heap for
-the bucket being run. A thousand nodes keep some 70,000 requests in flight,
-and a heap of that size is walked from root to leaf on every pop, each step
-a cache miss (docs/simulator.md, "Scale"); a bucket holds a few events. The
-order is the heap's exactly: buckets are taken in time order, and within one
-the events by ``(time, seq)``.
+``resolution`` of simulated time (a list, appended to in scheduling order).
+A thousand nodes keep some 70,000 requests in flight, and a heap of that
+size is walked from root to leaf on every pop, each step a cache miss
+(docs/simulator.md, "Scale"); a bucket holds a few hundred events. The
+bucket to run is sorted by time once, stably (so ties stay in scheduling
+order, with no sequence number kept), and run front to back; an event
+scheduled into it meanwhile is inserted after every event of its time or
+earlier. The order is one heap of ``(time, seq)``'s exactly: buckets are
+taken in time order, and within one the events by time, then scheduling.
 """
 
 from __future__ import annotations
 
-import itertools
 import sys
+from bisect import insort_right
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
+from operator import itemgetter
 from typing import Any
 
 RESOLUTION_S = 0.01
 # Times from here on all go to the last bucket (int() of infinity would raise).
 _FAR = 1e300
+_WHEN = itemgetter(0)
 
 
 class Environment:
     """Simulated seconds and the events due at them."""
 
-    __slots__ = ("now", "_seq", "events", "_per_s", "_buckets", "_order", "_current", "_current_id")
+    __slots__ = ("now", "events", "_per_s", "_buckets", "_order", "_current", "_next", "_current_id")
 
     def __init__(self, start: float = 0.0, resolution: float = RESOLUTION_S):
         """``resolution``: the simulated seconds one bucket spans (any positive value gives the same order)."""
         if not resolution > 0:
             raise ValueError(f"resolution must be positive, got {resolution!r}")
         self.now = float(start)
-        self._seq = itertools.count()
         self.events = 0
         self._per_s = 1.0 / resolution
-        self._buckets: dict[int, list] = {}  # bucket number -> its events, unordered
+        self._buckets: dict[int, list] = {}  # bucket number -> its events, in scheduling order
         self._order: list[int] = []  # heap of the numbers of _buckets
-        self._current: list[tuple[float, int, Callable[[Any], None], Any]] = []  # a heap: the bucket being run
+        # The bucket being run, sorted by time (ties in scheduling order); the events before
+        # _next have run.
+        self._current: list[tuple[float, Callable[[Any], None], Any]] = []
+        self._next = 0
         self._current_id = int(self.now * self._per_s)
 
     def _put(self, item: tuple) -> None:
@@ -53,7 +60,7 @@ class Environment:
         except OverflowError:  # at infinity: after every finite time
             number = sys.maxsize
         if number == self._current_id:
-            heappush(self._current, item)
+            insort_right(self._current, item, self._next, key=_WHEN)
         elif number > self._current_id:
             bucket = self._buckets.get(number)
             if bucket is None:
@@ -63,12 +70,15 @@ class Environment:
                 bucket.append(item)
         else:
             # Earlier than the bucket being run (scheduled from outside run(), after the
-            # clock looked ahead): that bucket goes back to wait, and this one is run first.
-            if self._current:
-                self._buckets[self._current_id] = self._current
+            # clock looked ahead): what is left of that bucket goes back to wait (still in
+            # scheduling order among equal times), and this one is run first.
+            current = self._current
+            if self._next < len(current):
+                self._buckets[self._current_id] = current[self._next:]
                 heappush(self._order, self._current_id)
             self._current_id = number
             self._current = [item]
+            self._next = 0
 
     def at(self, when: float, callback: Callable[[Any], None], argument: Any = None) -> None:
         """Call ``callback(argument)`` at simulated time ``when`` (never before ``now``)."""
@@ -78,29 +88,31 @@ class Environment:
             # less), or a later one that has events already (most of the others).
             number = int(when * self._per_s)
             if number == self._current_id:
-                heappush(self._current, (when, next(self._seq), callback, argument))
+                insort_right(self._current, (when, callback, argument), self._next, key=_WHEN)
                 return
             bucket = self._buckets.get(number)
             if bucket is not None:
-                bucket.append((when, next(self._seq), callback, argument))
+                bucket.append((when, callback, argument))
                 return
-        self._put((when if when > now else now, next(self._seq), callback, argument))
+        self._put((when if when > now else now, callback, argument))
 
     def after(self, delay: float, callback: Callable[[Any], None], argument: Any = None) -> None:
         """Call ``callback(argument)`` ``delay`` simulated seconds from now (``delay`` >= 0)."""
-        self._put((self.now + delay if delay > 0 else self.now, next(self._seq), callback, argument))
+        self._put((self.now + delay if delay > 0 else self.now, callback, argument))
 
     def _first(self) -> tuple | None:
         """The earliest event (left in place), or None when none is scheduled."""
         current = self._current
-        if not current:
+        position = self._next
+        if position >= len(current):
             order = self._order
             if not order:
                 return None
             self._current_id = number = heappop(order)
             self._current = current = self._buckets.pop(number)
-            heapify(current)
-        return current[0]
+            current.sort(key=_WHEN)  # stable: equal times stay in scheduling order
+            self._next = position = 0
+        return current[position]
 
     def peek(self) -> float | None:
         """When the next event is due, or None when none is scheduled."""
@@ -118,24 +130,24 @@ class Environment:
         count = 0
         try:
             while True:
+                if self._next >= len(self._current) and first_of() is None:
+                    break
                 current = self._current
-                if not current:
-                    if first_of() is None:
-                        break
-                    current = self._current
+                position = self._next
                 # The bucket's events while they are due. One scheduled meanwhile is never
-                # earlier than now (at() and after() see to it), so it joins this heap or a
-                # later bucket and this bucket stays the one being run.
-                while current:
-                    first = current[0]
+                # earlier than now (at() and after() see to it), so it goes into this bucket
+                # after _next or into a later one, and this bucket stays the one being run.
+                while position < len(current):
+                    first = current[position]
                     when = first[0]
                     if when > limit:
                         if until is not None and self.now < until:
                             self.now = until
                         return
-                    heappop(current)
+                    position += 1
+                    self._next = position
                     self.now = when
-                    first[2](first[3])
+                    first[1](first[2])
                     count += 1
                     if stop is not None and stop():
                         return
