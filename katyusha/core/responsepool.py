@@ -23,6 +23,7 @@ dropping a sample costs about what keeping it does (docs/simulator.md,
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import groupby
 from operator import itemgetter
 
@@ -59,7 +60,7 @@ class _Ring:
     def size(self) -> int:
         return len(self.samples)
 
-    def add(self, samples: list[tuple]) -> None:
+    def add(self, samples: Sequence[tuple]) -> None:
         """Add ``samples`` (in the order recorded), dropping the oldest beyond ``capacity``."""
         kept = self.samples
         kept += samples
@@ -178,16 +179,10 @@ class ResponsePool:
                 for key in keys:
                     rings[key].add(samples)
             elif 4 * len(keys) > len(samples):
-                # Most samples have a ring of their own in this batch (a large fleet): one append
-                # each, as _Ring.add of a one-sample list does, rather than sorting them into groups.
+                # Most samples have a ring of their own in this batch (a large fleet): each added
+                # on its own rather than the batch sorted into groups.
                 for sample in samples:
-                    ring = rings[key_of(sample)]
-                    kept = ring.samples
-                    kept.append(sample)
-                    if len(kept) > ring.capacity:
-                        del kept[0]
-                    if sample[0] > ring.last:
-                        ring.last = sample[0]
+                    rings[key_of(sample)].add((sample,))
             elif keys:
                 for key, group in groupby(sorted(samples, key=key_of), key_of):
                     rings[key].add(list(group))
