@@ -91,6 +91,31 @@ class _Config:
         self.loaded_app = app
 
 
+def fast_path(loop) -> tuple:
+    """katyusha's data server and one pooled upstream connection on fake transports, in process:
+    (server, upstream, to_client, to_pod). ``server.data_received(_REQUEST)`` then
+    ``upstream.data_received(_ANSWER)`` is one body-less request on the fast path."""
+    from katyusha.http.connection import Connection
+    from katyusha.proxy import config as settings
+    from katyusha.proxy.cli import build_parser, flags_from_args
+    from katyusha.proxy.runtime import Proxy, data_http
+
+    flags = flags_from_args(build_parser().parse_args(["--pod", f"{_UPSTREAM},name=backend,node=local"]))
+    config = settings.load(flags=flags, environ={})
+    proxy = Proxy(config)
+    pool = proxy.pools.get(_UPSTREAM)
+    pool._loop = loop
+    upstream = Connection(pool.origin, loop, pool._on_idle, pool.high_water, pool.max_head)
+    to_pod = _Transport()
+    upstream.connection_made(to_pod)
+    upstream.reused = True
+    pool._on_idle(upstream, True)
+    server = data_http(config)(_Config(proxy.data), _ServerState(), {}, _loop=loop)
+    to_client = _Transport()
+    server.connection_made(to_client)
+    return server, upstream, to_client, to_pod
+
+
 def child(requests: int, top: int) -> None:
     """Measure the katyusha found first on sys.path; print the figures as JSON."""
     import asyncio
@@ -99,26 +124,8 @@ def child(requests: int, top: int) -> None:
 
     import uvloop
 
-    from katyusha.http.connection import Connection
-    from katyusha.proxy import config as settings
-    from katyusha.proxy.cli import build_parser, flags_from_args
-    from katyusha.proxy.runtime import Proxy, data_http
-
     async def run() -> dict:
-        loop = asyncio.get_running_loop()
-        flags = flags_from_args(build_parser().parse_args(["--pod", f"{_UPSTREAM},name=backend,node=local"]))
-        config = settings.load(flags=flags, environ={})
-        proxy = Proxy(config)
-        pool = proxy.pools.get(_UPSTREAM)
-        pool._loop = loop
-        upstream = Connection(pool.origin, loop, pool._on_idle, pool.high_water, pool.max_head)
-        to_pod = _Transport()
-        upstream.connection_made(to_pod)
-        upstream.reused = True
-        pool._on_idle(upstream, True)
-        server = data_http(config)(_Config(proxy.data), _ServerState(), {}, _loop=loop)
-        to_client = _Transport()
-        server.connection_made(to_client)
+        server, upstream, to_client, to_pod = fast_path(asyncio.get_running_loop())
 
         def one() -> None:
             server.data_received(_REQUEST)

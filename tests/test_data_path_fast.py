@@ -215,33 +215,10 @@ async def test_a_fast_path_request_waits_on_its_exchange_which_lets_go_of_the_se
     # server makes the app's FastExchange, the request goes out from the parser's callback,
     # and once the pod's head answered it the exchange (which the server keeps until its next
     # request) no longer refers to the server: no cycle outlives the answer.
-    from benchmarks.bytecodes_per_request import (
-        _ANSWER,
-        _REQUEST,
-        _UPSTREAM,
-        _Config,
-        _ServerState,
-        _Transport,
-    )
-    from katyusha.http.connection import Connection
-    from katyusha.proxy import config as settings
+    from benchmarks.bytecodes_per_request import _ANSWER, _REQUEST, fast_path
     from katyusha.proxy.app import FastExchange
-    from katyusha.proxy.cli import build_parser, flags_from_args
-    from katyusha.proxy.runtime import Proxy, data_http
 
-    loop = asyncio.get_running_loop()
-    flags = flags_from_args(build_parser().parse_args(["--pod", f"{_UPSTREAM},name=backend,node=local"]))
-    config = settings.load(flags=flags, environ={})
-    proxy = Proxy(config)
-    pool = proxy.pools.get(_UPSTREAM)
-    pool._loop = loop
-    upstream = Connection(pool.origin, loop, pool._on_idle, pool.high_water, pool.max_head)
-    to_pod, to_client = _Transport(), _Transport()
-    upstream.connection_made(to_pod)
-    upstream.reused = True
-    pool._on_idle(upstream, True)
-    server = data_http(config)(_Config(proxy.data), _ServerState(), {}, _loop=loop)
-    server.connection_made(to_client)
+    server, upstream, to_client, to_pod = fast_path(asyncio.get_running_loop())
     server.data_received(_REQUEST)
     exchange = server._parsing
     assert type(exchange) is FastExchange and exchange.server is server and to_pod.writes == 1
