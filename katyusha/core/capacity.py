@@ -78,6 +78,12 @@ _UNWATCHED = object()
 class PodCapacity:
     """Capacities, the full pods and the ready pods with room, for one service's load table."""
 
+    # Slots: read on every request's start and end (as the core's other per-service objects).
+    __slots__ = ("factor", "extra", "hold", "shared", "others", "_cuts", "_classes", "learn", "given",
+                 "_given_caps", "watch", "caps", "full", "open", "_pos", "_ready", "built_from", "stale",
+                 "slow", "median_app_ms", "_ends_to_median", "held", "thresholds", "_probe_at",
+                 "_withheld", "_fast", "moved", "_total", "ready_extras")
+
     def __init__(self, factor: float, *, learn: bool, extra: int = 0, hold: float = 0.0,
                  shared: float = 0.0):
         """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency;
