@@ -33,8 +33,9 @@ class Pod:
                 proc.kill()
 
 
-def start_pods(speeds: list[float], service: str = "exp:20ms", extra: tuple[str, ...] = ()) -> list[Pod]:
-    """One sim-backend + nonna (concurrency 1) per speed, started in parallel; ``extra``: more
+def start_pods(speeds: list[float], service: str = "exp:20ms", extra: tuple[str, ...] = (),
+               concurrency: int = 1) -> list[Pod]:
+    """One sim-backend + nonna (of ``concurrency``) per speed, started in parallel; ``extra``: more
     sim-backend flags (``("--app", "sentiment")``)."""
     backends = [
         Proc([script("sim-backend"), "--port", "0", "--admin-port", "0", "--pod", f"pod-{i}",
@@ -46,7 +47,7 @@ def start_pods(speeds: list[float], service: str = "exp:20ms", extra: tuple[str,
         proc.wait_ready(30)
     nonnas = [
         Proc([script("nonna"), "--port", "0", "--admin-port", "0", "--upstream", backend.url,
-              "--concurrency", "1", "--pod", f"pod-{i}", "--node", "node-1"], ready_timeout=0)
+              "--concurrency", str(concurrency), "--pod", f"pod-{i}", "--node", "node-1"], ready_timeout=0)
         for i, backend in enumerate(backends)
     ]
     for proc in nonnas:

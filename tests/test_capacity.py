@@ -116,37 +116,37 @@ async def test_capacity_is_learned_from_nonna_concurrency_when_not_given(pods):
 
 @pytest.fixture(scope="module")
 def slow_pod():
-    """One pod of concurrency 1 answering in 300 ms (nonna's default queue depth)."""
-    started = start_pods([1.0], service="const:300ms")
+    """One pod of concurrency 2 answering in 300 ms (nonna's default queue depth)."""
+    started = start_pods([1.0], service="const:300ms", concurrency=2)
     yield started[0]
     started[0].stop()
 
 
 async def replica_beside_a_busy_one(pod, *args: str) -> dict:
-    """Replica B keeps three clients on ``pod`` while replica A (``args``) sends it one request:
+    """Replica B keeps five clients on ``pod`` while replica A (``args``) sends it one request:
     A's ``/pods`` state once that request is back. Every request of both is answered."""
-    spec = pod.spec + ",concurrency=1"
+    spec = pod.spec + ",concurrency=2"
     with katyusha("--pod", spec) as b, katyusha("--pod", spec, *args) as a:
-        busy = asyncio.ensure_future(blast(b.url + "/", 12, 3))
-        await wait_waiting(b, 1)  # B holds its room at the pod (two), one more waits in its L1
+        busy = asyncio.ensure_future(blast(b.url + "/", 20, 5))
+        await wait_waiting(b, 1)  # B holds its room at the pod (three), the rest wait in its L1
         assert statuses(await blast(a.url + "/", 1, 1)) == {200: 1}
         _, state = admin(a, "GET", "/pods")
-        assert statuses(await asyncio.wait_for(busy, 30)) == {200: 12}
+        assert statuses(await asyncio.wait_for(busy, 30)) == {200: 20}
     return state
 
 
 async def test_a_replica_leaves_room_at_a_pod_to_the_requests_another_replica_holds_there(slow_pod):
     """With the defaults (share-pods), A's request comes back with the pod's report of B's
-    requests there: A's room at the pod is cut to one (half its two) and its L1 limit with it, so
-    A's next requests wait in its own L1 rather than behind B's in nonna; turned off, A keeps its
-    room of two whatever B holds."""
+    requests there: A's room at the pod (its two slots and the extra) is cut by one (half its
+    slots) and its L1 limit with it, so A's next requests wait in its own L1 rather than behind
+    B's in nonna; turned off, A keeps its room of three whatever B holds."""
     shared = await replica_beside_a_busy_one(slow_pod)
     [row] = shared["pods"]
-    assert row["others"] >= 1 and row["capacity"] == 2 and row["room"] == 1, row
-    assert shared["queue"]["limit"] == 1
+    assert row["others"] >= 1 and row["capacity"] == 3 and row["room"] == 2, row
+    assert shared["queue"]["limit"] == 2
     alone = await replica_beside_a_busy_one(slow_pod, "--share-pods", "false")
     [row] = alone["pods"]
-    assert row["others"] == 0 and row["room"] == 2 and alone["queue"]["limit"] == 2, row
+    assert row["others"] == 0 and row["room"] == 3 and alone["queue"]["limit"] == 3, row
 
 
 @pytest.mark.parametrize("raw", ["-1", "abc", "nan", "inf", "", True])

@@ -259,8 +259,9 @@ def test_a_replica_counts_other_replicas_requests_at_a_pod_out_of_its_room():
     assert s.end(first, 0.03) == [tickets[8]]
     assert s.pod_row(pod0, 0.03)["room"] == 5 and s.queue.limit == 10
     assert s.dispatch(tickets[8], 0.03).entry is pod0
-    # However many the others hold, a replica keeps half its room (rounded up): pod-1's report
-    # of ten requests there, four of them ours, cuts its room of 5 by 2, not 5.
+    # However many the others hold, a replica keeps its extra slot and half its slots of
+    # concurrency: pod-1's report of ten requests there, four of them ours, cuts its room of 5
+    # (4 and the extra) by 2, not 5.
     t = next(t for t in tickets[:8] if t.dispatch.entry is pod1)
     t.dispatch.on_head(0.04, Feedback(6, 4, 4, 0.0, 10.0, "pod-1", None), 200)
     s.end(t, 0.04)
@@ -272,6 +273,18 @@ def test_a_replica_counts_other_replicas_requests_at_a_pod_out_of_its_room():
     t.dispatch.on_head(later, None, 200)
     s.end(t, later)
     assert (s.pod_row(pod1, later)["others"], s.pod_row(pod1, later)["room"]) == (0, 5)
+
+
+def test_a_pod_of_concurrency_one_keeps_its_room_whatever_others_hold():
+    """Its room is its one slot and the extra; the cut takes half the slots of concurrency at
+    most (none of one) and never the extra, which hides the round trip between two requests."""
+    s = ServiceBalancer(ServiceSettings(), rng=random.Random(7))
+    s.change_pods(PodChange(upsert=(pod("pod-0", 1),)), 0.0)
+    ticket = s.offer(0.0)
+    s.dispatch(ticket, 0.0).on_head(0.01, Feedback(3, 1, 1, 0.0, 10.0, "pod-0", None), 200)
+    s.end(ticket, 0.01)
+    row = s.pod_row(s.table.get("pod-0"), 0.01)
+    assert (row["others"], row["room"], s.queue.limit) == (4, 2, 2)
 
 
 def test_without_share_pods_a_replica_fills_a_pod_other_replicas_hold():

@@ -127,9 +127,10 @@ class ServiceMachine(RuleBasedStateMachine):
         ready = s.table.ready()
         assert q.held == (not ready)
         cap = s.capacity
-        # A ready pod's room is cut by what other balancers hold there by its report (by half of
-        # it at most); nothing here is slow (every app time is the same).
-        cuts = {e: min(cap.others[e], c // 2) for e, c in cap.caps.items() if e in cap.others and e.ready}
+        # A ready pod's room is cut by what other balancers hold there by its report (by half its
+        # slots of concurrency at most); nothing here is slow (every app time is the same).
+        cuts = {e: min(cap.others[e], (c - cap.extra) // 2) for e, c in cap.caps.items()
+                if e in cap.others and e.ready}
         assert cap.full == {e for e, c in cap.caps.items() if e.in_flight >= c - cuts.get(e, 0)}
         assert set(cap.open) == {e for e in ready if e not in cap.full}
         assert len(cap.open) == len(set(cap.open))

@@ -39,14 +39,15 @@ pod's report (``Nonna-Queue-Length`` + ``Nonna-In-Flight``, plus what was
 sent to it since) less this process's ``in_flight`` is what others hold
 there; when a request to the pod ends and its last report is at most
 ``shared`` seconds old, the pod's room is cut by that many (:attr:`others`),
-but by no more than half (rounded down): a pod with none of ours is always
-sent one, its answer bringing the next report, and a replica cut by the
-others' load keeps half its room, so that when replicas together want more
-than a pod holds they share it rather than one taking it and the other's
-requests waiting in its L1 (cut to one request, the second of two replicas in
-the simulator's worked example got a sixth of the first pod's requests while
-the service scaled from zero). The cut slots are out of the L1 limit while
-they are cut.
+but by no more than half its slots of concurrency (rounded down), never its
+extra: a pod with none of ours is always sent one, its answer bringing the
+next report, and a replica cut by the others' load keeps half its room, so
+that when replicas together want more than a pod holds they share it rather
+than one taking it and the other's requests waiting in its L1 (cut to one
+request, the second of two replicas in the simulator's worked example got a
+sixth of the first pod's requests while the service scaled from zero). A pod
+of concurrency 1 is not cut: measured live, taking its extra slot away made
+the tail longer. The cut slots are out of the L1 limit while they are cut.
 
 The count compared with a capacity is the pod's one in-flight count,
 ``PodEntry.in_flight``; this class only watches it. The pods with room are
@@ -285,9 +286,13 @@ class PodCapacity:
         return None if cap is None else self._room(entry, cap)
 
     def _cut(self, entry: PodEntry, cap: int, others: int) -> int:
-        """What ``others`` requests of other balancers cut ``entry``'s room by: at most half of it
-        (rounded down), so the room left is never below half (rounded up)."""
-        half = (self._room(entry, cap) + self._cuts.get(entry, 0)) // 2  # the room before its cut
+        """What ``others`` requests of other balancers cut ``entry``'s room by: at most half of its
+        slots of concurrency (rounded down; none of a held pod's), never its extra."""
+        if self._classes and entry in self.held:
+            return 0
+        half = (cap - self.extra) // 2  # 0 for an unproven pod's single request
+        if half <= 0:
+            return 0
         return others if others < half else half
 
     def _recut(self, entry: PodEntry) -> None:

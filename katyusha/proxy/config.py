@@ -408,7 +408,8 @@ SETTINGS: tuple[Setting, ...] = (
              " shorter than this x the other pods' slots x (its slowness - 1)"),
     _setting("share-pods", "share_pods", parse_bool,
              "false: each replica holds a pod to its capacity whatever other katyusha replicas send it;"
-             " true: a pod's room is cut by the requests others hold there by its report, by half at most"),
+             " true: a pod's room is cut by the requests others hold there by its report, by half its"
+             " slots of concurrency at most"),
     _setting("shutdown-timeout", "shutdown_timeout", parse_seconds,
              "on SIGTERM, longest wait for queued and in-flight requests"),
     _setting("seed", "seed", parse_optional_seed, "seed of the policies' random choices"),
