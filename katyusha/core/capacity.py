@@ -31,14 +31,14 @@ break-even point); beyond it, it takes requests as any pod. The owner calls
 let in for one request after ``HOLD_PROBE_S`` without one, so a pod slow for
 a while is seen again when it is fast.
 
-``shared`` (0: off) counts other balancers' requests: several katyusha
+``shared`` (None: off) counts other balancers' requests: several katyusha
 replicas in front of the same pods each hold a pod to its capacity, so
 together they would put that many times as many requests on it, queued in
 nonna's FIFO rather than in L1 where any pod that frees could take them. A
 pod's report (``Nonna-Queue-Length`` + ``Nonna-In-Flight``, plus what was
 sent to it since) less this process's ``in_flight`` is what others hold
-there; when a request to the pod ends and its last report is at most
-``shared`` seconds old, the pod's room is cut by that many (:attr:`others`),
+there; when a request to the pod ends and its last report is fresh
+(``shared``: the load table's ``reported_load``), the pod's room is cut by that many (:attr:`others`),
 but by no more than half its slots of concurrency (rounded down), never its
 extra: a pod with none of ours is always sent one, its answer bringing the
 next report, and a replica cut by the others' load keeps half its room, so
@@ -57,7 +57,7 @@ pick never filters the pod set per request. The bound is per process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import filterfalse, repeat
 
 from katyusha.core.loadtable import PodEntry
@@ -86,17 +86,17 @@ class PodCapacity:
                  "_withheld", "_fast", "moved", "_total", "ready_extras")
 
     def __init__(self, factor: float, *, learn: bool, extra: int = 0, hold: float = 0.0,
-                 shared: float = 0.0):
+                 shared: Callable[[PodEntry, float], int | None] | None = None):
         """``factor`` 0 turns capacity off; ``learn`` says reports may tell a pod's concurrency;
         ``extra`` requests are allowed beyond ``factor`` x concurrency (one waiting in nonna hides
         the round trip between two requests from a pod of concurrency 1); ``hold``: slow pods
-        are held out while the L1 queue is short; ``shared``: the age in seconds up to which a
-        pod's report cuts its room by what other balancers hold there (see the module
-        docstring)."""
+        are held out while the L1 queue is short; ``shared`` (None: off): what a pod holds by
+        its report, None when it has no fresh one (``LoadTable.reported_load``), which cuts its
+        room by what other balancers hold there (see the module docstring)."""
         self.factor = float(factor)
         self.extra = int(extra)
         self.hold = float(hold)
-        self.shared = float(shared)
+        self.shared = shared
         # Other balancers' requests at each pod, by its last report (pods with none left out),
         # and the room each ready pod is cut by for them (in the L1 limit's kept-out slots).
         self.others: dict[PodEntry, int] = {}
@@ -301,8 +301,8 @@ class PodCapacity:
         cuts = self._cuts
         old = cuts.get(entry, 0)
         others = self.others.get(entry)
-        cut = (self._cut(entry, self.caps[entry], others)
-               if others and entry in self._ready and entry in self.caps else 0)
+        cap = self.caps.get(entry)
+        cut = self._cut(entry, cap, others) if others and cap is not None and entry in self._ready else 0
         if cut == old:
             return
         if cut:
@@ -311,7 +311,6 @@ class PodCapacity:
             del cuts[entry]
         self._withheld += cut - old
         self.moved = True
-        cap = self.caps.get(entry)
         if cap is None:
             return
         if entry.in_flight >= self._room(entry, cap):
@@ -484,11 +483,10 @@ class PodCapacity:
         if self.full and entry in self.full:
             self._reopen(entry)
         shared = self.shared
-        if shared:
-            # Other balancers' requests at the pod: its report (with what was sent since) less ours.
-            reported_at = entry.reported_at
-            others = (entry.reported_queue + entry.reported_in_flight + entry.dispatched_since_report
-                      - entry.in_flight if reported_at is not None and now - reported_at <= shared else 0)
+        if shared is not None:
+            # Other balancers' requests at the pod: what its report says it holds, less ours.
+            held = shared(entry, now)
+            others = 0 if held is None else held - entry.in_flight
             known = self.others
             if others > 0:
                 if known.get(entry) != others and entry in self.caps:

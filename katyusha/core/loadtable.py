@@ -346,19 +346,24 @@ class LoadTable:
         :data:`FAILURE_LOAD` (up to eight of them).
         """
         in_flight = entry.in_flight
-        reported_at = entry.reported_at
-        if reported_at is None or now - reported_at > self.stale_after_s:
+        load = self.reported_load(entry, now)
+        if load is None or load < in_flight:
             load = in_flight
-        else:
-            load = entry.reported_queue + entry.reported_in_flight + entry.dispatched_since_report
-            if load < in_flight:
-                load = in_flight
         if entry.consecutive_failures and now - entry.failed_at < self.failure_hold_s:
             # A pod that fails at once looks idle; weigh each recent failure
             # like a queue of requests so picks go elsewhere until it answers.
             failures = entry.consecutive_failures
             load += FAILURE_LOAD * (failures if failures < 8 else 8)
         return float(load)
+
+    def reported_load(self, entry: PodEntry, now: float) -> int | None:
+        """Requests the pod holds by its report (``reported_queue + reported_in_flight``) and
+        what was sent to it since (``dispatched_since_report``); None with no report or one older
+        than ``stale_after_s``. Every client's requests that reached the pod are in it."""
+        reported_at = entry.reported_at
+        if reported_at is None or now - reported_at > self.stale_after_s:
+            return None
+        return entry.reported_queue + entry.reported_in_flight + entry.dispatched_since_report
 
     def load_changes_at(self, entry: PodEntry, now: float) -> float:
         """A time before which :meth:`estimated_load` of ``entry`` stays what it is at ``now``.

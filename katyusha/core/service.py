@@ -266,7 +266,7 @@ class ServiceBalancer:
         factor = settings.capacity_factor if settings.l1_limit is not None else 0.0
         self.capacity = PodCapacity(factor, learn=settings.uses_feedback, extra=settings.capacity_extra,
                                     hold=settings.slow_hold,
-                                    shared=settings.stale_after if settings.share_pods else 0.0)
+                                    shared=self.table.reported_load if settings.share_pods else None)
         self.health = PodHealth(settings.health)
         self.budget = RetryBudget(settings.retry_budget, settings.retry_budget_min)
         self.hedger = Hedger(settings.hedge)
