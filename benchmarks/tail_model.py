@@ -21,8 +21,11 @@ the median over scenarios of its p99 over the better peer model's, on the
 named, tune and held-out sets apart. ``--room`` prints instead, per
 scenario, a clairvoyant dispatcher's p99 (:func:`clairvoyant`: how far below
 the peers any balancer could go) and the defaults', over the better peer
-model's. ``replicas`` runs three balancers sharing the pods. A model, not a
-measurement: it guides the choice, lb_quality.py judges it.
+model's, and for a fleet behind several replicas the best of katyusha's
+settings behind one balancer (:func:`one_balancer`: what the replicas would
+reach with one exact shared view). ``replicas`` runs three balancers sharing
+the pods. A model, not a measurement: it guides the choice, lb_quality.py
+judges it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import random
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchmarks.lb_quality import (
@@ -293,6 +296,25 @@ def hedging(seconds: float, seeds: int) -> int:
     return 0
 
 
+def one_balancer(scenario: Scenario, load: float, seconds: float, seeds: int) -> tuple[str, float]:
+    """The replicas' fleet and arrivals behind one balancer, under the best of katyusha's settings.
+
+    What the replicas would reach if they shared one exact view of every pod (what each sent,
+    what each pod holds) and chose the best setting for the fleet: the reference for a goal on
+    several replicas that needs no knowledge of the requests' work. Returns the setting's name
+    and its p99 (the median over the seeds)."""
+    one = replace(scenario, replicas=1)
+    best = None
+    for setting in SETTINGS:
+        if setting in PEERS:
+            continue
+        p99 = statistics.median(simulate(one, setting, load=load, seconds=seconds, seed=seed)["p99_ms"]
+                                for seed in range(1, seeds + 1))
+        if best is None or p99 < best[1]:
+            best = (setting.name, p99)
+    return best
+
+
 def room(fleets: list[Scenario], load: float, seconds: float, seeds: int, path: str | None) -> int:
     """Print, per scenario, p99 of the clairvoyant reference, the defaults and the peer models, and
     the first two over the better peer model's; medians per split."""
@@ -311,10 +333,16 @@ def room(fleets: list[Scenario], load: float, seconds: float, seeds: int, path: 
         row = {"split": scenario.split, "p99_ms": p99,
                "clairvoyant_over_best_peer": round(p99["clairvoyant"] / best, 3),
                "default_over_best_peer": round(p99[default.name] / best, 3)}
+        joined = ""
+        if scenario.replicas > 1:
+            name, p99_one = one_balancer(scenario, load, seconds, seeds)
+            row["one_balancer"] = {"setting": name, "p99_ms": p99_one,
+                                   "over_best_peer": round(p99_one / best, 3)}
+            joined = f"  one balancer ({name})/peer {p99_one / best:.2f}"
         table[scenario.name] = row
         print(f"{scenario.name:14s} {scenario.split:8s} " + "  ".join(f"{k}: {v:.0f}" for k, v in p99.items())
               + f"   clairvoyant/peer {row['clairvoyant_over_best_peer']:.2f}"
-              f"  default/peer {row['default_over_best_peer']:.2f}", flush=True)
+              f"  default/peer {row['default_over_best_peer']:.2f}{joined}", flush=True)
     summary = {}
     for split in ("named", "tune", "heldout"):
         rows = [row for row in table.values() if row["split"] == split]
@@ -345,10 +373,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="only: heavy-tail at 50, 70 and 90%% load, defaults beside hedging on")
     parser.add_argument("--room", action="store_true",
                         help="only: per scenario, the clairvoyant reference's p99 and the defaults' "
-                             "over the better peer model's (how far below the peers a goal can go)")
+                             "over the better peer model's (how far below the peers a goal can go); "
+                             "behind several replicas also one balancer's best setting")
+    parser.add_argument("--scenario", action="append", metavar="NAME",
+                        help="run only these scenarios (repeatable), e.g. replicas or drawn-3")
     args = parser.parse_args(argv)
     _set_wire(args.wire_ms / 1000.0)
     fleets = scenarios() + drawn_scenarios(args.drawn)
+    if args.scenario:
+        unknown = set(args.scenario) - {s.name for s in fleets}
+        if unknown:
+            parser.error(f"--scenario: no scenario named {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(s.name for s in fleets)})")
+        fleets = [s for s in fleets if s.name in args.scenario]
     if args.hedging:
         return hedging(args.seconds, args.seeds)
     if args.room:

@@ -178,6 +178,21 @@ def test_tail_model_replicas_each_hold_a_pod_to_its_own_cap():
     assert three["p99_ms"] > 1.3 * one["p99_ms"], (one, three)
 
 
+def test_tail_model_one_balancer_reference_pools_the_replicas_view():
+    """The reference for several replicas runs their fleet and arrivals behind one balancer:
+    one exact view of every pod, under the best of katyusha's settings. On `replicas` it is well
+    below the three replicas' defaults (each knowing only its own requests) and names a setting
+    that is katyusha's, not a peer model."""
+    from benchmarks import tail_model
+    from benchmarks.lb_quality import scenarios
+
+    replicas = next(s for s in scenarios() if s.name == "replicas")
+    name, p99 = tail_model.one_balancer(replicas, 0.9, 20.0, 1)
+    three = tail_model.simulate(replicas, tail_model.SETTINGS[0], seconds=20.0, seed=1)
+    assert name in {s.name for s in tail_model.SETTINGS} - {s.name for s in tail_model.PEERS}
+    assert p99 < 0.85 * three["p99_ms"], (name, p99, three)
+
+
 def test_bytecodes_per_request_times_this_tree_against_a_ref_alternately(tmp_path):
     import json
 
