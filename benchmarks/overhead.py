@@ -9,7 +9,8 @@ HAProxy, nginx, and katyusha as users run it (default policy, L1 queue on,
 metrics on), plus katyusha with two workers (``katyusha-threads: "2"``). wrk
 loads each at 32 and 256 connections, several rounds in alternating order; the
 figures are medians over rounds. The figures that matter are the ratios: this
-machine is shared and noisy, so an absolute number means little.
+machine is shared and noisy, so an absolute number means little. ``--pin`` puts
+each proxy on a core of its own and wrk and the backend on the others.
 """
 
 from __future__ import annotations
@@ -155,6 +156,47 @@ def checkout(ref: str) -> Iterator[str]:
         yield tmp
 
 
+class Pinning:
+    """Which cores the proxy under test gets and which wrk and the backend get (``--pin``).
+
+    The proxy gets the first core this process may run on, wrk and the backend
+    the others; the same for every system, so the ratios stay fair (katyusha's
+    two workers share the proxy's core). A process inherits the affinity of the
+    thread that starts it, so :meth:`proxy` is entered around starting a proxy
+    and :meth:`load` around the rest. Without ``--pin`` both do nothing.
+    """
+
+    def __init__(self, pin: bool):
+        cores = sorted(os.sched_getaffinity(0))
+        if pin and len(cores) < 2:
+            raise SystemExit("--pin needs at least 2 cores")
+        self.proxy_cores = {cores[0]} if pin else None
+        self.load_cores = set(cores[1:]) if pin else None
+
+    @contextlib.contextmanager
+    def _on(self, cores: set[int] | None) -> Iterator[None]:
+        if cores is None:
+            yield
+            return
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cores)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+
+    def proxy(self) -> contextlib.AbstractContextManager[None]:
+        return self._on(self.proxy_cores)
+
+    def load(self) -> contextlib.AbstractContextManager[None]:
+        return self._on(self.load_cores)
+
+    def describe(self) -> str:
+        if self.proxy_cores is None:
+            return "not pinned"
+        return f"proxy on core {sorted(self.proxy_cores)}, wrk and backend on {sorted(self.load_cores)}"
+
+
 # The compiled modules (setup.py, KATYUSHA_COMPILE=1) used, or their .py.
 COMPILED = {"KATYUSHA_PURE_PYTHON": "0"}
 PURE = {"KATYUSHA_PURE_PYTHON": "1"}
@@ -162,7 +204,8 @@ PURE = {"KATYUSHA_PURE_PYTHON": "1"}
 
 def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
                        against: tuple[str, str] | None = None,
-                       compiled_vs_pure: bool = False) -> dict:
+                       compiled_vs_pure: bool = False, pinning: Pinning | None = None) -> dict:
+    pinning = pinning or Pinning(False)
     env = COMPILED if compiled_vs_pure else None
     systems = {
         "direct": lambda: direct(backend_url),
@@ -194,7 +237,9 @@ def measure_throughput(backend_url: str, *, rounds: int, duration_s: float,
         if round_no % 2:
             order.reverse()
         for name in order:
-            with systems[name]() as running:
+            with contextlib.ExitStack() as stack:
+                with pinning.proxy():
+                    running = stack.enter_context(systems[name]())
                 url = running.url + "/"
                 wrk.run(url, connections=32, duration_s=1)  # warm-up: pools, JIT-free caches
                 for conns in CONNECTIONS:
@@ -382,7 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", metavar="REF",
                         help="also run katyusha (one worker) as it is at git REF of this checkout, "
                              "in the same rounds (key ratio_rps_vs_against)")
+    parser.add_argument("--pin", action="store_true",
+                        help="run each proxy on the first core and wrk and the backend on the others "
+                             "(the throughput rounds; key pinned)")
     args = parser.parse_args(argv)
+    pinning = Pinning(args.pin)
     peers.require("nginx", "haproxy", "wrk")
     # Unwind on SIGTERM or Ctrl-C, so nginx, HAProxy and katyusha are all stopped.
     exit_on_signals()
@@ -392,12 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     started = time.monotonic()
-    with peers.nginx_static() as backend, contextlib.ExitStack() as stack:
-        print(f"backend: nginx at {backend.url}; {rounds} round(s) of {duration:g} s per run")
+    with pinning.load(), peers.nginx_static() as backend, contextlib.ExitStack() as stack:
+        print(f"backend: nginx at {backend.url}; {rounds} round(s) of {duration:g} s per run; "
+              f"{pinning.describe()}")
         against = None if args.against is None else (args.against, stack.enter_context(
             checkout(args.against)))
         table = measure_throughput(backend.url, rounds=rounds, duration_s=duration, against=against,
-                                   compiled_vs_pure=args.compiled_vs_pure)
+                                   compiled_vs_pure=args.compiled_vs_pure, pinning=pinning)
         memory = measure_memory(backend.url, connections=2000 if args.quick else 10_000)
     bodies = measure_bodies(20 if args.quick else BODY_MB)
     per_round = table.pop("_ratio_vs_haproxy_per_round")
@@ -433,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
              for conns in ("32", "256")} if pure_per_round is not None else None),
         "memory": memory,
         "bodies": bodies,
+        "pinned": pinning.describe() if args.pin else None,
         "quick": args.quick,
         "elapsed_s": round(time.monotonic() - started, 1),
     }

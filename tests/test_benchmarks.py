@@ -139,6 +139,27 @@ def test_overhead_body_runs_watch_memory_for_the_whole_transfer():
         grower.wait()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--pin needs 2 cores")
+def test_overhead_pin_starts_the_proxy_on_one_core_and_the_load_on_the_others():
+    from benchmarks.overhead import Pinning
+
+    cores = sorted(os.sched_getaffinity(0))
+    show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+
+    def started() -> list[int]:
+        return json.loads(subprocess.run(show, capture_output=True, text=True, check=True).stdout)
+
+    pinning = Pinning(True)
+    with pinning.load():
+        assert started() == cores[1:]
+        with pinning.proxy():
+            assert started() == cores[:1]
+        assert started() == cores[1:]
+    assert sorted(os.sched_getaffinity(0)) == cores
+    with Pinning(False).proxy():
+        assert started() == cores
+
+
 def test_bytecodes_per_request_counts_the_whole_fast_path():
     from benchmarks.bytecodes_per_request import count
 
