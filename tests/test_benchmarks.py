@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # Every benchmark with a command line.
 RUNNABLE = ("overhead", "lb_quality", "tail_model", "policy_micro", "coldstart", "placement",
             "forward_micro", "loadgen", "dropin", "chaos", "batch", "calls_per_request",
-            "bytecodes_per_request")
+            "bytecodes_per_request", "live_cost")
 # Benchmarks that start processes with helpers from the checkout's tests/ (not installed).
 USING_TESTS = ("dropin", "chaos", "batch")
 
@@ -158,6 +158,20 @@ def test_overhead_pin_starts_the_proxy_on_one_core_and_the_load_on_the_others():
     assert sorted(os.sched_getaffinity(0)) == cores
     with Pinning(False).proxy():
         assert started() == cores
+
+
+def test_live_cost_reads_a_process_cpu_switches_and_the_machine_segments():
+    from benchmarks.live_cost import context_switches, cpu_seconds, tcp_out_segments
+
+    user, kernel = cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert cpu_seconds(os.getpid())[0] > user and kernel >= 0
+    waits, _ = context_switches(os.getpid())
+    time.sleep(0.01)
+    assert context_switches(os.getpid())[0] > waits
+    assert tcp_out_segments() >= 0
 
 
 def test_bytecodes_per_request_counts_the_whole_fast_path():
