@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import peers, wrk
+from benchmarks import peers, plots, wrk
 from benchmarks.overhead import Pinning, katyusha
 from katyusha.procs import exit_on_signals
 
@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.json}")
+    plots.write("live_cost", result, args.json)
     return 0
 
 

@@ -286,6 +286,16 @@ def _bytecodes_per_request(doc: dict, at: Path) -> list:
                  ylabel="bytecodes per request")]
 
 
+@plotter("live_cost")
+def _live_cost(doc: dict, at: Path) -> list:
+    systems = doc["systems"]
+    parts = {"user": "user_us_per_request", "kernel": "kernel_us_per_request"}
+    return [bars(beside(at, "cpu"), {part: {s: sum(r[key] for r in rows) / len(rows) for s, rows in systems.items()}
+                                     for part, key in parts.items()},
+                 title=f"CPU a request of the proxy's process (wrk -c{doc['connections']}, mean of rounds)",
+                 ylabel="µs per request")]
+
+
 @plotter("forward_micro")
 def _forward_micro(doc: dict, at: Path) -> list:
     systems = doc["systems"]
