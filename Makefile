@@ -62,12 +62,13 @@ lint: $(STAMP)
 fleet: $(STAMP)
 	$(BIN)/katyusha fleet up $(FLEET_ARGS)
 
-# Peers for the benchmarks (nginx, HAProxy, wrk, hey) come from Debian's packages.
+# Peers for the benchmarks (nginx, HAProxy, wrk, hey) come from Debian's packages;
+# strace for benchmarks.live_cost's syscalls a request.
 bench-deps: $(STAMP)
-	@if command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v hey >/dev/null; then \
+	@if command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v hey >/dev/null && command -v strace >/dev/null; then \
 	  echo "bench peers present"; \
 	else \
-	  apt-get update && apt-get install -y --no-install-recommends nginx haproxy wrk hey; \
+	  apt-get update && apt-get install -y --no-install-recommends nginx haproxy wrk hey strace; \
 	fi
 
 # The fleet in containers (docs/containers.md). `compose-test` runs it with podman

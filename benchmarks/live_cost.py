@@ -1,8 +1,8 @@
 """What one request costs the live proxy process: CPU, syscalls, context switches, segments.
 
 Run as ``python -m benchmarks.live_cost [--duration 5] [--pin] [--json PATH]``.
-Needs nginx, haproxy and wrk on PATH (``make bench-deps``); strace for the
-syscall counts (skipped without it).
+Needs nginx, haproxy and wrk on PATH, and strace for the syscall counts
+(skipped without it); ``make bench-deps`` installs them.
 
 The backend and the proxies are those of ``benchmarks.overhead`` (one worker
 each, keep-alive to an nginx backend). For katyusha and HAProxy in turn, wrk
