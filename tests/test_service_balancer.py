@@ -12,13 +12,19 @@ from katyusha.core.membership import PodChange, PodSpec
 from katyusha.core.service import ServiceBalancer, ServiceSettings
 
 
-def service(**settings) -> ServiceBalancer:
+class Balancer(ServiceBalancer):
+    """A service balancer that lists the pods whose drain ended (``on_idle``) in ``idle``."""
+
+    __slots__ = ("idle",)
+
+
+def service(**settings) -> Balancer:
     # The counts below are in slots of concurrency: no extra slot unless a test asks for one
     # (the default, 1, is test_the_default_capacity_is_the_concurrency_and_one_more below).
     settings.setdefault("capacity_extra", 0)
-    idle = []
-    balancer = ServiceBalancer(ServiceSettings(**settings), rng=random.Random(7), on_idle=idle.append)
-    balancer.idle = idle  # type: ignore[attr-defined]
+    idle: list = []
+    balancer = Balancer(ServiceSettings(**settings), rng=random.Random(7), on_idle=idle.append)
+    balancer.idle = idle
     return balancer
 
 

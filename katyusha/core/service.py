@@ -238,6 +238,10 @@ class Dispatch:
 class ServiceBalancer:
     """Admission, picking and the pod set of one service; see the module docstring."""
 
+    # Slots: read on every request (as the core's other per-service objects).
+    __slots__ = ("settings", "name", "table", "policy", "_observes", "queue", "pool", "capacity", "health",
+                 "budget", "hedger", "_admitted", "specs", "on_idle", "trace", "_leaving")
+
     def __init__(
         self,
         settings: ServiceSettings,
