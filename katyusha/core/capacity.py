@@ -380,10 +380,14 @@ class PodCapacity:
         fast = self._fast
         if not fast:
             return  # nowhere else to wait for: slow pods are not held
+        # The products worked out once (the same floats: hold x fast is what the expression
+        # hold * fast * (r - 1) multiplies first).
+        above = HOLD_RATIO * median
+        scale = self.hold * fast
         for entry in self.slow:
             app = entry.app_ewma_ms
-            if app is not None and app > HOLD_RATIO * median:
-                thresholds[entry] = self.hold * fast * (app / median - 1.0)
+            if app is not None and app > above:
+                thresholds[entry] = scale * (app / median - 1.0)
 
     def review(self, waiting: int, now: float) -> bool:
         """Hold or release each slow pod for ``waiting`` requests in L1; True when the L1 limit changed."""
