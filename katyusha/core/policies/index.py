@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable
 from heapq import heapify, heappop, heappush
+from typing import TYPE_CHECKING
 
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.loadtable import LoadTable, PodEntry
+
+if TYPE_CHECKING:
+    from katyusha.core.policies.metrics import Load
 
 # Never equal to a time: a position whose due time was never worked out.
 _NEVER = object()
@@ -218,13 +221,15 @@ class _Index:
 
 
 class LowestIndex(_Index):
-    """The ready pods by ``key(entry, now)``; ``timed`` when the key moves with time as estimated_load does."""
+    """The ready pods by ``metric.load(entry, now)``; ``timed`` when the key moves with time as
+    estimated_load does. ``metric.load`` is read at each look, not once: a metric may put a
+    cheaper function in its place while it gives the same values (SpeedWeightedLoad)."""
 
-    __slots__ = ("_key_of", "_keys", "_groups")
+    __slots__ = ("_metric", "_keys", "_groups")
 
-    def __init__(self, table: LoadTable, key: Callable[[PodEntry, float], object], *, timed: bool):
+    def __init__(self, table: LoadTable, metric: Load, *, timed: bool):
         super().__init__(table, timed=timed)
-        self._key_of = key
+        self._metric = metric
         self._keys: list = []
         self._groups = Groups()
 
@@ -252,7 +257,7 @@ class LowestIndex(_Index):
         return self._groups.lowest_except(left_out, budget)
 
     def _rebuild(self, ready: list[PodEntry], now: float) -> None:
-        key_of = self._key_of
+        key_of = self._metric.load
         self._keys = keys = [key_of(entry, now) for entry in ready]
         groups: dict = {}
         for position, key in enumerate(keys):
@@ -263,7 +268,7 @@ class LowestIndex(_Index):
                 self._schedule(position, entry, now)
 
     def _rekey(self, position: int, entry: PodEntry, now: float) -> None:
-        key = self._key_of(entry, now)
+        key = self._metric.load(entry, now)
         keys = self._keys
         old = keys[position]
         if key != old:
@@ -280,7 +285,7 @@ class LowestIndex(_Index):
         # _rekey's steps with the lookups hoisted out of the loop: this runs on every pick,
         # for each pod that had a dispatch or a response since the last.
         position_of = self._position
-        key_of = self._key_of
+        key_of = self._metric.load
         keys = self._keys
         groups = self._groups
         timed = self.timed

@@ -54,7 +54,7 @@ class InFlight(Load):
         return entry.in_flight
 
     def index(self, table: LoadTable):
-        return _index.LowestIndex(table, self.load, timed=False)
+        return _index.LowestIndex(table, self, timed=False)
 
 
 class EstimatedLoad(Load):
@@ -64,7 +64,7 @@ class EstimatedLoad(Load):
         self.load = table.estimated_load
 
     def index(self, table: LoadTable):
-        return _index.LowestIndex(table, table.estimated_load, timed=True)
+        return _index.LowestIndex(table, self, timed=True)
 
 
 class SpeedWeightedLoad(Load):
@@ -98,6 +98,9 @@ class SpeedWeightedLoad(Load):
         self._weighing = False
         self._stale_after = table.stale_after_s
         self._estimate = table.estimated_load
+        # While no pod is weighed (see refresh), a pod's load is its estimated load: the
+        # table's method itself, one call less for each key the index works out.
+        self.load = self._estimate
 
     def refresh(self, now: float) -> list[PodEntry]:
         """Recompute the median speed when due; returns the pods whose key that may have changed.
@@ -127,16 +130,16 @@ class SpeedWeightedLoad(Load):
         weighing = bool(weighed) and self.median is not None
         if moved or weighing != self._weighing:
             self._weighing = weighing
+            self.load = self._weighed_load if weighing else self._estimate
             return weighed + forgotten
         return forgotten
 
     # No prepare(): the policy calls refresh() once before each pick, scan or index
     # (JoinShortestQueue.pick), since the index must hear of the keys it moves.
 
-    def load(self, entry: PodEntry, now: float) -> float:
+    def _weighed_load(self, entry: PodEntry, now: float) -> float:
+        """:meth:`load` while some pod is weighed."""
         load = self._estimate(entry, now)
-        if not self._weighing:
-            return load
         reported_at = entry.reported_at
         if reported_at is not None and now - reported_at <= self._stale_after:
             return load
@@ -150,7 +153,7 @@ class SpeedWeightedLoad(Load):
         return load
 
     def index(self, table: LoadTable):
-        return _index.LowestIndex(table, self.load, timed=True)
+        return _index.LowestIndex(table, self, timed=True)
 
 
 def _speed(entry: PodEntry, now: float) -> float | None:
