@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import heapify, heappop, heappush
+from itertools import filterfalse
 from typing import TYPE_CHECKING
 
 from katyusha.core.delay import expected_delay_ms
@@ -84,7 +85,7 @@ class Groups:
             heappop(heap)
         return None
 
-    def lowest_except(self, excluded: set[int], budget: int):
+    def lowest_except(self, excluded: set[int | None], budget: int):
         """The lowest key with a member not in ``excluded``, and those members, in group order.
 
         Walks the keys upward, skipping groups whose members are all
@@ -104,7 +105,7 @@ class Groups:
                     heappop(heap)
                     continue
                 if not excluded.isdisjoint(group):
-                    group = [position for position in group if position not in excluded]
+                    group = list(filterfalse(excluded.__contains__, group))
                 if group:
                     return group, key
                 budget -= len(groups[key])
@@ -252,8 +253,8 @@ class LowestIndex(_Index):
         excluded: the caller then scans.
         """
         self.sync(ready, now)
-        position_of = self._position
-        left_out = {position_of[entry] for entry in excluded if entry in position_of}
+        # The excluded pods' positions; None for one not ready (no position is None).
+        left_out = set(map(self._position.get, excluded))
         return self._groups.lowest_except(left_out, budget)
 
     def _rebuild(self, ready: list[PodEntry], now: float) -> None:
