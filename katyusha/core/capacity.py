@@ -81,7 +81,7 @@ class PodCapacity:
 
     # Slots: read on every request's start and end (as the core's other per-service objects).
     __slots__ = ("factor", "extra", "hold", "shared", "others", "_cuts", "_classes", "learn", "given",
-                 "_given_caps", "watch", "caps", "full", "open", "_pos", "_ready", "built_from", "stale",
+                 "_given_caps", "watch", "caps", "full", "open", "order", "_ready", "built_from", "stale",
                  "slow", "median_app_ms", "_ends_to_median", "held", "thresholds", "_probe_at",
                  "_withheld", "_fast", "moved", "_total", "ready_extras")
 
@@ -115,7 +115,9 @@ class PodCapacity:
         self.full: set[PodEntry] = set()
         # Ready pods below their capacity; swap-removed and appended in O(1).
         self.open: list[PodEntry] = []
-        self._pos: dict[PodEntry, int] = {}
+        # Each pod of open to its place in it (a plain attribute: read on every pick that
+        # leaves full pods out).
+        self.order: dict[PodEntry, int] = {}
         self._ready: set[PodEntry] = set()
         # The ready list of the last rebuild: open is exactly it without the full pods.
         self.built_from: Sequence[PodEntry] | None = None
@@ -233,7 +235,7 @@ class PodCapacity:
         self.full = full
         self.built_from = ready
         self.open = open_ = list(filterfalse(full.__contains__, ready)) if full else list(ready)
-        self._pos = dict(zip(open_, range(len(open_)), strict=True))
+        self.order = dict(zip(open_, range(len(open_)), strict=True))
 
     def _caps(self, pods: Sequence[PodEntry]) -> dict[PodEntry, int]:
         """Each capped pod's capacity, in ``pods``' order (as :meth:`capacity_of` gives it)."""
@@ -251,11 +253,6 @@ class PodCapacity:
             if cap is not None:
                 caps[entry] = cap
         return caps
-
-    @property
-    def order(self) -> dict[PodEntry, int]:
-        """Each pod of :attr:`open` to its place in it (kept as pods fill and drain)."""
-        return self._pos
 
     def capacity_of(self, entry: PodEntry) -> int | None:
         """Requests ``entry`` may hold from this process; None when uncapped (unknown or unlimited)."""
@@ -426,12 +423,12 @@ class PodCapacity:
     def _close(self, entry: PodEntry) -> None:
         """``entry`` is full: out of the open list, in O(1)."""
         self.full.add(entry)
-        pos = self._pos.pop(entry, None)
+        pos = self.order.pop(entry, None)
         if pos is not None:
             last = self.open.pop()
             if last is not entry:
                 self.open[pos] = last
-                self._pos[last] = pos
+                self.order[last] = pos
 
     def limit(self, configured: int | None) -> int | None:
         """The configured L1 limit, lowered to the ready pods' total capacity (at the last
@@ -475,7 +472,7 @@ class PodCapacity:
         if full and entry in full and entry.in_flight < self._room(entry, self.caps[entry]):
             full.discard(entry)
             if entry in self._ready:
-                self._pos[entry] = len(self.open)
+                self.order[entry] = len(self.open)
                 self.open.append(entry)
 
     def ended(self, entry: PodEntry, now: float = 0.0) -> None:
