@@ -31,7 +31,7 @@ from typing import Any
 from katyusha.core import protocol
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.errors import ConfigError, DeadlineExceeded, QueueFull
-from katyusha.core.queue import L1Queue, Ticket
+from katyusha.core.queue import ADMITTED, L1Queue, Ticket
 
 __all__ = ["LoadAverager", "PeriodStat", "Piggyback", "Report", "Sidecar", "Ticket"]
 
@@ -203,7 +203,7 @@ class Sidecar:
         in_flight = queue.active
         if ticket is None:
             return Report(queue.waiting, in_flight, 0.0, 0.0)
-        if ticket.admitted:
+        if ticket.state is ADMITTED:  # ticket.admitted, without the property's call (per request)
             in_flight -= 1
         admitted_at = ticket.admitted_at
         if admitted_at is None:
