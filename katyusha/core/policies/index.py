@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 from itertools import filterfalse
 from typing import TYPE_CHECKING
 
@@ -172,19 +172,22 @@ class _Index:
                 due_at = self._due_at
                 until = self._until
                 while due and due[0][0] <= now:
-                    when, position = heappop(due)
-                    if due_at[position] == when:
-                        later = until[position]
-                        if later > now:
-                            # Worked out from a report (or failure) renewed since: the pod was
-                            # re-keyed then (the table's listener), and its key holds until the
-                            # renewal's due time, which was not pushed (this one was earlier).
-                            due_at[position] = later
-                            heappush(due, (later, position))
-                        else:
-                            due_at[position] = math.inf
-                            self._seen_report[position] = _NEVER  # work its next due time out
-                            self._rekey(position, ready[position], now)
+                    when, position = due[0]
+                    if due_at[position] != when:
+                        heappop(due)  # a due time moved since
+                    elif until[position] > now:
+                        # Worked out from a report (or failure) renewed since: the pod was
+                        # re-keyed then (the table's listener), and its key holds until the
+                        # renewal's due time, which was not pushed (this one was earlier).
+                        # Popped and pushed in one step (the entries are distinct pairs, so
+                        # the heap gives the same ones in the same order).
+                        later = due_at[position] = until[position]
+                        heapreplace(due, (later, position))
+                    else:
+                        heappop(due)
+                        due_at[position] = math.inf
+                        self._seen_report[position] = _NEVER  # work its next due time out
+                        self._rekey(position, ready[position], now)
         self._now = now
 
     def _schedule(self, position: int, entry: PodEntry, now: float) -> None:
