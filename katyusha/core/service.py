@@ -407,7 +407,7 @@ class ServiceBalancer:
             admitted += self._resync(now)
         # review() visits the pods with a threshold and the held ones: with neither (two
         # request ends in three at 100 pods a service) it would change nothing.
-        elif ((capacity.hold and (capacity.thresholds or capacity.held) and capacity.slow
+        elif ((capacity.slow and capacity.hold and (capacity.thresholds or capacity.held)
                and capacity.review(self.queue.waiting, now))
               or capacity.moved):
             admitted += self.queue.set_limit(capacity.limit(self.settings.l1_limit), now)
