@@ -31,13 +31,10 @@ import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import heapify, heappop, heappush, heapreplace
 from itertools import filterfalse
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from katyusha.core.delay import expected_delay_ms
 from katyusha.core.loadtable import LoadTable, PodEntry
-
-if TYPE_CHECKING:
-    from katyusha.core.policies.metrics import Load
 
 # Never equal to a time: a position whose due time was never worked out.
 _NEVER = object()
@@ -224,6 +221,12 @@ class _Index:
                 self._rekey(position, entry, now)
 
 
+class Keyed(Protocol):
+    """What a LowestIndex keys pods by: a metric (metrics.py, which imports this module)."""
+
+    def load(self, entry: PodEntry, now: float) -> object: ...
+
+
 class LowestIndex(_Index):
     """The ready pods by ``metric.load(entry, now)``; ``timed`` when the key moves with time as
     estimated_load does. ``metric.load`` is read at each look, not once: a metric may put a
@@ -231,7 +234,7 @@ class LowestIndex(_Index):
 
     __slots__ = ("_metric", "_keys", "_groups")
 
-    def __init__(self, table: LoadTable, metric: Load, *, timed: bool):
+    def __init__(self, table: LoadTable, metric: Keyed, *, timed: bool):
         super().__init__(table, timed=timed)
         self._metric = metric
         self._keys: list = []
