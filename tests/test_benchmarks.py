@@ -260,3 +260,13 @@ def test_tail_model_replicas_sharing_pods_cut_the_tail_at_concurrency_above_one(
     one = by_name["concurrency"]
     assert (tail_model.simulate(one, shared, seconds=5.0, seed=1)
             == tail_model.simulate(one, alone, seconds=5.0, seed=1))
+
+
+def test_sim_scale_reports_the_runs_cpu_time_beside_its_wall_time():
+    """A run's CPU time is the simulation's own work (one thread: at most its wall time), so a
+    slow wall time on a busy machine can be told from a slower simulator."""
+    from benchmarks import sim_scale
+
+    row = sim_scale.run(20, 4, 5, 4000)
+    assert row["requests"] > 3000 and row["completed"] == row["requests"] - row["drops"]
+    assert 0 < row["cpu_s"] <= row["wall_s"] * 1.02 + 0.01, row
