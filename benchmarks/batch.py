@@ -62,6 +62,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks import peers
 from benchmarks.checkout import use_tests
 
 use_tests()  # tests.procs and friends, from any working folder
@@ -233,17 +234,15 @@ def cpu_by_role(up) -> dict[str, float]:
                                    "katyusha": [p["pid"] for p in doc["katyusha"]],
                                    "nonna": [p["nonna"]["pid"] for p in doc["pods"]],
                                    "sim-backend": [p["sim"]["pid"] for p in doc["pods"]]}  # fmt: skip
-    tick = os.sysconf("SC_CLK_TCK")
     out = {}
     for role, pids in roles.items():
-        total = 0
+        total = 0.0
         for pid in pids:
             try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(peers.cpu_seconds(pid))
             except OSError:
                 continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-        out[role] = total / tick
+        out[role] = total
     return out
 
 

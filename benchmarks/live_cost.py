@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -36,14 +35,6 @@ from benchmarks.overhead import Pinning, katyusha
 from katyusha.procs import exit_on_signals
 
 CONNECTIONS = 32
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and kernel CPU seconds ``pid`` has used, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
-
 
 def context_switches(pid: int) -> tuple[int, int]:
     """Voluntary (waits: epoll) and involuntary (preempted) context switches of ``pid``'s threads."""
@@ -88,10 +79,10 @@ def strace_counts(pid: int, url: str, duration_s: float) -> dict[str, int]:
 def measure(running: peers.Running, duration_s: float, syscalls: bool) -> dict:
     url = running.url + "/"
     wrk.run(url, connections=CONNECTIONS, duration_s=1)  # warm-up: pools, caches
-    user0, kernel0 = cpu_seconds(running.pid)
+    user0, kernel0 = peers.cpu_seconds(running.pid)
     (waits0, preempted0), segments0 = context_switches(running.pid), tcp_out_segments()
     result = wrk.run(url, connections=CONNECTIONS, duration_s=duration_s)
-    user1, kernel1 = cpu_seconds(running.pid)
+    user1, kernel1 = peers.cpu_seconds(running.pid)
     waits, preempted = context_switches(running.pid)
     segments = tcp_out_segments() - segments0
     requests = result.requests

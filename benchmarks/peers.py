@@ -215,6 +215,14 @@ backend pods
             yield run
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and kernel CPU seconds ``pid`` has used, all its threads (utime and stime, fields
+    14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def rss_kb(pid: int, *, children: bool = True) -> int:
     """Resident memory of ``pid`` (plus its descendants) in KiB, from /proc."""
     total = 0

@@ -161,7 +161,8 @@ def test_overhead_pin_starts_the_proxy_on_one_core_and_the_load_on_the_others():
 
 
 def test_live_cost_reads_a_process_cpu_switches_and_the_machine_segments():
-    from benchmarks.live_cost import context_switches, cpu_seconds, tcp_out_segments
+    from benchmarks.live_cost import context_switches, tcp_out_segments
+    from benchmarks.peers import cpu_seconds
 
     user, kernel = cpu_seconds(os.getpid())
     deadline = time.process_time() + 0.3
