@@ -331,9 +331,11 @@ def _sim_clock(doc: dict, at: Path) -> list:
 
 @plotter("sim_scale")
 def _sim_scale(doc: dict, at: Path) -> list:
-    written = [bars(beside(at, "throughput"),
-                    {f"{doc['requests']:,} requests, {doc['pods']:,} pods": {
-                        "katyusha simulator": doc["requests_per_s"], "SimFaaS (published)": doc["simfaas_requests_per_s"]}},
+    rates = {"katyusha simulator": doc["requests_per_s"]}
+    if doc.get("simfaas"):
+        rates[f"SimFaaS here ({doc['simfaas']['requests']:,} requests)"] = doc["simfaas"]["requests_per_s"]
+    rates["SimFaaS (published)"] = doc["simfaas_requests_per_s"]
+    written = [bars(beside(at, "throughput"), {f"{doc['requests']:,} requests, {doc['pods']:,} pods": rates},
                     title="simulated requests per wall-clock second", ylabel="simulated requests per second")]
     growth = doc.get("growth") or {}
     if growth.get("pods"):

@@ -271,3 +271,48 @@ def test_sim_scale_reports_the_runs_cpu_time_beside_its_wall_time():
     row = sim_scale.run(20, 4, 5, 4000)
     assert row["requests"] > 3000 and row["completed"] == row["requests"] - row["drops"]
     assert 0 < row["cpu_s"] <= row["wall_s"] * 1.02 + 0.01, row
+
+
+def test_sim_scale_reports_simfaas_measured_in_the_same_run_and_the_ratio(tmp_path, capsys, monkeypatch):
+    """The peer is SimFaaS run here, after each of katyusha's runs: its measured wall time and rate, the
+    ratio of katyusha's rate to it in each pair, and katyusha's wall time scaled to the published machine.
+    simfaas is in the bench extra, which `make test` installs: CI fails without it."""
+    from benchmarks import sim_scale
+
+    if not sim_scale.simfaas_installed():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"simfaas is not installed: {sim_scale.SIMFAAS_INSTALL}")
+        pytest.skip(f"simfaas is not installed: {sim_scale.SIMFAAS_INSTALL}")
+    report = sim_scale.measure(20, 4, 5, 4000, repeats=2, peer_max_time=2000)
+    peer = report["simfaas"]
+    assert 1500 < peer["requests"] < 2100 and peer["max_time"] == 2000, peer  # 0.9 arrivals a second
+    assert peer["requests_per_s"] == pytest.approx(peer["requests"] / peer["wall_s"], rel=0.05)
+    assert len(peer["runs_wall_s"]) == len(report["pairs"]) == len(report["runs_wall_s"]) == 2
+    assert peer["requests"] == sim_scale.simfaas(2000)["requests"]  # seeded: the same trace each run
+    for one, wall in zip(report["pairs"], report["runs_wall_s"], strict=True):
+        assert one["katyusha_wall_s"] == wall and one["simfaas_wall_s"] in peer["runs_wall_s"]
+        assert one["ratio"] > 0
+        speedup = peer["requests"] / one["simfaas_wall_s"] / sim_scale.SIMFAAS_REQUESTS_PER_S
+        assert one["derived_wall_s_on_published_machine"] == pytest.approx(wall * speedup, abs=0.06)
+    ratios = sorted(p["ratio"] for p in report["pairs"])
+    assert report["ratio_to_simfaas_here"] == pytest.approx(sum(ratios) / 2, abs=1e-3)
+    assert report["simfaas_requests_per_s"] == 21_429 and "ratio" in report  # the published figure stays
+    # The command line prints them and writes them to its JSON (at this small size, not --quick's).
+    measure = sim_scale.measure
+    monkeypatch.setattr(sim_scale, "measure", lambda *a, repeats, peer_max_time: measure(
+        20, 4, 5, 4000, repeats=repeats, peer_max_time=peer_max_time and peer_max_time / 50))
+    assert sim_scale.main(["--quick", "--repeats", "2", "--json", str(tmp_path / "scale.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "SimFaaS 0.2.2 here, its README example (max_time 2000)" in printed, printed
+    assert "derived: katyusha's wall time on the machine of SimFaaS's published 42 s" in printed
+    written = json.loads((tmp_path / "scale.json").read_text())
+    assert written["simfaas"]["max_time"] == 2000 and len(written["pairs"]) == 2
+    assert {"ratio_to_simfaas_here", "derived_wall_s_on_published_machine", "ratio"} <= written.keys()
+
+
+def test_sim_scale_runs_without_the_peer():
+    from benchmarks import sim_scale
+
+    report = sim_scale.measure(20, 4, 5, 2000, peer_max_time=None)
+    assert report["simfaas"] is None and report["pairs"] == [] and "ratio_to_simfaas_here" not in report
+    assert report["requests"] > 1500 and report["simfaas_requests_per_s"] == 21_429
