@@ -138,8 +138,7 @@ class Environment:
                 # earlier than now (at() and after() see to it), so it goes into this bucket
                 # after _next or into a later one, and this bucket stays the one being run.
                 while position < len(current):
-                    first = current[position]
-                    when = first[0]
+                    when, callback, argument = current[position]
                     if when > limit:
                         if until is not None and self.now < until:
                             self.now = until
@@ -147,7 +146,7 @@ class Environment:
                     position += 1
                     self._next = position
                     self.now = when
-                    first[1](first[2])
+                    callback(argument)
                     count += 1
                     if stop is not None and stop():
                         return
