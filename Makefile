@@ -63,7 +63,8 @@ fleet: $(STAMP)
 	$(BIN)/katyusha fleet up $(FLEET_ARGS)
 
 # Peers for the benchmarks (nginx, HAProxy, wrk, hey) come from Debian's packages;
-# strace for benchmarks.live_cost's syscalls a request.
+# strace for benchmarks.live_cost's syscalls a request. SimFaaS (benchmarks.sim_scale's
+# peer) is in the `bench` extra, installed with the venv ($(STAMP)).
 bench-deps: $(STAMP)
 	@if command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && command -v hey >/dev/null && command -v strace >/dev/null; then \
 	  echo "bench peers present"; \
