@@ -39,6 +39,60 @@ async def exchange(reader, writer, request: bytes) -> tuple[bytes, dict, bytes]:
     return status, headers, body
 
 
+class _Transport:
+    def __init__(self):
+        self.writes, self.closed = [], False
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def get_extra_info(self, name, default=None):
+        return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
+
+
+class _TakingApp:
+    """An app whose fast path takes every body-less request and answers none."""
+
+    def __init__(self):
+        self.taken = []
+
+    def fast(self, exchange, server, now=None):
+        self.taken.append(exchange)
+        return True
+
+    async def __call__(self, scope, receive, send):  # pragma: no cover - never reached
+        raise AssertionError
+
+
+class _Config:
+    loaded, root_path = True, ""
+
+    def __init__(self, app):
+        self.loaded_app = app
+
+
+class _State:
+    connections, tasks, total_requests = set(), set(), 0
+
+
+def served(request: bytes):
+    """katyusha's server on a fake transport, fed ``request``: (server, transport, the exchange
+    its app's fast path took)."""
+    from katyusha.http.server import LeanHTTPProtocol
+
+    app, transport = _TakingApp(), _Transport()
+    server = LeanHTTPProtocol(_Config(app), _State(), {}, _loop=asyncio.get_running_loop())
+    server.connection_made(transport)
+    server.data_received(request)
+    return server, transport, app.taken[0]
+
+
 async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_alive_connection():
     seen: list[bytes] = []
 
@@ -150,51 +204,6 @@ async def test_a_whole_answer_from_header_pieces_is_one_write_and_a_line_break_i
     """The server's answer from the pieces of its header lines (as the fast path hands them):
     status line, lines, framing and body in one write; newlines in the body are the body's, a
     line break inside a header value closes the connection with nothing written."""
-    from katyusha.http.server import LeanHTTPProtocol
-
-    class Transport:
-        def __init__(self):
-            self.writes, self.closed = [], False
-
-        def write(self, data):
-            self.writes.append(bytes(data))
-
-        def is_closing(self):
-            return self.closed
-
-        def close(self):
-            self.closed = True
-
-        def get_extra_info(self, name, default=None):
-            return {"peername": ("127.0.0.1", 5000), "sockname": ("127.0.0.1", 80)}.get(name, default)
-
-    class App:
-        def __init__(self):
-            self.taken = []
-
-        def fast(self, exchange, server, now=None):
-            self.taken.append(exchange)
-            return True
-
-        async def __call__(self, scope, receive, send):  # pragma: no cover - never reached
-            raise AssertionError
-
-    class Config:
-        loaded, root_path = True, ""
-
-        def __init__(self, app):
-            self.loaded_app = app
-
-    class State:
-        connections, tasks, total_requests = set(), set(), 0
-
-    def served(request):
-        app, transport = App(), Transport()
-        server = LeanHTTPProtocol(Config(app), State(), {}, _loop=asyncio.get_running_loop())
-        server.connection_made(transport)
-        server.data_received(request)
-        return server, transport, app.taken[0]
-
     server, transport, taken = served(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     server.respond_lines(taken, 200, [b"x-a", b": ", b"1", b"\r\n", b"x-b: 2\r\n"], 2, False,
                          b"line\nline\n")
@@ -208,6 +217,41 @@ async def test_a_whole_answer_from_header_pieces_is_one_write_and_a_line_break_i
     server, transport, taken = served(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
     server.respond_lines(taken, 200, [b"x-a", b": ", b"1\r\nx-evil: 1", b"\r\n"], 1, False, b"ok")
     assert transport.writes == [] and transport.closed
+
+
+async def test_the_server_reads_version_keep_alive_path_and_query_of_a_head_as_the_parser_says():
+    """What the server makes of a request head (the version without asking the parser for its
+    string when the request keeps alive without naming Connection; the target's ? and # found in
+    its decoded str): the same scope and keep-alive for every kind of head."""
+    cases = [
+        # (request line and headers, http_version, keep-alive)
+        (b"GET /a HTTP/1.1\r\nHost: x\r\n", "1.1", True),
+        (b"GET /a HTTP/1.1\r\nConnection: close\r\n", "1.1", False),
+        (b"GET /a HTTP/1.1\r\nConnection: keep-alive\r\n", "1.1", True),
+        (b"GET /a HTTP/1.0\r\nHost: x\r\n", "1.0", False),
+        (b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n", "1.0", True),
+        (b"GET /a HTTP/1.0\r\nCONNECTION: Keep-Alive\r\n", "1.0", True),
+        # The parser reads Proxy-Connection as it reads Connection.
+        (b"GET /a HTTP/1.0\r\nProxy-Connection: keep-alive\r\n", "1.0", True),
+        (b"GET /a HTTP/2.0\r\n", "2.0", False),
+    ]
+    for head, version, keep_alive in cases:
+        _, _, taken = served(head + b"\r\n")
+        assert (taken.scope["http_version"], taken.keep_alive) == (version, keep_alive), head
+    targets = [
+        # (target, path, raw_path, query_string)
+        (b"/a", "/a", b"/a", b""),
+        (b"/a?x=1&y=%20", "/a", b"/a", b"x=1&y=%20"),
+        (b"/a#frag", "/a", b"/a", b""),
+        (b"/a?x=1#frag", "/a", b"/a", b"x=1#frag"),
+        (b"/caf%C3%A9?q", "/caf\u00e9", b"/caf%C3%A9", b"q"),
+        (b"/bad%FF?q", "/bad\ufffd", b"/bad%FF", b"q"),
+        (b"http://h.example/p?q=2", "/p", b"/p", b"q=2"),
+    ]
+    for target, path, raw_path, query in targets:
+        _, _, taken = served(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        scope = taken.scope
+        assert (scope["path"], scope["raw_path"], scope["query_string"]) == (path, raw_path, query), target
 
 
 async def test_a_fast_path_request_waits_on_its_exchange_which_lets_go_of_the_server_once_answered():
