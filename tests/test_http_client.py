@@ -617,6 +617,9 @@ async def test_start_lines_refuses_a_line_break_and_needs_an_idle_connection(ups
     (await pool.request(b"GET", b"/echo")).release()
     with pytest.raises(BadInput):
         pool.start_lines(b"GET", b"/", b"x-a: 1\r\nx-b: 2\r\n", 1, False, on_head=lambda *_: None)
+    for target in (b"/a b", b" /", b"/ "):  # a space in the target would split the request line
+        with pytest.raises(BadInput):
+            pool.start_lines(b"GET", target, b"", 0, False, on_head=lambda *_: None)
     assert pool.idle_count == 1  # nothing was sent on it
     await pool.close()
 

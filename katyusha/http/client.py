@@ -300,7 +300,8 @@ class Pool:
             count += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        if head.count(b"\n") != count or b" " in target:
+        # find, not `in`: a bytes `in` first tries its operand as an int, raising inside.
+        if head.count(b"\n") != count or target.find(b" ") != -1:
             raise BadInput(_bad_header(method, target, _lines_as_headers(
                 lines if lines.__class__ is bytes else b"".join(lines))))
         # _start_idle, inline: once per request on the fast path.
