@@ -58,13 +58,21 @@ class Histogram:
 def _observe_all(histogram: Histogram, values: tuple[float, ...]) -> None:
     """``histogram.observe`` of each of ``values``, in order, the buckets counted in C."""
     counts = histogram.counts
+    histogram.count += len(values)
+    zeros = values.count(0.0)
+    if zeros:
+        # Most L1 waits on the fast path (admitted at once): a zero's bucket is the first, and
+        # adding it leaves the sum as it is (the sum starts at +0.0, so it is never -0.0).
+        counts[bisect_left(histogram.bounds, 0.0)] += zeros
+        if zeros == len(values):
+            return
+        values = tuple(filter(None, values))
     for bucket, n in Counter(map(partial(bisect_left, histogram.bounds), values)).items():
         counts[bucket] += n
     total = histogram.total
     for value in values:  # one at a time, as observe adds them: the same float sum
         total += value
     histogram.total = total
-    histogram.count += len(values)
 
 
 # Fast answers put aside before they are counted (ProxyStats.answered).
@@ -146,14 +154,31 @@ class ProxyStats:
         _observe_all(self._l1_wait, waits)
         _observe_all(self._upstream_latency, latencies)
         recent = self._recent_latency
-        for (pod, index), n in Counter(zip(pods, map(sketch_index, latencies), strict=True)).items():
+        size = len(answers)
+        # Most batches are one pod's (and one status'): counted without a tuple an answer.
+        # (A pod's name is the same str object in every answer of its, found by identity.)
+        one_pod = pods.count(pods[0]) == size
+        if one_pod:
+            pod = pods[0]
             sketch = recent.get(pod)
             if sketch is None:
                 sketch = recent[pod] = {}
-            sketch[index] = sketch.get(index, 0) + n
+            for index, n in Counter(map(sketch_index, latencies)).items():
+                sketch[index] = sketch.get(index, 0) + n
+        else:
+            for (pod, index), n in Counter(zip(pods, map(sketch_index, latencies),
+                                               strict=True)).items():
+                sketch = recent.get(pod)
+                if sketch is None:
+                    sketch = recent[pod] = {}
+                sketch[index] = sketch.get(index, 0) + n
         responses = self._responses
-        for key, n in Counter(zip(statuses, pods, strict=True)).items():
-            responses[key] = responses.get(key, 0) + n
+        if one_pod and statuses.count(statuses[0]) == size:
+            key = (statuses[0], pods[0])
+            responses[key] = responses.get(key, 0) + size
+        else:
+            for key, n in Counter(zip(statuses, pods, strict=True)).items():
+                responses[key] = responses.get(key, 0) + n
 
     def take_recent_latency(self) -> dict[str, dict[int, int]]:
         """The per-pod latency sketches since the last call, which starts new ones."""
