@@ -91,16 +91,18 @@ class _Config:
         self.loaded_app = app
 
 
-def fast_path(loop) -> tuple:
+def fast_path(loop, *flags: str) -> tuple:
     """katyusha's data server and one pooled upstream connection on fake transports, in process:
     (server, upstream, to_client, to_pod). ``server.data_received(_REQUEST)`` then
-    ``upstream.data_received(_ANSWER)`` is one body-less request on the fast path."""
+    ``upstream.data_received(_ANSWER)`` is one body-less request on the fast path. ``flags``:
+    more of ``katyusha serve``'s flags."""
     from katyusha.http.connection import Connection
     from katyusha.proxy import config as settings
     from katyusha.proxy.cli import build_parser, flags_from_args
     from katyusha.proxy.runtime import Proxy, data_http
 
-    flags = flags_from_args(build_parser().parse_args(["--pod", f"{_UPSTREAM},name=backend,node=local"]))
+    flags = flags_from_args(build_parser().parse_args(
+        ["--pod", f"{_UPSTREAM},name=backend,node=local", *flags]))
     config = settings.load(flags=flags, environ={})
     proxy = Proxy(config)
     pool = proxy.pools.get(_UPSTREAM)

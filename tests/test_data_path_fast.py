@@ -269,3 +269,28 @@ async def test_a_fast_path_request_waits_on_its_exchange_which_lets_go_of_the_se
     upstream.data_received(_ANSWER)
     assert to_client.writes == 1 and exchange.complete
     assert exchange.server is None and server._parsing is exchange
+
+
+async def test_a_request_that_may_be_hedged_is_left_to_its_task():
+    # The fast path has no hedge timer: with hedging on, a GET that could be hedged now (the
+    # budget has a token: one every 20 requests, none at first) goes on in a task, which sends it (and its
+    # hedge if it comes to that); with hedging off, every GET goes out from the parser's callback.
+    from benchmarks.bytecodes_per_request import _ANSWER, _REQUEST, fast_path
+
+    async def until(transport, writes):
+        for _ in range(100):
+            if transport.writes == writes:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError(f"{transport.writes} writes, not {writes}")
+
+    for flags, expected in (((), 40), (("--hedge", "true", "--hedge-delay", "50ms"), 20)):
+        server, upstream, to_client, to_pod = fast_path(asyncio.get_running_loop(), *flags)
+        at_once = 0
+        for sent in range(1, 41):
+            server.data_received(_REQUEST)
+            at_once += to_pod.writes == sent
+            await until(to_pod, sent)
+            upstream.data_received(_ANSWER)
+            await until(to_client, sent)
+        assert at_once == expected, flags
