@@ -486,7 +486,7 @@ class DataApp:
         headers = scope["headers"]
         router = self.router
         live = router.only or router.match(_header(headers, _HOST), scope["path"])
-        if live is None or (live.hedging and live.core.hedge_delay(scope["method"], False) is not None):
+        if live is None or live.core.hedge_delay(scope["method"], False) is not None:
             return False  # a request that may be hedged needs its task for the hedge's timer
         if now is None:
             now = (self._loop or self.loop).time()

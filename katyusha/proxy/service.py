@@ -37,9 +37,6 @@ class LiveService:
         self.hosts = hosts
         self.path_prefix = path_prefix
         self.core = ServiceBalancer(settings, rng=rng, on_idle=self._on_idle)
-        # Whether any request may be hedged (the settings' switch, fixed for the service's life):
-        # the data app's fast path asks the core for a hedge delay only then.
-        self.hedging = settings.hedge.enabled
         self.stats = ProxyStats()
         self.on_demand: Callable[[], None] | None = None
         self.on_health: Callable[[], None] | None = None
