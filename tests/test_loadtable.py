@@ -4,6 +4,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from katyusha.core.errors import ConfigError
 from katyusha.core.feedback import Feedback
@@ -160,6 +162,40 @@ def test_old_report_ages_out_to_local_counts():
     assert table.is_fresh(a, 2.0)
     assert not table.is_fresh(a, 2.01)
     assert table.estimated_load(a, 2.5) == a.in_flight == 1
+
+
+# A pod's life as steps: ("d", dt) a dispatch, ("r", dt, queue, in_flight) a response with a
+# report, ("n", dt) a response without one, ("f", dt) a failure.
+_STEPS = st.lists(st.one_of(
+    st.tuples(st.just("d"), st.floats(0, 1.5)),
+    st.tuples(st.just("r"), st.floats(0, 1.5), st.integers(0, 30), st.integers(0, 10)),
+    st.tuples(st.just("n"), st.floats(0, 1.5)),
+    st.tuples(st.just("f"), st.floats(0, 1.5)),
+), max_size=40)
+
+
+@given(_STEPS, st.floats(0, 3))
+def test_estimate_is_the_report_or_own_in_flight_whichever_is_more(steps, wait):
+    """estimated_load works out reported_load's sum itself (on the hot path): both say the same."""
+    table = LoadTable(stale_after_s=2.0, failure_hold_s=0.5)
+    a = table.upsert("a", "http://a")
+    now = 0.0
+    for step in steps:
+        now += step[1]
+        if step[0] == "d":
+            table.on_dispatch(a, now)
+        elif step[0] == "r":
+            table.on_response(a, now, 0.01, report(step[2], step[3]))
+        elif step[0] == "n":
+            table.on_response(a, now, 0.01, None)
+        else:
+            table.on_failure(a, now)
+    now += wait
+    reported = table.reported_load(a, now)
+    expected = a.in_flight if reported is None else max(reported, a.in_flight)
+    if a.consecutive_failures and now - a.failed_at < table.failure_hold_s:
+        expected += min(a.consecutive_failures, 8) * FAILURE_LOAD
+    assert table.estimated_load(a, now) == expected
 
 
 def test_snapshot_is_json():
