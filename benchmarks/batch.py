@@ -436,11 +436,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({six['rows_per_s']} vs {one['rows_per_s']} rows/s; "
               f"most pods {six['max_pods']} vs {one['max_pods']})")
     failed = [name for name, run in result["runs"].items() if run["lost"] or run["duplicated"]]
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     from benchmarks import plots
 
-    plots.write("batch", result, args.json)
+    plots.save("batch", result, args.json)
     if args.plot:
         plots.batch_timeline(args.plot, result)
     if failed:

@@ -547,12 +547,9 @@ def main(argv: list[str] | None = None) -> int:
           f"pooled {document['recovery_pooled_vs_baseline_windows']}; back to normal (p99 within "
           f"{NORMAL_WITHIN:g}x of the baseline's at the same moments) from {document['normal_from_s_worst']} s "
           f"after a return at the latest")
-    if args.json:
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {args.json}")
     from benchmarks import plots
 
-    plots.write("chaos", document, args.json)
+    plots.save("chaos", document, args.json)
     return 0
 
 

@@ -341,11 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'nginx':10} {peer['errors']:>8} {_f(peer['first_response_s']):>11} "
               f"{_f(peer['p50_ms']):>8} {_f(peer['p99_ms']):>8}")  # fmt: skip
     print(f"back to zero {_f(report['back_to_zero_s'])}s after the step; most pods serving: {report['max_pods']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     from benchmarks import plots
 
-    plots.write("coldstart", report, args.json)
+    plots.save("coldstart", report, args.json)
     if "plot" in report:
         print(f"plot: {report['plot']}")
     return 0

@@ -32,7 +32,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 from benchmarks import loadgen, peers
 from benchmarks.checkout import child_env, use_tests
@@ -162,12 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"katyusha p99 / best peer p99 per run: {ratios}; median {document['p99_ratio_vs_best_peer']:.2f}; "
           f"katyusha errors {katyusha_errors:.4%}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote {args.json}")
     from benchmarks import plots
 
-    plots.write("dropin", document, args.json)
+    plots.save("dropin", document, args.json)
     return 0
 
 

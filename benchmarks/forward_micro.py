@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import json
 import os
 import pstats
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from benchmarks import wrk
 from benchmarks.peers import free_port, nginx_proxy, nginx_static, wait_port
@@ -124,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                             for name, r in rows},
                 "ratio_vs_nginx_direct": round(via_forward.rps / direct.rps, 3),
                 "ratio_vs_nginx_proxy": round(via_forward.rps / via_nginx.rps, 3)}
-    if args.json:
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     from benchmarks import plots
 
-    plots.write("forward_micro", document, args.json)
+    plots.save("forward_micro", document, args.json)
     return 0
 
 

@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_no + 1} {name:9s} {json.dumps(row)}", flush=True)
     result = {"connections": CONNECTIONS, "duration_s": args.duration,
               "pinned": pinning.describe() if args.pin else None, "systems": figures}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    plots.write("live_cost", result, args.json)
+    plots.save("live_cost", result, args.json)
     return 0
 
 

@@ -23,7 +23,6 @@ what candidate pruning costs in placement quality (``pruning_cost_gap``).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -211,12 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nspeedup_at_2700={result['speedup_at_2700']} "
           f"cost_ratio_at_2700={result['cost_ratio_at_2700']} "
           f"seconds_10000_pods_12500_nodes={result['seconds_10000_pods_12500_nodes']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
     from benchmarks import plots
 
-    plots.write("placement", result, args.json)
+    plots.save("placement", result, args.json)
     return 0
 
 

@@ -1,6 +1,7 @@
 """PNG plots every benchmark shares (matplotlib, the `bench` extra): one look, units on every axis.
 
-Every benchmark's main() ends with ``plots.write("NAME", document, args.json)``:
+Every benchmark's main() ends with ``plots.save("NAME", document, args.json)``, which writes the JSON, then
+``plots.write("NAME", document, args.json)``:
 the plotter registered for NAME (:data:`PLOTTERS`) draws the benchmark's
 PNGs from the very JSON document it wrote, next to it (``beside(json_path,
 name)``: ``overhead.json`` -> ``overhead-throughput.png``), so a PNG can be
@@ -11,6 +12,7 @@ written, or None (with a message) when matplotlib is not installed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -151,7 +153,7 @@ def panels(path: str | Path, t: Sequence[float], rows: Mapping[str, Mapping[str,
 
 # ---------------------------------------------------------------------------------------------------
 # One plotter per benchmark: its JSON document in, its PNGs next to that JSON out.
-# A benchmark's main() ends with ``plots.write("NAME", document, args.json)``.
+# A benchmark's main() ends with ``plots.save("NAME", document, args.json)``: the JSON, then ``write``.
 
 Plotter = Callable[[dict, Path], list]
 PLOTTERS: dict[str, Plotter] = {}
@@ -180,6 +182,18 @@ def write(benchmark: str, document: dict, json_path: str | Path | None) -> list[
     for path in written:
         print(f"wrote {path}")
     return written
+
+
+def save(benchmark: str, document: dict, json_path: str | Path | None) -> list[Path]:
+    """Write ``document`` as ``json_path`` (indented, one trailing newline) and print where, then its PNGs.
+
+    The ending every benchmark's main() shares; nothing is written without a path.
+    """
+    if not json_path:
+        return []
+    Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return write(benchmark, document, json_path)
 
 
 def _median(values: Sequence[float]) -> float:

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import json
 import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from katyusha.core.feedback import Feedback
 from katyusha.core.loadtable import LoadTable
@@ -216,12 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
     from benchmarks import plots
 
-    plots.write("policy_micro", result, args.json)
+    plots.save("policy_micro", result, args.json)
     if args.check and largest == 10_000 and not within:
         return 1
     return 0

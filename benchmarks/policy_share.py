@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -128,11 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every pod started is stopped (a timeout's kill left them running).
     exit_on_signals()
     table = asyncio.run(main_async(args.runs))
-    if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
     from benchmarks import plots
 
-    plots.write("policy_share", table, args.json)
+    plots.save("policy_share", table, args.json)
     return 0
 
 

@@ -20,7 +20,6 @@ import random
 import sys
 import time
 from collections import deque
-from pathlib import Path
 
 from katyusha.sim.clock import Environment
 
@@ -111,11 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"  simpy:              {peer[0]:.2f} s, {args.requests / peer[0]:,.0f} req/s, "
                          f"mean wait {peer[1] * 1e3:.3f} ms  (clock is {peer[0] / ours[0]:.1f}x faster)\n")
     sys.stdout.write(json.dumps(report) + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     from benchmarks import plots
 
-    plots.write("sim_clock", report, args.json)
+    plots.save("sim_clock", report, args.json)
     return 0
 
 

@@ -822,11 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         if "live" in cold:
             print(f"coldstart: live {cold['live']}\n  same number of cold starts: {cold['same_cold_starts']}, "
                   f"first response rel err {cold['first_response_rel_err']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     from benchmarks import plots
 
-    plots.write("sim_vs_live", report, args.json)
+    plots.save("sim_vs_live", report, args.json)
     return 0
 
 

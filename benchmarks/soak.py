@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -165,11 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:28} {value}")
     result["over_time"] = {"t": [round(s[0], 1) for s in samples], "rss_mb": [round(s[1], 1) for s in samples],
                            "fds": [s[2] for s in samples]}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
     from benchmarks import plots
 
-    plots.write("soak", result, args.json)
+    plots.save("soak", result, args.json)
     return 0 if result["rss_ok"] and result["fds_back_to_idle"] and not result["errors"] else 1
 
 

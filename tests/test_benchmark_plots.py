@@ -47,8 +47,8 @@ def test_every_benchmark_writes_its_pngs_through_plots():
             assert OWN_PLOTTING[name] in source, name
             continue
         calls = [node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
-                 and ast.unparse(node.func) == "plots.write"]
-        assert calls, f"benchmarks/{name}.py never calls plots.write"
+                 and ast.unparse(node.func) in ("plots.save", "plots.write")]
+        assert calls, f"benchmarks/{name}.py never calls plots.save or plots.write"
         assert all(ast.literal_eval(call.args[0]) == name for call in calls), name
         assert name in plots.PLOTTERS, name
 
@@ -90,3 +90,13 @@ def test_the_docs_show_the_current_pngs():
 
     for link in re.findall(r"\((results/[^)]+\.png)\)", docs):
         assert (ROOT / "docs" / link).exists(), link
+
+
+def test_save_writes_the_document_as_json_then_its_pngs_and_nothing_without_a_path(tmp_path, capsys):
+    doc = json.loads((SHAPES / "sim_clock.json").read_text())
+    at = tmp_path / "clock.json"
+    written = plots.save("sim_clock", doc, str(at))
+    assert json.loads(at.read_text()) == doc and at.read_text().endswith("}\n")
+    assert written and all(p.exists() and p.name.startswith("clock-") for p in written)
+    assert f"wrote {at}" in capsys.readouterr().out
+    assert plots.save("sim_clock", doc, None) == [] and sorted(tmp_path.iterdir()) == sorted([at, *written])
