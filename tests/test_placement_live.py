@@ -223,6 +223,8 @@ def test_default_fleet_gets_nodes_that_hold_all_their_slots():
         ({"nodes": [{"name": "a", "labels": {"x": [1]}}]}, "nodes[0].labels.x"),
         ({"nodes": [{"name": "a", "zone": "b"}]}, "nodes[0].zone"),
         ({"nodes": []}, "nodes"),
+        ({"services": [{"cpu": 1}]}, "services[0].name"),
+        ({"services": [{"name": "w"}, {"name": "w"}]}, "services[1].name"),
         ({"services": [{"name": "w", "max_per_node": 0}]}, "services[0].max_per_node"),
         ({"services": [{"name": "w", "node_affinity": {"required": [{"match": [{"key": "z", "operator": "Near"}]}]}}]},
          "services[0].node_affinity.required[0].match[0].operator"),

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from katyusha.config_values import parse_bool
@@ -67,16 +67,7 @@ def parse_nodes(raw: Any) -> tuple[Node, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("nodes", "must be a number of nodes or a non-empty list of nodes")
     nodes = []
-    seen: set[str] = set()
-    for i, item in enumerate(raw):
-        where = f"nodes[{i}]"
-        doc = _mapping(item, where, _NODE_KEYS)
-        if "name" not in doc:
-            raise ConfigError(f"{where}.name", "required")
-        name = _name(doc["name"], f"{where}.name")
-        if name in seen:
-            raise ConfigError(f"{where}.name", f"{name!r} is used by another node")
-        seen.add(name)
+    for where, doc, name in _named_items(raw, "nodes", _NODE_KEYS, "node"):
         cpu = parse_cpu(doc.get("cpu", DEFAULT_NODE_CPU / 1000), f"{where}.cpu")
         ram = parse_ram(doc.get("ram", DEFAULT_NODE_RAM), f"{where}.ram")
         max_pods = _int(doc.get("max_pods", DEFAULT_MAX_PODS), f"{where}.max_pods", low=1)
@@ -99,16 +90,7 @@ def parse_services(raw: Any) -> tuple[tuple[ServiceSpec, ...], dict[str, dict]]:
         raise ConfigError("services", "must be a non-empty list of services")
     services = []
     annotations: dict[str, dict] = {}
-    seen: set[str] = set()
-    for i, item in enumerate(raw):
-        where = f"services[{i}]"
-        doc = _mapping(item, where, _SERVICE_KEYS)
-        if "name" not in doc:
-            raise ConfigError(f"{where}.name", "required")
-        name = _name(doc["name"], f"{where}.name")
-        if name in seen:
-            raise ConfigError(f"{where}.name", f"{name!r} is used by another service")
-        seen.add(name)
+    for where, doc, name in _named_items(raw, "services", _SERVICE_KEYS, "service"):
         cpu = parse_cpu(doc.get("cpu", DEFAULT_SERVICE_CPU / 1000), f"{where}.cpu")
         ram = parse_ram(doc.get("ram", DEFAULT_SERVICE_RAM), f"{where}.ram")
         image = doc.get("image", f"{name}:latest")
@@ -125,6 +107,21 @@ def parse_services(raw: Any) -> tuple[tuple[ServiceSpec, ...], dict[str, dict]]:
             annotations[name] = _mapping(doc["annotations"], f"{where}.annotations", None)
         services.append(ServiceSpec(name, cpu, ram, image.strip(), affinity, tols, limit, gang))
     return tuple(services), annotations
+
+
+def _named_items(raw: list, field: str, keys: set[str], kind: str) -> Iterator[tuple[str, dict, str]]:
+    """Each ``field[i]`` of ``raw`` as (its path, its mapping, its name): a name required and used once."""
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"{field}[{i}]"
+        doc = _mapping(item, where, keys)
+        if "name" not in doc:
+            raise ConfigError(f"{where}.name", "required")
+        name = _name(doc["name"], f"{where}.name")
+        if name in seen:
+            raise ConfigError(f"{where}.name", f"{name!r} is used by another {kind}")
+        seen.add(name)
+        yield where, doc, name
 
 
 def parse_cpu(value: Any, where: str) -> int:
