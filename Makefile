@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: compile test test-deps system-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
+.PHONY: compile test test-uvicorn test-deps system-deps fleet lint venv bench-deps bench clean compose-file compose-deps wheelhouse base-image prometheus-image compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ compile: $(STAMP)
 
 test: $(STAMP) test-deps system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The data-path tests again with katyusha's ASGI app on uvicorn's own protocol
+# (`http-server: uvicorn`): the lean server is one implementation of the same
+# behaviour. What only the lean server does is asserted only under it
+# (tests/procs.py, LEAN_SERVER). A step of .ci/run, after `make test`.
+UVICORN_TESTS := tests/test_data_path_fast.py tests/test_datapath.py tests/test_katyusha_proxy.py \
+	tests/test_retries_e2e.py tests/test_hedge_e2e.py tests/test_health_e2e.py tests/test_unreachable_app.py
+test-uvicorn: $(STAMP)
+	KATYUSHA_HTTP_SERVER=uvicorn $(BIN)/python -m pytest -q $(PYTEST_ARGS) $(UVICORN_TESTS)
 
 # What the tests need from Debian: PostgreSQL's server binaries for
 # tests/test_batch_postgres.py (which starts its own throwaway server; the

@@ -16,12 +16,18 @@ from pathlib import Path
 from katyusha.procs import Proc as _Proc
 from katyusha.procs import script
 
-__all__ = ["NO_DRAIN_GRACE", "FleetUp", "Proc", "get_json", "script", "wait_for"]
+__all__ = ["LEAN_SERVER", "NO_DRAIN_GRACE", "FleetUp", "Proc", "get_json", "script", "wait_for"]
 
 # On SIGTERM katyusha and nonna keep accepting for drain-grace (5 s by default)
 # so a balancer in front can stop sending first. Tests that do not test
 # shutdown stop them at once; tests/test_edge_shutdown.py passes the flag.
 NO_DRAIN_GRACE = {"KATYUSHA_DRAIN_GRACE": "0", "NONNA_DRAIN_GRACE": "0"}
+
+# `make test-uvicorn` runs the data-path tests again with the ASGI app on uvicorn's own
+# protocol (KATYUSHA_HTTP_SERVER=uvicorn). What only katyusha's lean server does (the
+# head limits' 431, its 400 wording, a small chunked answer sent with a Content-Length;
+# docs/katyusha.md, `http-server`) is asserted where this is true.
+LEAN_SERVER = os.environ.get("KATYUSHA_HTTP_SERVER", "lean").strip().lower() == "lean"
 
 
 class Proc(_Proc):

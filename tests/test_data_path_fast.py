@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.katyusha_fleet import katyusha
+from tests.procs import LEAN_SERVER
 from tests.test_http_client import raw_server, read_request_head
 
 ANSWERS = {
@@ -34,9 +35,16 @@ async def exchange(reader, writer, request: bytes) -> tuple[bytes, dict, bytes]:
     writer.write(request)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     status, headers = parse(head)
+    if request.startswith(b"HEAD"):
+        return status, headers, b""
+    if headers.get(b"transfer-encoding", [b""])[-1].lower() == b"chunked":
+        body = b""
+        while size := int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).split(b";")[0], 16):
+            body += (await reader.readexactly(size + 2))[:-2]
+        await reader.readuntil(b"\r\n")  # no trailers: the blank line after the last chunk
+        return status, headers, body
     length = int(headers.get(b"content-length", [b"0"])[0])
-    body = await reader.readexactly(length) if length and not request.startswith(b"HEAD") else b""
-    return status, headers, body
+    return status, headers, await reader.readexactly(length)
 
 
 class _Transport:
@@ -138,8 +146,9 @@ async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_aliv
 
                 status, got, body = await exchange(
                     reader, writer, b"GET /chunked HTTP/1.1\r\nHost: a\r\nX-Request-Id: mine\r\n\r\n")
-                assert body == b"ok" and got[b"content-length"] == [b"2"]
-                assert b"transfer-encoding" not in got and got[b"x-end"] == [b"2"]
+                assert body == b"ok" and got[b"x-end"] == [b"2"]
+                if LEAN_SERVER:  # katyusha's server sends a small chunked answer with its length
+                    assert got[b"content-length"] == [b"2"] and b"transfer-encoding" not in got
                 assert got[b"x-request-id"] == [b"mine"] and parse(seen[-1])[1][b"x-request-id"] == [b"mine"]
 
                 status, got, body = await exchange(reader, writer, b"GET /named HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -158,7 +167,7 @@ async def test_body_less_requests_and_their_answers_are_rewritten_on_a_kept_aliv
 
             # HTTP/1.0 asking for keep-alive keeps it, and is told so.
             reader, writer = await asyncio.open_connection(host, int(port))
-            for _ in range(2):
+            for _ in range(2 if LEAN_SERVER else 0):  # uvicorn's protocol closes any HTTP/1.0 connection
                 status, got, body = await exchange(
                     reader, writer, b"GET /plain HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n")
                 assert body == b"ok" and got[b"connection"] == [b"keep-alive"]

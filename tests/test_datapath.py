@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.procs import Proc, script
+from tests.procs import LEAN_SERVER, Proc, script
 
 CHUNK = 64 * 1024
 
@@ -306,6 +306,8 @@ def test_32k_of_headers_pass_and_oversize_heads_get_431(proxy):
     status, _, body = get(proxy.url, "/headers", headers)
     assert status == 200, body
     assert b"header_bytes" in body
+    if not LEAN_SERVER:
+        return  # under uvicorn's protocol the head limits do not apply (docs/katyusha.md, http-server)
     many = b"".join(b"x-huge-%d: %b\r\n" % (index, b"v" * 8000) for index in range(20))
     reply = send_raw(proxy.url, b"GET /hello HTTP/1.1\r\nHost: t\r\n" + many + b"\r\n")
     assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
@@ -335,7 +337,7 @@ def send_raw(url: str, data: bytes) -> bytes:
 def test_malformed_request_gets_400_and_others_carry_on(proxy):
     reply = send_raw(proxy.url, b"GET /hello HTTP/1.1\r\nHost t\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
-    assert b"invalid HTTP request" in reply
+    assert (b"invalid HTTP request" if LEAN_SERVER else b"Invalid HTTP request") in reply
     assert get(proxy.url, "/hello")[0] == 200
 
 
