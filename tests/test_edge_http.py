@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from tests.procs import Proc, script
+from tests.raw_http import connect, read_all
 from tests.test_datapath import Upstream
 
 
@@ -31,21 +32,6 @@ def front(request, upstream):
         argv = [script("nonna"), "--upstream", upstream.url, "--concurrency", "0"]
     with Proc([*argv, "--port", "0", "--admin-port", "0"], ready_timeout=30) as proc:
         yield proc
-
-
-def connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=10)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    reply = b""
-    try:
-        while chunk := sock.recv(65536):
-            reply += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return reply
 
 
 def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, dict, bytes]:

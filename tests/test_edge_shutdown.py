@@ -19,6 +19,7 @@ import pytest
 
 from katyusha.proxy.config import load
 from tests.procs import Proc, script
+from tests.raw_http import send_raw
 from tests.test_datapath import Upstream
 
 
@@ -38,13 +39,7 @@ def healthz(proc: Proc) -> int:
 
 
 def one_request(url: str, path: str) -> bytes:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"GET %b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-        return reply
+    return send_raw(url, b"GET %b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
 
 
 def test_default_drain_grace_is_five_seconds():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import select
-import socket
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.procs import Proc, script
+from tests.raw_http import connect, read_all
 from tests.test_datapath import Upstream
 
 SMALL = ["--header-timeout", "1", "--body-timeout", "1", "--keepalive-timeout", "1",
@@ -75,21 +75,6 @@ def front(request, upstream):
         argv = [script("nonna"), "--upstream", upstream.url, "--concurrency", "0"]
     with Proc([*argv, "--port", "0", "--admin-port", "0", *SMALL], ready_timeout=30) as proc:
         yield proc
-
-
-def connect(url: str, timeout: float = 10) -> socket.socket:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    reply = b""
-    try:
-        while chunk := sock.recv(65536):
-            reply += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return reply
 
 
 def rss_mb(pid: int) -> float:

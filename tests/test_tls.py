@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import trustme
 
 from tests.procs import Proc, script
+from tests.raw_http import send_raw
 
 
 @pytest.fixture(scope="module")
@@ -102,14 +102,7 @@ def test_curl_and_an_ssl_client_are_served_over_tls(front, pki):
 
 
 def test_plain_http_on_the_tls_port_gets_a_400_saying_so_and_tls_goes_on(front, pki):
-    sock = socket.create_connection(host_port(front.url), timeout=5)
-    try:
-        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    finally:
-        sock.close()
+    reply = send_raw(front.url, b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", timeout=5)
     assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
     assert reply.endswith(b"this port speaks HTTPS (TLS): use an https:// URL")
     done = subprocess.run(["curl", "-sS", "http://" + front.url.split("://", 1)[1] + "/hello"],

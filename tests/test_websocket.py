@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.edge_servers import start_chain, stop_all
 from tests.procs import Proc, get_json, script
+from tests.raw_http import send_raw
 
 
 def ws_url(proc: Proc, path: str = "/ws") -> str:
@@ -87,14 +88,7 @@ async def test_refused_upgrade_passes_the_pods_answer_through(chain):
             pass
     assert refused.value.response.status_code == 403
     # An upgrade to a protocol the app does not speak: its plain answer, then close.
-    sock = socket.create_connection(chain.url.removeprefix("http://").split(":"), timeout=10)
-    try:
-        sock.sendall(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(65536):
-            reply += chunk
-    finally:
-        sock.close()
+    reply = send_raw(chain.url, b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     assert reply.endswith(b"hello")
 
