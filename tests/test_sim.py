@@ -510,6 +510,38 @@ def test_the_clock_runs_events_in_time_then_scheduling_order(resolution):
     assert env.events == len(ran) and env.peek() == math.inf
 
 
+def test_halt_ends_the_run_after_the_event_that_asks_and_the_rest_wait():
+    # halt() is run()'s stop without a question after every event: the simulation's drain
+    # uses it (the request that ends last halts the clock), so the run's end time and event
+    # count must be what stop would give, in a bucket run whole and in one cut by ``until``.
+    from katyusha.sim.clock import Environment
+
+    for until in (None, 0.004):
+        env = Environment(resolution=0.01)
+        ran = []
+
+        def note(label, env=env, ran=ran):
+            ran.append((env.now, label, env.peek()))
+            if label == "halter":
+                env.at(env.now, note, "after-halt")  # scheduled after the halt: waits
+                env.halt()
+                env.halt()  # twice in one event: one halt
+
+        env.at(0.001, note, "first")
+        env.at(0.002, note, "halter")
+        env.at(0.002, note, "same-time")  # due at the halting event's time, after it: waits
+        env.at(0.003, note, "later")
+        env.run(until=until)
+        # peek() from a callback sees the next event not yet run (the halting one: the marker).
+        assert [label for _, label, _ in ran] == ["first", "halter"]
+        assert ran[0][2] == 0.002
+        assert env.now == 0.002 and env.events == 2
+        assert env.peek() == 0.002
+        env.run(until=until)
+        assert [label for _, label, _ in ran] == ["first", "halter", "same-time", "after-halt", "later"]
+        assert env.events == 5 and env.peek() is None
+
+
 def test_a_run_leaves_nothing_to_the_cycle_collector():
     # The collector's automatic runs are off while the clock runs (a full collection walks every
     # request in flight): that is only safe while an ended request holds no reference cycle.

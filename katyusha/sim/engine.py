@@ -242,6 +242,7 @@ class Simulation:
         self.phases = SlotPhases()
         self.busy: dict[str, RunningPod] = {}
         self.open = 0
+        self._draining = False  # set once arrivals are over: the request that ends last halts the clock
         self.latency = {}
         regions = {node.region for node in self.nodes} | {scenario.katyusha_region}
         for a in regions:
@@ -491,6 +492,8 @@ class Simulation:
             self.env.at(now + self.release, self._release, handle)
             return
         self.open -= 1
+        if not self.open and self._draining:
+            self.env.halt()
         self._record(request, request.status, drop)
         for ticket in admitted:
             self._dispatch(ticket)
@@ -498,6 +501,8 @@ class Simulation:
     def _release(self, handle) -> None:
         """``overhead.release`` after a response reached katyusha: the request ends, its slot is free."""
         self.open -= 1
+        if not self.open and self._draining:
+            self.env.halt()
         for ticket in handle.done(self.env.now):
             self._dispatch(ticket)
 
@@ -534,6 +539,8 @@ class Simulation:
         for ticket, error in front.balancer.expire(now):
             request: Request = ticket.payload
             self.open -= 1
+            if not self.open and self._draining:
+                self.env.halt()
             status = getattr(error, "status_hint", 503)
             self._record(request, status, "no-pod" if status == 503 else "l1-timeout")
             for admitted in front.balancer.end(ticket, now):
@@ -951,8 +958,11 @@ class Simulation:
                 self.env.run(until=t)
                 if bar is not None:
                     bar.update(round(t) - bar.n)
+            # The drain: every request that ends from here on asks whether it was the last,
+            # and the last one halts the clock (its time is the run's end).
+            self._draining = True
             while self.open > 0 and self.env.now < self._end and self.env.peek() is not None:
-                self.env.run(until=min(self.env.now + step, self._end), stop=lambda: self.open == 0)
+                self.env.run(until=min(self.env.now + step, self._end))
         finally:
             if collecting:
                 gc.freeze()
