@@ -23,9 +23,13 @@ service, the response and its piggybacked report back. See docs/simulator.md.
 from __future__ import annotations
 
 import gc
+import math
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
+from itertools import cycle
+from operator import attrgetter
 from pathlib import Path
 
 from katyusha.core.actuation import (
@@ -70,6 +74,10 @@ from katyusha.sim.scenario import Scenario, Service
 from sim_backend.monitor import Profile, modelled
 
 WAKE_TIMEOUT_S = 300.0
+_NAME = attrgetter("name")
+# Feedback(...) as its named tuple's own _make builds it, without __new__'s Python frame:
+# every field given, the last (the state, which nonna's report leaves out) None.
+_feedback = partial(tuple.__new__, Feedback)
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -124,12 +132,20 @@ class SimService:
         self.work_rng = random.Random(f"{seed}:work:{spec.name}")
         self.arrivals = 0
         self.trace_index = 0
-        self.next_front = 0
+        self.next_front: Iterator[Front] = iter(())  # the fronts in turn (Simulation sets it)
         self.created = 0
         self.autoscaled = False
         self.arriving = True
-        # The workload's peak rate (a property of a frozen workload: read once, not per arrival).
-        self.peak_rate = spec.workload.peak_rate
+        # What each arrival reads of the frozen workload, read once: its peak rate, whether it is
+        # Poisson (no thinning draw), how many requests it makes, and the work of each (a trace's
+        # given list, or a draw from the service-time distribution with the work stream).
+        workload = spec.workload
+        self.peak_rate = workload.peak_rate
+        self.poisson = workload.kind == "poisson"
+        self.trace = workload.kind == "trace"
+        self.last = math.inf if workload.requests is None else workload.requests
+        self.works = workload.works
+        self.draw_work = partial(spec.service_time.sample, self.work_rng)
 
 
 class Front:
@@ -149,7 +165,8 @@ class SimPod:
     """One pod: node, lifecycle, nonna's sidecar, and the seed's state API for scripted experiments."""
 
     __slots__ = ("sim", "name", "service", "node", "lifecycle", "sidecar", "spec", "running", "move", "drain_wait",
-                 "speed", "timer_at", "last_state", "serving_since", "pod_seconds", "joined", "hook_at")
+                 "speed", "timer_at", "last_state", "serving_since", "pod_seconds", "joined", "hook_at", "hop_in",
+                 "hop_out")
 
     def __init__(self, sim: Simulation, name: str, service: SimService, node: SimNode, state: PodState):
         self.sim = sim
@@ -165,6 +182,9 @@ class SimPod:
         self.move: PodMove | None = None
         self.drain_wait = 0
         self.speed = node.speed * spec.speed.get(node.name, spec.speed.get(node.group, 1.0))
+        # Seconds from katyusha's replicas (all in one region) to this pod's node, and back.
+        self.hop_in = node.delay_from[sim.scenario.katyusha_region]
+        self.hop_out = node.delay_to[sim.scenario.katyusha_region]
         self.timer_at: float | None = None
         self.last_state = state
         self.serving_since: float | None = sim.env.now if state in SERVING else None
@@ -203,23 +223,27 @@ class SimPod:
 
 
 class Request:
-    """One request on its way: where it is, and t1 (arrival at katyusha) to t4 (end of service)."""
+    """One request on its way: where it is, and t1 (arrival at katyusha) to t4 (end of service).
 
-    __slots__ = ("front", "ticket", "handle", "pod", "work", "t1", "t2", "t3", "t4", "l2", "feedback", "status",
-                 "error", "number")
+    The fields a request may end without are class attributes until set (no slots, so an
+    arrival sets four fields rather than twelve). Its tickets hold it as their payload, and
+    it holds none of them (the L2 ticket is its end of service's argument): the only
+    reference cycle, through the open try's ``handle`` and its ticket, is cut when it ends."""
+
+    t2: float | None = None
+    t3: float | None = None
+    t4: float | None = None
+    pod: SimPod | None = None
+    handle = None
+    feedback: Feedback | None = None
+    status = 0
+    error: str | None = None
 
     def __init__(self, front: Front, work: float, now: float, number: int):
         self.number = number
         self.front = front
         self.work = work
         self.t1 = now
-        self.t2 = self.t3 = self.t4 = None
-        self.pod: SimPod | None = None
-        self.handle = None
-        self.l2 = None
-        self.feedback = None
-        self.status = 0
-        self.error = None
 
 
 class Simulation:
@@ -272,6 +296,8 @@ class Simulation:
                 front.balancer = ServiceBalancer(service_settings, rng=random.Random(f"{seed}:policy:{index}:{name}"),
                                                  on_idle=self._idle)
                 svc.fronts.append(front)
+        for svc in self.services.values():
+            svc.next_front = cycle(svc.fronts)
         self.policy = self.services[scenario.services[0].name].fronts[0].balancer.policy.name
         self.controller: ScaleController | None = None
         self.decisions = 0
@@ -323,11 +349,11 @@ class Simulation:
             self.arriving -= 1
 
     def _schedule_arrival(self, svc: SimService) -> bool:
-        workload = svc.spec.workload
-        if workload.requests is not None and svc.arrivals >= workload.requests:
+        if svc.arrivals >= svc.last:
             return False
         horizon = self.scenario.duration
-        if workload.kind == "trace":
+        if svc.trace:
+            workload = svc.spec.workload
             if svc.trace_index >= len(workload.times):
                 return False
             when = workload.times[svc.trace_index]
@@ -345,7 +371,7 @@ class Simulation:
             t += rng.expovariate(peak)
             if t > horizon:
                 return False
-            if workload.kind == "poisson" or rng.random() * peak <= workload.rate_at(t):
+            if svc.poisson or rng.random() * peak <= svc.spec.workload.rate_at(t):
                 self.env.at(t, self._arrive, svc)
                 return True
 
@@ -355,13 +381,9 @@ class Simulation:
             svc.arriving = False
             self.arriving -= 1
         now = self.env.now
-        fronts = svc.fronts
-        front = fronts[svc.next_front]
-        svc.next_front = (svc.next_front + 1) % len(fronts)
-        works = svc.spec.workload.works
-        work = works[svc.arrivals - 1] if works else svc.spec.service_time.sample(svc.work_rng)
-        request = Request(front, work, now, svc.arrivals)
-        self.recorder.arrivals[svc.name] += 1
+        front = next(svc.next_front)
+        works = svc.works
+        request = Request(front, works[svc.arrivals - 1] if works else svc.draw_work(), now, svc.arrivals)
         balancer = front.balancer
         try:
             # offer() then, when admitted, dispatch() (_dispatch's first step) in one call.
@@ -371,7 +393,6 @@ class Simulation:
             return
         self.open += 1
         ticket.payload = request
-        request.ticket = ticket
         journal = self.journal
         if journal is not None:
             journal.append(("offer", request.number, now))
@@ -401,7 +422,7 @@ class Simulation:
         pod = request.pod = self.pods[handle.entry.name]
         if self.journal is not None:
             self.journal.append(("pick", request.number, now, pod.name))
-        delay = pod.node.delay_from[request.front.region]  # self.latency's
+        delay = pod.hop_in
         if delay:
             self.env.at(now + delay, self._at_pod, request)
         else:
@@ -416,7 +437,6 @@ class Simulation:
         except QueueFull:
             self._respond(request, sidecar.report(None, now), 503, QUEUE_FULL)
             return
-        request.l2 = ticket
         if ticket.state == "admitted":
             self._serve(pod, ticket)
         else:
@@ -436,16 +456,17 @@ class Simulation:
         request.t3 = now
         pod.lifecycle.request_started(now)
         pod.node.in_flight += 1
-        self.env.at(now + (request.work / pod.speed + self.pod_overhead), self._finish, request)
+        self.env.at(now + (request.work / pod.speed + self.pod_overhead), self._finish, ticket)
 
-    def _finish(self, request: Request) -> None:
+    def _finish(self, ticket) -> None:
+        """End of service of the request of ``ticket`` (its L2 ticket)."""
+        request: Request = ticket.payload
         pod = request.pod
         now = self.env.now
         request.t4 = now
         pod.lifecycle.request_finished(now)
         pod.node.in_flight -= 1
         sidecar = pod.sidecar
-        ticket = request.l2
         report = sidecar.head(ticket, now)
         if self.pod_release:
             # The response leaves now; the pod's slot is freed a little later (overhead.pod-release).
@@ -465,11 +486,11 @@ class Simulation:
 
     def _respond(self, request: Request, report, status: int, error: str | None) -> None:
         pod = request.pod
-        request.feedback = Feedback(report.queue_length, report.in_flight, pod.sidecar.concurrency,
-                                    report.queue_s * 1000.0, report.app_s * 1000.0, pod.name, pod.node.name)
+        request.feedback = _feedback((report.queue_length, report.in_flight, pod.sidecar.concurrency,
+                                      report.queue_s * 1000.0, report.app_s * 1000.0, pod.name, pod.node.name, None))
         request.status = status
         request.error = error
-        delay = pod.node.delay_to[request.front.region]  # self.latency's
+        delay = pod.hop_out
         if delay:
             self.env.at(self.env.now + delay, self._at_katyusha, request)
         else:
@@ -478,23 +499,24 @@ class Simulation:
     def _at_katyusha(self, request: Request) -> None:
         now = self.env.now
         handle = request.handle
-        if self.release:
-            handle.on_head(now, request.feedback, request.status, request.error)
+        feedback, status, error = request.feedback, request.status, request.error
+        release = self.release
+        if release:
+            handle.on_head(now, feedback, status, error)
         else:
-            admitted = request.front.balancer.complete(handle, now, request.feedback, request.status,
-                                                       request.error)
+            admitted = request.front.balancer.complete(handle, now, feedback, status, error)
         if self.journal is not None:
-            self.journal.append(("head", request.number, now, request.feedback, request.status, request.error))
-        drop = None if request.status == 200 else ("l2-full" if request.error == QUEUE_FULL else "l2-timeout")
-        if self.release:
+            self.journal.append(("head", request.number, now, feedback, status, error))
+        drop = None if status == 200 else ("l2-full" if error == QUEUE_FULL else "l2-timeout")
+        if release:
             # The request's latency ends here; its pod's slot is held a little longer (overhead.release).
-            self._record(request, request.status, drop)
-            self.env.at(now + self.release, self._release, handle)
+            self._record(request, status, drop)
+            self.env.at(now + release, self._release, handle)
             return
         self.open -= 1
         if not self.open and self._draining:
             self.env.halt()
-        self._record(request, request.status, drop)
+        self._record(request, status, drop)
         for ticket in admitted:
             self._dispatch(ticket)
 
@@ -511,16 +533,8 @@ class Simulation:
         self.recorder.request(request.front.service.name, request.front.replica,
                               pod.name if pod is not None else None, pod.node.name if pod is not None else None,
                               request.t1, request.t2, request.t3, request.t4, self.env.now, status, drop)
-        # The request has ended: drop the references between it and its tickets (the payloads are
-        # ours), so that it is freed at once rather than left to the cycle collector.
-        ticket = request.ticket
-        if ticket is not None:
-            ticket.payload = None
-            request.ticket = None
-        l2 = request.l2
-        if l2 is not None:
-            l2.payload = None
-            request.l2 = None
+        # The request has ended: drop the cycle through its try (the handle holds its ticket,
+        # whose payload it is), so that it is freed at once rather than left to the collector.
         request.handle = None
 
     # -- timers: L1 and L2 deadlines ---------------------------------------------------------------
@@ -566,7 +580,7 @@ class Simulation:
 
     def current(self, svc: SimService) -> int:
         """Pods of ``svc`` asked for: waking or serving (as the live actuator counts them)."""
-        return self.phases.asked_for(pod.name for pod in svc.pods)
+        return self.phases.asked_for(map(_NAME, svc.pods))
 
     def _demand(self, svc: SimService) -> Demand:
         reports = [{svc.name: Demand(**front.balancer.demand())} for front in svc.fronts]
@@ -884,6 +898,8 @@ class Simulation:
         pod.spec = PodSpec(pod.name, pod.spec.url, node.name, None, spec.container_concurrency)
         pod.running = RunningPod(pod.name, pod.service.name, node.name, spec.cpu_m, spec.ram_mib)
         pod.speed = node.speed * spec.speed.get(node.name, spec.speed.get(node.group, 1.0))
+        pod.hop_in = node.delay_from[self.scenario.katyusha_region]
+        pod.hop_out = node.delay_to[self.scenario.katyusha_region]
 
     def pod(self, name: str) -> SimPod:
         return self.pods[name]
@@ -987,7 +1003,7 @@ class Simulation:
             drops = dict(sorted(recorder.drops[name].items()))
             figures = latency_figures(recorder.latencies[name])
             services[name] = {
-                "requests": recorder.arrivals[name],
+                "requests": svc.arrivals,
                 "completed": len(recorder.latencies[name]),
                 "drops": sum(drops.values()),
                 "drop_reasons": drops,

@@ -40,6 +40,8 @@ class Recorder:
                  requests: bool = True):
         self.keep = keep
         self.request_rows = requests
+        # Whether a request's row goes anywhere (kept, or a folder to write it to).
+        self._request_rows = requests and (keep or folder is not None)
         self.rows: dict[str, list[tuple]] = {name: [] for name in TABLES}
         self._files: dict[str, IO[str]] = {}
         self._writers: dict[str, object] = {}
@@ -55,7 +57,6 @@ class Recorder:
                 self._files[name] = handle
                 self._writers[name] = writer
         self.latencies: dict[str, array] = {s: array("d") for s in services}
-        self.arrivals: dict[str, int] = dict.fromkeys(services, 0)
         self.drops: dict[str, dict[str, int]] = {s: {} for s in services}
 
     def row(self, table: str, values: tuple) -> None:
@@ -73,7 +74,7 @@ class Recorder:
         else:
             counts = self.drops[service]
             counts[drop] = counts.get(drop, 0) + 1
-        if self.request_rows and (self.keep or "requests" in self._writers):
+        if self._request_rows:
             self.row("requests", (service, replica, pod, node, t1, t2, t3, t4, done, latency_ms, status, drop))
 
     def close(self) -> None:
