@@ -486,15 +486,23 @@ def test_the_clock_runs_events_in_time_then_scheduling_order(resolution):
         if len(scheduled) < 3000:
             for _ in range(rng.choice((0, 1, 2))):
                 delay = rng.choice((0.0, 0.0007, 0.0007, 0.25, rng.expovariate(1.0), rng.lognormvariate(0, 2)))
+                if rng.random() < 0.2:
+                    # At a bucket's edge, or a rounding step either side of it: the clock files
+                    # a time before the running bucket's last one into that bucket by time.
+                    edge = (int(env.now / resolution) + rng.choice((1, 1, 2))) * resolution
+                    add(rng.choice((edge, math.nextafter(edge, 0.0), math.nextafter(edge, math.inf))))
+                    continue
                 add(env.now + delay)
 
     def add(when, past=False):
         label = len(scheduled)
-        scheduled.append((max(when, env.now), label))
         if past or rng.random() < 0.5:
+            scheduled.append((max(when, env.now), label))
             env.at(when, note, label)
         else:
-            env.after(when - env.now, note, label)
+            delay = when - env.now
+            scheduled.append((env.now + delay if delay > 0 else env.now, label))  # after()'s time, rounded as it is
+            env.after(delay, note, label)
 
     for _ in range(50):
         add(rng.uniform(0, 5))

@@ -38,7 +38,8 @@ _WHEN = itemgetter(0)
 class Environment:
     """Simulated seconds and the events due at them."""
 
-    __slots__ = ("now", "events", "_per_s", "_buckets", "_order", "_current", "_next", "_current_id", "_running")
+    __slots__ = ("now", "events", "_per_s", "_buckets", "_order", "_current", "_next", "_current_id", "_running",
+                 "_bound")
 
     def __init__(self, start: float = 0.0, resolution: float = RESOLUTION_S):
         """``resolution``: the simulated seconds one bucket spans (any positive value gives the same order)."""
@@ -54,8 +55,22 @@ class Environment:
         self._current: list[tuple[float, Callable[[Any], None], Any]] = []
         self._next = 0
         self._current_id = int(self.now * self._per_s)
+        self._bound = self._bound_of(self._current_id)
         # While run() takes a bucket whole: its iterator over _current, which _next lags behind.
         self._running = None
+
+    def _bound_of(self, number: int) -> float:
+        """A time before which every time falls in bucket ``number`` or an earlier one.
+
+        A time from now to this bound is scheduled into the bucket being run, by time: it is
+        earlier than every event of a later bucket, so the order is the heap's."""
+        if abs(number) >= 2**52:  # far out (or infinity's bucket): every time takes _put's way
+            return -math.inf
+        per_s = self._per_s
+        bound = (number + 1) / per_s
+        while int(bound * per_s) > number:  # rounding: step down to the last time of this bucket
+            bound = math.nextafter(bound, -math.inf)
+        return bound
 
     def _position(self) -> int:
         """The place in _current of the first event not yet run."""
@@ -89,22 +104,23 @@ class Environment:
                 self._buckets[self._current_id] = current[position:]
                 heappush(self._order, self._current_id)
             self._current_id = number
+            self._bound = self._bound_of(number)
             self._current = [item]
             self._next = 0
             self._running = None
 
     def at(self, when: float, callback: Callable[[Any], None], argument: Any = None) -> None:
         """Call ``callback(argument)`` at simulated time ``when`` (never before ``now``)."""
-        if when > self.now and when < _FAR:
-            # _put's common cases inline: the bucket being run (a hop of a millisecond or
-            # less), or a later one that has events already (most of the others). In the
-            # bucket being run, every event before the first not yet run is due no later than
-            # now, so a search of the whole bucket finds the place a search after them would.
-            number = int(when * self._per_s)
-            if number == self._current_id:
+        if when < self._bound:
+            if when > self.now:
+                # Into the bucket being run, by time (a hop of a millisecond or less): every
+                # event before the first not yet run is due no later than now, so a search of
+                # the whole bucket finds the place a search after them would.
                 insort_right(self._current, (when, callback, argument), key=_WHEN)
                 return
-            bucket = self._buckets.get(number)
+        elif when < _FAR:
+            # A later bucket that has events already (most of the other events).
+            bucket = self._buckets.get(int(when * self._per_s))
             if bucket is not None:
                 bucket.append((when, callback, argument))
                 return
@@ -124,6 +140,7 @@ class Environment:
             if not order:
                 return None
             self._current_id = number = heappop(order)
+            self._bound = self._bound_of(number)
             self._current = current = self._buckets.pop(number)
             self._running = None
             current.sort(key=_WHEN)  # stable: equal times stay in scheduling order
