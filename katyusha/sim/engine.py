@@ -508,15 +508,18 @@ class Simulation:
         if self.journal is not None:
             self.journal.append(("head", request.number, now, feedback, status, error))
         drop = None if status == 200 else ("l2-full" if error == QUEUE_FULL else "l2-timeout")
+        # The request's latency ends here (_record's, for a request that reached a pod).
+        front, pod = request.front, request.pod
+        self.recorder.request(front.service.name, front.replica, pod.name, pod.node.name, request.t1, request.t2,
+                              request.t3, request.t4, now, status, drop)
+        request.handle = None
         if release:
-            # The request's latency ends here; its pod's slot is held a little longer (overhead.release).
-            self._record(request, status, drop)
+            # Its pod's slot is held a little longer (overhead.release).
             self.env.at(now + release, self._release, handle)
             return
         self.open -= 1
         if not self.open and self._draining:
             self.env.halt()
-        self._record(request, status, drop)
         for ticket in admitted:
             self._dispatch(ticket)
 
