@@ -1,6 +1,6 @@
 """The simulator at scale: 1,000 nodes, 10,000 pods in 100 services, 1,000,000 requests, KPA and min-cost flow.
 
-Run as ``python -m benchmarks.sim_scale [--quick] [--json PATH] [--repeats N] [--no-peer]``.
+Run as ``python -m benchmarks.sim_scale [--quick] [--json PATH] [--repeats N] [--no-peer] [--bytecodes]``.
 
 Every service starts from zero pods; katyusha's default policy balances, the
 KPA autoscaler (container concurrency 10, target 70%: 7 in flight per pod)
@@ -35,6 +35,14 @@ time for the run: well under ``wall_s`` when the run waited for a core),
 ``simfaas_requests_per_s`` and ``ratio`` (the published figure), ``simfaas``
 (the measured peer, or null), ``ratio_to_simfaas_here``, ``pairs``,
 ``derived_wall_s_on_published_machine`` and ``growth``.
+
+``--bytecodes`` times nothing: it counts the bytecodes executed and the
+Python frames entered a simulated request (``sys.settrace`` with
+``f_trace_opcodes`` around ``Simulation.run``) over 200 nodes, 20 services x
+max 100 pods and 40,000 requests (4,000 with ``--quick``), and the functions
+that execute the most. The count is exact, the same at every run of one
+tree under ``PYTHONHASHSEED=0``: the measure of a cut that the machine's
+drift hides from the wall time (docs/simulator.md, "Scale").
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
@@ -111,6 +120,44 @@ def run(nodes: int, services: int, pods_per_service: int, requests: int) -> dict
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
         "requests_per_s": round(arrived / wall),
+    }
+
+
+def bytecodes(nodes: int, services: int, pods_per_service: int, requests: int, *, top: int = 12) -> dict:
+    """Bytecodes executed and frames entered a request by ``Simulation.run`` of :func:`scenario`, and the
+    ``top`` functions by bytecodes (each with its bytecodes and calls a request). Slow: traced."""
+    sc = scenario(nodes, services, pods_per_service, requests)
+    sim = Simulation(sc, recorder=Recorder([s.name for s in sc.services], keep=False, requests=False))
+    ops: Counter = Counter()
+    frames: Counter = Counter()
+
+    def enter(frame, event, _):
+        code = frame.f_code
+        frames[code] += 1
+        frame.f_trace_opcodes = True
+
+        def local(_frame, event, _arg):
+            if event == "opcode":
+                ops[code] += 1
+            return local
+
+        return local
+
+    sys.settrace(enter)
+    try:
+        summary = sim.run()
+    finally:
+        sys.settrace(None)
+    arrived = sum(s["requests"] for s in summary["services"].values())
+    return {
+        "requests": arrived,
+        "events": summary["events"],
+        "bytecodes_per_request": round(sum(ops.values()) / arrived, 1),
+        "frames_per_request": round(sum(frames.values()) / arrived, 2),
+        "top": [{"function": code.co_qualname, "file": code.co_filename.rsplit("/", 2)[-1],
+                 "line": code.co_firstlineno, "bytecodes_per_request": round(count / arrived, 1),
+                 "calls_per_request": round(frames[code] / arrived, 2)}
+                for code, count in ops.most_common(top)],
     }
 
 
@@ -191,9 +238,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of the main case, each followed by SimFaaS's (the medians are reported)")
     parser.add_argument("--main-only", action="store_true", help="skip the growth cases")
     parser.add_argument("--no-peer", action="store_true", help="do not run SimFaaS")
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="time nothing: count bytecodes and frames a request (200 nodes, 20 x 100 pods, "
+                             "40,000 requests; a tenth with --quick)")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
     out = sys.stdout
+    if args.bytecodes:
+        counted = bytecodes(200, 20, 100, 40_000 // scale)
+        out.write(f"{counted['requests']:,} requests, {counted['events']:,} events: "
+                  f"{counted['bytecodes_per_request']:,.1f} bytecodes and {counted['frames_per_request']:.2f} "
+                  f"frames a request\n")
+        for row in counted["top"]:
+            out.write(f"  {row['bytecodes_per_request']:7.1f} in {row['calls_per_request']:5.2f} calls  "
+                      f"{row['function']} ({row['file']}:{row['line']})\n")
+        if args.json:
+            Path(args.json).write_text(json.dumps(counted, indent=2) + "\n")
+        return 0
     peer_max_time = None
     if not args.no_peer:
         if simfaas_installed():

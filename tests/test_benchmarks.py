@@ -273,6 +273,21 @@ def test_sim_scale_reports_the_runs_cpu_time_beside_its_wall_time():
     assert 0 < row["cpu_s"] <= row["wall_s"] * 1.02 + 0.01, row
 
 
+def test_sim_scale_counts_bytecodes_and_frames_a_request_exactly():
+    # The measure of a cut that the machine's drift hides: the same count at every run of a tree
+    # (each in a fresh process, as the command runs it: a second run in one process finds caches warm).
+    code = "import json; from benchmarks import sim_scale; print(json.dumps(sim_scale.bytecodes(20, 4, 5, 400, top=5)))"
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    first, second = (json.loads(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                               capture_output=True, text=True).stdout) for _ in range(2))
+    assert first == second
+    assert first["requests"] > 300 and first["events"] > 3 * first["requests"]
+    assert 500 < first["bytecodes_per_request"] < 50_000 and 10 < first["frames_per_request"] < 1_000
+    assert len(first["top"]) == 5
+    assert sum(row["bytecodes_per_request"] for row in first["top"]) < first["bytecodes_per_request"]
+    assert {"Environment.run", "Environment.at"} & {row["function"] for row in first["top"]}
+
+
 def test_sim_scale_reports_simfaas_measured_in_the_same_run_and_the_ratio(tmp_path, capsys, monkeypatch):
     """The peer is SimFaaS run here, after each of katyusha's runs: its measured wall time and rate, the
     ratio of katyusha's rate to it in each pair, and katyusha's wall time scaled to the published machine.
