@@ -518,6 +518,19 @@ def test_the_clock_runs_events_in_time_then_scheduling_order(resolution):
     assert env.events == len(ran) and env.peek() == math.inf
 
 
+def test_the_simulators_feedback_is_the_cores_feedback_with_every_field():
+    # The simulator builds each response's Feedback by tuple.__new__ (no __new__ frame), giving
+    # every field: a field the core adds (with a default) must be given here too, or the tuple
+    # would be short of it.
+    from katyusha.core.feedback import Feedback
+    from katyusha.sim.engine import _feedback
+
+    values = (3, 7, 10, 1.5, 12.25, "pod-1", "node-1", None)
+    built = _feedback(values)
+    assert type(built) is Feedback
+    assert built == Feedback(*values[:7]) and built._asdict() == Feedback(*values)._asdict()
+
+
 def test_halt_ends_the_run_after_the_event_that_asks_and_the_rest_wait():
     # halt() is run()'s stop without a question after every event: the simulation's drain
     # uses it (the request that ends last halts the clock), so the run's end time and event
