@@ -74,11 +74,11 @@ from katyusha.sim.scenario import Scenario, Service
 from sim_backend.monitor import Profile, modelled
 
 WAKE_TIMEOUT_S = 300.0
+DRAIN_TIMEOUT_S = 60.0
 _NAME = attrgetter("name")
 # Feedback(...) as its named tuple's own _make builds it, without __new__'s Python frame:
 # every field given, the last (the state, which nonna's report leaves out) None.
 _feedback = partial(tuple.__new__, Feedback)
-DRAIN_TIMEOUT_S = 60.0
 
 
 class SimNode:
