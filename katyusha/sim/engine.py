@@ -225,25 +225,21 @@ class SimPod:
 class Request:
     """One request on its way: where it is, and t1 (arrival at katyusha) to t4 (end of service).
 
-    The fields a request may end without are class attributes until set (no slots, so an
-    arrival sets four fields rather than twelve). Its tickets hold it as their payload, and
-    it holds none of them (the L2 ticket is its end of service's argument): the only
-    reference cycle, through the open try's ``handle`` and its ticket, is cut when it ends."""
+    Its tickets hold it as their payload, and it holds none of them (the L2 ticket is its end
+    of service's argument): the only reference cycle, through the open try's ``handle`` and its
+    ticket, is cut when it ends. Slots, each set before it is read: ``feedback``, ``status`` and
+    ``error`` by the response, the rest here. (Defaults as class attributes would spare the
+    stores, but CPython 3.11 then leaves every load of those names unspecialised: docs/simulator.md,
+    "Scale".)"""
 
-    t2: float | None = None
-    t3: float | None = None
-    t4: float | None = None
-    pod: SimPod | None = None
-    handle = None
-    feedback: Feedback | None = None
-    status = 0
-    error: str | None = None
+    __slots__ = ("front", "handle", "pod", "work", "t1", "t2", "t3", "t4", "feedback", "status", "error", "number")
 
     def __init__(self, front: Front, work: float, now: float, number: int):
         self.number = number
         self.front = front
         self.work = work
         self.t1 = now
+        self.t2 = self.t3 = self.t4 = self.pod = self.handle = None
 
 
 class Simulation:
