@@ -218,17 +218,17 @@ def choose_retirements(nodes: Sequence[Node], services: Mapping[str, ServiceSpec
     capacity = {n.name: n for n in nodes}
     order = [n.name for n in nodes] + sorted({v.node for v in serving} - set(capacity))
     position = {v.name: i for i, v in enumerate(serving)}
-    left = list(serving)
+    left = {v.name: v for v in serving}  # by name: taking one out compares no views
     chosen: list[Retire] = []
     for _ in range(max(0, min(count, len(serving)))):
         by_node: dict[str, list[SlotView]] = {}
-        for v in left:
+        for v in left.values():
             by_node.setdefault(v.node, []).append(v)
         shares = {n: _dominant_share(capacity.get(n), pods, services) for n, pods in by_node.items()}
         node = max(by_node, key=lambda n: (shares[n], len(by_node[n]), order.index(n)))
         pick = min(by_node[node], key=lambda v: (v.state is ACTIVE, -position[v.name]))
         chosen.append(Retire(pick.name, pick.node))
-        left.remove(pick)
+        del left[pick.name]
     return tuple(chosen)
 
 
