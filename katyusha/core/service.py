@@ -295,13 +295,7 @@ class ServiceBalancer:
         QueueFull (503) when the queue is full, BadInput (400) for a priority
         out of range.
         """
-        ticket: ServiceTicket = self.queue.offer(None, now, priority=priority)  # type: ignore[assignment]
-        self.budget.on_request(now)
-        if self.hedger.enabled:
-            self.hedger.on_request()
-        ticket.tries_left = self.settings.retries
-        ticket.idempotent = idempotent
-        return ticket
+        return self.offer_dispatch(now, idempotent=idempotent, priority=priority, dispatch=False)
 
     @property
     def needs_pods(self) -> bool:
@@ -330,14 +324,20 @@ class ServiceBalancer:
             ticket.hedge = None
         return self._send(ticket, now, avoid)
 
-    def offer_dispatch(self, now: float, *, idempotent: bool = True) -> ServiceTicket:
-        """:meth:`offer` of a request (priority 0) and, when it is admitted at once,
-        :meth:`dispatch` of it, in one call: ``ticket.dispatch`` is then the try's handle.
-        It is None when the ticket waits: not admitted, or admitted while no pod is
-        ready (it then waits again at the front, as after ``dispatch``). Raises as
+    def offer_dispatch(self, now: float, *, idempotent: bool = True, priority: int = 0,
+                       dispatch: bool = True) -> ServiceTicket:
+        """:meth:`offer` of a request and, when it is admitted at once, :meth:`dispatch` of it,
+        in one call: ``ticket.dispatch`` is then the try's handle. It is None when the ticket
+        waits: not admitted, or admitted while no pod is ready (it then waits again at the
+        front, as after ``dispatch``). ``dispatch`` False: :meth:`offer` alone. Raises as
         :meth:`offer` does."""
-        ticket = self.offer(now, idempotent=idempotent)
-        if ticket.state is ADMITTED:
+        ticket: ServiceTicket = self.queue.offer(None, now, priority=priority)  # type: ignore[assignment]
+        self.budget.on_request(now)
+        if self.hedger.enabled:
+            self.hedger.on_request()
+        ticket.tries_left = self.settings.retries
+        ticket.idempotent = idempotent
+        if dispatch and ticket.state is ADMITTED:
             # dispatch()'s checks hold for a ticket just made: no try yet, no hedge.
             self._send(ticket, now, ())
         return ticket

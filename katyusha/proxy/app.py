@@ -36,7 +36,7 @@ from katyusha.proxy.asgi import lifespan, respond_json
 from katyusha.proxy.config import ProxyConfig
 from katyusha.proxy.hedging import HedgedForward
 from katyusha.proxy.metrics import ProxyStats
-from katyusha.proxy.service import LiveService
+from katyusha.proxy.service import LiveService, wake
 
 log = logging.getLogger("katyusha")
 
@@ -340,8 +340,10 @@ class FastExchange(Exchange):
                                                   timing)
                         feedback = (parse_feedback(headers) if app.uses_feedback
                                     and (built is None or built[3]) else None)
-                        live.complete(handle, now, feedback, status)
+                        admitted = live.core.complete(handle, now, feedback, status)
                         ended = True
+                        if admitted:
+                            wake(admitted)
                         if built is None:  # a Connection header naming others: the general filter
                             server.respond(self, status, _downstream(
                                 response_headers(headers), app.keep_nonna, self.request_id,
@@ -492,11 +494,13 @@ class DataApp:
             now = (self._loop or self.loop).time()
         try:
             # The offer and, when admitted at once, the dispatch: one core call.
-            ticket = live.offer_dispatch(now, scope["method"] in IDEMPOTENT)
+            ticket = live.core.offer_dispatch(now, idempotent=scope["method"] in IDEMPOTENT)
         except KatyushaError:
             return False  # the ASGI path offers again and answers the refusal
         self.in_progress += 1
         handle = ticket.dispatch
+        if handle is None:
+            live.waits(ticket)
         # One pass from the client's headers to the pod's header lines (forwarding's
         # added), which also finds the request's id; when the client brought forwarding
         # headers, the same from forwarding's rewrite (None: a Connection header names others).

@@ -63,22 +63,14 @@ class LiveService:
         """``core.offer``; a ticket that must wait gets its future. Raises QueueFull, BadInput."""
         ticket = self.core.offer(now, priority=priority, idempotent=idempotent)
         if ticket.state is not ADMITTED:
-            self._waits(ticket)
-        return ticket
-
-    def offer_dispatch(self, now: float, idempotent: bool) -> ServiceTicket:
-        """``core.offer_dispatch`` (priority 0): the handle is ``ticket.dispatch``; a ticket
-        that must wait (None there) gets its future. Raises QueueFull."""
-        ticket = self.core.offer_dispatch(now, idempotent=idempotent)
-        if ticket.dispatch is None:
-            self._waits(ticket)
+            self.waits(ticket)
         return ticket
 
     def dispatch(self, ticket: ServiceTicket, now: float) -> Dispatch | None:
         """``core.dispatch``; when no pod is ready the ticket waits again on a new future."""
         handle = self.core.dispatch(ticket, now)
         if handle is None:
-            self._waits(ticket)
+            self.waits(ticket)
         return handle
 
     def end(self, ticket: ServiceTicket) -> None:
@@ -86,15 +78,12 @@ class LiveService:
         loop = self._loop or self.loop
         admitted = self.core.end(ticket, loop.time())
         if admitted:
-            _wake(admitted)
+            wake(admitted)
 
-    def complete(self, handle: Dispatch, now: float, feedback, status: int) -> None:
-        """``core.complete``: a whole response ended the request; the tickets let in after it are woken."""
-        admitted = self.core.complete(handle, now, feedback, status)
-        if admitted:
-            _wake(admitted)
-
-    def _waits(self, ticket: ServiceTicket) -> None:
+    def waits(self, ticket: ServiceTicket) -> None:
+        """The ticket waits (for admission, or for a pod): it gets a future, resolved or failed
+        by the call that lets it in or expires it. (The fast path calls ``core.offer_dispatch``
+        and ``core.complete`` itself, then this or :func:`wake`: a frame less a request each.)"""
         ticket.payload = self.loop.create_future()
         if self._timer_at is None or ticket.deadline < self._timer_at:
             self._arm_timer()
@@ -132,7 +121,7 @@ class LiveService:
         core = self.core
         admitted = core.take_admitted()
         if admitted:
-            _wake(admitted)
+            wake(admitted)
         if core.health.events:
             for event in core.take_health_events():
                 log_health_event(self.name, event, self.now())
@@ -143,7 +132,7 @@ class LiveService:
 
     def probe_result(self, entry: PodEntry, ok: bool, why: str) -> None:
         """A probe of ``entry`` answered: the core decides; a returning pod's tickets are woken."""
-        _wake(self.core.probe_result(entry, self.now(), ok, why))
+        wake(self.core.probe_result(entry, self.now(), ok, why))
         self.health_changed(rearm=True)
 
     # -- membership ----------------------------------------------------------
@@ -151,7 +140,7 @@ class LiveService:
     def apply(self, change: PodChange) -> ChangeResult:
         """``core.change_pods``; the tickets it admits are woken."""
         result = self.core.change_pods(change, _loop_time())
-        _wake(result.admitted)
+        wake(result.admitted)
         if self.on_health is not None:
             self.on_health()  # new pods may have checks to schedule
         if self.stopping and not self.core.table.ready():
@@ -224,7 +213,8 @@ def _loop_time() -> float:
         return 0.0
 
 
-def _wake(tickets) -> None:
+def wake(tickets) -> None:
+    """Resolve the futures of the tickets a core call let in (the waiting requests go on)."""
     for ticket in tickets:
         future = ticket.payload
         if future is not None and not future.done():
