@@ -193,7 +193,7 @@ class L1Queue:
         ticket.state = DONE
         self.active -= 1
         # _admit's own first check, without the call in the common case (nothing waits).
-        return self._admit(now) if self.waiting and not self.held else []
+        return self.admit(now) if self.waiting and not self.held else []
 
     def cancel(self, ticket: Ticket, now: float | None = None) -> list[Ticket]:
         """The client left or the request was abandoned: drop the ticket wherever it is.
@@ -215,7 +215,7 @@ class L1Queue:
             ticket.state = CANCELLED
             self.active -= 1
             self.cancelled_total += 1
-            return self._admit(ticket.enqueued_at if now is None else now)
+            return self.admit(ticket.enqueued_at if now is None else now)
         return []
 
     def expire(self, now: float) -> list[Ticket]:
@@ -251,7 +251,7 @@ class L1Queue:
     def unhold(self, now: float) -> list[Ticket]:
         """Admit again; returns the waiting tickets that may go now. Idempotent."""
         self.held = False
-        return self._admit(now)
+        return self.admit(now)
 
     def set_limit(self, limit: int | None, now: float) -> list[Ticket]:
         """Change the concurrency limit at run time; returns tickets a larger limit admits.
@@ -261,11 +261,12 @@ class L1Queue:
         """
         _check_limit(limit)
         self.limit = limit
-        return self._admit(now)
+        return self.admit(now)
 
-    # -- internals ---------------------------------------------------------
-
-    def _admit(self, now: float) -> list[Ticket]:
+    def admit(self, now: float) -> list[Ticket]:
+        """Admit the waiting tickets that may go now (not held, a slot free), highest class first;
+        returns them. (:meth:`release`'s last step; a caller that gives a slot back itself, as
+        the service balancer's end of a whole response does, calls it after.)"""
         if self.held or self.waiting == 0:
             return []
         admitted = []
@@ -289,6 +290,8 @@ class L1Queue:
         if admitted:
             self._maybe_compact()
         return admitted
+
+    # -- internals ---------------------------------------------------------
 
     def _maybe_compact(self) -> None:
         # Lazy removal leaves dead tickets in the FIFOs and the heap; rebuild

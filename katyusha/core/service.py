@@ -56,7 +56,7 @@ from katyusha.core.loadtable import LoadTable, PodEntry
 from katyusha.core.membership import ChangeResult, PodChange, PodSpec
 from katyusha.core.picktrace import PickTrace
 from katyusha.core.policies import DEFAULT_POLICY, make_policy
-from katyusha.core.queue import ADMITTED, WAITING, L1Queue, Ticket
+from katyusha.core.queue import ADMITTED, DONE, WAITING, L1Queue, Ticket
 from katyusha.core.responsepool import ResponsePool
 from katyusha.core.retrybudget import RetryBudget
 
@@ -403,6 +403,14 @@ class ServiceBalancer:
         else:
             admitted = []
         capacity = self.capacity
+        if capacity.stale or capacity.slow or capacity.moved or self._admitted:
+            return self._settle(admitted, now)  # type: ignore[arg-type]
+        return admitted  # type: ignore[return-value]
+
+    def _settle(self, admitted: list[ServiceTicket], now: float) -> list[ServiceTicket]:
+        """The rest of a request's end once its slot is given back (``admitted``: the tickets
+        let in for it), when capacity may have moved or health let tickets in: what follows."""
+        capacity = self.capacity
         if capacity.stale:
             admitted += self._resync(now)
         # review() visits the pods with a threshold and the held ones: with neither (two
@@ -413,7 +421,7 @@ class ServiceBalancer:
             admitted += self.queue.set_limit(capacity.limit(self.settings.l1_limit), now)
         if self._admitted:
             admitted += self.take_admitted()
-        return admitted  # type: ignore[return-value]
+        return admitted
 
     def complete(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int,
                  pod_error: str | None = None) -> list[ServiceTicket]:
@@ -422,15 +430,14 @@ class ServiceBalancer:
         in one call (what a driver does for a response that arrived whole). Returns the
         tickets admitted in its place."""
         ticket = handle.ticket
-        if handle.state is not _OPEN or ticket.hedge is not None or ticket.dispatch is not handle:
+        if (handle.state is not _OPEN or ticket.hedge is not None or ticket.dispatch is not handle
+                or ticket.state is not ADMITTED):
             handle.on_head(now, feedback, status, pod_error)
             return self.end(ticket, now)
-        # The common case (one open try, no hedge): on_head's and end's steps, the table told
-        # of the head and the end in one call.
+        # The common case (one open try, no hedge, the ticket holds its slot): on_head's and
+        # end's steps in _headed, the table told of the head and the end in one call.
         handle.state = _HEAD
-        self._end_try(handle, now, True, self._headed(handle, now, feedback, status, pod_error, True))
-        ticket.dispatch = None  # see end(): the cycle between the ticket and its try
-        return self._release(ticket, now)
+        return self._headed(handle, now, feedback, status, pod_error, True)  # type: ignore[return-value]
 
     def hedge_delay(self, method: str, body: bool | int | None) -> float | None:
         """Seconds after which a request of this kind is hedged (:meth:`hedge`); None: never.
@@ -518,9 +525,11 @@ class ServiceBalancer:
     # -- the handle's calls --------------------------------------------------
 
     def _headed(self, handle: Dispatch, now: float, feedback: Feedback | None, status: int,
-                pod_error: str | None, ending: bool = False) -> bool:
-        """``ending``: the try ends with this head (:meth:`complete`); True when the table
-        counted it out already (the caller's ``on_end`` is then done)."""
+                pod_error: str | None, ending: bool = False) -> list[ServiceTicket] | None:
+        """The head's steps of :meth:`Dispatch.on_head` (returns None). ``ending``: the request
+        ends with this head (:meth:`complete`'s common case: the try open and alone, the ticket
+        admitted): then also :meth:`_end_try`'s and :meth:`_release`'s steps, without their
+        calls, and returns the tickets admitted in its place."""
         entry = handle.entry
         if self.health.response(entry, now, status, pod_error):
             self._health_changed(entry, now)
@@ -539,8 +548,10 @@ class ServiceBalancer:
             # A learning policy reads the pod's in_flight as it was before the end.
             self.table.record_response(entry, now, latency, feedback, handle.alone)
             self.policy.observe(entry, now, latency, feedback)
-            ending = False
+            if ending:
+                self.table.on_end(entry)
         else:
+            # Ending: the table counts the try out here, the listeners called once for both.
             self.table.record_response(entry, now, latency, feedback, handle.alone, ending)
         pool = self.pool
         if pool is not None:
@@ -552,7 +563,23 @@ class ServiceBalancer:
                 latency_ms=latency * 1000.0,
                 status=status,
             )
-        return ending
+        if not ending:
+            return None
+        # The try ends with its head (no failure: _end_try's steps), then the request
+        # (_release's, for a ticket that holds its slot: L1Queue.release's steps).
+        handle.state = _ENDED
+        ticket.dispatch = None  # see end(): the cycle between the ticket and its try
+        self.capacity.ended(entry, now)
+        if self._leaving:
+            self._drained(entry)
+        ticket.state = DONE
+        queue = self.queue
+        queue.active -= 1
+        admitted = queue.admit(now) if queue.waiting and not queue.held else []
+        capacity = self.capacity
+        if capacity.stale or capacity.slow or capacity.moved or self._admitted:
+            return self._settle(admitted, now)
+        return admitted
 
     def _end_try(self, handle: Dispatch, now: float, failed: bool = True, counted: bool = False) -> None:
         """Count the try out once; a try that saw no head is a failure of its pod (unless not ``failed``).
@@ -564,7 +591,12 @@ class ServiceBalancer:
         if not counted:
             self.table.on_end(entry)
         self.capacity.ended(entry, now)
-        if self._leaving and entry.in_flight == 0 and entry in self._leaving:
+        if self._leaving:
+            self._drained(entry)
+
+    def _drained(self, entry: PodEntry) -> None:
+        """A try to ``entry`` ended: ``on_idle`` when it was a removed pod's last request."""
+        if entry.in_flight == 0 and entry in self._leaving:
             self._leaving.discard(entry)
             if self.on_idle is not None:
                 self.on_idle(entry)
