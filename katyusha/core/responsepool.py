@@ -139,7 +139,6 @@ class ResponsePool:
         pod: str,
         node: str,
         now: float,
-        *,
         l1_wait_ms: float | None,
         l2_wait_ms: float | None,
         app_ms: float | None,

@@ -354,6 +354,8 @@ class ServiceBalancer:
         capacity = self.capacity
         if tried or avoid:
             candidates = self._avoiding(ready, tried or (), avoid)
+        elif not capacity.full:
+            candidates = ready  # capacity.candidates(ready)'s answer, without its call
         else:
             candidates = capacity.candidates(ready)
             if candidates is capacity.open and capacity.built_from is ready:
@@ -555,13 +557,14 @@ class ServiceBalancer:
             self.table.record_response(entry, now, latency, feedback, handle.alone, ending)
         pool = self.pool
         if pool is not None:
+            # By position (l1 wait, l2 wait, app, latency, status): a call with keywords costs more.
             pool.record(
                 entry.name, entry.node, now,
-                l1_wait_ms=0.0 if admitted_at is None else (admitted_at - ticket.enqueued_at) * 1000.0,
-                l2_wait_ms=feedback.queue_ms if feedback is not None else None,
-                app_ms=feedback.app_ms if feedback is not None else None,
-                latency_ms=latency * 1000.0,
-                status=status,
+                0.0 if admitted_at is None else (admitted_at - ticket.enqueued_at) * 1000.0,
+                feedback.queue_ms if feedback is not None else None,
+                feedback.app_ms if feedback is not None else None,
+                latency * 1000.0,
+                status,
             )
         if not ending:
             return None

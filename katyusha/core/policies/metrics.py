@@ -102,15 +102,16 @@ class SpeedWeightedLoad(Load):
         # table's method itself, one call less for each key the index works out.
         self.load = self._estimate
 
-    def refresh(self, now: float) -> list[PodEntry]:
-        """Recompute the median speed when due; returns the pods whose key that may have changed.
+    def refresh(self, now: float) -> Sequence[PodEntry]:
+        """Recompute the median speed when due; returns the pods whose key that may have changed
+        (an empty tuple, the same one each time, when it was not due: most picks).
 
         The median in force moves only when the new one differs from it by more
         than a tenth, so keys stay put while it jitters; pods whose speed was
         just forgotten are returned too.
         """
         if now - self._median_at < self.median_every_s and now >= self._median_at:
-            return []
+            return ()
         self._median_at = now
         # Only the pods with a known speed, not every ready pod (a pod gets one when sent a
         # request alone: few have a recent one). The weighed (no fresh report) are only
