@@ -185,6 +185,27 @@ def test_bytecodes_per_request_counts_the_whole_fast_path():
     assert len(figures["top"]) == 3 and figures["us_min"] > 0
 
 
+async def test_bytecodes_per_request_path_reads_a_clock_that_moves_between_request_and_answer():
+    # The in-process path reads the benchmark's own clock (the event loop's does not move while
+    # the loop runs no iteration): the time it moves between a request and its answer is the
+    # answer's latency in the core's table and in the metrics, as it is live.
+    import asyncio
+
+    from benchmarks.bytecodes_per_request import _ANSWER, _REQUEST, _Clock, fast_path
+
+    clock = _Clock(asyncio.get_running_loop())
+    server, upstream, to_client, _ = fast_path(clock)
+    live = server._config.loaded_app.router.only
+    for latency in (0.002, 0.001):
+        server.data_received(_REQUEST)
+        clock.now += latency
+        upstream.data_received(_ANSWER)
+    assert to_client.writes == 2
+    (entry,) = live.core.table.pods()
+    assert abs(entry.latency_ewma_ms - (2.0 + live.core.table.ewma_alpha * (1.0 - 2.0))) < 1e-9
+    assert [answer[2] for answer in live.stats._answers] == pytest.approx([0.002, 0.001])
+
+
 def test_tail_models_clairvoyant_reference_is_first_come_first_served_on_one_pod():
     """On one pod the clairvoyant dispatcher is an M/M/1 queue: its sojourn time is exponential
     with rate mu - lambda, so p99 = ln(100) / (mu - lambda), plus the wire both ways."""
