@@ -15,8 +15,9 @@ the event loop. The path reads the time from a clock of the benchmark's own
 50 µs before each request and by the request's latency before its answer
 (0.5 to 3 ms, eight values in turn, as a live worker's at 32 connections):
 latencies, the per-second counts and the periodic refreshes are what a live
-process gets, not the zeros of a loop whose clock stands still. After a warm-up, ``sys.settrace`` counts the bytecodes
-executed (``f_trace_opcodes``) and the Python frames entered per request;
+process gets, not the zeros of the event loop's clock, which counts whole
+milliseconds (libuv's) where a request takes some 15 µs here. After a
+warm-up, ``sys.settrace`` counts the bytecodes executed (``f_trace_opcodes``) and the Python frames entered per request;
 ``--top`` lists the functions with the most bytecodes. These counts are
 exact for a given tree (a few tenths move with periodic work such as a
 pick's speed refresh); time on this machine is not, so the microseconds
