@@ -181,16 +181,22 @@ class SimPod:
         self.running = RunningPod(name, service.name, node.name, spec.cpu_m, spec.ram_mib)
         self.move: PodMove | None = None
         self.drain_wait = 0
-        self.speed = node.speed * spec.speed.get(node.name, spec.speed.get(node.group, 1.0))
-        # Seconds from katyusha's replicas (all in one region) to this pod's node, and back.
-        self.hop_in = node.delay_from[sim.scenario.katyusha_region]
-        self.hop_out = node.delay_to[sim.scenario.katyusha_region]
+        self.on_node(node)
         self.timer_at: float | None = None
         self.last_state = state
         self.serving_since: float | None = sim.env.now if state in SERVING else None
         self.pod_seconds = 0.0
         self.joined = False
         self.hook_at: float | None = None
+
+    def on_node(self, node: SimNode) -> None:
+        """What the pod's node decides (at creation and after a move): its speed, and the seconds
+        from katyusha's replicas (all in one region) to the node and back."""
+        spec = self.service.spec
+        self.speed = node.speed * spec.speed.get(node.name, spec.speed.get(node.group, 1.0))
+        region = self.sim.scenario.katyusha_region
+        self.hop_in = node.delay_from[region]
+        self.hop_out = node.delay_to[region]
 
     # What sim_backend.monitor.modelled reads.
     @property
@@ -896,9 +902,7 @@ class Simulation:
         pod.lifecycle.machine.costs = PodCosts(spec.image_size_mb, node.registry_mbps, spec.start_s)
         pod.spec = PodSpec(pod.name, pod.spec.url, node.name, None, spec.container_concurrency)
         pod.running = RunningPod(pod.name, pod.service.name, node.name, spec.cpu_m, spec.ram_mib)
-        pod.speed = node.speed * spec.speed.get(node.name, spec.speed.get(node.group, 1.0))
-        pod.hop_in = node.delay_from[self.scenario.katyusha_region]
-        pod.hop_out = node.delay_to[self.scenario.katyusha_region]
+        pod.on_node(node)
 
     def pod(self, name: str) -> SimPod:
         return self.pods[name]
