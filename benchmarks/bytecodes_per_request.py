@@ -48,6 +48,36 @@ _ANSWER = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Thu, 03 Dec 2026 1
            b"hello from the backend\n")
 _UPSTREAM = "http://127.0.0.1:9"
 
+def count_bytecodes(run, skip=()) -> tuple[dict, dict]:
+    """Call ``run()`` under ``sys.settrace``: the bytecodes executed (``f_trace_opcodes``) and the
+    Python frames entered, each by code object. The frames of ``run`` itself and of the code
+    objects in ``skip`` (a driver's loop) are neither counted nor traced inside."""
+    ops: dict = {}
+    frames: dict = {}
+    skipped = {run.__code__, *skip}
+
+    def local(frame, event, arg):
+        if event == "opcode":
+            code = frame.f_code
+            ops[code] = ops.get(code, 0) + 1
+        return local
+
+    def enter(frame, event, arg):
+        code = frame.f_code
+        if code in skipped:
+            return None
+        frames[code] = frames.get(code, 0) + 1
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(enter)
+    try:
+        run()
+    finally:
+        sys.settrace(None)
+    return ops, frames
+
+
 # Run in a child: this module first (it imports no katyusha), then katyusha from the tree.
 _CHILD = (
     "import sys; tree = sys.argv.pop(1); import benchmarks.bytecodes_per_request as b\n"
@@ -167,29 +197,12 @@ def child(requests: int, top: int) -> None:
 
         for _ in range(500):
             one()
-        counts = {"bytecodes": 0, "frames": 0}
-        per_code: dict = {}
+        def many() -> None:
+            for _ in range(requests):
+                one()
 
-        def local(frame, event, arg):
-            if event == "opcode":
-                counts["bytecodes"] += 1
-                code = frame.f_code
-                per_code[code] = per_code.get(code, 0) + 1
-            return local
-
-        driver = one.__code__
-
-        def enter(frame, event, arg):
-            if frame.f_code is driver:
-                return None  # this loop's own call is not the path's
-            counts["frames"] += 1
-            frame.f_trace_opcodes = True
-            return local
-
-        sys.settrace(enter)
-        for _ in range(requests):
-            one()
-        sys.settrace(None)
+        # The driver's own calls (this loop's, one()'s) are not the path's.
+        per_code, frames = count_bytecodes(many, skip=(one.__code__,))
         rounds = []
         for _ in range(9):
             gc.collect()
@@ -204,8 +217,8 @@ def child(requests: int, top: int) -> None:
         ranked = sorted(per_code.items(), key=lambda item: -item[1])[:top]
         return {
             "requests": requests,
-            "bytecodes": round(counts["bytecodes"] / requests, 1),
-            "frames": round(counts["frames"] / requests, 2),
+            "bytecodes": round(sum(per_code.values()) / requests, 1),
+            "frames": round(sum(frames.values()) / requests, 2),
             "us_min": round(min(rounds), 2),
             "top": [[f"{code.co_filename.rpartition('katyusha/')[2]}:{code.co_firstlineno} {code.co_name}",
                      round(n / requests, 1)] for code, n in ranked],

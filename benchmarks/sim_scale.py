@@ -56,6 +56,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.bytecodes_per_request import count_bytecodes
 from katyusha.sim.engine import Simulation
 from katyusha.sim.record import Recorder
 from katyusha.sim.scenario import parse
@@ -128,26 +129,14 @@ def bytecodes(nodes: int, services: int, pods_per_service: int, requests: int, *
     ``top`` functions by bytecodes (each with its bytecodes and calls a request). Slow: traced."""
     sc = scenario(nodes, services, pods_per_service, requests)
     sim = Simulation(sc, recorder=Recorder([s.name for s in sc.services], keep=False, requests=False))
-    ops: Counter = Counter()
-    frames: Counter = Counter()
+    done: list[dict] = []
 
-    def enter(frame, event, _):
-        code = frame.f_code
-        frames[code] += 1
-        frame.f_trace_opcodes = True
+    def run_it() -> None:
+        done.append(sim.run())
 
-        def local(_frame, event, _arg):
-            if event == "opcode":
-                ops[code] += 1
-            return local
-
-        return local
-
-    sys.settrace(enter)
-    try:
-        summary = sim.run()
-    finally:
-        sys.settrace(None)
+    ops, frames = count_bytecodes(run_it)
+    ops = Counter(ops)
+    summary = done[0]
     arrived = sum(s["requests"] for s in summary["services"].values())
     return {
         "requests": arrived,
