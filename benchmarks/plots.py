@@ -40,11 +40,16 @@ def _pyplot():
     return plt
 
 
+def ours(name: str) -> bool:
+    """katyusha's variants, and the tree under test in a benchmark beside an earlier commit (its peer)."""
+    return name.startswith("katyusha") or name == "this tree"
+
+
 def colours(names: Sequence[str]) -> dict[str, str]:
-    """A colour per system: katyusha's variants red, peers blue/green/..."""
-    ours = iter(KATYUSHA * 4)
+    """A colour per system: katyusha's variants red, peers (an earlier commit among them) blue/green/..."""
+    mine = iter(KATYUSHA * 4)
     theirs = iter(PEERS * 4)
-    return {name: next(ours) if name.startswith("katyusha") else next(theirs) for name in names}
+    return {name: next(mine) if ours(name) else next(theirs) for name in names}
 
 
 def _save(fig, plt, path: str | Path) -> Path:

@@ -100,3 +100,11 @@ def test_save_writes_the_document_as_json_then_its_pngs_and_nothing_without_a_pa
     assert written and all(p.exists() and p.name.startswith("clock-") for p in written)
     assert f"wrote {at}" in capsys.readouterr().out
     assert plots.save("sim_clock", doc, None) == [] and sorted(tmp_path.iterdir()) == sorted([at, *written])
+
+
+def test_katyusha_and_the_tree_under_test_are_drawn_red_an_earlier_commit_as_a_peer():
+    """The bars beside an earlier commit (bytecodes_per_request, calls_per_request) find this tree in red."""
+    colour = plots.colours(["this tree", "5a57b28", "katyusha-2w", "haproxy"])
+    assert colour["this tree"] in plots.KATYUSHA and colour["katyusha-2w"] in plots.KATYUSHA
+    assert colour["5a57b28"] in plots.PEERS and colour["haproxy"] in plots.PEERS
+    assert colour["this tree"] != colour["katyusha-2w"] and colour["5a57b28"] != colour["haproxy"]
