@@ -282,6 +282,10 @@ class Simulation:
         self.pod_overhead = scenario.pod_overhead_s
         self.release = scenario.release_s
         self.pod_release = scenario.pod_release_s
+        # With a machine section, the four overheads above are the idle ones stretched by the
+        # cores' use every window (_machine_tick); without one they stay as they are.
+        self.machine = scenario.machine
+        self.machine_windows: list[tuple[float, float, float]] = []  # (second, busy cores, stretch)
         if scenario.scheduler == "flow":
             self.scheduler = FlowScheduler()
         else:
@@ -333,6 +337,9 @@ class Simulation:
         for svc in self.services.values():
             self._next_arrival(svc)
         self.env.at(self.env.now, self._sample)
+        if self.machine is not None:
+            self._seen = 0
+            self._machine_tick()
 
     def _place_initial(self, svc: SimService, count: int) -> None:
         """``count`` pods of ``svc`` placed by the scheduler, warm and serving at the start."""
@@ -940,6 +947,37 @@ class Simulation:
         if self._running():
             self.env.at(now + self.scenario.sample_interval, self._sample)
 
+    # -- the machine -----------------------------------------------------------------------------
+
+    def _machine_tick(self, _=None) -> None:
+        """The cores' use over the window that ended (the arrivals in it at ``cpu-per-request``
+        each, and the background), and every overhead stretched by it until the next window ends."""
+        machine = self.machine
+        now = self.env.now
+        arrivals = sum(svc.arrivals for svc in self.services.values())
+        rate = (arrivals - self._seen) / machine.window_s if now > 0 else 0.0
+        self._seen = arrivals
+        stretch = machine.stretch(rate)
+        self.machine_windows.append((now, machine.background + rate * machine.cpu_per_request_s, stretch))
+        scenario = self.scenario
+        self.pod_overhead = scenario.pod_overhead_s * stretch
+        self.release = scenario.release_s * stretch
+        self.pod_release = scenario.pod_release_s * stretch
+        hop = scenario.hop_s * stretch
+        for a, b in self.latency:
+            self.latency[(a, b)] = scenario.one_way(a, b) + hop
+        for node in self.nodes:
+            for region in node.delay_from:
+                node.delay_from[region] = self.latency[(region, node.region)]
+                node.delay_to[region] = self.latency[(node.region, region)]
+        region = scenario.katyusha_region
+        for pod in self.pods.values():
+            # Not on_node(): a hook may have set the pod's speed (a slow window) since.
+            pod.hop_in = pod.node.delay_from[region]
+            pod.hop_out = pod.node.delay_to[region]
+        if self._running():
+            self.env.at(now + machine.window_s, self._machine_tick)
+
     # -- running -----------------------------------------------------------------------------------
 
     def _running(self) -> bool:
@@ -1027,7 +1065,17 @@ class Simulation:
             "autoscaler_decisions": self.decisions,
             "unfinished": self.open,
             "services": services,
+            **({"machine": self._machine_summary()} if self.machine is not None else {}),
         }
+
+    def _machine_summary(self) -> dict:
+        """The machine's windows: mean and peak busy cores, mean and peak stretch of the overheads."""
+        windows = self.machine_windows
+        return {"windows": len(windows),
+                "busy_cores_mean": round(sum(w[1] for w in windows) / len(windows), 4),
+                "busy_cores_max": round(max(w[1] for w in windows), 4),
+                "stretch_mean": round(sum(w[2] for w in windows) / len(windows), 4),
+                "stretch_max": round(max(w[2] for w in windows), 4)}
 
 
 def run_scenario(scenario: Scenario, out: Path | None = None, *, settings: dict | None = None,

@@ -26,6 +26,7 @@ from katyusha.core.errors import ConfigError
 from katyusha.core.podstate import PodState
 from katyusha.core.service import ServiceSettings
 from katyusha.fleet.fields import listed, mapping, number, text, whole
+from katyusha.sim.machine import Machine
 
 SCHEDULERS = ("flow", "pod-at-a-time")
 WORKLOADS = ("poisson", "step", "ramp", "sinusoid", "trace")
@@ -152,6 +153,7 @@ class Scenario:
     pod_overhead_s: float = POD_OVERHEAD_S  # per request in a pod beyond its service time, slot held
     release_s: float = 0.0  # katyusha holds the pod's slot this long after the response reached it
     pod_release_s: float = 0.0  # the pod (nonna) frees its slot this long after the response left it
+    machine: Machine | None = None  # the cores the overheads share (None: the overheads are constants)
     base: Path | None = None
 
     def proxy_config(self, settings: Mapping[str, Any] | None = None):
@@ -199,7 +201,7 @@ class Scenario:
 # -- reading ----------------------------------------------------------------------------
 
 _TOP = {"seed", "duration", "drain", "nodes", "regions", "services", "katyusha", "autoscaler", "placement",
-        "record", "overhead"}
+        "record", "overhead", "machine"}
 _NODE = {"name", "count", "region", "cpu", "ram-mb", "max-pods", "images", "registry-mbps", "speed"}
 _SERVICE = {"name", "image", "image-size-mb", "start-time", "cpu", "ram-mb", "container-concurrency",
             "queue-depth", "timeout", "service-time", "speed", "pods", "autoscale", "annotations", "workload"}
@@ -210,6 +212,7 @@ _SIM_AUTOSCALER = {"enabled", "retire-to"}
 _PLACEMENT = {"scheduler"}
 _RECORD = {"interval", "requests"}
 _OVERHEAD = {"hop", "pod", "release", "pod-release"}
+_MACHINE = {"cores", "cpu-per-request", "background", "window"}
 
 
 def load(path: str | Path, *, seed: int | None = None) -> Scenario:
@@ -291,12 +294,26 @@ def parse(document: Any, *, base: Path | None = None, seed: int | None = None) -
     values["pod_overhead_s"] = _duration(overhead.get("pod", POD_OVERHEAD_S), "overhead.pod")
     values["release_s"] = _duration(overhead.get("release", 0), "overhead.release")
     values["pod_release_s"] = _duration(overhead.get("pod-release", 0), "overhead.pod-release")
+    if top.get("machine") is not None:
+        values["machine"] = _machine(top["machine"])
     scenario = Scenario(**values)
     # Validate the settings now, so a bad key fails before the run, naming its path.
     scenario.proxy_config()
     for service in services:
         scenario.kpa(service)
     return scenario
+
+
+def _machine(value: Any) -> Machine:
+    spec = mapping(value, "machine", _MACHINE)
+    if "cores" not in spec or "cpu-per-request" not in spec:
+        raise ConfigError("machine", "needs cores and cpu-per-request")
+    cores = whole(spec["cores"], "machine.cores", low=1, high=1024)
+    background = number(spec.get("background", 0), "machine.background")
+    if background >= cores:
+        raise ConfigError("machine.background", f"must be below the cores ({cores}), not {spec['background']!r}")
+    return Machine(cores=cores, cpu_per_request_s=_duration(spec["cpu-per-request"], "machine.cpu-per-request"),
+                   background=background, window_s=_duration(spec.get("window", 1), "machine.window", positive=True))
 
 
 def _node_group(item: Any, where: str) -> NodeGroup:
