@@ -22,6 +22,10 @@ window edge, at the phase the live run is aligned to), in four modes:
 - ``idle``: the scenario's default overheads (``overhead.hop`` and
   ``overhead.pod``, measured by ``--calibrate`` on an idle machine) and the
   simulator's own arrivals (also with 5 seeds: the simulation's own spread);
+- ``machine``: the simulator alone on a model of this machine: as ``idle``, with a
+  ``machine`` section and idle overheads from ``--calibrate-machine`` (the busy cores
+  and the overheads at several loads, a run of its own: no data of the compared live
+  runs), so the overheads stretch with the simulated load (:func:`machine_model`);
 - ``idle-trace``: the same overheads, the live run's arrivals replayed (the
   loadgen's seeded schedules, warm-up included);
 - ``run-trace``: the live arrivals, and the overheads of each live run read
@@ -81,11 +85,14 @@ from benchmarks import coldstart as coldstart_bench
 from benchmarks import lb_quality, loadgen
 from katyusha.core.feedback import parse_server_timing
 from katyusha.sim.engine import Simulation
+from katyusha.sim.machine import MAX_UTILISATION, Machine
 from katyusha.sim.scenario import parse
 from sim_backend.slowdown import parse_slow_schedule
 
 WARMUP_RATE = 100.0
 SCENARIOS = ("heterogeneous", "replicas", "noisy")
+# The ``machine`` mode's host: what --calibrate-machine measured on this machine (docs/results/).
+MACHINE_CALIBRATION = Path(__file__).resolve().parent.parent / "docs" / "results" / "sim_vs_live-machine-calibration.json"
 
 
 def arrival_times(rate: float, duration: float, seed: int = 7) -> list[float]:
@@ -98,10 +105,12 @@ def arrival_times(rate: float, duration: float, seed: int = 7) -> list[float]:
 
 
 def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, seed: int = 7,
-                 overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None):
+                 overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None,
+                 machine: dict | None = None):
     """The fleet as a scenario. ``overhead``: ``{"hop": ms, "pod": ms}`` (default: the scenario
     format's defaults); ``trace``: arrival times to replay (default: the simulator's own draws);
-    ``work``: with a trace, each arrival's work (seconds at speed 1; default: drawn)."""
+    ``work``: with a trace, each arrival's work (seconds at speed 1; default: drawn); ``machine``:
+    the scenario's ``machine`` section (default: none, the overheads constant)."""
     warm = lb_quality.WARMUP_S
     if trace is not None:
         workload = {"kind": "trace", "times": list(trace)}
@@ -127,7 +136,31 @@ def sim_scenario(scenario: lb_quality.Scenario, policy: str, rate: float, durati
         for key in ("release", "pod-release"):
             if overhead.get(key):
                 doc["overhead"][key] = f"{overhead[key]:.6f}ms"
+    if machine is not None:
+        doc["machine"] = dict(machine)
     return parse(doc)
+
+
+def machine_model(calibrated: list[dict], scenario: str) -> dict:
+    """The ``machine`` mode's host from a --calibrate-machine result (the entry for ``scenario``,
+    else the first): the scenario's ``machine`` section and its idle overheads.
+
+    ``cores``: the machine's; ``cpu-per-request`` and ``background``: the least-squares line of
+    the busy cores over the request rate, through the points with requests; the overheads
+    (``hop``, ``pod``, ``client``, ms): the lightest load's (:func:`calibration`), ``hop`` and
+    ``pod`` divided by the stretch the model gives that load (the simulation stretches them back).
+    """
+    entry = next((e for e in calibrated if e["scenario"] == scenario), calibrated[0])
+    points = [p for p in entry["points"] if p["rate"] > 0 and "hop" in p]
+    slope, intercept = statistics.linear_regression([p["rate"] for p in points], [p["busy_cores"] for p in points])
+    machine = {"cores": entry["cores"], "cpu-per-request": f"{max(slope, 0.0) * 1000:.6f}ms",
+               "background": round(min(max(intercept, 0.0), entry["cores"] * MAX_UTILISATION), 6)}
+    low = min(points, key=lambda p: p["rate"])
+    stretch = Machine(machine["cores"], max(slope, 0.0), machine["background"]).stretch(low["rate"])
+    return {"machine": machine, "overhead": {"hop": low["hop"] / stretch, "pod": low["pod"] / stretch,
+                                             "client": low["client"]},
+            "from": {"scenario": entry["scenario"], "points": len(points), "lightest_rate": low["rate"],
+                     "stretch_there": round(stretch, 4)}}
 
 
 def slow_phase(duration: float) -> float:
@@ -178,13 +211,13 @@ def quantile(values: list[float], share: float) -> float:
 
 
 def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: float, *, seed: int = 7,
-             overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None
-             ) -> dict:
+             overhead: dict | None = None, trace: list[float] | None = None, work: list[float] | None = None,
+             machine: dict | None = None) -> dict:
     """One simulated run: p50/p99/p99.9 of the measured requests, and where they waited and went.
 
     ``overhead``'s ``client`` (ms; default 0), when given, is added to every latency: the
     client's side, which holds no slot."""
-    sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace, work))
+    sim = Simulation(sim_scenario(scenario, policy, rate, duration, seed, overhead, trace, work, machine))
     warm = lb_quality.WARMUP_S
     slow = [(pod.name, parse_slow_schedule(pod.slow_schedule)) for pod in scenario.pods if pod.slow_schedule]
     if slow:
@@ -209,7 +242,9 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
         for edge in sorted(edges):
             sim.at(edge, apply)
     sim.run()
-    hop = sim.scenario.hop_s
+    summary = sim.summary()
+    # With a machine section the hop changes every window: its mean stretch (the L2 wait approximate).
+    hop = sim.scenario.hop_s * summary.get("machine", {}).get("stretch_mean", 1.0)
     rows = [row for row in sim.recorder.rows["requests"] if row[4] >= warm]
     done = [row for row in rows if row[11] is None]
     client = (overhead or {}).get("client", 0.0)
@@ -220,7 +255,8 @@ def simulate(scenario: lb_quality.Scenario, policy: str, rate: float, duration: 
             # Where the requests waited (katyusha's L1, nonna's L2) and how many the slow pods served.
             "l1_wait_ms": round(statistics.fmean((row[5] - row[4]) * 1000 for row in done), 3),
             "l2_wait_ms": round(statistics.fmean((row[6] - row[5] - hop) * 1000 for row in done), 3),
-            "slow_share": round(sum(1 for row in done if row[3] in slow_names) / len(done), 4)}
+            "slow_share": round(sum(1 for row in done if row[3] in slow_names) / len(done), 4),
+            **({"machine": summary["machine"]} if "machine" in summary else {})}
 
 
 # -- the live side -----------------------------------------------------------------------------------
@@ -461,22 +497,29 @@ def rel(a: float, b: float) -> float:
 
 
 def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, duration: float, lives: dict,
-            seed: int = 7, sim_seeds: int = 5, releases: dict | None = None) -> dict:
+            seed: int = 7, sim_seeds: int = 5, releases: dict | None = None,
+            machine: list[dict] | None = None) -> dict:
     """Every simulated mode against the live runs of one scenario.
 
     ``idle``: the default overheads (measured idle), the simulator's own arrivals (seed 7; and
-    ``sim_seeds`` seeds for the simulation's own spread); ``idle-trace``: the same overheads, the live
+    ``sim_seeds`` seeds for the simulation's own spread); ``machine`` (with ``machine``, a
+    --calibrate-machine result): as ``idle``, with that machine's section and idle overheads
+    (:func:`machine_model`); ``idle-trace``: the same overheads, the live
     run's arrivals; ``run-trace``: each live run's own overheads (:func:`calibration`) and arrivals,
     the median over the runs.
     """
     slow = slow_pods(scenario)
     live_fig = {p: live_figures(lives[p], slow) for p in policies}
     trace = arrival_times(rate, duration, seed)
-    modes: dict = {"idle": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
+    host = machine_model(machine, scenario.name) if machine else None
+    modes: dict = {"idle": {}, "machine": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
     spread: dict = {}
     calib: dict = {}
     for policy in policies:
         modes["idle"][policy] = simulate(scenario, policy, rate, duration)
+        if host is not None:
+            modes["machine"][policy] = simulate(scenario, policy, rate, duration, overhead=host["overhead"],
+                                                machine=host["machine"])
         seeds = [simulate(scenario, policy, rate, duration, seed=7 + k) for k in range(sim_seeds)]
         spread[policy] = {q: [r[f"{q}_ms"] for r in seeds] for q in ("p50", "p99")}
         modes["idle-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace)
@@ -537,7 +580,7 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     return {"live": live_fig, "live_ranking": ranking(live_fig), "live_round_rankings": round_rankings,
             "live_p99_ci95": intervals, "live_ordered_pairs": ordered_pairs(intervals),
             "sim": modes, "errors": errors,
-            "sim_spread": spread, "calibration": calib, "utilisation": load}
+            "sim_spread": spread, "calibration": calib, "utilisation": load, "machine_model": host}
 
 
 def coldstart_scenario(plan: coldstart_bench.Plan, seed: int = 7):
@@ -650,6 +693,65 @@ def calibrate(count: int = 400) -> dict:
     }
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """The whole machine's (busy, all) CPU time from /proc/stat, in clock ticks."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+MACHINE_LOADS = (0.0, 0.25, 0.5, 0.7, 0.85, 0.95)
+
+
+def calibrate_machine(scenario: lb_quality.Scenario, loads: tuple[float, ...] = MACHINE_LOADS,
+                      duration: float = 5.0, seed: int = 7) -> dict:
+    """How busy the machine's cores are, and how long the overheads take, as the load grows: the
+    data for a scenario's ``machine`` section (docs/simulator.md, "Overheads").
+
+    ``scenario``'s fleet behind its katyusha replicas (round-robin, nonna's headers kept); at
+    each share of its capacity in ``loads``, ``duration`` seconds of its open-loop arrivals
+    after lb_quality's warm-up, the whole machine's busy cores read from /proc/stat over the
+    measured seconds (the fleet's processes, the generator and anything else running), and the
+    run's overheads by :func:`calibration`. Load 0: the fleet up and idle, no requests.
+    """
+    cores = os.cpu_count() or 1
+    points = []
+    print(f"== {scenario.name}: {len(scenario.pods)} pods, {scenario.replicas} replica(s)", flush=True)
+    with lb_quality.fleet(scenario) as pods, lb_quality.katyusha_replicas(
+            pods, "round-robin", scenario.replicas, ("--keep-nonna-headers", "true")) as urls:
+        for load in loads:
+            rate = scenario.capacity_rps * load
+            lb_quality.wait_drained(pods)
+            if rate:
+                asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, WARMUP_RATE), duration_s=lb_quality.WARMUP_S,
+                                                  seed=lb_quality.WARMUP_SEED))
+            samples: list = []
+            busy0, all0 = _cpu_jiffies()
+            began = time.monotonic()
+            if rate:
+                result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration, timeout_s=5.0,
+                                                           seed=seed, detail=True))
+                samples = result.samples
+            else:
+                time.sleep(duration)
+            busy1, all1 = _cpu_jiffies()
+            wall = time.monotonic() - began
+            point = {"load": load, "rate": round(rate, 2), "seconds": round(wall, 3),
+                     "busy_cores": round(cores * (busy1 - busy0) / max(1, all1 - all0), 4),
+                     "loadavg": round(os.getloadavg()[0], 2)}
+            cal = calibration([record(x) for x in samples], scenario.replicas) if samples else None
+            if cal:
+                point.update({key: cal[key] for key in ("hop", "pod", "client", "lag_ms", "hop_median",
+                                                        "pod_median", "client_median", "l1_wait_ms")})
+                point["slot_ms"] = round(2 * cal["hop"] + cal["pod"], 4)
+                point["outside_ms"] = round(2 * cal["hop"] + cal["pod"] + cal["client"], 4)
+            print(f"  load {load:.2f} ({rate:6.1f} req/s): {point['busy_cores']:.3f} cores busy"
+                  + (f", slot {point['slot_ms']:.3f} ms, outside the app {point['outside_ms']:.3f} ms"
+                     if cal else ""), flush=True)
+            points.append(point)
+    return {"scenario": scenario.name, "cores": cores, "duration_s": duration, "points": points}
+
+
 def ranking(figures: dict) -> list[str]:
     return sorted(figures, key=lambda policy: (figures[policy]["p99_ms"], policy))
 
@@ -660,7 +762,7 @@ def _pct(value: float | None) -> str:
 
 def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     live_fig, modes, errors = result["live"], result["sim"], result["errors"]
-    shown = [m for m in ("idle", "idle-trace", "run-trace", "run-replay", "run-release") if m in errors]
+    shown = [m for m in ("idle", "machine", "idle-trace", "run-trace", "run-replay", "run-release") if m in errors]
     print(f"\n{name}: live = median of runs (spread = (max - min) / median); errors against it, per mode "
           f"({', '.join(shown)})")
     print(f"{'policy':16s} {'p50 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown)
@@ -736,6 +838,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-coldstart", action="store_true", help="skip the cold-start comparison")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the live overheads (the scenario's overhead.hop and overhead.pod) and stop")
+    parser.add_argument("--calibrate-machine", action="store_true",
+                        help="measure the busy cores and the overheads at several loads (a scenario's "
+                             "machine section) on each --scenario (default heterogeneous) and stop")
+    parser.add_argument("--machine", metavar="PATH", default=str(MACHINE_CALIBRATION),
+                        help="the machine mode's --calibrate-machine result (default: %(default)s)")
     parser.add_argument("--release", type=float, metavar="MS",
                         help="run-release: katyusha's release for every run (default: each run's estimate)")
     parser.add_argument("--pod-release", type=float, metavar="MS",
@@ -745,6 +852,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         lb_quality.exit_on_signals()
         figures = calibrate()
+        print(json.dumps(figures, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return 0
+    if args.calibrate_machine:
+        lb_quality.exit_on_signals()
+        wanted = args.scenario or ["heterogeneous"]
+        figures = [calibrate_machine(scenario, duration=args.duration or 5.0)
+                   for scenario in lb_quality.scenarios() if scenario.name in wanted]
         print(json.dumps(figures, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
@@ -769,6 +885,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sim_spread": {}, "calibration": {}, "coldstart": None}
     raw: dict = {"duration_s": duration, "load": load, "scenarios": {}}
     live_side = not args.sim_only and not args.from_raw
+    host = json.loads(Path(args.machine).read_text()) if args.machine and Path(args.machine).exists() else None
     if live_side:
         lb_quality.exit_on_signals()
     for scenario in lb_quality.scenarios():
@@ -797,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
             save(lives)
             if args.live_only:
                 continue
-        result = compare(scenario, policies, rate, duration, lives, releases=releases)
+        result = compare(scenario, policies, rate, duration, lives, releases=releases, machine=host)
         report["live"][scenario.name] = result["live"]
         report["sim"][scenario.name] = result["sim"]["idle"]
         report["sim_modes"][scenario.name] = result["sim"]
@@ -805,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         report["sim_spread"][scenario.name] = result["sim_spread"]
         report["calibration"][scenario.name] = result["calibration"]
         report.setdefault("utilisation", {})[scenario.name] = result["utilisation"]
+        report.setdefault("machine_model", {})[scenario.name] = result["machine_model"]
         report.setdefault("live_round_rankings", {})[scenario.name] = result["live_round_rankings"]
         report.setdefault("live_p99_ci95", {})[scenario.name] = result["live_p99_ci95"]
         report.setdefault("live_ordered_pairs", {})[scenario.name] = result["live_ordered_pairs"]

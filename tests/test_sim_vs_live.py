@@ -2,6 +2,8 @@
 
 import random
 
+import pytest
+
 from benchmarks import lb_quality, loadgen
 from benchmarks.sim_vs_live import (
     RECORD,
@@ -109,3 +111,29 @@ def test_pod_release_estimate_finds_the_time_nonna_holds_its_slot_between_two_re
     assert windows == 21 and abs(release - 0.3) < 1e-6
     # With one replica nonna's queue stays empty: nothing to read.
     assert pod_release_estimate([row[:6] + [0.0] + row[7:] for row in rows], window=2) == (None, 0)
+
+
+def test_the_machine_mode_reads_its_host_from_a_machine_calibration():
+    # Busy cores on a line (0.1 + 0.8 ms a request): the section's background and cpu-per-request;
+    # the lightest load's overheads divided by the stretch the model gives there.
+    from benchmarks.sim_vs_live import machine_model
+    from katyusha.sim.machine import stretch_at
+
+    points = [{"load": 0.0, "rate": 0.0, "busy_cores": 0.05}]
+    for rate in (100.0, 200.0, 300.0):
+        points.append({"load": rate / 325, "rate": rate, "busy_cores": 0.1 + rate * 0.0008,
+                       "hop": 0.2 + rate / 1000, "pod": 0.5, "client": 0.9})
+    calibrated = [{"scenario": "noisy", "cores": 1, "points": points[:3]},
+                  {"scenario": "heterogeneous", "cores": 2, "points": points}]
+    host = machine_model(calibrated, "heterogeneous")
+    machine = host["machine"]
+    assert machine["cores"] == 2 and machine["background"] == pytest.approx(0.1)
+    assert float(machine["cpu-per-request"].removesuffix("ms")) == pytest.approx(0.8)
+    stretch = stretch_at(2, (0.1 + 100 * 0.0008) / 2)
+    assert host["overhead"] == pytest.approx({"hop": 0.3 / stretch, "pod": 0.5 / stretch, "client": 0.9})
+    assert machine_model(calibrated, "replicas")["machine"]["cores"] == 1  # no entry of its own: the first
+    scenario = sim_scenario(_heterogeneous(), "p2c", 276.0, 2.0, overhead=host["overhead"], machine=machine)
+    assert scenario.machine.cores == 2 and scenario.machine.cpu_per_request_s == pytest.approx(0.0008)
+    assert sim_scenario(_heterogeneous(), "p2c", 276.0, 2.0).machine is None
+    figures = simulate(_heterogeneous(), "p2c", 276.0, 2.0, overhead=host["overhead"], machine=machine)
+    assert figures["machine"]["stretch_max"] > 1.0
