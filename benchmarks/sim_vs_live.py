@@ -26,6 +26,8 @@ window edge, at the phase the live run is aligned to), in four modes:
   ``machine`` section and idle overheads from ``--calibrate-machine`` (the busy cores
   and the overheads at several loads, a run of its own: no data of the compared live
   runs), so the overheads stretch with the simulated load (:func:`machine_model`);
+  ``machine-trace``: the same, on the arrivals the generator was given (its seeded
+  schedule, :func:`arrival_times`, not read from the run);
 - ``idle-trace``: the same overheads, the live run's arrivals replayed (the
   loadgen's seeded schedules, warm-up included);
 - ``run-trace``: the live arrivals, and the overheads of each live run read
@@ -75,6 +77,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -504,7 +507,8 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     ``idle``: the default overheads (measured idle), the simulator's own arrivals (seed 7; and
     ``sim_seeds`` seeds for the simulation's own spread); ``machine`` (with ``machine``, a
     --calibrate-machine result): as ``idle``, with that machine's section and idle overheads
-    (:func:`machine_model`); ``idle-trace``: the same overheads, the live
+    (:func:`machine_model`; also ``sim_seeds`` seeds), and ``machine-trace``, the same with the
+    arrivals the generator was given (:func:`arrival_times`); ``idle-trace``: the same overheads, the live
     run's arrivals; ``run-trace``: each live run's own overheads (:func:`calibration`) and arrivals,
     the median over the runs.
     """
@@ -512,16 +516,20 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     live_fig = {p: live_figures(lives[p], slow) for p in policies}
     trace = arrival_times(rate, duration, seed)
     host = machine_model(machine, scenario.name) if machine else None
-    modes: dict = {"idle": {}, "machine": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
+    modes: dict = {"idle": {}, "machine": {}, "machine-trace": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
     spread: dict = {}
     calib: dict = {}
     for policy in policies:
         modes["idle"][policy] = simulate(scenario, policy, rate, duration)
-        if host is not None:
-            modes["machine"][policy] = simulate(scenario, policy, rate, duration, overhead=host["overhead"],
-                                                machine=host["machine"])
         seeds = [simulate(scenario, policy, rate, duration, seed=7 + k) for k in range(sim_seeds)]
         spread[policy] = {q: [r[f"{q}_ms"] for r in seeds] for q in ("p50", "p99")}
+        if host is not None:
+            own = [simulate(scenario, policy, rate, duration, seed=7 + k, overhead=host["overhead"],
+                            machine=host["machine"]) for k in range(sim_seeds)]
+            modes["machine"][policy] = own[0]
+            spread[policy].update({f"machine_{q}": [r[f"{q}_ms"] for r in own] for q in ("p50", "p99")})
+            modes["machine-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace,
+                                                      overhead=host["overhead"], machine=host["machine"])
         modes["idle-trace"][policy] = simulate(scenario, policy, rate, duration, trace=trace)
         calib[policy] = [calibration(run["records"], scenario.replicas) for run in lives[policy]]
         runs = [(run, c) for run, c in zip(lives[policy], calib[policy], strict=True) if c]
@@ -704,7 +712,7 @@ MACHINE_LOADS = (0.0, 0.25, 0.5, 0.7, 0.85, 0.95)
 
 
 def calibrate_machine(scenario: lb_quality.Scenario, loads: tuple[float, ...] = MACHINE_LOADS,
-                      duration: float = 5.0, seed: int = 7) -> dict:
+                      duration: float = 5.0, seed: int = 7, burners: int = 0) -> dict:
     """How busy the machine's cores are, and how long the overheads take, as the load grows: the
     data for a scenario's ``machine`` section (docs/simulator.md, "Overheads").
 
@@ -713,43 +721,57 @@ def calibrate_machine(scenario: lb_quality.Scenario, loads: tuple[float, ...] = 
     after lb_quality's warm-up, the whole machine's busy cores read from /proc/stat over the
     measured seconds (the fleet's processes, the generator and anything else running), and the
     run's overheads by :func:`calibration`. Load 0: the fleet up and idle, no requests.
+    ``burners``: that many processes spinning on a core each meanwhile (other work on the
+    machine: what the model's ``background`` stands for), to see the overheads stretch.
     """
     cores = os.cpu_count() or 1
     points = []
-    print(f"== {scenario.name}: {len(scenario.pods)} pods, {scenario.replicas} replica(s)", flush=True)
-    with lb_quality.fleet(scenario) as pods, lb_quality.katyusha_replicas(
-            pods, "round-robin", scenario.replicas, ("--keep-nonna-headers", "true")) as urls:
-        for load in loads:
-            rate = scenario.capacity_rps * load
-            lb_quality.wait_drained(pods)
-            if rate:
-                asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, WARMUP_RATE), duration_s=lb_quality.WARMUP_S,
-                                                  seed=lb_quality.WARMUP_SEED))
-            samples: list = []
-            busy0, all0 = _cpu_jiffies()
-            began = time.monotonic()
-            if rate:
-                result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration, timeout_s=5.0,
-                                                           seed=seed, detail=True))
-                samples = result.samples
-            else:
-                time.sleep(duration)
-            busy1, all1 = _cpu_jiffies()
-            wall = time.monotonic() - began
-            point = {"load": load, "rate": round(rate, 2), "seconds": round(wall, 3),
-                     "busy_cores": round(cores * (busy1 - busy0) / max(1, all1 - all0), 4),
-                     "loadavg": round(os.getloadavg()[0], 2)}
-            cal = calibration([record(x) for x in samples], scenario.replicas) if samples else None
-            if cal:
-                point.update({key: cal[key] for key in ("hop", "pod", "client", "lag_ms", "hop_median",
-                                                        "pod_median", "client_median", "l1_wait_ms")})
-                point["slot_ms"] = round(2 * cal["hop"] + cal["pod"], 4)
-                point["outside_ms"] = round(2 * cal["hop"] + cal["pod"] + cal["client"], 4)
-            print(f"  load {load:.2f} ({rate:6.1f} req/s): {point['busy_cores']:.3f} cores busy"
-                  + (f", slot {point['slot_ms']:.3f} ms, outside the app {point['outside_ms']:.3f} ms"
-                     if cal else ""), flush=True)
-            points.append(point)
-    return {"scenario": scenario.name, "cores": cores, "duration_s": duration, "points": points}
+    print(f"== {scenario.name}: {len(scenario.pods)} pods, {scenario.replicas} replica(s), {burners} burner(s)",
+          flush=True)
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(burners)]
+    try:
+        with lb_quality.fleet(scenario) as pods, lb_quality.katyusha_replicas(
+                pods, "round-robin", scenario.replicas, ("--keep-nonna-headers", "true")) as urls:
+            _calibrate_loads(pods, urls, scenario, loads, duration, seed, cores, points)
+    finally:
+        for proc in spinning:
+            proc.kill()
+            proc.wait()
+    return {"scenario": scenario.name, "cores": cores, "duration_s": duration, "burners": burners, "points": points}
+
+
+def _calibrate_loads(pods, urls, scenario, loads, duration, seed, cores, points) -> None:
+    """:func:`calibrate_machine`'s points, one a load, appended to ``points``."""
+    for load in loads:
+        rate = scenario.capacity_rps * load
+        lb_quality.wait_drained(pods)
+        if rate:
+            asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, WARMUP_RATE), duration_s=lb_quality.WARMUP_S,
+                                              seed=lb_quality.WARMUP_SEED))
+        samples: list = []
+        busy0, all0 = _cpu_jiffies()
+        began = time.monotonic()
+        if rate:
+            result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration, timeout_s=5.0,
+                                                       seed=seed, detail=True))
+            samples = result.samples
+        else:
+            time.sleep(duration)
+        busy1, all1 = _cpu_jiffies()
+        wall = time.monotonic() - began
+        point = {"load": load, "rate": round(rate, 2), "seconds": round(wall, 3),
+                 "busy_cores": round(cores * (busy1 - busy0) / max(1, all1 - all0), 4),
+                 "loadavg": round(os.getloadavg()[0], 2)}
+        cal = calibration([record(x) for x in samples], scenario.replicas) if samples else None
+        if cal:
+            point.update({key: cal[key] for key in ("hop", "pod", "client", "lag_ms", "hop_median",
+                                                    "pod_median", "client_median", "l1_wait_ms")})
+            point["slot_ms"] = round(2 * cal["hop"] + cal["pod"], 4)
+            point["outside_ms"] = round(2 * cal["hop"] + cal["pod"] + cal["client"], 4)
+        print(f"  load {load:.2f} ({rate:6.1f} req/s): {point['busy_cores']:.3f} cores busy"
+              + (f", slot {point['slot_ms']:.3f} ms, outside the app {point['outside_ms']:.3f} ms"
+                 if cal else ""), flush=True)
+        points.append(point)
 
 
 def ranking(figures: dict) -> list[str]:
@@ -762,7 +784,8 @@ def _pct(value: float | None) -> str:
 
 def print_scenario(name: str, result: dict, policies: list[str]) -> None:
     live_fig, modes, errors = result["live"], result["sim"], result["errors"]
-    shown = [m for m in ("idle", "machine", "idle-trace", "run-trace", "run-replay", "run-release") if m in errors]
+    shown = [m for m in ("idle", "machine", "machine-trace", "idle-trace", "run-trace", "run-replay", "run-release")
+             if m in errors]
     print(f"\n{name}: live = median of runs (spread = (max - min) / median); errors against it, per mode "
           f"({', '.join(shown)})")
     print(f"{'policy':16s} {'p50 live':>9s} {'spread':>6s} " + " ".join(f"{m:>10s}" for m in shown)
@@ -841,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate-machine", action="store_true",
                         help="measure the busy cores and the overheads at several loads (a scenario's "
                              "machine section) on each --scenario (default heterogeneous) and stop")
+    parser.add_argument("--burners", type=int, default=0,
+                        help="--calibrate-machine: that many processes spinning on a core each meanwhile")
     parser.add_argument("--machine", metavar="PATH", default=str(MACHINE_CALIBRATION),
                         help="the machine mode's --calibrate-machine result (default: %(default)s)")
     parser.add_argument("--release", type=float, metavar="MS",
@@ -859,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate_machine:
         lb_quality.exit_on_signals()
         wanted = args.scenario or ["heterogeneous"]
-        figures = [calibrate_machine(scenario, duration=args.duration or 5.0)
+        figures = [calibrate_machine(scenario, duration=args.duration or 5.0, burners=args.burners)
                    for scenario in lb_quality.scenarios() if scenario.name in wanted]
         print(json.dumps(figures, indent=2))
         if args.json:
