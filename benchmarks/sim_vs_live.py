@@ -17,7 +17,7 @@ pod at the pod's speed, exponential 20 ms service, nonna's concurrency 1 and
 queue depth 100, the same warm-up (1 s at up to 100 requests/s, not
 measured), the same load, and for ``noisy`` the same slow windows
 (sim_backend's own SlowSchedule, applied to the pod's speed by a hook at every
-window edge, at the phase the live run is aligned to), in four modes:
+window edge, at the phase the live run is aligned to), in these modes:
 
 - ``idle``: the scenario's default overheads (``overhead.hop`` and
   ``overhead.pod``, measured by ``--calibrate`` on an idle machine) and the
@@ -62,7 +62,8 @@ live p99 95% bootstrap intervals overlap are a tie, and the simulation agrees
 unless it orders a pair that live does not tie the other way round; per mode
 ``same_ranking_ci``, ``ranking_conflicts`` and ``goal_met_ci`` in ``modes``),
 ``live_p99_ci95`` and ``live_ordered_pairs`` (the pairs live orders),
-``sim_spread``, ``calibration`` (per run), ``utilisation`` (the load over the
+``sim_spread`` (``machine_p50``/``machine_p99``: the machine mode's seeds), ``calibration``
+(per run), ``machine_model`` (the machine mode's section and overheads), ``utilisation`` (the load over the
 slots' capacity with the idle and the run's overheads), ``coldstart``
 (``sim``, ``live``, ``same_cold_starts``, ``first_response_rel_err``,
 ``first_response_within_15pct``).
@@ -516,7 +517,8 @@ def compare(scenario: lb_quality.Scenario, policies: list[str], rate: float, dur
     live_fig = {p: live_figures(lives[p], slow) for p in policies}
     trace = arrival_times(rate, duration, seed)
     host = machine_model(machine, scenario.name) if machine else None
-    modes: dict = {"idle": {}, "machine": {}, "machine-trace": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {}, "run-release": {}}
+    modes: dict = {"idle": {}, "machine": {}, "machine-trace": {}, "idle-trace": {}, "run-trace": {}, "run-replay": {},
+                   "run-release": {}}
     spread: dict = {}
     calib: dict = {}
     for policy in policies:
