@@ -270,20 +270,10 @@ class Simulation:
         self.open = 0
         self._draining = False  # set once arrivals are over: the request that ends last halts the clock
         self.latency = {}
-        regions = {node.region for node in self.nodes} | {scenario.katyusha_region}
-        for a in regions:
-            for b in regions:
-                # The regions' latency plus the per-hop overhead (docs/simulator.md, "Overheads").
-                self.latency[(a, b)] = scenario.one_way(a, b) + scenario.hop_s
-        for node in self.nodes:
-            for region in regions:
-                node.delay_from[region] = self.latency[(region, node.region)]
-                node.delay_to[region] = self.latency[(node.region, region)]
-        self.pod_overhead = scenario.pod_overhead_s
-        self.release = scenario.release_s
-        self.pod_release = scenario.pod_release_s
-        # With a machine section, the four overheads above are the idle ones stretched by the
-        # cores' use every window (_machine_tick); without one they stay as they are.
+        self._regions = {node.region for node in self.nodes} | {scenario.katyusha_region}
+        # With a machine section, the four overheads are the idle ones stretched by the cores'
+        # use every window (_machine_tick); without one they stay as they are.
+        self._overheads(1.0)
         self.machine = scenario.machine
         self.machine_windows: list[tuple[float, float, float]] = []  # (second, busy cores, stretch)
         if scenario.scheduler == "flow":
@@ -949,6 +939,24 @@ class Simulation:
 
     # -- the machine -----------------------------------------------------------------------------
 
+    def _overheads(self, stretch: float) -> None:
+        """The scenario's four overheads times ``stretch`` (1.0: as written), the hop added to the
+        regions' latency both ways and to every node's delays (docs/simulator.md, "Overheads")."""
+        scenario = self.scenario
+        self.pod_overhead = scenario.pod_overhead_s * stretch
+        self.release = scenario.release_s * stretch
+        self.pod_release = scenario.pod_release_s * stretch
+        hop = scenario.hop_s * stretch
+        regions = self._regions
+        latency = self.latency
+        for a in regions:
+            for b in regions:
+                latency[(a, b)] = scenario.one_way(a, b) + hop
+        for node in self.nodes:
+            for region in regions:
+                node.delay_from[region] = latency[(region, node.region)]
+                node.delay_to[region] = latency[(node.region, region)]
+
     def _machine_tick(self, _=None) -> None:
         """The cores' use over the window that ended (the arrivals in it at ``cpu-per-request``
         each, and the background), and every overhead stretched by it until the next window ends."""
@@ -959,18 +967,8 @@ class Simulation:
         self._seen = arrivals
         stretch = machine.stretch(rate)
         self.machine_windows.append((now, machine.background + rate * machine.cpu_per_request_s, stretch))
-        scenario = self.scenario
-        self.pod_overhead = scenario.pod_overhead_s * stretch
-        self.release = scenario.release_s * stretch
-        self.pod_release = scenario.pod_release_s * stretch
-        hop = scenario.hop_s * stretch
-        for a, b in self.latency:
-            self.latency[(a, b)] = scenario.one_way(a, b) + hop
-        for node in self.nodes:
-            for region in node.delay_from:
-                node.delay_from[region] = self.latency[(region, node.region)]
-                node.delay_to[region] = self.latency[(node.region, region)]
-        region = scenario.katyusha_region
+        self._overheads(stretch)
+        region = self.scenario.katyusha_region
         for pod in self.pods.values():
             # Not on_node(): a hook may have set the pod's speed (a slow window) since.
             pod.hop_in = pod.node.delay_from[region]
