@@ -62,6 +62,7 @@ from pathlib import Path
 
 from benchmarks import loadgen
 from benchmarks.checkout import use_tests
+from katyusha.procs import stop_all
 
 use_tests()  # tests.procs and friends, from any working folder
 
@@ -113,11 +114,7 @@ class Pod:
         return f"{self.nonna.url},name={self.name},admin={self.nonna.admin}"
 
     def stop(self) -> None:
-        for proc in (self.nonna, self.sim):
-            if proc is not None:
-                with contextlib.suppress(Exception):
-                    proc.terminate(5)
-                proc.kill()
+        stop_all([proc for proc in (self.nonna, self.sim) if proc is not None], timeout=5)
 
 
 def _port(url: str) -> str:

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import loadgen, peers
-from katyusha.procs import Proc, exit_on_signals, script
+from katyusha.procs import Proc, exit_on_signals, script, stop_all
 from katyusha.progress import bar
 
 KATYUSHA_POLICIES = ("round-robin", "least-in-flight", "p2c", "jsq-piggyback",
@@ -231,10 +231,7 @@ def fleet(scenario: Scenario) -> Iterator[list[Pod]]:
             pods.append(Pod(spec, sim, nonna, ready_at))
         yield pods
     finally:
-        for proc in reversed(started):
-            with contextlib.suppress(Exception):
-                proc.terminate()
-            proc.kill()
+        stop_all(reversed(started))
 
 
 @contextlib.contextmanager
@@ -251,10 +248,7 @@ def katyusha_replicas(pods: list[Pod], policy: str, replicas: int,
             procs.append(Proc(argv, ready_timeout=30))
         yield [p.url for p in procs]
     finally:
-        for proc in procs:
-            with contextlib.suppress(Exception):
-                proc.terminate()
-            proc.kill()
+        stop_all(procs)
 
 
 @contextlib.contextmanager

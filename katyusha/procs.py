@@ -18,7 +18,7 @@ import time
 from katyusha.fleet.children import console_script as script
 from katyusha.serving import ReadyLine, parse_ready_line
 
-__all__ = ["Proc", "exit_on_signals", "script"]
+__all__ = ["Proc", "exit_on_signals", "script", "stop_all"]
 
 
 class Proc:
@@ -117,6 +117,29 @@ class Proc:
             self.terminate()
         finally:
             self.kill()
+
+
+def stop_all(procs, timeout: float = 15.0) -> None:
+    """Stop each of ``procs`` in turn: SIGTERM, up to ``timeout`` seconds, then SIGKILL of its group.
+
+    Every one is stopped even when a signal's ``SystemExit`` (:func:`exit_on_signals`) or a
+    Ctrl-C comes while one of them is being stopped: it is raised again after the last, so
+    the processes after that one in the list are not left running.
+    """
+    interrupted: BaseException | None = None
+    for proc in procs:
+        try:
+            try:
+                proc.terminate(timeout)
+            except Exception:
+                pass  # it did not stop in time (killed below), or it was gone
+            finally:
+                proc.kill()
+        except BaseException as exc:  # the signal's exit: stop the rest first
+            interrupted = interrupted or exc
+            proc.kill()
+    if interrupted is not None:
+        raise interrupted
 
 
 def exit_on_signals() -> None:
