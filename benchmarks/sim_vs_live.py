@@ -727,14 +727,13 @@ def calibrate_machine(scenario: lb_quality.Scenario, loads: tuple[float, ...] = 
     machine: what the model's ``background`` stands for), to see the overheads stretch.
     """
     cores = os.cpu_count() or 1
-    points = []
     print(f"== {scenario.name}: {len(scenario.pods)} pods, {scenario.replicas} replica(s), {burners} burner(s)",
           flush=True)
     spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(burners)]
     try:
         with lb_quality.fleet(scenario) as pods, lb_quality.katyusha_replicas(
                 pods, "round-robin", scenario.replicas, ("--keep-nonna-headers", "true")) as urls:
-            _calibrate_loads(pods, urls, scenario, loads, duration, seed, cores, points)
+            points = [_calibrate_load(pods, urls, scenario, load, duration, seed, cores) for load in loads]
     finally:
         for proc in spinning:
             proc.kill()
@@ -742,38 +741,37 @@ def calibrate_machine(scenario: lb_quality.Scenario, loads: tuple[float, ...] = 
     return {"scenario": scenario.name, "cores": cores, "duration_s": duration, "burners": burners, "points": points}
 
 
-def _calibrate_loads(pods, urls, scenario, loads, duration, seed, cores, points) -> None:
-    """:func:`calibrate_machine`'s points, one a load, appended to ``points``."""
-    for load in loads:
-        rate = scenario.capacity_rps * load
-        lb_quality.wait_drained(pods)
-        if rate:
-            asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, WARMUP_RATE), duration_s=lb_quality.WARMUP_S,
-                                              seed=lb_quality.WARMUP_SEED))
-        samples: list = []
-        busy0, all0 = _cpu_jiffies()
-        began = time.monotonic()
-        if rate:
-            result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration, timeout_s=5.0,
-                                                       seed=seed, detail=True))
-            samples = result.samples
-        else:
-            time.sleep(duration)
-        busy1, all1 = _cpu_jiffies()
-        wall = time.monotonic() - began
-        point = {"load": load, "rate": round(rate, 2), "seconds": round(wall, 3),
-                 "busy_cores": round(cores * (busy1 - busy0) / max(1, all1 - all0), 4),
-                 "loadavg": round(os.getloadavg()[0], 2)}
-        cal = calibration([record(x) for x in samples], scenario.replicas) if samples else None
-        if cal:
-            point.update({key: cal[key] for key in ("hop", "pod", "client", "lag_ms", "hop_median",
-                                                    "pod_median", "client_median", "l1_wait_ms")})
-            point["slot_ms"] = round(2 * cal["hop"] + cal["pod"], 4)
-            point["outside_ms"] = round(2 * cal["hop"] + cal["pod"] + cal["client"], 4)
-        print(f"  load {load:.2f} ({rate:6.1f} req/s): {point['busy_cores']:.3f} cores busy"
-              + (f", slot {point['slot_ms']:.3f} ms, outside the app {point['outside_ms']:.3f} ms"
-                 if cal else ""), flush=True)
-        points.append(point)
+def _calibrate_load(pods, urls, scenario, load, duration, seed, cores) -> dict:
+    """:func:`calibrate_machine`'s point at one load: the busy cores and the run's overheads."""
+    rate = scenario.capacity_rps * load
+    lb_quality.wait_drained(pods)
+    if rate:
+        asyncio.run(loadgen.run_open_loop(urls, rate=min(rate, WARMUP_RATE), duration_s=lb_quality.WARMUP_S,
+                                          seed=lb_quality.WARMUP_SEED))
+    samples: list = []
+    busy0, all0 = _cpu_jiffies()
+    began = time.monotonic()
+    if rate:
+        result = asyncio.run(loadgen.run_open_loop(urls, rate=rate, duration_s=duration, timeout_s=5.0,
+                                                   seed=seed, detail=True))
+        samples = result.samples
+    else:
+        time.sleep(duration)
+    busy1, all1 = _cpu_jiffies()
+    wall = time.monotonic() - began
+    point = {"load": load, "rate": round(rate, 2), "seconds": round(wall, 3),
+             "busy_cores": round(cores * (busy1 - busy0) / max(1, all1 - all0), 4),
+             "loadavg": round(os.getloadavg()[0], 2)}
+    cal = calibration([record(x) for x in samples], scenario.replicas) if samples else None
+    if cal:
+        point.update({key: cal[key] for key in ("hop", "pod", "client", "lag_ms", "hop_median",
+                                                "pod_median", "client_median", "l1_wait_ms")})
+        point["slot_ms"] = round(2 * cal["hop"] + cal["pod"], 4)
+        point["outside_ms"] = round(2 * cal["hop"] + cal["pod"] + cal["client"], 4)
+    print(f"  load {load:.2f} ({rate:6.1f} req/s): {point['busy_cores']:.3f} cores busy"
+          + (f", slot {point['slot_ms']:.3f} ms, outside the app {point['outside_ms']:.3f} ms"
+             if cal else ""), flush=True)
+    return point
 
 
 def ranking(figures: dict) -> list[str]:
@@ -876,18 +874,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="run-release: nonna's release for every run (default: each run's estimate)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    if args.calibrate:
+    if args.calibrate or args.calibrate_machine:
         lb_quality.exit_on_signals()
-        figures = calibrate()
-        print(json.dumps(figures, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-        return 0
-    if args.calibrate_machine:
-        lb_quality.exit_on_signals()
-        wanted = args.scenario or ["heterogeneous"]
-        figures = [calibrate_machine(scenario, duration=args.duration or 5.0, burners=args.burners)
-                   for scenario in lb_quality.scenarios() if scenario.name in wanted]
+        if args.calibrate:
+            figures = calibrate()
+        else:
+            wanted = args.scenario or ["heterogeneous"]
+            figures = [calibrate_machine(scenario, duration=args.duration or 5.0, burners=args.burners)
+                       for scenario in lb_quality.scenarios() if scenario.name in wanted]
         print(json.dumps(figures, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
