@@ -146,9 +146,7 @@ def katyusha_in_front(pods: list[Pod]) -> Iterator[object]:
     try:
         yield proc
     finally:
-        with contextlib.suppress(Exception):
-            proc.terminate(40)
-        proc.kill()
+        stop_all([proc], timeout=40)
 
 
 def kill(proc) -> None:

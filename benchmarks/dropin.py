@@ -35,6 +35,7 @@ from collections.abc import Iterator
 
 from benchmarks import loadgen, peers
 from benchmarks.checkout import child_env, use_tests
+from katyusha.procs import stop_all
 
 use_tests()  # tests.procs and friends, from any working folder
 
@@ -91,9 +92,7 @@ def system(name: str, running: list, extra: tuple[str, ...]) -> Iterator[str]:
         try:
             yield proc.url
         finally:
-            with contextlib.suppress(Exception):
-                proc.terminate()
-            proc.kill()
+            stop_all([proc])
     elif name == "nginx least_conn":
         with peers.nginx_proxy(urls, balance="least_conn") as run:
             yield run.url
