@@ -2,7 +2,9 @@
 
 Run as ``python -m benchmarks.sim_vs_live [--quick] [--repeats N] [--raw PATH] [--sim-only]
 [--json PATH]``, ``--from-raw PATH...`` to compare again against saved live runs (no processes), or
-``--calibrate`` to measure the overheads the simulation models on an idle machine.
+``--calibrate`` to measure the overheads the simulation models on an idle machine, or
+``--calibrate-machine [--scenario S] [--burners N]`` to measure a scenario's ``machine`` section
+(the machine modes read it from ``--machine PATH``).
 
 For each scenario of :mod:`benchmarks.lb_quality` (``heterogeneous``,
 ``replicas``, ``noisy``: its definitions, pods, speeds, slow schedule,
